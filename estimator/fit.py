@@ -1,0 +1,91 @@
+"""Per-segment frequency-scaling fits.
+
+Every segment time is modelled as a non-negative combination of
+
+    t = a_c * (f_cpu_ref / f_cpu) + a_g * (f_gpu_ref / f_gpu) + b
+        [ + L * (a_c' * f_cpu_ref / f_cpu + a_g' * f_gpu_ref / f_gpu + b') ]   (language models)
+
+The ``1/f`` terms are the cycle-bound parts, ``b`` is the part bound elsewhere (memory, driver,
+interrupt latency) and ``L`` is the context length, so attention that grows with the KV cache is
+captured. One mechanism serves every segment: a host launch ends up with mostly ``a_c``, a
+compute-bound kernel with ``a_g``, a memory-bound kernel with ``b``; nothing is hard-wired.
+
+The fit is robust by construction: repeats at a point are reduced to their median (one outlier in
+three is ignored), the least-squares problem is weighted for *relative* error (we care about
+percentages), solved with non-negative least squares, and re-weighted with Huber weights so an
+outlying point is down-weighted instead of bending the curve.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import nnls
+
+HUBER_K = 1.5  # in units of the robust residual scale
+IRLS_ITERATIONS = 4
+MIN_TIME_NS = 1.0
+
+
+def design(
+    cpu_khz: np.ndarray,
+    gpu_hz: np.ndarray,
+    context_len: np.ndarray | None,
+    cpu_ref_khz: float,
+    gpu_ref_hz: float,
+    context_scale: float | None,
+) -> np.ndarray:
+    """Feature matrix (N, 3) or (N, 6) for the scaling model above."""
+    xc = cpu_ref_khz / np.asarray(cpu_khz, dtype=float)
+    xg = gpu_ref_hz / np.asarray(gpu_hz, dtype=float)
+    one = np.ones_like(xc)
+    cols = [xc, xg, one]
+    if context_scale is not None:
+        ell = np.asarray(context_len, dtype=float) / context_scale
+        cols += [ell * xc, ell * xg, ell]
+    return np.stack(cols, axis=1)
+
+
+def _robust_nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Relative-error NNLS with Huber re-weighting; x (n, k), y (n,) -> coefficients (k,)."""
+    scale = np.maximum(y, MIN_TIME_NS)
+    weights = 1.0 / scale
+    coef = np.zeros(x.shape[1])
+    for _ in range(IRLS_ITERATIONS):
+        coef, _ = nnls(x * weights[:, None], y * weights)
+        rel = (x @ coef - y) / scale
+        mad = np.median(np.abs(rel - np.median(rel))) * 1.4826
+        if mad <= 1e-9:
+            break
+        cutoff = HUBER_K * mad
+        huber = np.where(np.abs(rel) <= cutoff, 1.0, cutoff / np.maximum(np.abs(rel), 1e-12))
+        weights = np.sqrt(huber) / scale
+    return coef
+
+
+def fit_columns(features: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Fit every column of ``y`` (runs, segments); NaN marks an unobserved value.
+
+    Returns coefficients (segments, k). A column observed at too few distinct points to identify
+    the full model falls back to its median as a constant (the ``b`` term), and a column never
+    observed gets NaN coefficients so the caller can substitute a pooled fit.
+    """
+    y = np.atleast_2d(y.T).T if y.ndim == 1 else y
+    keys, group = np.unique(features, axis=0, return_inverse=True)
+    group = group.ravel()
+    k = features.shape[1]
+    const_col = 2  # the `b` column of design()
+    out = np.full((y.shape[1], k), np.nan)
+    for s in range(y.shape[1]):
+        col = y[:, s]
+        seen = ~np.isnan(col)
+        if not seen.any():
+            continue
+        groups = np.unique(group[seen])
+        med = np.array([np.median(col[seen & (group == g)]) for g in groups])
+        if len(groups) <= k:
+            coef = np.zeros(k)
+            coef[const_col] = max(float(np.median(med)), 0.0)
+        else:
+            coef = _robust_nnls(keys[groups], med)
+        out[s] = coef
+    return out

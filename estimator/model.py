@@ -1,0 +1,208 @@
+"""The fitted estimator: fit from a profile, save as versioned JSON, evaluate at a pair or a grid.
+
+Pure computation: serialisation goes through pydantic (``EstimatorFile``) and the caller decides
+where the bytes live.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from estimator.fit import design, fit_columns
+from estimator.profile import Profile
+from estimator.recursion import Breakdown, simulate_pipeline
+from estimator.segments import extract_segments
+
+ESTIMATOR_FORMAT = "deadline-dvfs.estimator/1"
+
+
+class EstimatorFile(BaseModel):
+    """What `dvfs-gov fit` writes and the governor loads. Coefficients are ns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = Field(ESTIMATOR_FORMAT, pattern=r"^deadline-dvfs\.estimator/1$")
+    model: str
+    device: str
+    cpu_khz: list[int]
+    gpu_hz: list[int]
+    cpu_ref_khz: float
+    gpu_ref_hz: float
+    context_scale: float | None = None
+    profiled_context_len: list[int] = []
+    layer_names: list[str]
+    layer_is_gpu: list[bool]
+    host: list[list[float]]
+    dispatch: list[list[float]]
+    exec: list[list[float]]
+    tail: list[float]
+    training: dict[str, float | int | list[list[int]]] = {}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Latency and its breakdown in ms at one pair (scalars) or over a grid (arrays)."""
+
+    cpu_khz: np.ndarray
+    gpu_hz: np.ndarray
+    latency_ms: np.ndarray
+    host_busy_ms: np.ndarray
+    gpu_busy_ms: np.ndarray
+    overlap_ms: np.ndarray
+    bubble_ms: np.ndarray
+    host_wait_ms: np.ndarray
+
+    def rows(self) -> list[dict[str, float | int]]:
+        return [
+            {
+                "cpu_khz": int(c),
+                "gpu_hz": int(g),
+                "latency_ms": round(float(lat), 4),
+                "host_busy_ms": round(float(h), 4),
+                "gpu_busy_ms": round(float(gb), 4),
+                "overlap_ms": round(float(o), 4),
+                "bubble_ms": round(float(b), 4),
+                "host_wait_ms": round(float(w), 4),
+            }
+            for c, g, lat, h, gb, o, b, w in zip(
+                np.ravel(self.cpu_khz), np.ravel(self.gpu_hz), np.ravel(self.latency_ms),
+                np.ravel(self.host_busy_ms), np.ravel(self.gpu_busy_ms),
+                np.ravel(self.overlap_ms), np.ravel(self.bubble_ms), np.ravel(self.host_wait_ms),
+                strict=True,
+            )
+        ]
+
+
+class Estimator:
+    """Latency model of one model on one device. Build with ``fit`` or ``from_file``."""
+
+    def __init__(self, data: EstimatorFile) -> None:
+        self.data = data
+        self.is_gpu = np.array(data.layer_is_gpu, dtype=bool)
+        self._host = np.array(data.host, dtype=float)
+        self._dispatch = np.array(data.dispatch, dtype=float)
+        self._exec = np.array(data.exec, dtype=float)
+        self._tail = np.array(data.tail, dtype=float)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def fit(cls, profile: Profile) -> Estimator:
+        seg = extract_segments(profile)
+        cpu_ref = float(max(profile.frequencies.cpu_khz))
+        gpu_ref = float(max(profile.frequencies.gpu_hz))
+        lm = profile.is_language_model
+        contexts = sorted({int(c) for c in seg.context_len}) if lm else []
+        if lm and len(contexts) < 2:
+            raise ValueError(
+                "a language-model profile needs runs at >= 2 distinct context_len values to fit "
+                f"the context dependence; got {contexts}"
+            )
+        context_scale = float(max(contexts)) if lm else None
+        x = design(seg.cpu_khz, seg.gpu_hz, seg.context_len, cpu_ref, gpu_ref, context_scale)
+        host = fit_columns(x, seg.host)
+        exe = fit_columns(x, np.where(seg.is_gpu[None, :], seg.exec, np.nan))
+        observed = np.where(seg.is_gpu[None, :], seg.dispatch, np.nan)
+        dispatch = fit_columns(x, observed)
+        # A kernel that always queued behind earlier work never showed its dispatch delay:
+        # use the delay pooled over every kernel where it was seen (0 if never seen).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # runs where no delay was seen
+            per_run = np.nanmedian(observed, axis=1)
+        pooled = np.nan_to_num(fit_columns(x, per_run[:, None])[0])
+        unseen = np.isnan(dispatch).any(axis=1)
+        dispatch[unseen] = pooled
+        dispatch[~seg.is_gpu] = 0.0
+        exe[~seg.is_gpu] = 0.0
+        tail = fit_columns(x, seg.tail[:, None])[0]
+        points = sorted({(int(c), int(g)) for c, g in zip(seg.cpu_khz, seg.gpu_hz, strict=True)})
+        data = EstimatorFile(
+            model=profile.model,
+            device=profile.device,
+            cpu_khz=profile.frequencies.cpu_khz,
+            gpu_hz=profile.frequencies.gpu_hz,
+            cpu_ref_khz=cpu_ref,
+            gpu_ref_hz=gpu_ref,
+            context_scale=context_scale,
+            profiled_context_len=contexts,
+            layer_names=[x.name for x in profile.runs[0].layers],
+            layer_is_gpu=seg.is_gpu.tolist(),
+            host=host.tolist(),
+            dispatch=dispatch.tolist(),
+            exec=exe.tolist(),
+            tail=tail.tolist(),
+            training={"runs": len(profile.runs), "points": [list(p) for p in points]},
+        )
+        est = cls(data)
+        fitted = est.latency_ms(seg.cpu_khz, seg.gpu_hz, seg.context_len if lm else None)
+        measured = np.array([r.latency_ns for r in profile.runs]) / 1e6
+        data.training["fit_mape_pct"] = round(
+            float(np.mean(np.abs(fitted - measured) / measured) * 100), 3
+        )
+        return est
+
+    @classmethod
+    def from_json(cls, text: str) -> Estimator:
+        return cls(EstimatorFile.model_validate_json(text))
+
+    def to_json(self) -> str:
+        return self.data.model_dump_json(indent=1)
+
+    # ---- evaluation ---------------------------------------------------------------------
+    @property
+    def is_language_model(self) -> bool:
+        return self.data.context_scale is not None
+
+    @cached_property
+    def grid_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (cpu_khz, gpu_hz) of the frequency tables, CPU-major."""
+        c, g = np.meshgrid(self.data.cpu_khz, self.data.gpu_hz, indexing="ij")
+        return c.ravel().astype(float), g.ravel().astype(float)
+
+    def _segments_at(
+        self, cpu_khz: np.ndarray, gpu_hz: np.ndarray, context_len: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        d = self.data
+        if self.is_language_model:
+            if context_len is None:
+                raise ValueError(f"model {d.model!r} is a language model: give a context_len")
+            context_len = np.broadcast_to(np.asarray(context_len, dtype=float), cpu_khz.shape)
+        x = design(cpu_khz, gpu_hz, context_len, d.cpu_ref_khz, d.gpu_ref_hz, d.context_scale)
+        xt = x.T  # (k, G)
+        return self._host @ xt, self._dispatch @ xt, self._exec @ xt, self._tail @ xt
+
+    def breakdown(
+        self,
+        cpu_khz: float | np.ndarray,
+        gpu_hz: float | np.ndarray,
+        context_len: float | np.ndarray | None = None,
+        with_overlap: bool = True,
+    ) -> Estimate:
+        c = np.atleast_1d(np.asarray(cpu_khz, dtype=float))
+        g = np.atleast_1d(np.asarray(gpu_hz, dtype=float))
+        c, g = np.broadcast_arrays(c, g)
+        host, disp, exe, tail = self._segments_at(c, g, context_len)
+        b: Breakdown = simulate_pipeline(self.is_gpu, host, disp, exe, tail, with_overlap)
+        ms = 1e-6
+        return Estimate(
+            cpu_khz=c, gpu_hz=g, latency_ms=b.latency * ms, host_busy_ms=b.host_busy * ms,
+            gpu_busy_ms=b.gpu_busy * ms, overlap_ms=b.overlap * ms, bubble_ms=b.bubble * ms,
+            host_wait_ms=b.host_wait * ms,
+        )
+
+    def latency_ms(
+        self,
+        cpu_khz: float | np.ndarray,
+        gpu_hz: float | np.ndarray,
+        context_len: float | np.ndarray | None = None,
+    ) -> np.ndarray:
+        return self.breakdown(cpu_khz, gpu_hz, context_len, with_overlap=False).latency_ms
+
+    def grid(self, context_len: float | None = None, with_overlap: bool = True) -> Estimate:
+        """The estimate at every pair of the frequency tables (CPU-major order)."""
+        c, g = self.grid_pairs
+        return self.breakdown(c, g, context_len, with_overlap)

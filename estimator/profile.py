@@ -1,0 +1,207 @@
+"""The profile format ``deadline-dvfs.profile/1`` as pydantic models.
+
+A profile is the seam between whatever measured a model (our OpenCL profiler, a trace importer, a
+user's own tool) and the estimator, so every rule of docs/profile-format.md is checked here and a
+refusal names the run index, the layer index and the rule that was broken.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FORMAT = "deadline-dvfs.profile/1"
+
+
+class ProfileError(ValueError):
+    """A profile that breaks a rule of the format; the message says where and which rule."""
+
+
+class Layer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    kind: Literal["gpu", "cpu"]
+    cpu_start_ns: int
+    cpu_end_ns: int
+    gpu_start_ns: int | None = None
+    gpu_end_ns: int | None = None
+
+
+class Run(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    cpu_khz: int
+    gpu_hz: int
+    context_len: int | None = None
+    latency_ns: int
+    layers: list[Layer]
+
+
+class Frequencies(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    cpu_khz: list[int] = Field(min_length=1)
+    gpu_hz: list[int] = Field(min_length=1)
+
+
+class Profile(BaseModel):
+    """One (device, model) profile: runs at several frequency pairs, layer by layer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str
+    model: str
+    device: str
+    frequencies: Frequencies
+    runs: list[Run] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Profile:
+        for problem in profile_problems(self):
+            raise ValueError(problem)
+        return self
+
+    @property
+    def is_language_model(self) -> bool:
+        return self.runs[0].context_len is not None
+
+    def layer_signature(self) -> list[tuple[str, str]]:
+        return [(layer.name, layer.kind) for layer in self.runs[0].layers]
+
+
+def _where(run: int | None = None, layer: int | None = None) -> str:
+    parts = []
+    if run is not None:
+        parts.append(f"run {run}")
+    if layer is not None:
+        parts.append(f"layer {layer}")
+    return ", ".join(parts) if parts else "profile"
+
+
+def profile_problems(p: Profile) -> list[str]:
+    """Every broken rule, each as '<where>: <rule>'; the validator reports the first."""
+    problems: list[str] = []
+    if p.format != FORMAT:
+        problems.append(f"profile: rule 'format': must be {FORMAT!r}, got {p.format!r}")
+    for axis, values in (("cpu_khz", p.frequencies.cpu_khz), ("gpu_hz", p.frequencies.gpu_hz)):
+        if any(v <= 0 for v in values):
+            problems.append(f"profile: rule 'frequencies.{axis} positive': got {values}")
+        if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+            problems.append(
+                f"profile: rule 'frequencies.{axis} strictly ascending': got {values}"
+            )
+    if problems:
+        return problems
+    cpu_table, gpu_table = set(p.frequencies.cpu_khz), set(p.frequencies.gpu_hz)
+    signature = p.layer_signature()
+    language_model = p.runs[0].context_len is not None
+    for r, run in enumerate(p.runs):
+        if run.cpu_khz not in cpu_table:
+            problems.append(
+                f"{_where(r)}: rule 'cpu_khz in frequencies.cpu_khz': {run.cpu_khz} is not one of "
+                f"{p.frequencies.cpu_khz}"
+            )
+        if run.gpu_hz not in gpu_table:
+            problems.append(
+                f"{_where(r)}: rule 'gpu_hz in frequencies.gpu_hz': {run.gpu_hz} is not one of "
+                f"{p.frequencies.gpu_hz}"
+            )
+        if (run.context_len is not None) != language_model:
+            problems.append(
+                f"{_where(r)}: rule 'context_len': every run of a profile gives a context_len "
+                "(language model) or none does"
+            )
+        if run.context_len is not None and run.context_len < 0:
+            problems.append(f"{_where(r)}: rule 'context_len >= 0': got {run.context_len}")
+        if not run.layers:
+            problems.append(f"{_where(r)}: rule 'layers non-empty'")
+            continue
+        if [(x.name, x.kind) for x in run.layers] != signature:
+            first = next(
+                (i for i, (x, s) in enumerate(zip(run.layers, signature, strict=False))
+                 if (x.name, x.kind) != s),
+                min(len(run.layers), len(signature)),
+            )
+            problems.append(
+                f"{_where(r, first)}: rule 'same layer sequence in every run': differs from run 0"
+            )
+            continue
+        problems.extend(_layer_problems(r, run))
+    return problems
+
+
+def _layer_problems(r: int, run: Run) -> list[str]:
+    problems: list[str] = []
+    host_free = 0  # end of the previous host interval
+    device_free = 0  # end of the previous device interval (in-order queue)
+    last_end = 0
+    for i, x in enumerate(run.layers):
+        where = _where(r, i)
+        if x.cpu_start_ns < 0 or x.cpu_end_ns < x.cpu_start_ns:
+            problems.append(f"{where}: rule '0 <= cpu_start_ns <= cpu_end_ns'")
+        if x.cpu_start_ns < host_free:
+            problems.append(
+                f"{where}: rule 'host order': cpu_start_ns {x.cpu_start_ns} is before the previous "
+                f"layer's cpu_end_ns {host_free}"
+            )
+        if x.kind == "gpu":
+            if x.gpu_start_ns is None or x.gpu_end_ns is None:
+                problems.append(f"{where}: rule 'gpu layer has gpu_start_ns and gpu_end_ns'")
+                continue
+            if x.gpu_end_ns < x.gpu_start_ns:
+                problems.append(f"{where}: rule 'gpu_start_ns <= gpu_end_ns'")
+            if x.gpu_start_ns < x.cpu_start_ns:
+                problems.append(
+                    f"{where}: rule 'a kernel starts after its launch began': gpu_start_ns "
+                    f"{x.gpu_start_ns} < cpu_start_ns {x.cpu_start_ns}"
+                )
+            if x.gpu_start_ns < device_free:
+                problems.append(
+                    f"{where}: rule 'device order': gpu_start_ns {x.gpu_start_ns} is before the "
+                    f"previous kernel's gpu_end_ns {device_free}"
+                )
+            device_free = max(device_free, x.gpu_end_ns)
+        else:
+            if x.gpu_start_ns is not None or x.gpu_end_ns is not None:
+                problems.append(f"{where}: rule 'cpu layer has no gpu times'")
+            if x.cpu_start_ns < device_free:
+                problems.append(
+                    f"{where}: rule 'cpu layer starts after the device drained': cpu_start_ns "
+                    f"{x.cpu_start_ns} < end of earlier device work {device_free}"
+                )
+        host_free = max(host_free, x.cpu_end_ns)
+        last_end = max(last_end, x.cpu_end_ns, x.gpu_end_ns or 0)
+    if run.latency_ns < last_end:
+        problems.append(
+            f"{_where(r)}: rule 'latency_ns covers every layer': latency_ns {run.latency_ns} < "
+            f"last layer end {last_end}"
+        )
+    return problems
+
+
+def parse_profile(data: dict[str, Any], source: str = "profile") -> Profile:
+    """Validate a decoded profile; a refusal raises ProfileError naming source, run, layer, rule."""
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors():
+            loc = list(err["loc"])
+            where = []
+            if len(loc) >= 2 and loc[0] == "runs":
+                where.append(f"run {loc[1]}")
+                if len(loc) >= 4 and loc[2] == "layers":
+                    where.append(f"layer {loc[3]}")
+                    loc = loc[4:]
+                else:
+                    loc = loc[2:]
+            field = ".".join(str(x) for x in loc)
+            msg = err["msg"].removeprefix("Value error, ")
+            prefix = ", ".join(where)
+            if field:
+                prefix = f"{prefix}: field '{field}'" if prefix else f"field '{field}'"
+            messages.append(f"{prefix}: {msg}" if prefix else msg)
+        raise ProfileError(f"{source}: " + "; ".join(messages)) from None
+

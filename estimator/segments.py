@@ -1,0 +1,71 @@
+"""Cut each profiled run into the segments the estimator scales one by one.
+
+Per layer, in program order:
+
+* ``host``: host time the layer costs. For a GPU layer it is the time from the end of the previous
+  host interval to the end of this launch (framework work + enqueue); for a CPU layer it is the time
+  from the moment the host could start (previous host work done *and* device drained) to its end,
+  so waiting for the device is never mistaken for host work.
+* ``dispatch``: for a GPU layer, the delay from the end of its launch to the kernel's start, observed
+  only where the device was idle when the launch ended (otherwise the kernel queued behind earlier
+  work and the delay is hidden); ``nan`` where unobserved.
+* ``exec``: device execution time of a GPU layer.
+
+Plus one ``tail`` per run: from the end of the last layer to ``latency_ns`` (read-back, sync).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from estimator.profile import Profile
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Segment durations in ns: arrays of shape (runs, layers), tail of shape (runs,)."""
+
+    host: np.ndarray
+    dispatch: np.ndarray
+    exec: np.ndarray
+    tail: np.ndarray
+    cpu_khz: np.ndarray
+    gpu_hz: np.ndarray
+    context_len: np.ndarray  # zeros for models without a context
+    is_gpu: np.ndarray  # (layers,) bool
+
+
+def extract_segments(profile: Profile) -> Segments:
+    runs = profile.runs
+    n_runs, n_layers = len(runs), len(runs[0].layers)
+    host = np.zeros((n_runs, n_layers))
+    dispatch = np.full((n_runs, n_layers), np.nan)
+    exe = np.zeros((n_runs, n_layers))
+    tail = np.zeros(n_runs)
+    is_gpu = np.array([x.kind == "gpu" for x in runs[0].layers])
+    for r, run in enumerate(runs):
+        host_free = 0
+        device_free = 0
+        for i, x in enumerate(run.layers):
+            if x.kind == "gpu":
+                host[r, i] = x.cpu_end_ns - host_free
+                if device_free <= x.cpu_end_ns:
+                    dispatch[r, i] = max(0, x.gpu_start_ns - x.cpu_end_ns)
+                exe[r, i] = x.gpu_end_ns - x.gpu_start_ns
+                device_free = max(device_free, x.gpu_end_ns)
+            else:
+                host[r, i] = x.cpu_end_ns - max(host_free, device_free)
+            host_free = x.cpu_end_ns
+        tail[r] = run.latency_ns - max(host_free, device_free)
+    return Segments(
+        host=host,
+        dispatch=dispatch,
+        exec=exe,
+        tail=tail,
+        cpu_khz=np.array([run.cpu_khz for run in runs], dtype=float),
+        gpu_hz=np.array([run.gpu_hz for run in runs], dtype=float),
+        context_len=np.array([run.context_len or 0 for run in runs], dtype=float),
+        is_gpu=is_gpu,
+    )

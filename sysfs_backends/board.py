@@ -1,0 +1,126 @@
+"""Board descriptions (``configs/boards/*.yaml``), validated by pydantic.
+
+A board says which CPU policy runs the inference thread, which GPU node it has and how each domain
+is driven (``userspace`` governor or pinned ``min == max`` limits), with per-OPP power tables like
+the kernel's energy model. Boards with a ``simulation`` section can also run as a virtual board.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+Mechanism = Literal["userspace", "minmax"]
+
+
+def _ascending(values: list[int], what: str) -> None:
+    if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        raise ValueError(f"{what} must be strictly ascending, got {values}")
+
+
+class CpuPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpus: list[int] = Field(min_length=1)
+    frequencies_khz: list[PositiveInt] = Field(min_length=1)
+    power_mw: list[PositiveFloat] | None = None
+    transition_latency_ns: int = 50_000
+    governors: list[str] = ["ondemand", "userspace", "powersave", "performance", "schedutil"]
+    default_governor: str = "schedutil"
+
+    @model_validator(mode="after")
+    def _check(self) -> CpuPolicy:
+        _ascending(self.frequencies_khz, "frequencies_khz")
+        if self.power_mw is not None and len(self.power_mw) != len(self.frequencies_khz):
+            raise ValueError("power_mw needs one entry per frequency in frequencies_khz")
+        if self.default_governor not in self.governors:
+            raise ValueError(f"default_governor must be one of {self.governors}")
+        return self
+
+
+class CpuDomain(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inference_policy: str
+    mechanism: Mechanism = "userspace"
+    policies: dict[str, CpuPolicy] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> CpuDomain:
+        if self.inference_policy not in self.policies:
+            raise ValueError(
+                f"inference_policy {self.inference_policy!r} is not one of {sorted(self.policies)}"
+            )
+        return self
+
+    @property
+    def inference(self) -> CpuPolicy:
+        return self.policies[self.inference_policy]
+
+
+class GpuDomain(BaseModel):
+    """The GPU: a devfreq device (``devfreq``), an Adreno behind kgsl (``kgsl``, devfreq node plus
+    ``/sys/class/kgsl/kgsl-3d0``), or an Arm Mali driven through its devfreq node (``mali``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["devfreq", "kgsl", "mali"]
+    node: str
+    mechanism: Mechanism = "minmax"
+    frequencies_hz: list[PositiveInt] = Field(min_length=1)
+    power_mw: list[PositiveFloat] | None = None
+    transition_latency_ns: int = 100_000
+    governors: list[str] = ["simple_ondemand", "performance", "powersave", "userspace"]
+    default_governor: str = "simple_ondemand"
+
+    @model_validator(mode="after")
+    def _check(self) -> GpuDomain:
+        _ascending(self.frequencies_hz, "frequencies_hz")
+        if self.power_mw is not None and len(self.power_mw) != len(self.frequencies_hz):
+            raise ValueError("power_mw needs one entry per frequency in frequencies_hz")
+        if self.default_governor not in self.governors:
+            raise ValueError(f"default_governor must be one of {self.governors}")
+        if self.mechanism == "userspace" and "userspace" not in self.governors:
+            raise ValueError("mechanism 'userspace' needs 'userspace' among governors")
+        return self
+
+
+class Simulation(BaseModel):
+    """Physics of the virtual board (see sysfs_backends/virtual/simulator.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    gpu_flops_per_cycle: PositiveFloat
+    gpu_efficiency: PositiveFloat = 0.4
+    gpu_dram_gbps: PositiveFloat
+    gpu_kernel_cycles: PositiveFloat = 3000
+    gpu_kernel_fixed_ns: float = 1500
+    roofline_sharpness: PositiveFloat = 2.5
+    launch_cycles: PositiveFloat = 20_000
+    launch_fixed_ns: float = 6_000
+    dispatch_ns: float = 8_000
+    idle_wake_ns: float = 30_000
+    idle_wake_after_ns: float = 300_000
+    host_ops_per_cycle: PositiveFloat = 1.5
+    host_dram_gbps: PositiveFloat = 8.0
+    sync_cycles: PositiveFloat = 15_000
+    sync_fixed_ns: float = 20_000
+    noise_sigma: float = 0.03
+    outlier_probability: float = 0.01
+    outlier_ns: float = 150_000
+    thermal_cap_after_j: PositiveFloat = 40.0
+    thermal_cap_gpu_hz: PositiveInt | None = None
+    thermal_cap_cpu_khz: PositiveInt | None = None
+
+
+class BoardConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    cpu: CpuDomain
+    gpu: GpuDomain | None = None
+    idle_power_mw: float = 200.0
+    simulation: Simulation | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> BoardConfig:
+        if self.simulation is not None and self.gpu is None:
+            raise ValueError("a simulated board needs a gpu section")
+        return self
