@@ -1,0 +1,202 @@
+"""`dvfs-gov`: the command line. Commands parse arguments, call the library and print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from estimator.planner import plan_points
+from estimator.profile import ProfileError
+from governor import storage
+from governor.configs import ConfigError, available, load_board, load_model_spec
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="deadline-dvfs")
+def main() -> None:
+    """Deadline-aware CPU/GPU DVFS for DNN and small-language-model inference."""
+
+
+# ---- estimator ---------------------------------------------------------------------------
+@main.command()
+@click.argument("profile", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="where to write the fitted estimator (JSON)")
+def fit(profile: str, output: str) -> None:
+    """Fit the latency estimator to PROFILE (format deadline-dvfs.profile/1)."""
+    from estimator.model import Estimator
+
+    try:
+        prof = storage.load_profile(profile)
+        est = Estimator.fit(prof)
+    except (ProfileError, ValueError) as exc:
+        _fail(str(exc))
+    storage.write_atomic(output, est.to_json())
+    t = est.data.training
+    click.echo(
+        f"fitted {prof.model} on {prof.device}: {len(est.data.layer_names)} layers, "
+        f"{t['runs']} runs at {len(t['points'])} frequency pairs, "
+        f"error on the profiled runs {t['fit_mape_pct']}% -> {output}"
+    )
+
+
+@main.command()
+@click.argument("estimator_file", type=click.Path(dir_okay=False))
+@click.option("--cpu-khz", type=int, help="CPU frequency (kHz)")
+@click.option("--gpu-hz", type=int, help="GPU frequency (Hz)")
+@click.option("--context-len", type=int, help="tokens in the context (language models)")
+@click.option("--grid", is_flag=True, help="every pair of the frequency tables")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
+             context_len: int | None, grid: bool, as_json: bool) -> None:
+    """Predict latency and its breakdown at one frequency pair or over the grid."""
+    try:
+        est = storage.load_estimator(estimator_file)
+    except ValueError as exc:
+        _fail(str(exc))
+    if est.is_language_model and context_len is None:
+        _fail(f"{est.data.model} is a language model: give --context-len "
+              f"(profiled at {est.data.profiled_context_len})")
+    if not est.is_language_model and context_len is not None:
+        _fail(f"{est.data.model} has no context: drop --context-len")
+    if grid:
+        if cpu_khz is not None or gpu_hz is not None:
+            _fail("--grid covers every pair: drop --cpu-khz/--gpu-hz")
+        rows = est.grid(context_len).rows()
+    else:
+        if cpu_khz is None or gpu_hz is None:
+            _fail("give --cpu-khz and --gpu-hz, or --grid")
+        notes = []
+        for what, value, table in (("cpu-khz", cpu_khz, est.data.cpu_khz),
+                                   ("gpu-hz", gpu_hz, est.data.gpu_hz)):
+            if value <= 0:
+                _fail(f"--{what} must be positive")
+            if not table[0] <= value <= table[-1]:
+                notes.append(f"--{what} {value} is outside the profiled table "
+                             f"[{table[0]}, {table[-1]}]: extrapolated")
+        for note in notes:
+            click.echo(f"warning: {note}", err=True)
+        rows = est.breakdown(cpu_khz, gpu_hz, context_len).rows()
+    if context_len is not None:
+        for row in rows:
+            row["context_len"] = context_len
+    if as_json:
+        click.echo(json.dumps(rows if grid else rows[0]))
+        return
+    for row in rows:
+        click.echo(
+            f"cpu {row['cpu_khz']} kHz, gpu {row['gpu_hz']} Hz: {row['latency_ms']:.3f} ms "
+            f"(host busy {row['host_busy_ms']:.3f}, gpu busy {row['gpu_busy_ms']:.3f}, "
+            f"overlap {row['overlap_ms']:.3f}, bubbles {row['bubble_ms']:.3f}, "
+            f"host waiting {row['host_wait_ms']:.3f})"
+        )
+
+
+@main.command()
+@click.option("--board", required=True, help="board name or YAML path")
+@click.option("-n", "--points", default=5, show_default=True, help="pairs to profile")
+@click.option("--json", "as_json", is_flag=True)
+def plan(board: str, points: int, as_json: bool) -> None:
+    """Which (cpu, gpu) pairs to profile on BOARD (default: four corners and the centre)."""
+    try:
+        cfg = load_board(board)
+    except ConfigError as exc:
+        _fail(str(exc))
+    gpu = cfg.gpu.frequencies_hz if cfg.gpu else [0]
+    pairs = plan_points(cfg.cpu.inference.frequencies_khz, gpu, points)
+    if as_json:
+        click.echo(json.dumps([{"cpu_khz": c, "gpu_hz": g} for c, g in pairs]))
+    else:
+        for c, g in pairs:
+            click.echo(f"cpu {c} kHz, gpu {g} Hz")
+
+
+@main.command()
+@click.option("--board", required=True, help="board name or YAML path (needs a simulation section)")
+@click.option("--model", "model_name", required=True, help="model name or YAML path")
+@click.option("-n", "--points", default=5, show_default=True, help="planned pairs")
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--context-len", "context_lens", type=int, multiple=True,
+              help="context lengths to profile (language models; default from the model)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+def simulate(board: str, model_name: str, points: int, repeats: int,
+             context_lens: tuple[int, ...], seed: int, output: str) -> None:
+    """Profile MODEL on the virtual BOARD (the simulator), writing the shared profile format."""
+    from sysfs_backends.virtual.simulator import Simulator
+
+    try:
+        cfg, spec = load_board(board), load_model_spec(model_name)
+        sim = Simulator(cfg, spec)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    ctx = list(context_lens) or spec.profile_context_len or None
+    if spec.kind == "language_model" and not ctx:
+        _fail("a language model needs --context-len (at least two values)")
+    pairs = plan_points(cfg.cpu.inference.frequencies_khz, cfg.gpu.frequencies_hz, points)
+    prof = sim.profile(pairs, repeats, ctx, np.random.default_rng(seed))
+    storage.write_atomic(output, json.dumps(prof))
+    click.echo(f"profiled {spec.name} on virtual {cfg.name}: {len(prof['runs'])} runs at "
+               f"{len(pairs)} pairs -> {output}")
+
+
+# ---- configs -----------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def boards(as_json: bool) -> None:
+    """List the board configs (local ./configs/boards first, then the bundled ones)."""
+    out = []
+    for name, path in available("boards").items():
+        try:
+            cfg = load_board(path)
+        except ConfigError as exc:
+            out.append({"name": name, "path": str(path), "error": str(exc)})
+            continue
+        out.append({
+            "name": name,
+            "path": str(path),
+            "description": cfg.description,
+            "cpu_policy": cfg.cpu.inference_policy,
+            "cpu_mechanism": cfg.cpu.mechanism,
+            "gpu": f"{cfg.gpu.kind}:{cfg.gpu.node}" if cfg.gpu else None,
+            "gpu_mechanism": cfg.gpu.mechanism if cfg.gpu else None,
+            "virtual": cfg.simulation is not None,
+        })
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    for b in out:
+        if "error" in b:
+            click.echo(f"{b['name']:14s} INVALID: {b['error']}")
+            continue
+        virt = " [virtual]" if b["virtual"] else ""
+        click.echo(f"{b['name']:14s} cpu {b['cpu_policy']} ({b['cpu_mechanism']}), "
+                   f"gpu {b['gpu'] or '-'} ({b['gpu_mechanism'] or '-'}){virt}  {b['description']}")
+
+
+@main.command()
+def models() -> None:
+    """List the model configs."""
+    for name, path in available("models").items():
+        try:
+            spec = load_model_spec(path)
+        except ConfigError as exc:
+            click.echo(f"{name:14s} INVALID: {exc}")
+            continue
+        n = len(spec.flat_layers())
+        click.echo(f"{name:14s} {spec.kind:15s} {n:4d} layers  {spec.description}")
+
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+
+def gpu(name, cs, ce, gs, ge):
+    return {"name": name, "kind": "gpu", "cpu_start_ns": cs, "cpu_end_ns": ce,
+            "gpu_start_ns": gs, "gpu_end_ns": ge}
+
+
+def cpu(name, cs, ce):
+    return {"name": name, "kind": "cpu", "cpu_start_ns": cs, "cpu_end_ns": ce}
+
+
+@pytest.fixture
+def valid_profile() -> dict:
+    """The example of docs/profile-format.md, with two runs."""
+    run = {
+        "cpu_khz": 2400000, "gpu_hz": 625000000, "context_len": None, "latency_ns": 1_000_000,
+        "layers": [gpu("conv_1", 0, 21000, 30000, 240000),
+                   gpu("conv_2", 21000, 40000, 240000, 400000),
+                   cpu("nms", 410000, 900000)],
+    }
+    slow = copy.deepcopy(run)
+    slow["cpu_khz"] = 652800
+    return {
+        "format": "deadline-dvfs.profile/1", "model": "yolo_v2_tiny", "device": "pixel5",
+        "frequencies": {"cpu_khz": [652800, 1363200, 2400000],
+                        "gpu_hz": [250000000, 450000000, 625000000]},
+        "runs": [run, slow],
+    }
