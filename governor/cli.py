@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 import numpy as np
@@ -181,6 +180,82 @@ def boards(as_json: bool) -> None:
         virt = " [virtual]" if b["virtual"] else ""
         click.echo(f"{b['name']:14s} cpu {b['cpu_policy']} ({b['cpu_mechanism']}), "
                    f"gpu {b['gpu'] or '-'} ({b['gpu_mechanism'] or '-'}){virt}  {b['description']}")
+
+
+def backend_options(fn):
+    """--backend/--sysfs-root/--virtual-root/--state-file, shared by commands that touch a board."""
+    fn = click.option("--state-file", type=click.Path(dir_okay=False),
+                      help="where original settings are saved (default under $XDG_STATE_HOME)")(fn)
+    fn = click.option("--virtual-root", type=click.Path(file_okay=False),
+                      help="virtual board tree (created if missing)")(fn)
+    fn = click.option("--sysfs-root", default="/", show_default=True,
+                      help="root of a tree laid out like /sys (linux backend)")(fn)
+    fn = click.option("--adb", "adb_address", help="host:port of the phone (android backend)")(fn)
+    fn = click.option("--backend", "backend_kind", default="virtual", show_default=True,
+                      help="linux, virtual, android, or a registered backend")(fn)
+    return fn
+
+
+def open_board_backend(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | None,
+                       state_file: str | None, adb_address: str | None):
+    from sysfs_backends.registry import AdbOptions, BackendSpec, open_backend
+
+    cfg = load_board(board)
+    spec = BackendSpec(kind=backend_kind, sysfs_root=sysfs_root, virtual_root=virtual_root,
+                       state_file=state_file, adb=AdbOptions(address=adb_address))
+    return cfg, open_backend(cfg, spec)
+
+
+@main.command()
+@click.option("--board", required=True, help="board name or YAML path")
+@backend_options
+@click.option("--json", "as_json", is_flag=True)
+def status(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | None,
+           state_file: str | None, adb_address: str | None, as_json: bool) -> None:
+    """What the backend discovers on BOARD: domains, tables, governors, current frequencies."""
+    from sysfs_backends.sysfs import BackendError
+
+    try:
+        _, backend = open_board_backend(board, backend_kind, sysfs_root, virtual_root, state_file,
+                                        adb_address)
+        found = backend.discover()
+    except (ConfigError, BackendError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(found.model_dump_json(indent=1))
+        return
+    click.echo(f"board {found.board} via {found.backend} backend")
+    for name, d in found.domains.items():
+        s = found.states[name]
+        cpus = f" cpus {','.join(map(str, d.cpus))}" if d.cpus else ""
+        click.echo(f"  {name}: {d.kind} {d.node}{cpus}, mechanism {d.mechanism}, "
+                   f"transition {d.transition_latency_ns} ns")
+        click.echo(f"    governor {s.governor} (available: {' '.join(d.governors)})")
+        click.echo(f"    current {s.cur} {d.unit}, limits {s.min}..{s.max} {d.unit} "
+                   f"(hardware {d.hw_min}..{d.hw_max})")
+        click.echo(f"    table ({len(d.frequencies)}): {' '.join(map(str, d.frequencies))}")
+    for note in found.notes:
+        click.echo(f"  note: {note}")
+
+
+@main.command()
+@click.option("--board", required=True, help="board name or YAML path")
+@backend_options
+def restore(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | None,
+            state_file: str | None, adb_address: str | None) -> None:
+    """Put back the governors and limits saved by a run that did not stop cleanly."""
+    from sysfs_backends.sysfs import BackendError
+
+    try:
+        _, backend = open_board_backend(board, backend_kind, sysfs_root, virtual_root, state_file,
+                                        adb_address)
+        done = backend.restore()
+    except (ConfigError, BackendError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    if not done:
+        click.echo("nothing to restore (no saved state, or settings already original)")
+    for line in done:
+        click.echo(f"restored {line}")
 
 
 @main.command()

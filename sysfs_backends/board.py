@@ -7,8 +7,10 @@ the kernel's energy model. Boards with a ``simulation`` section can also run as 
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 Mechanism = Literal["userspace", "minmax"]
@@ -40,12 +42,15 @@ class CpuPolicy(BaseModel):
 
 class CpuDomain(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    inference_policy: str
+    inference_policy: str = Field(pattern=r"^policy[0-9]+$")
     mechanism: Mechanism = "userspace"
     policies: dict[str, CpuPolicy] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check(self) -> CpuDomain:
+        bad = [p for p in self.policies if not re.fullmatch(r"policy[0-9]+", p)]
+        if bad:
+            raise ValueError(f"policy names look like policyN (the cpufreq directory), got {bad}")
         if self.inference_policy not in self.policies:
             raise ValueError(
                 f"inference_policy {self.inference_policy!r} is not one of {sorted(self.policies)}"
@@ -57,13 +62,16 @@ class CpuDomain(BaseModel):
         return self.policies[self.inference_policy]
 
 
+NODE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.,:+-]*$"  # one path component: no '/', no '..'
+
+
 class GpuDomain(BaseModel):
     """The GPU: a devfreq device (``devfreq``), an Adreno behind kgsl (``kgsl``, devfreq node plus
     ``/sys/class/kgsl/kgsl-3d0``), or an Arm Mali driven through its devfreq node (``mali``)."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["devfreq", "kgsl", "mali"]
-    node: str
+    node: str = Field(pattern=NODE_PATTERN)
     mechanism: Mechanism = "minmax"
     frequencies_hz: list[PositiveInt] = Field(min_length=1)
     power_mw: list[PositiveFloat] | None = None
@@ -124,3 +132,19 @@ class BoardConfig(BaseModel):
         if self.simulation is not None and self.gpu is None:
             raise ValueError("a simulated board needs a gpu section")
         return self
+
+    @property
+    def has_power_tables(self) -> bool:
+        return self.cpu.inference.power_mw is not None and (
+            self.gpu is None or self.gpu.power_mw is not None
+        )
+
+    def power_mw(self, domain: str, freq: float) -> float:
+        """Active power of a domain at ``freq`` (its unit), interpolated between OPPs."""
+        if domain == "cpu":
+            table, power = self.cpu.inference.frequencies_khz, self.cpu.inference.power_mw
+        else:
+            table, power = self.gpu.frequencies_hz, self.gpu.power_mw
+        if power is None:
+            raise ValueError(f"board {self.name!r} has no power table for the {domain}")
+        return float(np.interp(freq, table, power))

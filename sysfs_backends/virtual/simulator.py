@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from estimator.profile import FORMAT
-from estimator.workload import HostOp, ModelSpec, layer_work
+from estimator.workload import ModelSpec, layer_work
 from sysfs_backends.board import BoardConfig, Simulation
 
 
@@ -99,7 +99,10 @@ class Simulator:
         gpu_hz: np.ndarray | float,
         context_len: float | None = None,
         rng: np.random.Generator | None = None,
+        host_slowdown: float = 1.0,
     ) -> SimResult:
+        """Timings at each (cpu_khz, gpu_hz); ``host_slowdown`` > 1 models other load sharing the
+        inference thread's CPU (the host segments stretch, the GPU's do not)."""
         s, c = self.sim, self.c
         cpu = np.atleast_1d(np.asarray(cpu_khz, dtype=float))
         gpu = np.atleast_1d(np.asarray(gpu_hz, dtype=float))
@@ -107,7 +110,7 @@ class Simulator:
         g = cpu.shape[0]
         n = len(c.names)
         ctx = float(context_len or 0)
-        ns_per_cpu_cycle = 1e6 / cpu  # cpu in kHz
+        ns_per_cpu_cycle = 1e6 / cpu * host_slowdown  # cpu in kHz
         ns_per_gpu_cycle = 1e9 / gpu
 
         flops = (c.flops + ctx * c.flops_per_token)[:, None]

@@ -1,0 +1,94 @@
+"""The backend interface: everything the governor does to hardware goes through it.
+
+One abstraction per hardware domain (``cpu``: the cpufreq policy running the inference thread;
+``gpu``: the devfreq/kgsl/Mali device). Nothing above a backend knows a sysfs path: domains are
+described by the pydantic models below, in the kernel's own units (CPU kHz, GPU Hz).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+from pydantic import BaseModel
+
+DomainName = Literal["cpu", "gpu"]
+
+
+class DomainInfo(BaseModel):
+    """What discovery found for one domain."""
+
+    name: DomainName
+    kind: Literal["cpufreq", "devfreq", "kgsl", "mali"]
+    node: str  # policy name or device node, for people (never a path to write to)
+    unit: Literal["kHz", "Hz"]
+    cpus: list[int] = []
+    frequencies: list[int]
+    governors: list[str]
+    mechanism: Literal["userspace", "minmax"]
+    transition_latency_ns: int
+    hw_min: int
+    hw_max: int
+
+
+class DomainState(BaseModel):
+    """Current state of one domain; ``cur`` is the effective frequency the hardware reports."""
+
+    governor: str
+    cur: int
+    min: int
+    max: int
+
+
+class Discovery(BaseModel):
+    backend: str
+    board: str
+    domains: dict[str, DomainInfo]
+    states: dict[str, DomainState]
+    notes: list[str] = []
+
+
+class ApplyResult(BaseModel):
+    """Outcome of one apply. ``effective`` is read back after the writes (thermal caps show)."""
+
+    requested: dict[str, int]
+    target: dict[str, int]
+    effective: dict[str, int]
+    writes: int
+    round_trips: int
+    notes: list[str] = []
+
+    @property
+    def capped(self) -> bool:
+        return any(self.effective[d] < self.target[d] for d in self.target)
+
+
+class Backend(ABC):
+    """Drives one board. Subclasses differ in transport only; see sysfs_backends.sysfs."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def discover(self) -> Discovery: ...
+
+    @abstractmethod
+    def state(self) -> dict[str, DomainState]: ...
+
+    @abstractmethod
+    def apply(self, cpu_khz: int | None = None, gpu_hz: int | None = None) -> ApplyResult:
+        """Put one (cpu, gpu) pair in force; ``None`` leaves that domain alone."""
+
+    @abstractmethod
+    def save(self) -> None:
+        """Record original governors and limits (memory + state file) before the first write."""
+
+    @abstractmethod
+    def restore(self) -> list[str]:
+        """Put the saved settings back; returns what was done, for people."""
+
+    def recover_crashed(self) -> list[str]:
+        """Restore what an earlier run saved but never put back (it was killed); [] if none."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; does not restore."""

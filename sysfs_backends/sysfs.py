@@ -1,0 +1,396 @@
+"""Shared sysfs logic for cpufreq and devfreq (incl. Adreno kgsl and Mali), over any transport.
+
+Follows the kernel's documented ABI (Documentation/admin-guide/pm/cpufreq.rst,
+Documentation/ABI/testing/sysfs-class-devfreq):
+
+* cpufreq policy ``/sys/devices/system/cpu/cpufreq/policyN/``, values in kHz; ``scaling_setspeed``
+  only works under the ``userspace`` governor (it reads ``<unsupported>`` otherwise);
+* devfreq ``/sys/class/devfreq/<dev>/``, values in Hz; ``userspace/set_freq`` exists only while
+  the ``userspace`` governor is selected;
+* Adreno: the devfreq node of ``kgsl-3d0`` for limits, ``/sys/class/kgsl/kgsl-3d0/gpuclk`` for the
+  clock really running;
+* a requested frequency that is not in the table is rounded the way the kernel resolves it
+  (the lowest supported frequency at or above the request, ``CPUFREQ_RELATION_L`` / devfreq's
+  recommended OPP; the highest one if the request is above all) and the result says so;
+* min/max limits are written in the order that never leaves ``min > max``.
+
+Writes only ever go to files inside the domain directories found by discovery.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from sysfs_backends.base import ApplyResult, Backend, Discovery, DomainInfo, DomainState
+from sysfs_backends.board import BoardConfig
+from sysfs_backends.transport import OpResult, Read, SysfsIOError, Transport, Write
+
+CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
+DEVFREQ_DIR = "/sys/class/devfreq"
+KGSL_DIR = "/sys/class/kgsl/kgsl-3d0"
+
+
+class _StaleLimits(Exception):
+    """An EINVAL that a fresh read of the limits may explain."""
+
+
+class BackendError(RuntimeError):
+    """Discovery or configuration problem a person has to fix; the message says how."""
+
+
+def round_to_table(value: int, table: list[int]) -> int:
+    """The kernel's resolution of a request: lowest supported >= value, else the highest."""
+    i = bisect.bisect_left(table, value)
+    return table[min(i, len(table) - 1)]
+
+
+class _Files(BaseModel):
+    """Absolute paths of one domain's attributes (private to this module)."""
+
+    dir: str
+    governor: str
+    governors: str
+    frequencies: str
+    min: str
+    max: str
+    cur: str
+    setspeed: str
+    hw_min: str | None = None
+    hw_max: str | None = None
+    transition: str | None = None
+    cpus: str | None = None
+
+
+def _cpufreq_files(policy: str) -> _Files:
+    d = f"{CPUFREQ_DIR}/{policy}"
+    return _Files(
+        dir=d, governor=f"{d}/scaling_governor", governors=f"{d}/scaling_available_governors",
+        frequencies=f"{d}/scaling_available_frequencies", min=f"{d}/scaling_min_freq",
+        max=f"{d}/scaling_max_freq", cur=f"{d}/scaling_cur_freq", setspeed=f"{d}/scaling_setspeed",
+        hw_min=f"{d}/cpuinfo_min_freq", hw_max=f"{d}/cpuinfo_max_freq",
+        transition=f"{d}/cpuinfo_transition_latency", cpus=f"{d}/related_cpus",
+    )
+
+
+def _devfreq_files(node: str, kgsl: bool) -> _Files:
+    d = f"{DEVFREQ_DIR}/{node}"
+    return _Files(
+        dir=d, governor=f"{d}/governor", governors=f"{d}/available_governors",
+        frequencies=f"{d}/available_frequencies", min=f"{d}/min_freq", max=f"{d}/max_freq",
+        cur=f"{KGSL_DIR}/gpuclk" if kgsl else f"{d}/cur_freq", setspeed=f"{d}/userspace/set_freq",
+    )
+
+
+class SavedDomain(BaseModel):
+    governor: str
+    min: int
+    max: int
+
+
+class SavedState(BaseModel):
+    """The state file: what to put back, even after a crash (``dvfs-gov restore``)."""
+
+    format: str = "deadline-dvfs.saved/1"
+    board: str
+    backend: str
+    pid: int
+    domains: dict[str, SavedDomain]
+
+
+def _int(result: OpResult) -> int:
+    try:
+        return int(str(result.value).split()[0])
+    except (ValueError, IndexError):
+        raise SysfsIOError(errno.EINVAL, result.op.path, detail=f"not a number: {result.value!r}") from None
+
+
+class SysfsBackend(Backend):
+    """cpufreq + devfreq over a transport. ``state_file`` makes save/restore survive a crash."""
+
+    name = "sysfs"
+
+    def __init__(
+        self, board: BoardConfig, transport: Transport, state_file: str | Path | None = None
+    ) -> None:
+        self.board = board
+        self.transport = transport
+        self.state_file = Path(state_file) if state_file else None
+        self._files: dict[str, _Files] = {}
+        self._info: dict[str, DomainInfo] | None = None
+        self._known: dict[str, DomainState] = {}
+        self._saved: SavedState | None = None
+        self.notes: list[str] = []
+
+    # ---- transport helpers ----------------------------------------------------------
+    def _batch(self, ops: list) -> list[OpResult]:
+        return self.transport.run(ops)
+
+    def _read_many(self, paths: list[str]) -> list[OpResult]:
+        results = self._batch([Read(p) for p in paths])
+        for r in results:
+            if not r.ok:
+                raise SysfsIOError(r.errno or errno.EIO, r.op.path)
+        return results
+
+    # ---- discovery ------------------------------------------------------------------
+    def _domain_files(self) -> dict[str, _Files]:
+        if self._files:
+            return self._files
+        cpu = self.board.cpu.inference_policy
+        if not self.transport.exists(f"{CPUFREQ_DIR}/{cpu}"):
+            found = [p for p in self.transport.listdir(CPUFREQ_DIR) if p.startswith("policy")]
+            raise BackendError(
+                f"board {self.board.name!r}: cpufreq policy {cpu!r} not found under {CPUFREQ_DIR} "
+                f"(found: {', '.join(found) or 'none'}); fix cpu.inference_policy in the board config"
+            )
+        files = {"cpu": _cpufreq_files(cpu)}
+        gpu = self.board.gpu
+        if gpu is not None:
+            if not self.transport.exists(f"{DEVFREQ_DIR}/{gpu.node}"):
+                found = self.transport.listdir(DEVFREQ_DIR)
+                raise BackendError(
+                    f"board {self.board.name!r}: devfreq device {gpu.node!r} not found under "
+                    f"{DEVFREQ_DIR} (found: {', '.join(found) or 'none'}); fix gpu.node"
+                )
+            kgsl = gpu.kind == "kgsl"
+            if kgsl and not self.transport.exists(f"{KGSL_DIR}/gpuclk"):
+                raise BackendError(
+                    f"board {self.board.name!r}: gpu.kind is kgsl but {KGSL_DIR}/gpuclk is missing"
+                )
+            files["gpu"] = _devfreq_files(gpu.node, kgsl)
+        self._files = files
+        return files
+
+    def domains(self) -> dict[str, DomainInfo]:
+        if self._info is not None:
+            return self._info
+        files = self._domain_files()
+        info: dict[str, DomainInfo] = {}
+        for name, f in files.items():
+            cfg_freqs = (self.board.cpu.inference.frequencies_khz if name == "cpu"
+                         else self.board.gpu.frequencies_hz)
+            optional = [p for p in (f.frequencies, f.hw_min, f.hw_max, f.transition, f.cpus) if p]
+            res = {r.op.path: r for r in self._batch([Read(p) for p in [f.governors, *optional]])}
+            if not res[f.governors].ok:
+                raise SysfsIOError(res[f.governors].errno or errno.EIO, f.governors)
+            governors = res[f.governors].value.split()
+            if res[f.frequencies].ok and res[f.frequencies].value:
+                freqs = sorted({int(x) for x in res[f.frequencies].value.split()})
+                if freqs != cfg_freqs:
+                    self.notes.append(f"{name}: the kernel's frequency table differs from the board "
+                                      f"config; using the kernel's ({len(freqs)} entries)")
+            else:
+                freqs = list(cfg_freqs)
+                self.notes.append(f"{name}: {f.frequencies} not readable; using the board config's table")
+            mechanism = self.board.cpu.mechanism if name == "cpu" else self.board.gpu.mechanism
+            if mechanism == "userspace" and "userspace" not in governors:
+                raise BackendError(
+                    f"{f.dir}: mechanism 'userspace' needs the userspace governor, which this kernel "
+                    f"lacks (available: {' '.join(governors)}); set mechanism: minmax for the {name} "
+                    "in the board config"
+                )
+            if f.transition and res[f.transition].ok:
+                latency = int(res[f.transition].value)
+            else:
+                latency = (self.board.cpu.inference.transition_latency_ns if name == "cpu"
+                           else self.board.gpu.transition_latency_ns)
+            cpus: list[int] = []
+            if f.cpus and res[f.cpus].ok:
+                cpus = [int(x) for x in res[f.cpus].value.split()]
+            hw_min = int(res[f.hw_min].value) if f.hw_min and res[f.hw_min].ok else freqs[0]
+            hw_max = int(res[f.hw_max].value) if f.hw_max and res[f.hw_max].ok else freqs[-1]
+            kind = "cpufreq" if name == "cpu" else self.board.gpu.kind
+            node = self.board.cpu.inference_policy if name == "cpu" else self.board.gpu.node
+            info[name] = DomainInfo(
+                name=name, kind=kind, node=node, unit="kHz" if name == "cpu" else "Hz", cpus=cpus,
+                frequencies=freqs, governors=governors, mechanism=mechanism,
+                transition_latency_ns=latency, hw_min=hw_min, hw_max=hw_max,
+            )
+        self._info = info
+        return info
+
+    def discover(self) -> Discovery:
+        info = self.domains()
+        return Discovery(backend=self.name, board=self.board.name, domains=info,
+                         states=self.state(), notes=list(self.notes))
+
+    # ---- reading --------------------------------------------------------------------
+    def state(self) -> dict[str, DomainState]:
+        files = self._domain_files()
+        paths = [p for f in files.values() for p in (f.governor, f.cur, f.min, f.max)]
+        res = self._read_many(paths)
+        out = {}
+        for k, name in enumerate(files):
+            gov, cur, lo, hi = res[4 * k: 4 * k + 4]
+            out[name] = DomainState(governor=gov.value, cur=_int(cur), min=_int(lo), max=_int(hi))
+        self._known = {k: v.model_copy() for k, v in out.items()}
+        return out
+
+    # ---- save / restore -------------------------------------------------------------
+    def save(self) -> None:
+        if self._saved is not None:
+            return
+        if self.state_file and self.state_file.exists():
+            stale = SavedState.model_validate_json(self.state_file.read_text())
+            raise BackendError(
+                f"{self.state_file}: settings saved by an earlier run (pid {stale.pid}) were never "
+                "restored; run `dvfs-gov restore` first so the true originals are not lost"
+            )
+        current = self.state()
+        self._saved = SavedState(
+            board=self.board.name, backend=self.name, pid=os.getpid(),
+            domains={d: SavedDomain(governor=s.governor, min=s.min, max=s.max) for d, s in current.items()},
+        )
+        if self.state_file:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(self._saved.model_dump_json(indent=1))
+            os.replace(tmp, self.state_file)
+
+    def load_saved(self) -> SavedState | None:
+        """Adopt a state file left by a run that did not restore (crash, SIGKILL)."""
+        if self.state_file and self.state_file.exists():
+            self._saved = SavedState.model_validate_json(self.state_file.read_text())
+        return self._saved
+
+    def recover_crashed(self) -> list[str]:
+        if self._saved is None and self.load_saved() is not None:
+            return self.restore()
+        return []
+
+    def restore(self) -> list[str]:
+        if self._saved is None and self.load_saved() is None:
+            return []
+        files = self._domain_files()
+        current = self.state()
+        done: list[str] = []
+        for name, saved in self._saved.domains.items():
+            f, cur = files[name], current[name]
+            ops: list[Write] = []
+            if cur.governor != saved.governor:
+                ops.append(Write(f.governor, saved.governor))
+            ops += self._limit_writes(f, cur.min, cur.max, saved.min, saved.max)
+            if ops:
+                self._run_writes(ops)
+                done += [f"{name}: {op.path.rsplit('/', 1)[-1]} = {op.value}" for op in ops]
+        self._saved = None
+        if self.state_file:
+            self.state_file.unlink(missing_ok=True)
+        self.state()
+        return done
+
+    # ---- applying -------------------------------------------------------------------
+    @staticmethod
+    def _limit_writes(f: _Files, cur_min: int, cur_max: int, new_min: int, new_max: int) -> list[Write]:
+        """Writes taking limits to (new_min, new_max) without ever having min > max."""
+        writes = []
+        first_max = new_min > cur_max
+        if first_max and new_max != cur_max:
+            writes.append(Write(f.max, str(new_max)))
+        if new_min != cur_min:
+            writes.append(Write(f.min, str(new_min)))
+        if not first_max and new_max != cur_max:
+            writes.append(Write(f.max, str(new_max)))
+        return writes
+
+    def _domain_writes(self, name: str, target: int) -> list[Write]:
+        info, f = self.domains()[name], self._files[name]
+        known = self._known[name]
+        if info.mechanism == "minmax":
+            return self._limit_writes(f, known.min, known.max, target, target)
+        writes = []
+        if known.governor != "userspace":
+            writes.append(Write(f.governor, "userspace"))
+        if known.governor != "userspace" or known.cur != target:
+            writes.append(Write(f.setspeed, str(target)))
+        return writes
+
+    def _run_writes(self, writes: list[Write]) -> list[OpResult]:
+        for w in writes:  # a config can never make us write outside the discovered directories
+            if not any(w.path.startswith(f.dir + "/") for f in self._files.values()):
+                raise BackendError(f"refusing to write outside the discovered domains: {w.path}")
+        results = self._batch(writes)
+        failed = next((r for r in results if not r.ok and not r.skipped), None)
+        if failed is not None:
+            raise SysfsIOError(failed.errno or errno.EIO, failed.op.path, failed.op.value)
+        return results
+
+    def apply(self, cpu_khz: int | None = None, gpu_hz: int | None = None) -> ApplyResult:
+        try:
+            return self._apply_once(cpu_khz, gpu_hz, final=False)
+        except _StaleLimits:
+            # our picture of the limits was stale (thermal, another process): re-read, retry once
+            self.state()
+            return self._apply_once(cpu_khz, gpu_hz, final=True)
+
+    def _apply_once(self, cpu_khz: int | None, gpu_hz: int | None, final: bool) -> ApplyResult:
+        info = self.domains()
+        if self._saved is None:
+            self.save()
+        if not self._known:
+            self.state()
+        requested = {k: v for k, v in (("cpu", cpu_khz), ("gpu", gpu_hz)) if v is not None}
+        notes = []
+        target = {}
+        for name, value in requested.items():
+            if name not in info:
+                raise BackendError(f"board {self.board.name!r} has no {name} domain")
+            if value <= 0:
+                raise ValueError(f"{name} frequency must be positive, got {value}")
+            table = info[name].frequencies
+            target[name] = round_to_table(value, table)
+            if target[name] != value:
+                notes.append(f"{name}: {value} {info[name].unit} is not supported; the kernel "
+                             f"resolves it to {target[name]} {info[name].unit}")
+        trips_before = self.transport.round_trips
+        writes = [w for name, t in target.items() for w in self._domain_writes(name, t)]
+        readback = [Read(p) for name in target for p in
+                    (self._files[name].cur, self._files[name].min, self._files[name].max)]
+        results = self._batch([*writes, *readback])
+        failed = next((r for r in results if not r.ok and not r.skipped), None)
+        if failed is not None and isinstance(failed.op, Write):
+            done = [r.op for r in results if r.ok and isinstance(r.op, Write)]
+            self._undo(done)
+            if failed.errno == errno.EINVAL and not final:
+                raise _StaleLimits
+            raise SysfsIOError(failed.errno or errno.EIO, failed.op.path, failed.op.value,
+                               "previous settings left in place")
+        reads = results[len(writes):]
+        effective = {}
+        for k, name in enumerate(target):
+            cur, lo, hi = (_int(r) for r in reads[3 * k: 3 * k + 3])
+            gov = "userspace" if info[name].mechanism == "userspace" else self._known[name].governor
+            self._known[name] = DomainState(governor=gov, cur=cur, min=lo, max=hi)
+            effective[name] = cur
+            if cur != target[name]:
+                notes.append(f"{name}: requested {target[name]} {info[name].unit} but "
+                             f"{cur} {info[name].unit} is in force (limits {lo}..{hi}: thermal cap "
+                             "or another agent)")
+        return ApplyResult(requested=requested, target=target, effective=effective,
+                           writes=len(writes), round_trips=self.transport.round_trips - trips_before,
+                           notes=notes)
+
+    def _undo(self, done: list[Write]) -> None:
+        """Put back what a partly failed apply changed, newest first."""
+        before = {}
+        for name, f in self._files.items():
+            k = self._known.get(name)
+            if k:
+                before.update({f.governor: k.governor, f.min: str(k.min), f.max: str(k.max),
+                               f.setspeed: str(k.cur)})
+        undo = [Write(w.path, before[w.path]) for w in reversed(done) if w.path in before]
+        if undo:
+            self._batch(undo)
+
+
+def saved_state_path(board: str, root: str | Path) -> Path:
+    """Default state file: $XDG_STATE_HOME/deadline-dvfs/<board>-<root>.json."""
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    tag = str(Path(root).resolve()).strip("/").replace("/", "_") or "root"
+    return base / "deadline-dvfs" / f"{board}-{tag}.json"
+
