@@ -148,6 +148,32 @@ def simulate(board: str, model_name: str, points: int, repeats: int,
                f"{len(pairs)} pairs -> {output}")
 
 
+# ---- governor -----------------------------------------------------------------------------
+@main.command()
+@click.option("--config", "config_path", required=True, help="governor YAML (name or path)")
+@click.option("--socket", "socket_path", help="override the config's socket path")
+@click.option("--virtual-root", help="override the virtual board's tree (virtual backend)")
+def run(config_path: str, socket_path: str | None, virtual_root: str | None) -> None:
+    """Run the governor daemon until SIGTERM/SIGINT; restores the original settings on exit."""
+    import logging
+
+    from governor.app import build_governor
+    from governor.config import load_governor_config
+    from governor.daemon import SocketInUse, run_daemon
+    from sysfs_backends.sysfs import BackendError
+
+    try:
+        cfg, cfg_dir = load_governor_config(config_path)
+        if virtual_root:
+            cfg.backend.virtual_root = virtual_root
+        logging.basicConfig(level=cfg.log_level.upper(),
+                            format="%(asctime)s dvfs-gov[%(process)d] %(levelname)s %(message)s")
+        gov = build_governor(cfg, cfg_dir)
+        run_daemon(gov, socket_path or cfg.socket)
+    except (ConfigError, BackendError, SocketInUse, ValueError, OSError) as exc:
+        _fail(str(exc))
+
+
 # ---- configs -----------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True)

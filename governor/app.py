@@ -1,0 +1,44 @@
+"""Putting a governor together from its config: board, backend, estimators."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from estimator.model import Estimator
+from estimator.planner import plan_points
+from estimator.profile import parse_profile
+from governor.config import GovernorConfig
+from governor.configs import load_board, load_model_spec
+from governor.core import Governor
+from governor.storage import load_estimator
+from sysfs_backends.board import BoardConfig
+from sysfs_backends.registry import open_backend
+from sysfs_backends.virtual.simulator import Simulator
+
+log = logging.getLogger(__name__)
+
+
+def fit_on_virtual_board(board: BoardConfig, model: str, seed: int = 0) -> Estimator:
+    """Profile a model on the virtual board (5 planned pairs x 3 repeats) and fit it."""
+    spec = load_model_spec(model)
+    sim = Simulator(board, spec)
+    pairs = plan_points(board.cpu.inference.frequencies_khz, board.gpu.frequencies_hz)
+    profile = sim.profile(pairs, 3, spec.profile_context_len or None, np.random.default_rng(seed))
+    return Estimator.fit(parse_profile(profile))
+
+
+def build_governor(config: GovernorConfig, config_dir: Path) -> Governor:
+    board = load_board(config.board)
+    models: dict[str, Estimator] = {}
+    for name, entry in config.models.items():
+        if entry.estimator is not None:
+            path = Path(entry.estimator)
+            models[name] = load_estimator(path if path.is_absolute() else config_dir / path)
+        else:
+            log.info("profiling %s on the virtual %s", entry.simulate, board.name)
+            models[name] = fit_on_virtual_board(board, entry.simulate)
+    backend = open_backend(board, config.backend)
+    return Governor(backend, board, models, config.governor)

@@ -1,0 +1,64 @@
+"""The governor's YAML config (``configs/governor/*.yaml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from governor.configs import load_yaml_model, resolve
+from sysfs_backends.registry import BackendSpec
+
+
+class ModelEntry(BaseModel):
+    """Where a model's estimator comes from: a file from `dvfs-gov fit`, or (virtual boards only)
+    ``simulate: <model config>`` to profile it on the virtual board and fit it at start."""
+
+    model_config = ConfigDict(extra="forbid")
+    estimator: str | None = Field(None, description="estimator JSON written by `dvfs-gov fit`")
+    simulate: str | None = Field(None, description="model config to profile on the virtual board")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelEntry:
+        if (self.estimator is None) == (self.simulate is None):
+            raise ValueError("give exactly one of 'estimator' (a file) or 'simulate' (a model config)")
+        return self
+
+
+class GovernorSettings(BaseModel):
+    """How decisions are made. Defaults suit a 30-60 fps app on a phone."""
+
+    model_config = ConfigDict(extra="forbid")
+    miss_rate_target: float = Field(0.01, gt=0, lt=0.5, description="allowed fraction of late frames")
+    margin: float = Field(0.02, ge=0, lt=1, description="extra headroom on top of the learned correction")
+    initial_margin: float = Field(0.10, ge=0, lt=1, description="headroom before enough frames are measured")
+    correction_window: int = Field(200, ge=10, description="recent frames the correction learns from")
+    min_samples: int = Field(20, ge=1)
+    hysteresis: float = Field(0.03, ge=0, lt=1, description="keep the pair in force unless the best saves more")
+    context_bucket: int = Field(64, ge=1, description="context lengths are rounded up to a multiple of this")
+    cap_recheck_s: float = Field(1.0, gt=0, description="how long a learned thermal cap is trusted")
+    frame_timeout_s: float = Field(5.0, gt=0, description="a frame in flight longer than this is dropped")
+
+
+class GovernorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    board: str
+    backend: BackendSpec = BackendSpec()
+    socket: str = "/tmp/deadline-dvfs.sock"
+    models: dict[str, ModelEntry] = Field(min_length=1)
+    governor: GovernorSettings = GovernorSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _simulate_needs_virtual(self) -> GovernorConfig:
+        sim = [m for m, e in self.models.items() if e.simulate and self.backend.kind != "virtual"]
+        if sim:
+            raise ValueError(f"models {sim} use 'simulate', which needs backend.kind: virtual")
+        return self
+
+
+def load_governor_config(name_or_path: str | Path) -> tuple[GovernorConfig, Path]:
+    """The config and its folder (relative estimator paths are read from there)."""
+    path = resolve("governor", name_or_path)
+    return load_yaml_model(path, GovernorConfig), path.parent

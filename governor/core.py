@@ -1,0 +1,330 @@
+"""The deadline-driven control loop.
+
+Before a frame: look up the model's precomputed grid (latency and energy at every (cpu, gpu) pair),
+scale the predictions by the learned correction, keep the pairs that meet the deadline (transition
+latency included where the pair would change), never go below a frame still in flight or above a
+cap the hardware imposed, and pick the one with the least predicted energy. The write happens only
+if the pair differs from what is in force. After the frame: the measured/predicted ratio feeds the
+correction, a high quantile of recent ratios chosen so that the miss rate stays at the target.
+
+Everything on the per-frame path is a few numpy operations on a ~200-element grid; grids for a new
+context length are computed once per bucket and cached.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from estimator.model import Estimator
+from governor.config import GovernorSettings
+from sysfs_backends.base import Backend
+from sysfs_backends.board import BoardConfig
+
+log = logging.getLogger(__name__)
+MAX_CACHED_GRIDS = 256
+
+
+class GovernorError(ValueError):
+    """A request the governor cannot serve; ``code`` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Decision:
+    frame: int
+    cpu_khz: int
+    gpu_hz: int
+    predicted_ms: float  # at the pair in force, corrected
+    feasible: bool
+    changed: bool
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class _Grid:
+    """One model (at one context bucket) over the frequency grid."""
+
+    latency_ms: np.ndarray
+    energy_mj: np.ndarray
+
+
+@dataclass
+class _Correction:
+    """measured / predicted ratios of recent frames; factor = their (1 - miss target) quantile."""
+
+    window: int
+    settings: GovernorSettings
+    ratios: deque = field(default_factory=deque)
+    factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.ratios = deque(maxlen=self.window)
+        self.factor = 1.0 + self.settings.initial_margin
+
+    def add(self, ratio: float) -> None:
+        self.ratios.append(ratio)
+        s = self.settings
+        if len(self.ratios) >= s.min_samples:
+            q = float(np.quantile(np.fromiter(self.ratios, float), 1.0 - s.miss_rate_target))
+            self.factor = max(q, 0.5) * (1.0 + s.margin)
+
+
+@dataclass
+class _Frame:
+    app: str
+    model: str
+    deadline_ms: float
+    raw_predicted_ms: float
+    cpu: int
+    gpu: int
+    started: float
+
+
+@dataclass
+class _AppStats:
+    frames: int = 0
+    misses: int = 0
+    infeasible: int = 0
+
+
+class Governor:
+    """Use as ``with Governor(...) as gov:`` (saves and restores), then ``before_frame``/
+    ``after_frame`` or the ``frame`` context manager."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        board: BoardConfig,
+        models: dict[str, Estimator],
+        settings: GovernorSettings | None = None,
+    ) -> None:
+        self.backend = backend
+        self.board = board
+        self.models = models
+        self.settings = settings or GovernorSettings()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._frames: dict[int, _Frame] = {}
+        self._apps: dict[str, _AppStats] = {}
+        self._corrections = {m: _Correction(self.settings.correction_window, self.settings) for m in models}
+        self._grids: dict[tuple[str, int | None], _Grid] = {}
+        self._started = False
+        self._check_tables()
+
+    # ---- set-up ------------------------------------------------------------------------
+    def _check_tables(self) -> None:
+        first = next(iter(self.models.values()))
+        self.cpu_table = np.array(first.data.cpu_khz)
+        self.gpu_table = np.array(first.data.gpu_hz)
+        for name, est in self.models.items():
+            if est.data.cpu_khz != first.data.cpu_khz or est.data.gpu_hz != first.data.gpu_hz:
+                raise GovernorError("bad_config", f"model {name!r} was profiled with other frequency tables")
+        c, g = first.grid_pairs
+        self.pair_cpu, self.pair_gpu = c.astype(np.int64), g.astype(np.int64)
+        self.n_gpu = len(self.gpu_table)
+        if self.board.has_power_tables:
+            self._p_cpu = np.interp(c, self.board.cpu.inference.frequencies_khz, self.board.cpu.inference.power_mw)
+            self._p_gpu = (np.interp(g, self.board.gpu.frequencies_hz, self.board.gpu.power_mw)
+                           if self.board.gpu else np.zeros_like(g))
+        else:  # no energy model: rank by normalised frequency, the lowest on the Pareto front
+            self._p_cpu = self._p_gpu = None
+            self._freq_rank = c / c.max() + g / max(g.max(), 1)
+
+    def start(self) -> None:
+        for line in self.backend.recover_crashed():
+            log.warning("restored settings left by a killed run: %s", line)
+        self.backend.save()
+        info = self.backend.discover().domains
+        self._transition_ms = {d: info[d].transition_latency_ns / 1e6 for d in info}
+        if list(info["cpu"].frequencies) != self.cpu_table.tolist():
+            log.warning("the board's CPU table differs from the estimators'; the kernel will round")
+        state = self.backend.state()
+        self._cur = (state["cpu"].cur, state["gpu"].cur if "gpu" in state else 0)
+        self._caps = (math.inf, math.inf)
+        self._caps_until = 0.0
+        self._started = True
+
+    def stop(self) -> list[str]:
+        if not self._started:
+            return []
+        self._started = False
+        return self.backend.restore()
+
+    def __enter__(self) -> Governor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- grids -------------------------------------------------------------------------
+    def _grid(self, model: str, context_len: int | None) -> _Grid:
+        est = self.models.get(model)
+        if est is None:
+            raise GovernorError("unknown_model", f"unknown model {model!r}; known: {', '.join(self.models)}")
+        if est.is_language_model:
+            if context_len is None:
+                raise GovernorError("bad_field", f"model {model!r} is a language model: give context_len")
+            b = self.settings.context_bucket
+            bucket = max(b, -(-int(context_len) // b) * b)  # round up: conservative
+        else:
+            bucket = None
+        key = (model, bucket)
+        grid = self._grids.get(key)
+        if grid is None:
+            br = est.grid(bucket, with_overlap=False)
+            if self._p_cpu is not None:
+                energy = (self._p_cpu * br.host_busy_ms + self._p_gpu * br.gpu_busy_ms
+                          + self.board.idle_power_mw * br.latency_ms) / 1000.0
+            else:
+                energy = self._freq_rank
+            grid = _Grid(latency_ms=br.latency_ms, energy_mj=energy)
+            if len(self._grids) >= MAX_CACHED_GRIDS:
+                self._grids.pop(next(iter(self._grids)))
+            self._grids[key] = grid
+        return grid
+
+    def _index(self, cpu: int, gpu: int) -> int:
+        i = int(np.searchsorted(self.cpu_table, cpu))
+        j = int(np.searchsorted(self.gpu_table, gpu))
+        return min(i, len(self.cpu_table) - 1) * self.n_gpu + min(j, self.n_gpu - 1)
+
+    # ---- the decision ------------------------------------------------------------------
+    def before_frame(self, model: str, deadline_ms: float, context_len: int | None = None,
+                     app: str = "default") -> Decision:
+        if not self._started:
+            raise GovernorError("not_started", "the governor is not running")
+        if not (isinstance(deadline_ms, int | float) and math.isfinite(deadline_ms) and deadline_ms > 0):
+            raise GovernorError("bad_field", f"deadline_ms must be a positive number, got {deadline_ms!r}")
+        if context_len is not None and (not isinstance(context_len, int) or context_len < 0):
+            raise GovernorError("bad_field", f"context_len must be a non-negative integer, got {context_len!r}")
+        with self._lock:
+            grid = self._grid(model, context_len)
+            now = time.monotonic()
+            self._expire(now)
+            corr = self._corrections[model].factor
+            idx, feasible = self._choose(grid, corr, deadline_ms, now)
+            cpu, gpu = int(self.pair_cpu[idx]), int(self.pair_gpu[idx])
+            changed = (cpu, gpu) != self._cur
+            notes: list[str] = []
+            if changed:
+                cpu, gpu, notes = self._apply(cpu, gpu, grid, corr, deadline_ms, now)
+            eff = self._index(cpu, gpu)
+            raw = float(grid.latency_ms[eff])
+            frame = next(self._ids)
+            self._frames[frame] = _Frame(app, model, deadline_ms, raw, cpu, gpu, now)
+            stats = self._apps.setdefault(app, _AppStats())
+            stats.frames += 1
+            predicted = raw * corr
+            feasible = feasible and predicted <= deadline_ms
+            stats.infeasible += not feasible
+            return Decision(frame, cpu, gpu, round(predicted, 4), bool(feasible), changed, tuple(notes))
+
+    def _choose(self, grid: _Grid, corr: float, deadline_ms: float, now: float) -> tuple[int, bool]:
+        pred = grid.latency_ms * corr
+        allowed = np.ones(pred.shape, dtype=bool)
+        if now < self._caps_until:
+            allowed &= (self.pair_cpu <= self._caps[0]) & (self.pair_gpu <= self._caps[1])
+        if self._frames:  # never lower a domain under a frame in flight
+            floor_c = max(f.cpu for f in self._frames.values())
+            floor_g = max(f.gpu for f in self._frames.values())
+            allowed &= (self.pair_cpu >= floor_c) & (self.pair_gpu >= floor_g)
+        if not allowed.any():
+            allowed[:] = True
+        changes = self._transition_cost_ms()
+        ok = allowed & (pred + changes <= deadline_ms)
+        if not ok.any():
+            masked = np.where(allowed, pred, np.inf)
+            return int(np.argmin(masked)), False
+        energy = np.where(ok, grid.energy_mj, np.inf)
+        best = int(np.argmin(energy))
+        cur = self._index(*self._cur)
+        if ok[cur] and grid.energy_mj[cur] <= grid.energy_mj[best] * (1 + self.settings.hysteresis):
+            return cur, True
+        return best, True
+
+    def _transition_cost_ms(self) -> np.ndarray:
+        """Per pair: the transition latency paid if applying it changes a domain."""
+        tc, tg = self._transition_ms.get("cpu", 0.0), self._transition_ms.get("gpu", 0.0)
+        return np.maximum(np.where(self.pair_cpu != self._cur[0], tc, 0.0),
+                          np.where(self.pair_gpu != self._cur[1], tg, 0.0))
+
+    def _apply(self, cpu: int, gpu: int, grid: _Grid, corr: float, deadline_ms: float,
+               now: float) -> tuple[int, int, list[str]]:
+        res = self.backend.apply(cpu, gpu if self.board.gpu else None)
+        eff_c = res.effective.get("cpu", cpu)
+        eff_g = res.effective.get("gpu", gpu)
+        notes = list(res.notes)
+        if res.capped:
+            # the hardware holds a domain lower (thermal cap, another agent): decide again among
+            # the pairs it allows, with the frequencies really in force
+            self._caps = (eff_c if eff_c < cpu else math.inf, eff_g if eff_g < gpu else math.inf)
+            self._caps_until = now + self.settings.cap_recheck_s
+            self._cur = (eff_c, eff_g)
+            idx, _ = self._choose(grid, corr, deadline_ms, now)
+            c2, g2 = int(self.pair_cpu[idx]), int(self.pair_gpu[idx])
+            if (c2, g2) != (eff_c, eff_g):
+                res = self.backend.apply(c2, g2 if self.board.gpu else None)
+                eff_c, eff_g = res.effective.get("cpu", c2), res.effective.get("gpu", g2)
+                notes += res.notes
+            log.info("capped: running %s kHz / %s Hz", eff_c, eff_g)
+        self._cur = (eff_c, eff_g)
+        return eff_c, eff_g, notes
+
+    def after_frame(self, frame: int, latency_ms: float) -> None:
+        if not (isinstance(latency_ms, int | float) and math.isfinite(latency_ms) and latency_ms >= 0):
+            raise GovernorError("bad_field", f"latency_ms must be a non-negative number, got {latency_ms!r}")
+        with self._lock:
+            f = self._frames.pop(frame, None)
+            if f is None:
+                raise GovernorError("unknown_frame", f"frame {frame!r} is not in flight (done or expired)")
+            if latency_ms > f.deadline_ms:
+                self._apps[f.app].misses += 1
+            if f.raw_predicted_ms > 0:
+                self._corrections[f.model].add(latency_ms / f.raw_predicted_ms)
+
+    def _expire(self, now: float) -> None:
+        limit = self.settings.frame_timeout_s
+        stale = [k for k, f in self._frames.items() if now - f.started > limit]
+        for k in stale:
+            del self._frames[k]
+
+    @contextmanager
+    def frame(self, model: str, deadline_ms: float, context_len: int | None = None,
+              app: str = "default") -> Iterator[Decision]:
+        """Decide, run the block, and report its measured duration."""
+        decision = self.before_frame(model, deadline_ms, context_len, app)
+        t0 = time.perf_counter()
+        try:
+            yield decision
+        finally:
+            self.after_frame(decision.frame, (time.perf_counter() - t0) * 1e3)
+
+    def status(self) -> dict:
+        with self._lock:
+            return {
+                "cpu_khz": int(self._cur[0]) if self._started else None,
+                "gpu_hz": int(self._cur[1]) if self._started else None,
+                "capped": bool(self._started and time.monotonic() < self._caps_until),
+                "models": {m: {"language_model": e.is_language_model,
+                               "correction": round(self._corrections[m].factor, 4),
+                               "samples": len(self._corrections[m].ratios)}
+                           for m, e in self.models.items()},
+                "apps": {a: {"frames": s.frames, "misses": s.misses, "infeasible": s.infeasible}
+                         for a, s in self._apps.items()},
+                "in_flight": len(self._frames),
+                "backend": self.backend.name,
+            }

@@ -1,0 +1,155 @@
+"""The governor daemon: serves the socket protocol on a Unix socket until SIGTERM/SIGINT.
+
+One asyncio loop: requests from all clients are handled one at a time, in arrival order per
+connection, so decisions never race each other. Lines longer than ``MAX_LINE_BYTES`` are answered
+with an error and skipped; the connection stays usable. On the way out the original governors and
+limits are restored and the socket is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from governor.core import Governor, GovernorError
+from governor.protocol import (
+    MAX_LINE_BYTES,
+    PROTOCOL_VERSION,
+    AfterFrame,
+    BeforeFrame,
+    ProtocolError,
+    encode,
+    error,
+    parse_request,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SocketInUse(RuntimeError):
+    pass
+
+
+def _claim_socket(path: Path) -> None:
+    """Refuse if a live daemon answers on ``path``; remove a stale socket file."""
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise SocketInUse(f"{path}: another governor is already serving this socket")
+
+
+class Daemon:
+    def __init__(self, governor: Governor, socket_path: str | Path) -> None:
+        self.governor = governor
+        self.socket_path = Path(socket_path)
+        self._stop: asyncio.Event | None = None
+        self.requests = 0
+
+    def handle(self, line: bytes) -> dict:
+        try:
+            req = parse_request(line)
+            if isinstance(req, BeforeFrame):
+                d = self.governor.before_frame(req.model, req.deadline_ms, req.context_len, req.app)
+                out = {"ok": True, "frame": d.frame, "cpu_khz": d.cpu_khz, "gpu_hz": d.gpu_hz,
+                       "predicted_ms": d.predicted_ms, "feasible": d.feasible}
+                if d.notes:
+                    out["notes"] = list(d.notes)
+                return out
+            if isinstance(req, AfterFrame):
+                self.governor.after_frame(req.frame, req.latency_ms)
+                return {"ok": True}
+            return {"ok": True, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
+                    **self.governor.status()}
+        except (ProtocolError, GovernorError) as exc:
+            return error(exc.code, str(exc))
+        except OSError as exc:  # the backend could not write: report, keep serving
+            log.error("backend: %s", exc)
+            return error("backend_error", str(exc))
+        except Exception as exc:  # never let one request take the daemon down
+            log.exception("internal error")
+            return error("internal", f"{type(exc).__name__}: {exc}")
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buf = b""
+        discarding = False
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        if len(buf) > MAX_LINE_BYTES:
+                            if not discarding:
+                                writer.write(encode(error(
+                                    "line_too_long", f"a request line is at most {MAX_LINE_BYTES} bytes")))
+                                discarding = True
+                            buf = b""
+                        break
+                    line, buf = buf[:nl], buf[nl + 1:]
+                    if discarding:  # the tail of an over-long line
+                        discarding = False
+                        continue
+                    if len(line) > MAX_LINE_BYTES:
+                        writer.write(encode(error(
+                            "line_too_long", f"a request line is at most {MAX_LINE_BYTES} bytes")))
+                        continue
+                    if not line.strip():
+                        continue
+                    self.requests += 1
+                    writer.write(encode(self.handle(line)))
+                await writer.drain()
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        finally:
+            writer.close()
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        _claim_socket(self.socket_path)
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        old_umask = os.umask(0o117)  # the socket is created 0660
+        try:
+            server = await asyncio.start_unix_server(self._client, path=str(self.socket_path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o660)
+        log.info("serving %s", self.socket_path)
+        if ready is not None:
+            ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            self.socket_path.unlink(missing_ok=True)
+            log.info("stopping")
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+
+def run_daemon(governor: Governor, socket_path: str | Path) -> None:
+    """Start the governor, serve until a signal, and always restore the original settings."""
+    governor.start()
+    try:
+        asyncio.run(Daemon(governor, socket_path).serve())
+    finally:
+        for line in governor.stop():
+            log.info("restored %s", line)
