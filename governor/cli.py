@@ -174,6 +174,25 @@ def run(config_path: str, socket_path: str | None, virtual_root: str | None) -> 
         _fail(str(exc))
 
 
+@main.command()
+@click.option("--board", default="sd888_phone", show_default=True, help="virtual board")
+@click.option("--duration", default=20.0, show_default=True, help="seconds of workload")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def demo(board: str, duration: float, as_json: bool) -> None:
+    """The governor on a virtual board with two apps (camera + assistant); no hardware needed."""
+    from governor.demo import format_table, run_demo
+
+    try:
+        result = run_demo(board, duration, progress=lambda m: click.echo(m, err=as_json))
+    except (ConfigError, RuntimeError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+    else:
+        click.echo("")
+        click.echo(format_table(result))
+
+
 # ---- configs -----------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True)

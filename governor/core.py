@@ -32,6 +32,8 @@ from sysfs_backends.board import BoardConfig
 
 log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
+BIAS_WINDOW = 16  # frames the bias median looks at
+BIAS_FAST = 4  # ... and the short median that lets it rise quickly
 
 
 class GovernorError(ValueError):
@@ -63,23 +65,36 @@ class _Grid:
 
 @dataclass
 class _Correction:
-    """measured / predicted ratios of recent frames; factor = their (1 - miss target) quantile."""
+    """Learns how measured latency relates to predicted, in two parts.
 
-    window: int
+    * bias: the recent typical ratio measured/predicted (median of the last few frames; the
+      shorter median lets it rise within a few frames when the regime changes, e.g. background
+      load on the host, and it falls back as quickly when the load goes);
+    * spread: the (1 - miss target) quantile of ratio/bias over a long window, the frame-to-frame
+      noise the deadline must absorb to keep the miss rate at the target.
+
+    factor = bias x spread x (1 + margin); predictions are multiplied by it.
+    """
+
     settings: GovernorSettings
     ratios: deque = field(default_factory=deque)
+    normalised: deque = field(default_factory=deque)
     factor: float = 0.0
 
     def __post_init__(self) -> None:
-        self.ratios = deque(maxlen=self.window)
+        self.ratios = deque(maxlen=BIAS_WINDOW)
+        self.normalised = deque(maxlen=self.settings.correction_window)
         self.factor = 1.0 + self.settings.initial_margin
 
     def add(self, ratio: float) -> None:
-        self.ratios.append(ratio)
         s = self.settings
-        if len(self.ratios) >= s.min_samples:
-            q = float(np.quantile(np.fromiter(self.ratios, float), 1.0 - s.miss_rate_target))
-            self.factor = max(q, 0.5) * (1.0 + s.margin)
+        self.ratios.append(ratio)
+        recent = list(self.ratios)
+        bias = max(float(np.median(recent)), float(np.median(recent[-BIAS_FAST:])))
+        self.normalised.append(ratio / bias if bias > 0 else 1.0)
+        if len(self.normalised) >= s.min_samples:
+            spread = float(np.quantile(np.fromiter(self.normalised, float), 1.0 - s.miss_rate_target))
+            self.factor = max(bias * max(spread, 1.0), 0.5) * (1.0 + s.margin)
 
 
 @dataclass
@@ -119,7 +134,7 @@ class Governor:
         self._ids = itertools.count(1)
         self._frames: dict[int, _Frame] = {}
         self._apps: dict[str, _AppStats] = {}
-        self._corrections = {m: _Correction(self.settings.correction_window, self.settings) for m in models}
+        self._corrections = {m: _Correction(self.settings) for m in models}
         self._grids: dict[tuple[str, int | None], _Grid] = {}
         self._started = False
         self._check_tables()
@@ -321,7 +336,7 @@ class Governor:
                 "capped": bool(self._started and time.monotonic() < self._caps_until),
                 "models": {m: {"language_model": e.is_language_model,
                                "correction": round(self._corrections[m].factor, 4),
-                               "samples": len(self._corrections[m].ratios)}
+                               "samples": len(self._corrections[m].normalised)}
                            for m, e in self.models.items()},
                 "apps": {a: {"frames": s.frames, "misses": s.misses, "infeasible": s.infeasible}
                          for a, s in self._apps.items()},

@@ -111,7 +111,7 @@ class Simulation(BaseModel):
     sync_cycles: PositiveFloat = 15_000
     sync_fixed_ns: float = 20_000
     noise_sigma: float = 0.03
-    outlier_probability: float = 0.01
+    outlier_probability: float = 0.002
     outlier_ns: float = 150_000
     thermal_cap_after_j: PositiveFloat = 40.0
     thermal_cap_gpu_hz: PositiveInt | None = None

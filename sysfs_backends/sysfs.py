@@ -123,6 +123,10 @@ class SysfsBackend(Backend):
         self._files: dict[str, _Files] = {}
         self._info: dict[str, DomainInfo] | None = None
         self._known: dict[str, DomainState] = {}
+        # The limits we last asked for, per domain. Under a thermal cap the files show the
+        # *effective* limits, not the requests the kernel checks new writes against, so write
+        # order and "nothing to write" are decided from what we asked for.
+        self._requested: dict[str, tuple[int, int]] = {}
         self._saved: SavedState | None = None
         self.notes: list[str] = []
 
@@ -229,6 +233,7 @@ class SysfsBackend(Backend):
             gov, cur, lo, hi = res[4 * k: 4 * k + 4]
             out[name] = DomainState(governor=gov.value, cur=_int(cur), min=_int(lo), max=_int(hi))
         self._known = {k: v.model_copy() for k, v in out.items()}
+        self._requested = {k: (v.min, v.max) for k, v in out.items()}
         return out
 
     # ---- save / restore -------------------------------------------------------------
@@ -267,17 +272,25 @@ class SysfsBackend(Backend):
         if self._saved is None and self.load_saved() is None:
             return []
         files = self._domain_files()
+        requested = dict(self._requested)
         current = self.state()
         done: list[str] = []
         for name, saved in self._saved.domains.items():
             f, cur = files[name], current[name]
+            lo, hi = requested.get(name, (cur.min, cur.max))
             ops: list[Write] = []
             if cur.governor != saved.governor:
                 ops.append(Write(f.governor, saved.governor))
-            ops += self._limit_writes(f, cur.min, cur.max, saved.min, saved.max)
-            if ops:
-                self._run_writes(ops)
-                done += [f"{name}: {op.path.rsplit('/', 1)[-1]} = {op.value}" for op in ops]
+            limits = self._limit_writes(f, lo, hi, saved.min, saved.max)
+            try:
+                self._run_writes(ops + limits)
+            except SysfsIOError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # the kernel's requests were not what we thought: the other order must work
+                limits = self._limit_writes(f, lo, hi, saved.min, saved.max, flip=True)
+                self._run_writes(limits)
+            done += [f"{name}: {op.path.rsplit('/', 1)[-1]} = {op.value}" for op in ops + limits]
         self._saved = None
         if self.state_file:
             self.state_file.unlink(missing_ok=True)
@@ -286,10 +299,14 @@ class SysfsBackend(Backend):
 
     # ---- applying -------------------------------------------------------------------
     @staticmethod
-    def _limit_writes(f: _Files, cur_min: int, cur_max: int, new_min: int, new_max: int) -> list[Write]:
-        """Writes taking limits to (new_min, new_max) without ever having min > max."""
+    def _limit_writes(f: _Files, cur_min: int, cur_max: int, new_min: int, new_max: int,
+                      flip: bool = False) -> list[Write]:
+        """Writes taking limits to (new_min, new_max) without ever having min > max.
+
+        ``flip`` inverts the order: the last resort when the kernel's view of the limits is not
+        what we could read (see ``_requested``)."""
         writes = []
-        first_max = new_min > cur_max
+        first_max = (new_min > cur_max) != flip
         if first_max and new_max != cur_max:
             writes.append(Write(f.max, str(new_max)))
         if new_min != cur_min:
@@ -298,11 +315,12 @@ class SysfsBackend(Backend):
             writes.append(Write(f.max, str(new_max)))
         return writes
 
-    def _domain_writes(self, name: str, target: int) -> list[Write]:
+    def _domain_writes(self, name: str, target: int, flip: bool) -> list[Write]:
         info, f = self.domains()[name], self._files[name]
         known = self._known[name]
         if info.mechanism == "minmax":
-            return self._limit_writes(f, known.min, known.max, target, target)
+            lo, hi = self._requested[name]
+            return self._limit_writes(f, lo, hi, target, target, flip)
         writes = []
         if known.governor != "userspace":
             writes.append(Write(f.governor, "userspace"))
@@ -348,7 +366,7 @@ class SysfsBackend(Backend):
                 notes.append(f"{name}: {value} {info[name].unit} is not supported; the kernel "
                              f"resolves it to {target[name]} {info[name].unit}")
         trips_before = self.transport.round_trips
-        writes = [w for name, t in target.items() for w in self._domain_writes(name, t)]
+        writes = [w for name, t in target.items() for w in self._domain_writes(name, t, flip=final)]
         readback = [Read(p) for name in target for p in
                     (self._files[name].cur, self._files[name].min, self._files[name].max)]
         results = self._batch([*writes, *readback])
@@ -367,6 +385,8 @@ class SysfsBackend(Backend):
             gov = "userspace" if info[name].mechanism == "userspace" else self._known[name].governor
             self._known[name] = DomainState(governor=gov, cur=cur, min=lo, max=hi)
             effective[name] = cur
+            if info[name].mechanism == "minmax":
+                self._requested[name] = (target[name], target[name])
             if cur != target[name]:
                 notes.append(f"{name}: requested {target[name]} {info[name].unit} but "
                              f"{cur} {info[name].unit} is in force (limits {lo}..{hi}: thermal cap "
@@ -381,7 +401,8 @@ class SysfsBackend(Backend):
         for name, f in self._files.items():
             k = self._known.get(name)
             if k:
-                before.update({f.governor: k.governor, f.min: str(k.min), f.max: str(k.max),
+                lo, hi = self._requested.get(name, (k.min, k.max))
+                before.update({f.governor: k.governor, f.min: str(lo), f.max: str(hi),
                                f.setspeed: str(k.cur)})
         undo = [Write(w.path, before[w.path]) for w in reversed(done) if w.path in before]
         if undo:

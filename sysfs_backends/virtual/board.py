@@ -131,6 +131,8 @@ class FrameResult:
     host_busy_ns: float
     gpu_busy_ns: float
     transition_ns: float
+    background_load: float = 0.0
+    capped: bool = False
 
 
 class VirtualKernel:
@@ -336,8 +338,9 @@ class VirtualKernel:
                 transition = max(transition, dom["changed_ns"] + dom["latency_ns"] - now)
             transition = max(transition, 0.0)
             cpu, gpu = state["domains"][cpu_dir]["cur"], state["domains"][gpu_dir]["cur"]
-            res = sim.run(cpu, gpu, context_len, rng,
-                          host_slowdown=1.0 + state["background_load"])
+            load = state["background_load"]
+            capped = state["thermal"]["capped"]
+            res = sim.run(cpu, gpu, context_len, rng, host_slowdown=1.0 + load)
             latency = float(res.latency_ns[0]) + transition
             energy_mj_ns = (board.power_mw("cpu", cpu) * float(res.host_busy_ns[0])
                             + board.power_mw("gpu", gpu) * float(res.gpu_busy_ns[0])
@@ -346,7 +349,7 @@ class VirtualKernel:
             dt = max(period_s or 0.0, latency * 1e-9)
             self._update_thermal(state, energy / dt if dt > 0 else 0.0, dt)
         return FrameResult(latency, energy, cpu, gpu, float(res.host_busy_ns[0]),
-                           float(res.gpu_busy_ns[0]), transition)
+                           float(res.gpu_busy_ns[0]), transition, load, capped)
 
 
 def _force_write(path: Path, value) -> None:

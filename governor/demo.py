@@ -1,0 +1,157 @@
+"""`dvfs-gov demo`: the whole product on the virtual board, no hardware needed.
+
+Processes: the governor daemon (`dvfs-gov run`), a 30 fps camera app running the detector, and an
+assistant decoding tokens with a small language model whose context grows; all talk over the Unix
+socket. Midway, background load slows the host, then a thermal cap lowers both domains' maximum.
+At the end each app's frames, misses and energy are compared with the same workload under the
+`performance` governor, a load-following (schedutil-like) governor, and the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from governor.baselines import FrameTrace, all_baselines
+from governor.client import GovernorClient
+from governor.configs import load_board, load_model_spec
+from sysfs_backends.virtual.board import VirtualBoard
+from sysfs_backends.virtual.simulator import Simulator
+
+APPS = [
+    {"app": "camera", "model": "yolo_tiny", "deadline_ms": 20.0, "fps": 30.0, "context_start": None},
+    {"app": "assistant", "model": "smollm_135m", "deadline_ms": 15.0, "fps": 0.0, "context_start": 256},
+]
+LOAD_PHASE = (0.30, 0.55)  # fractions of the run with background load on the host
+THERMAL_PHASE = (0.50, 0.75)  # fractions of the run with the thermal cap forced
+BACKGROUND_LOAD = 0.6
+
+
+def _wait_for_socket(path: Path, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the governor daemon exited early (status {proc.returncode})")
+        if path.exists():
+            try:
+                GovernorClient(str(path)).close()
+                return
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise RuntimeError("the governor daemon did not open its socket in time")
+
+
+def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
+             progress: Callable[[str], None] | None = None) -> dict:
+    say = progress or (lambda _msg: None)
+    board = load_board(board_name)
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    work = Path(tempfile.mkdtemp(prefix="dvfs-demo-", dir=base))
+    procs: list[subprocess.Popen] = []
+    daemon = None
+    try:
+        sock = work / "gov.sock"
+        vroot = work / "board"
+        VirtualBoard(vroot, board)
+        cfg = {
+            "board": board_name,
+            "backend": {"kind": "virtual", "virtual_root": str(vroot), "state_file": str(work / "saved.json")},
+            "socket": str(sock),
+            "models": {a["model"]: {"simulate": a["model"]} for a in APPS},
+            "log_level": "warning",
+        }
+        (work / "governor.yaml").write_text(yaml.safe_dump(cfg))
+        say(f"virtual board {board_name} at {vroot}; starting the governor daemon "
+            "(profiling and fitting the models on the virtual board)")
+        daemon = subprocess.Popen([sys.executable, "-m", "governor.cli", "run", "--config",
+                                   str(work / "governor.yaml")], stderr=subprocess.PIPE, text=True)
+        _wait_for_socket(sock, daemon)
+        for i, a in enumerate(APPS):
+            cmd = [sys.executable, "-m", "governor.demo_app", "--socket", str(sock),
+                   "--virtual-root", str(vroot), "--app", a["app"], "--model", a["model"],
+                   "--deadline-ms", str(a["deadline_ms"]), "--fps", str(a["fps"]),
+                   "--duration", str(duration_s), "--seed", str(i + 1),
+                   "--trace", str(work / f"{a['app']}.jsonl")]
+            if a["context_start"] is not None:
+                cmd += ["--context-start", str(a["context_start"])]
+            procs.append(subprocess.Popen(cmd, stderr=subprocess.DEVNULL))
+        say(f"apps running for {duration_s:.0f} s: camera (yolo_tiny, 30 fps, 20 ms inference budget) and "
+            "assistant (smollm_135m tokens, 15 ms each)")
+        kernel = VirtualBoard(vroot).kernel
+        status_client = GovernorClient(str(sock))
+        t0 = time.monotonic()
+        phase = "normal"
+        while any(p.poll() is None for p in procs):
+            frac = (time.monotonic() - t0) / duration_s
+            load = LOAD_PHASE[0] <= frac < LOAD_PHASE[1]
+            cap = THERMAL_PHASE[0] <= frac < THERMAL_PHASE[1]
+            kernel.set_background_load(BACKGROUND_LOAD if load else 0.0)
+            kernel.force_thermal_cap(True if cap else None)
+            phase = "+".join(p for p, on in (("background load", load), ("thermal cap", cap)) if on) or "normal"
+            st = status_client.status()
+            apps = ", ".join(f"{k} {v['frames']} frames/{v['misses']} late" for k, v in st["apps"].items())
+            say(f"[{time.monotonic() - t0:5.1f}s] {phase:28s} cpu {st['cpu_khz']} kHz, gpu "
+                f"{st['gpu_hz'] // 1_000_000} MHz | {apps}")
+            time.sleep(1.0)
+        status_client.close()
+        kernel.force_thermal_cap(None)
+        kernel.set_background_load(0.0)
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        restored = not (work / "saved.json").exists()
+        say("governor stopped, original settings restored" if restored else "restore FAILED")
+        say("replaying the workload under performance, ondemand and the oracle")
+        out = {"board": board_name, "duration_s": duration_s, "restored": restored, "apps": []}
+        for a in APPS:
+            frames = [FrameTrace.model_validate_json(line)
+                      for line in (work / f"{a['app']}.jsonl").read_text().splitlines()]
+            sim = Simulator(board, load_model_spec(a["model"]))
+            out["apps"].append({
+                "app": a["app"], "model": a["model"], "deadline_ms": a["deadline_ms"],
+                "frames": len(frames),
+                "misses": sum(f.latency_ms > f.deadline_ms for f in frames),
+                "energy_j": round(sum(f.energy_j for f in frames), 4),
+                "baselines": all_baselines(board, sim, frames),
+            })
+        return out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'app':10s} {'policy':12s} {'frames':>7s} {'late':>6s} {'miss %':>7s} {'energy J':>9s} {'vs perf':>8s}"]
+    for a in result["apps"]:
+        perf = a["baselines"]["performance"]["energy_j"]
+        rows = [("governor", a["frames"], a["misses"], a["energy_j"])]
+        rows += [(k, v["frames"], v["misses"], v["energy_j"]) for k, v in a["baselines"].items()]
+        for name, frames, misses, energy in rows:
+            lines.append(f"{a['app']:10s} {name:12s} {frames:7d} {misses:6d} "
+                         f"{100 * misses / max(frames, 1):6.2f}% {energy:9.3f} "
+                         f"{100 * (energy / perf - 1):+7.1f}%")
+    return "\n".join(lines)
+
+
+def main_json(result: dict) -> str:
+    return json.dumps(result, indent=1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    print(format_table(run_demo(progress=print)))
