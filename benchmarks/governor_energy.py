@@ -103,10 +103,16 @@ def main() -> None:
         "energy_vs_performance_pct_median": float(np.median([c["energy_vs_performance_pct"] for c in cases])),
         "energy_vs_performance_pct_worst": max(c["energy_vs_performance_pct"] for c in cases),
     }
+    # "where the deadline leaves slack": where even the oracle saves >= 25% against performance
+    slack = [c for c in cases if c["baselines"]["oracle"]["energy_j"]
+             <= 0.75 * c["baselines"]["performance"]["energy_j"]]
+    summary["cases_with_slack"] = len(slack)
+    summary["cases_within_10pct_of_oracle"] = sum(c["energy_vs_oracle_pct"] <= 10.0 for c in cases)
+    summary["cases"] = len(cases)
     targets = {
         "miss_rate_le_1pct": all(c["miss_rate_pct"] <= 1.0 for c in cases),
         "within_10pct_of_oracle": all(c["energy_vs_oracle_pct"] <= 10.0 for c in cases),
-        "25pct_below_performance": all(c["energy_vs_performance_pct"] <= -25.0 for c in cases),
+        "25pct_below_performance_where_slack": all(c["energy_vs_performance_pct"] <= -25.0 for c in slack),
     }
     print(json.dumps({"benchmark": "governor_energy", "summary": summary, "targets_met": targets,
                       "cases": cases}, indent=1))

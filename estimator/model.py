@@ -181,11 +181,16 @@ class Estimator:
         gpu_hz: float | np.ndarray,
         context_len: float | np.ndarray | None = None,
         with_overlap: bool = True,
+        host_scale: float = 1.0,
     ) -> Estimate:
+        """``host_scale`` stretches every host segment (launches, host operators, sync), e.g.
+        to ask what latency would be if other load slowed the inference thread."""
         c = np.atleast_1d(np.asarray(cpu_khz, dtype=float))
         g = np.atleast_1d(np.asarray(gpu_hz, dtype=float))
         c, g = np.broadcast_arrays(c, g)
         host, disp, exe, tail = self._segments_at(c, g, context_len)
+        if host_scale != 1.0:
+            host, tail = host * host_scale, tail * host_scale
         b: Breakdown = simulate_pipeline(self.is_gpu, host, disp, exe, tail, with_overlap)
         ms = 1e-6
         return Estimate(
@@ -202,7 +207,8 @@ class Estimator:
     ) -> np.ndarray:
         return self.breakdown(cpu_khz, gpu_hz, context_len, with_overlap=False).latency_ms
 
-    def grid(self, context_len: float | None = None, with_overlap: bool = True) -> Estimate:
+    def grid(self, context_len: float | None = None, with_overlap: bool = True,
+             host_scale: float = 1.0) -> Estimate:
         """The estimate at every pair of the frequency tables (CPU-major order)."""
         c, g = self.grid_pairs
-        return self.breakdown(c, g, context_len, with_overlap)
+        return self.breakdown(c, g, context_len, with_overlap, host_scale)

@@ -5,6 +5,8 @@
   lowest one >= 1.25 x current frequency x utilisation of the last frame period;
 * ``oracle``: per frame, the pair with the least energy among those whose true (noise-free)
   latency meets the deadline, under that frame's conditions (context, background load, cap).
+  It cannot miss by construction; ``misses_with_noise`` says how often its pick would have been
+  late with the noise that frame really had, which a causal governor must leave headroom for.
 
 Frames are replayed with the same noise as the governed run where the policy allows it.
 """
@@ -38,6 +40,7 @@ class PolicyResult(BaseModel):
     frames: int
     misses: int
     energy_j: float
+    misses_with_noise: int | None = None
 
 
 def _energy_j(board: BoardConfig, cpu, gpu, host_ns, gpu_ns, latency_ns) -> np.ndarray:
@@ -103,7 +106,7 @@ def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
                           _energy_j(board, cg, gg, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns))
         return cache[key]
 
-    misses, energy = 0, 0.0
+    misses, noisy_misses, energy = 0, 0, 0.0
     for f in frames:
         if f.context_len is None:
             lat, en = truth(None, f.background_load)
@@ -117,8 +120,12 @@ def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
         ok = allowed & (lat <= f.deadline_ms)
         i = int(np.argmin(np.where(ok, en, np.inf))) if ok.any() else int(np.argmin(np.where(allowed, lat, np.inf)))
         misses += lat[i] > f.deadline_ms
+        # the same frame's noise (measured / true at the pair that ran it) applied to the pick
+        ran = int(np.flatnonzero((cg == f.cpu_khz) & (gg == f.gpu_hz))[0])
+        noisy_misses += lat[i] * f.latency_ms / lat[ran] > f.deadline_ms
         energy += float(en[i])
-    return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4))
+    return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4),
+                        misses_with_noise=int(noisy_misses))
 
 
 def all_baselines(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) -> dict[str, dict]:

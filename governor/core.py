@@ -18,22 +18,20 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from estimator.model import Estimator
 from governor.config import GovernorSettings
+from governor.correction import HOST_LEVELS, Correction
 from sysfs_backends.base import Backend
 from sysfs_backends.board import BoardConfig
 
 log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
-BIAS_WINDOW = 16  # frames the bias median looks at
-BIAS_FAST = 4  # ... and the short median that lets it rise quickly
 
 
 class GovernorError(ValueError):
@@ -57,44 +55,11 @@ class Decision:
 
 @dataclass
 class _Grid:
-    """One model (at one context bucket) over the frequency grid."""
+    """One model (at one context bucket) over the frequency grid, for each host slowdown level
+    of the correction: arrays (levels, pairs)."""
 
     latency_ms: np.ndarray
     energy_mj: np.ndarray
-
-
-@dataclass
-class _Correction:
-    """Learns how measured latency relates to predicted, in two parts.
-
-    * bias: the recent typical ratio measured/predicted (median of the last few frames; the
-      shorter median lets it rise within a few frames when the regime changes, e.g. background
-      load on the host, and it falls back as quickly when the load goes);
-    * spread: the (1 - miss target) quantile of ratio/bias over a long window, the frame-to-frame
-      noise the deadline must absorb to keep the miss rate at the target.
-
-    factor = bias x spread x (1 + margin); predictions are multiplied by it.
-    """
-
-    settings: GovernorSettings
-    ratios: deque = field(default_factory=deque)
-    normalised: deque = field(default_factory=deque)
-    factor: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.ratios = deque(maxlen=BIAS_WINDOW)
-        self.normalised = deque(maxlen=self.settings.correction_window)
-        self.factor = 1.0 + self.settings.initial_margin
-
-    def add(self, ratio: float) -> None:
-        s = self.settings
-        self.ratios.append(ratio)
-        recent = list(self.ratios)
-        bias = max(float(np.median(recent)), float(np.median(recent[-BIAS_FAST:])))
-        self.normalised.append(ratio / bias if bias > 0 else 1.0)
-        if len(self.normalised) >= s.min_samples:
-            spread = float(np.quantile(np.fromiter(self.normalised, float), 1.0 - s.miss_rate_target))
-            self.factor = max(bias * max(spread, 1.0), 0.5) * (1.0 + s.margin)
 
 
 @dataclass
@@ -102,7 +67,7 @@ class _Frame:
     app: str
     model: str
     deadline_ms: float
-    raw_predicted_ms: float
+    column: np.ndarray  # predicted latency at the pair in force, per host slowdown level
     cpu: int
     gpu: int
     started: float
@@ -134,7 +99,7 @@ class Governor:
         self._ids = itertools.count(1)
         self._frames: dict[int, _Frame] = {}
         self._apps: dict[str, _AppStats] = {}
-        self._corrections = {m: _Correction(self.settings) for m in models}
+        self._corrections = {m: Correction(self.settings) for m in models}
         self._grids: dict[tuple[str, int | None], _Grid] = {}
         self._started = False
         self._check_tables()
@@ -168,8 +133,10 @@ class Governor:
             log.warning("the board's CPU table differs from the estimators'; the kernel will round")
         state = self.backend.state()
         self._cur = (state["cpu"].cur, state["gpu"].cur if "gpu" in state else 0)
+        self._target = self._cur
         self._caps = (math.inf, math.inf)
         self._caps_until = 0.0
+        self._next_refresh = time.monotonic() + self.settings.state_refresh_s
         self._started = True
 
     def stop(self) -> list[str]:
@@ -200,17 +167,23 @@ class Governor:
         key = (model, bucket)
         grid = self._grids.get(key)
         if grid is None:
-            br = est.grid(bucket, with_overlap=False)
-            if self._p_cpu is not None:
-                energy = (self._p_cpu * br.host_busy_ms + self._p_gpu * br.gpu_busy_ms
-                          + self.board.idle_power_mw * br.latency_ms) / 1000.0
-            else:
-                energy = self._freq_rank
-            grid = _Grid(latency_ms=br.latency_ms, energy_mj=energy)
+            grid = self._compute_grid(est, bucket)
             if len(self._grids) >= MAX_CACHED_GRIDS:
                 self._grids.pop(next(iter(self._grids)))
             self._grids[key] = grid
         return grid
+
+    def _compute_grid(self, est: Estimator, context_len: int | None) -> _Grid:
+        lat, energy = [], []
+        for s in HOST_LEVELS:
+            br = est.grid(context_len, with_overlap=False, host_scale=float(s))
+            lat.append(br.latency_ms)
+            if self._p_cpu is not None:
+                energy.append((self._p_cpu * br.host_busy_ms + self._p_gpu * br.gpu_busy_ms
+                               + self.board.idle_power_mw * br.latency_ms) / 1000.0)
+            else:
+                energy.append(self._freq_rank)
+        return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy))
 
     def _index(self, cpu: int, gpu: int) -> int:
         i = int(np.searchsorted(self.cpu_table, cpu))
@@ -230,17 +203,21 @@ class Governor:
             grid = self._grid(model, context_len)
             now = time.monotonic()
             self._expire(now)
-            corr = self._corrections[model].factor
-            idx, feasible = self._choose(grid, corr, deadline_ms, now)
+            if now >= self._next_refresh:
+                self._refresh(now)
+            correction = self._corrections[model]
+            level, corr = correction.level, correction.factor
+            lat, energy = grid.latency_ms[level], grid.energy_mj[level]
+            idx, feasible = self._choose(lat, energy, corr, deadline_ms, now)
             cpu, gpu = int(self.pair_cpu[idx]), int(self.pair_gpu[idx])
             changed = (cpu, gpu) != self._cur
             notes: list[str] = []
             if changed:
-                cpu, gpu, notes = self._apply(cpu, gpu, grid, corr, deadline_ms, now)
+                cpu, gpu, notes = self._apply(cpu, gpu, lat, energy, corr, deadline_ms, now)
             eff = self._index(cpu, gpu)
-            raw = float(grid.latency_ms[eff])
+            raw = float(lat[eff])
             frame = next(self._ids)
-            self._frames[frame] = _Frame(app, model, deadline_ms, raw, cpu, gpu, now)
+            self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, eff], cpu, gpu, now)
             stats = self._apps.setdefault(app, _AppStats())
             stats.frames += 1
             predicted = raw * corr
@@ -248,8 +225,9 @@ class Governor:
             stats.infeasible += not feasible
             return Decision(frame, cpu, gpu, round(predicted, 4), bool(feasible), changed, tuple(notes))
 
-    def _choose(self, grid: _Grid, corr: float, deadline_ms: float, now: float) -> tuple[int, bool]:
-        pred = grid.latency_ms * corr
+    def _choose(self, lat: np.ndarray, energy_mj: np.ndarray, corr: float, deadline_ms: float,
+                now: float) -> tuple[int, bool]:
+        pred = lat * corr
         allowed = np.ones(pred.shape, dtype=bool)
         if now < self._caps_until:
             allowed &= (self.pair_cpu <= self._caps[0]) & (self.pair_gpu <= self._caps[1])
@@ -264,12 +242,25 @@ class Governor:
         if not ok.any():
             masked = np.where(allowed, pred, np.inf)
             return int(np.argmin(masked)), False
-        energy = np.where(ok, grid.energy_mj, np.inf)
-        best = int(np.argmin(energy))
+        best = int(np.argmin(np.where(ok, energy_mj, np.inf)))
         cur = self._index(*self._cur)
-        if ok[cur] and grid.energy_mj[cur] <= grid.energy_mj[best] * (1 + self.settings.hysteresis):
+        if ok[cur] and energy_mj[cur] <= energy_mj[best] * (1 + self.settings.hysteresis):
             return cur, True
         return best, True
+
+    def _refresh(self, now: float) -> None:
+        """Re-read the frequencies in force: a cap or another agent may have moved them without
+        any write of ours."""
+        self._next_refresh = now + self.settings.state_refresh_s
+        state = self.backend.state()
+        eff = (state["cpu"].cur, state["gpu"].cur if "gpu" in state else 0)
+        if eff != self._cur:
+            lower = [e < t for e, t in zip(eff, self._target, strict=True)]
+            if any(lower):
+                self._caps = tuple(e if low else math.inf for e, low in zip(eff, lower, strict=True))
+                self._caps_until = now + self.settings.cap_recheck_s
+                log.info("frequencies in force dropped to %s kHz / %s Hz", *eff)
+            self._cur = eff
 
     def _transition_cost_ms(self) -> np.ndarray:
         """Per pair: the transition latency paid if applying it changes a domain."""
@@ -277,8 +268,9 @@ class Governor:
         return np.maximum(np.where(self.pair_cpu != self._cur[0], tc, 0.0),
                           np.where(self.pair_gpu != self._cur[1], tg, 0.0))
 
-    def _apply(self, cpu: int, gpu: int, grid: _Grid, corr: float, deadline_ms: float,
-               now: float) -> tuple[int, int, list[str]]:
+    def _apply(self, cpu: int, gpu: int, lat: np.ndarray, energy_mj: np.ndarray, corr: float,
+               deadline_ms: float, now: float) -> tuple[int, int, list[str]]:
+        self._target = (cpu, gpu)
         res = self.backend.apply(cpu, gpu if self.board.gpu else None)
         eff_c = res.effective.get("cpu", cpu)
         eff_g = res.effective.get("gpu", gpu)
@@ -289,9 +281,10 @@ class Governor:
             self._caps = (eff_c if eff_c < cpu else math.inf, eff_g if eff_g < gpu else math.inf)
             self._caps_until = now + self.settings.cap_recheck_s
             self._cur = (eff_c, eff_g)
-            idx, _ = self._choose(grid, corr, deadline_ms, now)
+            idx, _ = self._choose(lat, energy_mj, corr, deadline_ms, now)
             c2, g2 = int(self.pair_cpu[idx]), int(self.pair_gpu[idx])
             if (c2, g2) != (eff_c, eff_g):
+                self._target = (c2, g2)
                 res = self.backend.apply(c2, g2 if self.board.gpu else None)
                 eff_c, eff_g = res.effective.get("cpu", c2), res.effective.get("gpu", g2)
                 notes += res.notes
@@ -308,8 +301,7 @@ class Governor:
                 raise GovernorError("unknown_frame", f"frame {frame!r} is not in flight (done or expired)")
             if latency_ms > f.deadline_ms:
                 self._apps[f.app].misses += 1
-            if f.raw_predicted_ms > 0:
-                self._corrections[f.model].add(latency_ms / f.raw_predicted_ms)
+            self._corrections[f.model].add(f.column, latency_ms)
 
     def _expire(self, now: float) -> None:
         limit = self.settings.frame_timeout_s
@@ -336,7 +328,8 @@ class Governor:
                 "capped": bool(self._started and time.monotonic() < self._caps_until),
                 "models": {m: {"language_model": e.is_language_model,
                                "correction": round(self._corrections[m].factor, 4),
-                               "samples": len(self._corrections[m].normalised)}
+                               "host_slowdown": self._corrections[m].host_slowdown,
+                               "samples": len(self._corrections[m].frames)}
                            for m, e in self.models.items()},
                 "apps": {a: {"frames": s.frames, "misses": s.misses, "infeasible": s.infeasible}
                          for a, s in self._apps.items()},

@@ -233,7 +233,8 @@ class SysfsBackend(Backend):
             gov, cur, lo, hi = res[4 * k: 4 * k + 4]
             out[name] = DomainState(governor=gov.value, cur=_int(cur), min=_int(lo), max=_int(hi))
         self._known = {k: v.model_copy() for k, v in out.items()}
-        self._requested = {k: (v.min, v.max) for k, v in out.items()}
+        for k, v in out.items():  # what we have not asked for ourselves, the kernel shows
+            self._requested.setdefault(k, (v.min, v.max))
         return out
 
     # ---- save / restore -------------------------------------------------------------

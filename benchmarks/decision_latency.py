@@ -1,0 +1,152 @@
+"""How long an app waits for a decision.
+
+* in-process: ``Governor.before_frame`` with no frequency change (target p99 < 50 us);
+* over the socket: a client's ``before_frame`` round trip to the daemon running as its own
+  process (target p99 < 300 us);
+* load: 32 client processes at 120 fps each (before_frame + after_frame per frame) for a few
+  seconds; every request must be answered (none lost), with the round-trip percentiles under load.
+
+Prints JSON. ``python benchmarks/decision_latency.py [--seconds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from governor.app import fit_on_virtual_board
+from governor.client import GovernorClient
+from governor.configs import load_board
+from governor.core import Governor
+from sysfs_backends.virtual.board import VirtualBoard
+
+BOARD, MODEL = "sd888_phone", "yolo_tiny"
+DEADLINE_MS = 20.0
+
+
+def pct(samples: list[float]) -> dict:
+    us = np.array(samples) * 1e6
+    return {"p50_us": round(float(np.percentile(us, 50)), 1), "p99_us": round(float(np.percentile(us, 99)), 1),
+            "n": len(samples)}
+
+
+def in_process(root: Path, n: int = 20000) -> dict:
+    board = load_board(BOARD)
+    vb = VirtualBoard(root / "inproc", board)
+    gov = Governor(vb.backend(root / "inproc.json"), board, {MODEL: fit_on_virtual_board(board, MODEL)})
+    samples, changes = [], 0
+    with gov:
+        for _ in range(200):  # settle the correction
+            d = gov.before_frame(MODEL, DEADLINE_MS)
+            gov.after_frame(d.frame, d.predicted_ms * 0.95)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            d = gov.before_frame(MODEL, DEADLINE_MS)
+            samples.append(time.perf_counter() - t0)
+            changes += d.changed
+            gov.after_frame(d.frame, d.predicted_ms * 0.95)
+    out = pct(samples)
+    out["frequency_changes"] = changes
+    return out
+
+
+def client_worker(sock: str, fps: float, seconds: float, queue) -> None:
+    client = GovernorClient(sock, app=f"client{mp.current_process().pid}")
+    period = 1.0 / fps
+    sent = answered = 0
+    rtts = []
+    start = next_t = time.monotonic()
+    while time.monotonic() - start < seconds:
+        t0 = time.perf_counter()
+        sent += 1
+        try:
+            d = client.before_frame(MODEL, DEADLINE_MS)  # raises on error, timeout or hang-up
+            answered += 1
+            rtts.append(time.perf_counter() - t0)
+            sent += 1
+            client.after_frame(d["frame"], d["predicted_ms"] * 0.95)
+            answered += 1
+        except (OSError, RuntimeError, ValueError):
+            break
+        next_t += period
+        time.sleep(max(0.0, next_t - time.monotonic()))
+    client.close()
+    queue.put((sent, answered, rtts))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--fps", type=float, default=120.0)
+    args = ap.parse_args()
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    with tempfile.TemporaryDirectory(dir=base) as d:
+        root = Path(d)
+        result = {"benchmark": "decision_latency", "in_process_before_frame": in_process(root)}
+        sock = root / "gov.sock"
+        cfg = {"board": BOARD, "socket": str(sock), "log_level": "warning",
+               "backend": {"kind": "virtual", "virtual_root": str(root / "vb"),
+                           "state_file": str(root / "saved.json")},
+               "models": {MODEL: {"simulate": MODEL}}}
+        (root / "gov.yaml").write_text(yaml.safe_dump(cfg))
+        daemon = subprocess.Popen([sys.executable, "-m", "governor.cli", "run", "--config", str(root / "gov.yaml")])
+        try:
+            for _ in range(600):
+                if sock.exists():
+                    break
+                time.sleep(0.05)
+            client = GovernorClient(str(sock), app="bench")
+            rtts = []
+            for i in range(5000):
+                t0 = time.perf_counter()
+                dec = client.before_frame(MODEL, DEADLINE_MS)
+                if i >= 200:
+                    rtts.append(time.perf_counter() - t0)
+                client.after_frame(dec["frame"], dec["predicted_ms"] * 0.95)
+            client.close()
+            result["socket_before_frame_round_trip"] = pct(rtts)
+            queue = mp.Queue()
+            procs = [mp.Process(target=client_worker, args=(str(sock), args.fps, args.seconds, queue))
+                     for _ in range(args.clients)]
+            t0 = time.monotonic()
+            for p in procs:
+                p.start()
+            results = [queue.get(timeout=args.seconds + 60) for _ in procs]
+            for p in procs:
+                p.join()
+            wall = time.monotonic() - t0
+            sent = sum(r[0] for r in results)
+            answered = sum(r[1] for r in results)
+            load_rtts = [x for r in results for x in r[2]]
+            result["load"] = {
+                "clients": args.clients, "fps_each": args.fps, "seconds": args.seconds,
+                "requests": sent, "answered": answered, "lost": sent - answered,
+                "requests_per_s": round(sent / wall, 1),
+                "frames_per_s_target": args.clients * args.fps,
+                "frames_per_s_achieved": round(sent / 2 / args.seconds, 1),
+                "before_frame_round_trip": pct(load_rtts),
+            }
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+    result["targets_met"] = {
+        "in_process_p99_lt_50us": result["in_process_before_frame"]["p99_us"] < 50,
+        "socket_p99_lt_300us": result["socket_before_frame_round_trip"]["p99_us"] < 300,
+        "no_request_lost": result["load"]["lost"] == 0,
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

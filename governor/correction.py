@@ -1,0 +1,87 @@
+"""Online correction of the estimator from measured frame latencies.
+
+The estimator is fitted once; at run time the world drifts: another process takes CPU time from
+the inference thread, the phone warms up, the driver behaves differently from the profile. Two
+things are learned per model from the frames just measured:
+
+* a host slowdown ``s`` (the host segments take ``s`` times longer than profiled) and a bias ``b``
+  (every prediction off by a factor), fitted together over the recent frames: for each candidate
+  ``s`` the grid was precomputed with the host segments stretched, ``b`` is the median residual,
+  and the pair with the smallest absolute log error wins. Frames at different frequency pairs tell
+  the two apart (a slow host hurts low CPU clocks most); where they cannot, the host is blamed
+  first (the ``s`` whose ``b`` is closest to 1), and the next frames at the new pair confirm it or
+  move the blame to ``b``. This is what lets the governor answer background load with CPU frequency alone, as the
+  oracle does, instead of raising both domains;
+* a spread: the (1 - miss target) quantile of measured / (b x L_s), each frame against the fit
+  that includes it, over a longer window: the noise the deadline must absorb for the miss rate to
+  stay at the target.
+
+Adaptation is asymmetric on purpose: a fit over the last few frames may raise the prediction at
+once (a deadline is at stake), lowering waits for the longer window.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from governor.config import GovernorSettings
+
+HOST_LEVELS = np.array([1.0, 1.15, 1.3, 1.5, 1.75, 2.0, 2.5, 3.0])
+FIT_WINDOW = 24
+FAST_WINDOW = 6
+TIE_TOLERANCE = 0.003  # mean |log error| within this of the best counts as a tie
+
+
+class Correction:
+    def __init__(self, settings: GovernorSettings) -> None:
+        self.settings = settings
+        self.frames: deque[tuple[np.ndarray, float]] = deque(maxlen=FIT_WINDOW)
+        self.spread_samples: deque[float] = deque(maxlen=settings.correction_window)
+        self.level = 0  # index into HOST_LEVELS
+        self.bias = 1.0
+        self.spread = 1.0 + settings.initial_margin
+
+    @property
+    def host_slowdown(self) -> float:
+        return float(HOST_LEVELS[self.level])
+
+    @property
+    def factor(self) -> float:
+        """Multiplier on the latency at ``host_slowdown``: bias x spread x (1 + margin)."""
+        return self.bias * self.spread * (1.0 + self.settings.margin)
+
+    def add(self, column: np.ndarray, measured_ms: float) -> None:
+        """``column``: the frame's predicted latency at its pair for each of HOST_LEVELS."""
+        self.frames.append((column, measured_ms))
+        level, bias = self._fit(list(self.frames))
+        if len(self.frames) > FAST_WINDOW:
+            fast_level, fast_bias = self._fit(list(self.frames)[-FAST_WINDOW:])
+            current = column
+            if fast_bias * current[fast_level] > bias * current[level]:
+                level, bias = fast_level, fast_bias
+        self.level, self.bias = level, bias
+        # the noise around the current fit (not the lag while it was catching up, which the fast
+        # window handles): what the deadline must absorb
+        expected = bias * float(column[level])
+        if expected > 0:
+            self.spread_samples.append(measured_ms / expected)
+        s = self.settings
+        if len(self.spread_samples) >= s.min_samples:
+            q = float(np.quantile(np.fromiter(self.spread_samples, float), 1.0 - s.miss_rate_target))
+            self.spread = max(q, 1.0)
+
+    @staticmethod
+    def _fit(frames: list[tuple[np.ndarray, float]]) -> tuple[int, float]:
+        pred = np.stack([c for c, _ in frames])  # (n, levels)
+        measured = np.array([m for _, m in frames])[:, None]
+        ratio = measured / np.maximum(pred, 1e-9)
+        bias = np.median(ratio, axis=0)  # (levels,)
+        cost = np.mean(np.abs(np.log(ratio / bias)), axis=0)
+        ties = np.flatnonzero(cost <= cost.min() + TIE_TOLERANCE)
+        # Where the frames cannot tell the causes apart (all at one pair), blame the host first:
+        # the explanation whose bias is closest to 1. Other load on the inference CPU is the
+        # common drift; GPU-side slowdowns from thermal caps show up as lower frequencies instead.
+        level = int(ties[np.argmin(np.abs(np.log(bias[ties])))])
+        return level, float(bias[level])

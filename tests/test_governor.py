@@ -1,0 +1,173 @@
+"""The control loop in process, on the virtual board (its kernel applies the writes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from governor.app import fit_on_virtual_board
+from governor.config import GovernorSettings
+from governor.configs import load_board, load_model_spec
+from governor.core import Governor, GovernorError
+from sysfs_backends.virtual.board import VirtualBoard
+
+BOARD = "sd888_phone"
+
+
+@pytest.fixture(scope="module")
+def estimators():
+    board = load_board(BOARD)
+    return {"yolo": fit_on_virtual_board(board, "yolo_tiny"),
+            "llm": fit_on_virtual_board(board, "smollm_135m")}
+
+
+@pytest.fixture
+def setup(tmp_path, estimators):
+    board = load_board(BOARD)
+    vb = VirtualBoard(tmp_path / "b", board)
+    backend = vb.backend(tmp_path / "s.json")
+    gov = Governor(backend, board, estimators)
+    gov.start()
+    yield gov, vb, backend
+    gov.stop()
+
+
+def brute_force_choice(gov: Governor, est, deadline_ms: float, factor: float):
+    """Least predicted energy among pairs meeting the deadline, by explicit enumeration."""
+    board = gov.board
+    br = est.grid(with_overlap=False)
+    best = None
+    for c, g, lat, host, gpu in zip(br.cpu_khz, br.gpu_hz, br.latency_ms, br.host_busy_ms,
+                                    br.gpu_busy_ms, strict=True):
+        if lat * factor + 0.2 > deadline_ms:  # 0.2 ms: the GPU's transition latency, worst case
+            continue
+        e = board.power_mw("cpu", c) * host + board.power_mw("gpu", g) * gpu + board.idle_power_mw * lat
+        if best is None or e < best[0]:
+            best = (e, int(c), int(g))
+    return best
+
+
+def test_first_decision_is_cheapest_feasible_pair(setup, estimators):
+    gov, vb, _ = setup
+    d = gov.before_frame("yolo", 22.0, app="cam")
+    expected = brute_force_choice(gov, estimators["yolo"], 22.0, gov._corrections["yolo"].factor)
+    assert (d.cpu_khz, d.gpu_hz) == expected[1:]
+    assert d.feasible and d.changed and d.predicted_ms <= 22.0
+    # the pair is what the kernel now has in force
+    root = vb.root
+    assert (root / "sys/devices/system/cpu/cpufreq/policy7/scaling_cur_freq").read_text().strip() == str(d.cpu_khz)
+    assert (root / "sys/class/kgsl/kgsl-3d0/gpuclk").read_text().strip() == str(d.gpu_hz)
+
+
+def test_no_write_when_decision_unchanged(setup):
+    gov, _, backend = setup
+    d = gov.before_frame("yolo", 22.0)
+    gov.after_frame(d.frame, d.predicted_ms * 0.9)
+    writes = backend.transport.writes
+    d2 = gov.before_frame("yolo", 22.0)
+    assert not d2.changed and backend.transport.writes == writes
+
+
+def test_infeasible_deadline_runs_fastest_and_says_so(setup):
+    gov, _, _ = setup
+    d = gov.before_frame("yolo", 1.0)
+    board = gov.board
+    assert not d.feasible
+    assert (d.cpu_khz, d.gpu_hz) == (board.cpu.inference.frequencies_khz[-1], board.gpu.frequencies_hz[-1])
+    assert gov.status()["apps"]["default"]["infeasible"] == 1
+
+
+def test_never_lowers_under_a_frame_in_flight(setup):
+    gov, _, _ = setup
+    fast = gov.before_frame("yolo", 13.0, app="camera")  # demanding: high frequencies
+    easy = gov.before_frame("llm", 200.0, context_len=300, app="assistant")
+    assert easy.cpu_khz >= fast.cpu_khz and easy.gpu_hz >= fast.gpu_hz
+    gov.after_frame(fast.frame, 12.0)
+    gov.after_frame(easy.frame, 15.0)
+    alone = gov.before_frame("llm", 200.0, context_len=300, app="assistant")
+    assert (alone.cpu_khz, alone.gpu_hz) < (fast.cpu_khz, fast.gpu_hz) or alone.gpu_hz < fast.gpu_hz
+
+
+def test_thermal_cap_decides_with_frequencies_in_force(setup):
+    gov, vb, _ = setup
+    d = gov.before_frame("yolo", 12.0)
+    assert (d.cpu_khz, d.gpu_hz) == (2_841_600, 840_000_000)  # boot state: already the fastest
+    gov.after_frame(d.frame, 11.0)
+    vb.kernel.force_thermal_cap(True)  # the kernel caps without any write of ours
+    gov._next_refresh = 0  # as if state_refresh_s had passed
+    d = gov.before_frame("yolo", 12.0)  # needs more than the capped board allows
+    sim = vb.board.simulation
+    assert d.cpu_khz <= sim.thermal_cap_cpu_khz and d.gpu_hz <= sim.thermal_cap_gpu_hz
+    assert not d.feasible
+    assert gov.status()["capped"]
+    # with a deadline the capped board can meet, it picks a pair within the cap
+    d = gov.before_frame("yolo", 25.0)
+    assert d.feasible and d.cpu_khz <= sim.thermal_cap_cpu_khz and d.gpu_hz <= sim.thermal_cap_gpu_hz
+
+
+def test_language_model_context_raises_frequencies(setup):
+    gov, _, _ = setup
+    short = gov.before_frame("llm", 15.5, context_len=128)
+    gov.after_frame(short.frame, short.predicted_ms)
+    long = gov.before_frame("llm", 15.5, context_len=4000)
+    assert long.predicted_ms > 0
+    assert (long.cpu_khz, long.gpu_hz) != (short.cpu_khz, short.gpu_hz)
+    with pytest.raises(GovernorError) as info:
+        gov.before_frame("llm", 15.5)
+    assert info.value.code == "bad_field"
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf"), "33"])
+def test_bad_deadline_refused(setup, bad):
+    gov, _, _ = setup
+    with pytest.raises(GovernorError) as info:
+        gov.before_frame("yolo", bad)
+    assert info.value.code == "bad_field"
+
+
+def test_unknown_model_and_frame(setup):
+    gov, _, _ = setup
+    with pytest.raises(GovernorError) as info:
+        gov.before_frame("resnet", 30.0)
+    assert info.value.code == "unknown_model" and "yolo" in str(info.value)
+    with pytest.raises(GovernorError) as info:
+        gov.after_frame(999, 10.0)
+    assert info.value.code == "unknown_frame"
+
+
+def test_frame_context_manager_measures_the_block(setup):
+    gov, _, _ = setup
+    import time
+
+    with gov.frame("yolo", 30.0, app="cam") as d:
+        time.sleep(0.02)
+    assert d.frame == 1
+    assert gov.status()["apps"]["cam"]["frames"] == 1
+    assert gov.status()["models"]["yolo"]["samples"] == 1
+
+
+def test_miss_rate_held_at_target_with_noise_and_background_load(tmp_path, estimators):
+    """600 noisy frames with a load phase: misses at or below ~1%, energy well below max."""
+    board = load_board(BOARD)
+    vb = VirtualBoard(tmp_path / "m", board)
+    sim = vb.simulator(load_model_spec("yolo_tiny"))
+    gov = Governor(vb.backend(tmp_path / "m.json"), board, {"yolo": estimators["yolo"]},
+                   GovernorSettings(miss_rate_target=0.01))
+    deadline = 19.0
+    misses, energy, perf_energy = 0, 0.0, 0.0
+    with gov:
+        for n in range(600):
+            vb.kernel.set_background_load(0.6 if 250 <= n < 400 else 0.0)
+            d = gov.before_frame("yolo", deadline)
+            fr = vb.kernel.run_frame(sim, None, np.random.default_rng(n))
+            gov.after_frame(d.frame, fr.latency_ns / 1e6)
+            misses += fr.latency_ns / 1e6 > deadline
+            energy += fr.energy_j
+            top = sim.run(board.cpu.inference.frequencies_khz[-1], board.gpu.frequencies_hz[-1], None,
+                          np.random.default_rng(n), host_slowdown=1 + fr.background_load)
+            perf_energy += (board.power_mw("cpu", board.cpu.inference.frequencies_khz[-1]) * top.host_busy_ns[0]
+                            + board.power_mw("gpu", board.gpu.frequencies_hz[-1]) * top.gpu_busy_ns[0]
+                            + board.idle_power_mw * top.latency_ns[0]) * 1e-12
+        assert gov.status()["models"]["yolo"]["host_slowdown"] <= 1.15  # load gone: forgotten
+    assert misses <= 9  # 1.5%: the target plus the frames a regime change costs
+    assert energy < 0.8 * perf_energy
