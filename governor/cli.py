@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 import numpy as np
@@ -177,13 +178,16 @@ def run(config_path: str, socket_path: str | None, virtual_root: str | None) -> 
 @main.command()
 @click.option("--board", default="sd888_phone", show_default=True, help="virtual board")
 @click.option("--duration", default=20.0, show_default=True, help="seconds of workload")
+@click.option("--backend", "backend_kind", type=click.Choice(["virtual", "android"]), default="virtual",
+              show_default=True, help="android: drive the virtual phone over ADB (real protocol, loopback)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def demo(board: str, duration: float, as_json: bool) -> None:
+def demo(board: str, duration: float, backend_kind: str, as_json: bool) -> None:
     """The governor on a virtual board with two apps (camera + assistant); no hardware needed."""
     from governor.demo import format_table, run_demo
 
     try:
-        result = run_demo(board, duration, progress=lambda m: click.echo(m, err=as_json))
+        result = run_demo(board, duration, progress=lambda m: click.echo(m, err=as_json),
+                          backend=backend_kind)
     except (ConfigError, RuntimeError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -191,6 +195,30 @@ def demo(board: str, duration: float, as_json: bool) -> None:
     else:
         click.echo("")
         click.echo(format_table(result))
+
+
+@main.command("virtual-adb")
+@click.option("--board", default="sd888_phone", show_default=True, help="virtual board to serve")
+@click.option("--port", default=5555, show_default=True, help="TCP port on 127.0.0.1")
+@click.option("--virtual-root", type=click.Path(file_okay=False), help="the board's tree (created if missing)")
+@click.option("--not-root", is_flag=True, help="the shell is not uid 0 (writes need su)")
+def virtual_adb(board: str, port: int, virtual_root: str | None, not_root: bool) -> None:
+    """Serve a virtual phone over ADB (TCP) until Ctrl-C: try the android backend, or `adb connect`."""
+    import signal as _signal
+
+    from sysfs_backends.registry import default_virtual_root
+    from sysfs_backends.virtual.adb_device import VirtualAdbDevice
+    from sysfs_backends.virtual.board import VirtualBoard
+
+    try:
+        cfg = load_board(board)
+        root = Path(virtual_root) if virtual_root else default_virtual_root(cfg.name)
+        VirtualBoard(root, cfg)
+        with VirtualAdbDevice(root, port=port, root=not not_root) as dev:
+            click.echo(f"virtual {cfg.name} serving ADB on {dev.address} (tree {root}); Ctrl-C to stop")
+            _signal.sigwait({_signal.SIGINT, _signal.SIGTERM})
+    except (ConfigError, OSError, ValueError) as exc:
+        _fail(str(exc))
 
 
 # ---- configs -----------------------------------------------------------------------------

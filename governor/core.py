@@ -27,7 +27,7 @@ import numpy as np
 from estimator.model import Estimator
 from governor.config import GovernorSettings
 from governor.correction import HOST_LEVELS, Correction
-from sysfs_backends.base import Backend
+from sysfs_backends.base import Backend, BackendUnavailable
 from sysfs_backends.board import BoardConfig
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,12 @@ class Governor:
         if not self._started:
             return []
         self._started = False
-        return self.backend.restore()
+        try:
+            return self.backend.restore()
+        except BackendUnavailable as exc:
+            log.error("cannot restore now (%s); the saved settings stay in the state file and are "
+                      "restored by `dvfs-gov restore` or the next start", exc)
+            return []
 
     def __enter__(self) -> Governor:
         self.start()
@@ -252,7 +257,10 @@ class Governor:
         """Re-read the frequencies in force: a cap or another agent may have moved them without
         any write of ours."""
         self._next_refresh = now + self.settings.state_refresh_s
-        state = self.backend.state()
+        try:
+            state = self.backend.state()
+        except BackendUnavailable:
+            return
         eff = (state["cpu"].cur, state["gpu"].cur if "gpu" in state else 0)
         if eff != self._cur:
             lower = [e < t for e, t in zip(eff, self._target, strict=True)]
@@ -271,7 +279,11 @@ class Governor:
     def _apply(self, cpu: int, gpu: int, lat: np.ndarray, energy_mj: np.ndarray, corr: float,
                deadline_ms: float, now: float) -> tuple[int, int, list[str]]:
         self._target = (cpu, gpu)
-        res = self.backend.apply(cpu, gpu if self.board.gpu else None)
+        try:
+            res = self.backend.apply(cpu, gpu if self.board.gpu else None)
+        except BackendUnavailable as exc:
+            # keep serving: the frame runs at whatever is in force; retried on the next frame
+            return self._cur[0], self._cur[1], [f"not applied: {exc}"]
         eff_c = res.effective.get("cpu", cpu)
         eff_g = res.effective.get("gpu", gpu)
         notes = list(res.notes)
@@ -335,4 +347,5 @@ class Governor:
                          for a, s in self._apps.items()},
                 "in_flight": len(self._frames),
                 "backend": self.backend.name,
+                "backend_connected": self.backend.connected,
             }

@@ -25,6 +25,7 @@ import yaml
 from governor.baselines import FrameTrace, all_baselines
 from governor.client import GovernorClient
 from governor.configs import load_board, load_model_spec
+from sysfs_backends.virtual.adb_device import VirtualAdbDevice
 from sysfs_backends.virtual.board import VirtualBoard
 from sysfs_backends.virtual.simulator import Simulator
 
@@ -53,22 +54,36 @@ def _wait_for_socket(path: Path, proc: subprocess.Popen, timeout_s: float = 60.0
 
 
 def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
-             progress: Callable[[str], None] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None, backend: str = "virtual") -> dict:
     say = progress or (lambda _msg: None)
     board = load_board(board_name)
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
     work = Path(tempfile.mkdtemp(prefix="dvfs-demo-", dir=base))
     procs: list[subprocess.Popen] = []
     daemon = None
+    phone = None
     try:
         sock = work / "gov.sock"
         vroot = work / "board"
         VirtualBoard(vroot, board)
+        backend_cfg = {"kind": "virtual", "virtual_root": str(vroot), "state_file": str(work / "saved.json")}
+        if backend == "android":  # the same board, but driven over ADB through a virtual phone
+            phone = VirtualAdbDevice(vroot).__enter__()
+            backend_cfg = {"kind": "android", "state_file": str(work / "saved.json"),
+                           "adb": {"address": phone.address, "key_path": str(work / "adbkey")}}
+            say(f"virtual phone serving ADB on {phone.address}")
+        models = {a["model"]: {"simulate": a["model"]} for a in APPS}
+        if backend == "android":  # `simulate` needs the virtual backend: fit here, pass the files
+            from governor.app import fit_on_virtual_board
+
+            for name in models:
+                (work / f"{name}.est.json").write_text(fit_on_virtual_board(board, name).to_json())
+                models[name] = {"estimator": str(work / f"{name}.est.json")}
         cfg = {
             "board": board_name,
-            "backend": {"kind": "virtual", "virtual_root": str(vroot), "state_file": str(work / "saved.json")},
+            "backend": backend_cfg,
             "socket": str(sock),
-            "models": {a["model"]: {"simulate": a["model"]} for a in APPS},
+            "models": models,
             "log_level": "warning",
         }
         (work / "governor.yaml").write_text(yaml.safe_dump(cfg))
@@ -112,7 +127,8 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
         restored = not (work / "saved.json").exists()
         say("governor stopped, original settings restored" if restored else "restore FAILED")
         say("replaying the workload under performance, ondemand and the oracle")
-        out = {"board": board_name, "duration_s": duration_s, "restored": restored, "apps": []}
+        out = {"board": board_name, "backend": backend, "duration_s": duration_s, "restored": restored,
+               "apps": []}
         for a in APPS:
             frames = [FrameTrace.model_validate_json(line)
                       for line in (work / f"{a['app']}.jsonl").read_text().splitlines()]
@@ -132,6 +148,8 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
         if daemon is not None and daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=30)
+        if phone is not None:
+            phone.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -15,6 +15,11 @@ from pydantic import BaseModel
 DomainName = Literal["cpu", "gpu"]
 
 
+class BackendUnavailable(ConnectionError):
+    """The hardware cannot be reached right now (phone unplugged, adbd restarting); the backend
+    keeps trying to reconnect in the background and nothing was changed."""
+
+
 class DomainInfo(BaseModel):
     """What discovery found for one domain."""
 
@@ -89,6 +94,10 @@ class Backend(ABC):
     def recover_crashed(self) -> list[str]:
         """Restore what an earlier run saved but never put back (it was killed); [] if none."""
         return []
+
+    @property
+    def connected(self) -> bool:
+        return True
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; does not restore."""

@@ -127,6 +127,7 @@ class SysfsBackend(Backend):
         # *effective* limits, not the requests the kernel checks new writes against, so write
         # order and "nothing to write" are decided from what we asked for.
         self._requested: dict[str, tuple[int, int]] = {}
+        self._generation = getattr(transport, "generation", 0)
         self._saved: SavedState | None = None
         self.notes: list[str] = []
 
@@ -351,8 +352,12 @@ class SysfsBackend(Backend):
         info = self.domains()
         if self._saved is None:
             self.save()
-        if not self._known:
+        generation = getattr(self.transport, "generation", 0)
+        if not self._known or generation != self._generation:
+            # first apply, or the connection was re-made (the phone may have rebooted): re-read
+            self._requested = {}
             self.state()
+            self._generation = generation
         requested = {k: v for k, v in (("cpu", cpu_khz), ("gpu", gpu_hz)) if v is not None}
         notes = []
         target = {}
