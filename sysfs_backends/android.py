@@ -113,10 +113,10 @@ class AdbTransport:
             raise BackendUnavailable(f"cannot connect to {self.address or self.serial}: {self.last_error}") from None
         self._device = device
         self._no_delay(device)
+        self._root = self._shell("id -u").strip() == "0"
         self.generation += 1
         self.connected = True
         self.last_error = None
-        self._root = self._shell("id -u").strip() == "0"
 
     @staticmethod
     def _no_delay(device) -> None:
@@ -212,9 +212,10 @@ class AdbTransport:
                 results[i] = OpResult(op, ok=True)
             elif status in ("R1", "W1"):
                 code = next((v for k, v in MESSAGES.items() if k in rest), errno.EIO)
-                if code == errno.EACCES and self._root is not None and isinstance(op, Write):
-                    log.warning("%s refused as root: SELinux? (%s)", op.path, rest.strip())
-                results[i] = OpResult(op, ok=False, errno=code, value=rest.strip())
+                detail = rest.strip()
+                if code == errno.EACCES and isinstance(op, Write):
+                    detail += self._selinux_hint()
+                results[i] = OpResult(op, ok=False, errno=code, value=detail)
             else:
                 raise BackendError(f"unexpected line from the phone's shell: {line!r}")
         failed_write = next((i for i in sorted(results)
@@ -229,6 +230,16 @@ class AdbTransport:
                 raise BackendError(f"the phone's shell did not report operation {i} ({op.path}); "
                                    f"output was {out[-300:]!r}")
         return out_results
+
+    def _selinux_hint(self) -> str:
+        """Root refused a write: say whether SELinux is enforcing (one extra round trip, on failure)."""
+        try:
+            mode = self._shell("getenforce 2>/dev/null").strip()
+        except BackendUnavailable:
+            return ""
+        if mode == "Enforcing":
+            return "; SELinux is Enforcing: the policy may forbid this write (see `adb shell dmesg | grep avc`)"
+        return f"; SELinux: {mode or 'unknown'}"
 
     def listdir(self, path: str) -> list[str]:
         with self._lock:

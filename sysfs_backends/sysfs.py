@@ -382,8 +382,9 @@ class SysfsBackend(Backend):
             self._undo(done)
             if failed.errno == errno.EINVAL and not final:
                 raise _StaleLimits
+            detail = f"{failed.value}; " if failed.value else ""
             raise SysfsIOError(failed.errno or errno.EIO, failed.op.path, failed.op.value,
-                               "previous settings left in place")
+                               detail + "previous settings left in place")
         reads = results[len(writes):]
         effective = {}
         for k, name in enumerate(target):

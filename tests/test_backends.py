@@ -321,3 +321,21 @@ def test_third_party_backend_via_entry_point(tmp_path):
         [sys.executable, "-m", "governor.cli", "status", "--board", "rk3588", "--backend", "nope"],
         capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 2 and "allowed: linux, virtual, android, thirdparty" in out.stderr
+
+
+def test_requests_above_a_thermal_cap_never_trip_the_kernel(board_at):
+    """Under a cap the files show effective limits, not the requests the kernel checks writes
+    against; ordering must still never leave min > max (regression)."""
+    vb, be = board_at("pixel6_phone")
+    be.apply(2_704_000, 848_000_000)
+    vb.kernel.force_thermal_cap(True)
+    res = be.apply(2_507_000, 762_000_000)  # below the old request, above the cap
+    assert res.effective == {"cpu": 1_826_000, "gpu": 471_000_000}
+    assert be.apply(984_000, 251_000_000).effective == {"cpu": 984_000, "gpu": 251_000_000}
+    be.apply(2_802_000, 848_000_000)
+    done = be.restore()  # still capped
+    assert done
+    vb.kernel.force_thermal_cap(False)
+    pol = vb.root / CPUFREQ / "policy6"
+    assert (pol / "scaling_min_freq").read_text().strip() == "500000"
+    assert (pol / "scaling_max_freq").read_text().strip() == "2802000"

@@ -97,6 +97,7 @@ class VirtualAdbDevice:
         self._bin.chmod(0o755)
         self._opened: list[tuple[Path, int]] = []
         self._perm_key: frozenset | None = None
+        self._writable: set[Path] | None = None
         if os.geteuid() == 0:  # the unprivileged shell must be able to reach the tree
             for parent in [self.tree, *self.tree.parents]:
                 mode = parent.stat().st_mode & 0o777
@@ -253,8 +254,8 @@ class VirtualAdbDevice:
             f'#!/bin/sh\nif [ "$1" = "-u" ]; then echo {uid}; else echo "uid={uid} gid={uid}"; fi\n')
         (self._bin / "getenforce").write_text(f"#!/bin/sh\necho {self.selinux}\n")
         su = self._bin / "su"
-        if self.su == "missing":
-            su.unlink(missing_ok=True)
+        if self.su == "missing":  # shadow the host's own su, as a phone without one would answer
+            su.write_text('#!/bin/sh\necho "/system/bin/sh: su: inaccessible or not found" >&2\nexit 127\n')
         elif self.su == "deny":
             su.write_text('#!/bin/sh\necho "Permission denied" >&2\nexit 1\n')
         else:
@@ -269,12 +270,11 @@ class VirtualAdbDevice:
         """The shell runs unprivileged (when we are root): attributes it may write are made
         writable for it, and the ``eacces`` ones read-only, so refusals come from the real
         kernel's permission check."""
-        for p in (self.tree / "sys").rglob("*"):
-            if p.is_file() and p.stat().st_mode & 0o200:
-                rel = "/" + str(p.relative_to(self.tree))
-                p.chmod(0o444 if rel in self.eacces else 0o666)
-            elif p.is_file() and "/" + str(p.relative_to(self.tree)) in self.eacces:
-                p.chmod(0o444)
+        if self._writable is None:  # the attributes the kernel lets root write, before any change
+            self._writable = {p for p in (self.tree / "sys").rglob("*") if p.is_file() and p.stat().st_mode & 0o200}
+        for p in self._writable:
+            rel = "/" + str(p.relative_to(self.tree))
+            p.chmod(0o444 if rel in self.eacces else 0o666)
 
     def _kernel_sync_loop(self, req: Path, ack: Path) -> None:
         """Serve the `cat` wrapper: apply what the shell wrote before it reads anything back."""
