@@ -20,6 +20,30 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def backend_options(fn):
+    """--backend/--sysfs-root/--virtual-root/--state-file, shared by commands that touch a board."""
+    fn = click.option("--state-file", type=click.Path(dir_okay=False),
+                      help="where original settings are saved (default under $XDG_STATE_HOME)")(fn)
+    fn = click.option("--virtual-root", type=click.Path(file_okay=False),
+                      help="virtual board tree (created if missing)")(fn)
+    fn = click.option("--sysfs-root", default="/", show_default=True,
+                      help="root of a tree laid out like /sys (linux backend)")(fn)
+    fn = click.option("--adb", "adb_address", help="host:port of the phone (android backend)")(fn)
+    fn = click.option("--backend", "backend_kind", default="virtual", show_default=True,
+                      help="linux, virtual, android, or a registered backend")(fn)
+    return fn
+
+
+def open_board_backend(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | None,
+                       state_file: str | None, adb_address: str | None):
+    from sysfs_backends.registry import AdbOptions, BackendSpec, open_backend
+
+    cfg = load_board(board)
+    spec = BackendSpec(kind=backend_kind, sysfs_root=sysfs_root, virtual_root=virtual_root,
+                       state_file=state_file, adb=AdbOptions(address=adb_address))
+    return cfg, open_backend(cfg, spec)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="deadline-dvfs")
 def main() -> None:
@@ -221,6 +245,101 @@ def virtual_adb(board: str, port: int, virtual_root: str | None, not_root: bool)
         _fail(str(exc))
 
 
+# ---- profiling ----------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def devices(as_json: bool) -> None:
+    """List the OpenCL platforms and devices `dvfs-gov profile` can use."""
+    from governor.profiler.runner import DeviceError, list_devices
+
+    try:
+        found = list_devices()
+    except DeviceError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(found, indent=1))
+        return
+    if not found:
+        click.echo("no OpenCL devices (install an ICD: pip install 'pyopencl[pocl]', or your GPU's driver)")
+    for d in found:
+        click.echo(f"{d['id']:5s} {d['type']:4s} {d['device']}  [{d['platform']}, {d['compute_units']} CUs, "
+                   f"{d['global_mem_mib']} MiB]")
+
+
+@main.command()
+@click.option("--model", "model_name", required=True, help="model name or YAML path")
+@click.option("--board", help="board name or YAML path (needed to change frequencies)")
+@backend_options
+@click.option("--no-dvfs", is_flag=True, help="profile at the frequencies in force, changing nothing")
+@click.option("--cpu-khz", type=int, help="with --no-dvfs and no --board: the CPU frequency to record")
+@click.option("--gpu-hz", type=int, help="with --no-dvfs and no --board: the GPU frequency to record")
+@click.option("-n", "--points", default=5, show_default=True, help="planned pairs")
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--warmup", default=2, show_default=True)
+@click.option("--context-len", "context_lens", type=int, multiple=True, help="language models (default: from the model)")
+@click.option("--device", "device_pref", help="OpenCL device: P:D from `dvfs-gov devices`, or part of its name")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: str, virtual_root: str | None,
+            state_file: str | None, adb_address: str | None, no_dvfs: bool, cpu_khz: int | None,
+            gpu_hz: int | None, points: int, repeats: int, warmup: int, context_lens: tuple[int, ...],
+            device_pref: str | None, output: str) -> None:
+    """Profile MODEL as real OpenCL kernels at the planned frequency pairs; writes the profile format."""
+    from governor.profiler.runner import DeviceError, ModelRunner, select_device
+    from governor.profiler.sweep import Point, sweep
+    from sysfs_backends.lifecycle import restoring
+    from sysfs_backends.sysfs import BackendError
+
+    try:
+        spec = load_model_spec(model_name)
+        ctx = list(context_lens) or spec.profile_context_len or None
+        if spec.kind == "language_model" and (not ctx or len(ctx) < 2):
+            _fail("a language model is profiled at >= 2 context lengths: give --context-len twice")
+        backend = None
+        if board:
+            if backend_kind == "virtual" and not no_dvfs:
+                _fail("the virtual board's frequencies do not slow real kernels: profile it with "
+                      "`dvfs-gov simulate`, or use --backend linux/android on real hardware")
+            cfg, backend = open_board_backend(board, backend_kind, sysfs_root, virtual_root, state_file,
+                                              adb_address)
+        if no_dvfs or backend is None:
+            if backend is not None:
+                st = backend.state()
+                cpu_khz, gpu_hz = st["cpu"].cur, st["gpu"].cur if "gpu" in st else 0
+            if cpu_khz is None or gpu_hz is None:
+                _fail("without --board, give --no-dvfs with --cpu-khz and --gpu-hz (the frequencies in force)")
+            pairs, cpu_table, gpu_table, backend = [Point(cpu_khz, gpu_hz)], [cpu_khz], [gpu_hz], None
+        else:
+            cpu_table = cfg.cpu.inference.frequencies_khz
+            gpu_table = cfg.gpu.frequencies_hz if cfg.gpu else [0]
+            pairs = [Point(c, g) for c, g in plan_points(cpu_table, gpu_table, points)]
+        dev, skipped = select_device(device_pref)
+        for s in skipped:
+            click.echo(f"note: skipped OpenCL device {s}", err=True)
+        click.echo(f"profiling {spec.name} on {dev.name.strip()} at {len(pairs)} pair(s)", err=True)
+        runner = ModelRunner(spec, dev, max_context=max(ctx or [0]))
+        total = len(pairs) * repeats * len(ctx or [None])
+        with click.progressbar(length=total, label="runs", file=sys.stderr) as bar:
+            if backend is not None:
+                with restoring(backend):
+                    result = sweep(runner, pairs, cpu_table, gpu_table, dev.name.strip(), repeats, warmup,
+                                   ctx, backend, bar.update)
+            else:
+                result = sweep(runner, pairs, cpu_table, gpu_table, dev.name.strip(), repeats, warmup,
+                               ctx, None, bar.update)
+    except (ConfigError, BackendError, DeviceError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    if not result.profile["runs"]:
+        _fail("nothing was measured")
+    storage.write_atomic(output, json.dumps(result.profile))
+    al = result.profile["clock_alignment"]
+    click.echo(f"{len(result.profile['runs'])} runs -> {output} (clock alignment +/- {al['uncertainty_ns']} ns, "
+               f"{al['clamped_intervals']} intervals clamped)")
+    if result.interrupted:
+        sys.exit(130)
+
+
 # ---- configs -----------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
@@ -253,30 +372,6 @@ def boards(as_json: bool) -> None:
         virt = " [virtual]" if b["virtual"] else ""
         click.echo(f"{b['name']:14s} cpu {b['cpu_policy']} ({b['cpu_mechanism']}), "
                    f"gpu {b['gpu'] or '-'} ({b['gpu_mechanism'] or '-'}){virt}  {b['description']}")
-
-
-def backend_options(fn):
-    """--backend/--sysfs-root/--virtual-root/--state-file, shared by commands that touch a board."""
-    fn = click.option("--state-file", type=click.Path(dir_okay=False),
-                      help="where original settings are saved (default under $XDG_STATE_HOME)")(fn)
-    fn = click.option("--virtual-root", type=click.Path(file_okay=False),
-                      help="virtual board tree (created if missing)")(fn)
-    fn = click.option("--sysfs-root", default="/", show_default=True,
-                      help="root of a tree laid out like /sys (linux backend)")(fn)
-    fn = click.option("--adb", "adb_address", help="host:port of the phone (android backend)")(fn)
-    fn = click.option("--backend", "backend_kind", default="virtual", show_default=True,
-                      help="linux, virtual, android, or a registered backend")(fn)
-    return fn
-
-
-def open_board_backend(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | None,
-                       state_file: str | None, adb_address: str | None):
-    from sysfs_backends.registry import AdbOptions, BackendSpec, open_backend
-
-    cfg = load_board(board)
-    spec = BackendSpec(kind=backend_kind, sysfs_root=sysfs_root, virtual_root=virtual_root,
-                       state_file=state_file, adb=AdbOptions(address=adb_address))
-    return cfg, open_backend(cfg, spec)
 
 
 @main.command()
