@@ -276,7 +276,8 @@ def devices(as_json: bool) -> None:
 @click.option("-n", "--points", default=5, show_default=True, help="planned pairs")
 @click.option("--repeats", default=3, show_default=True)
 @click.option("--warmup", default=2, show_default=True)
-@click.option("--context-len", "context_lens", type=int, multiple=True, help="language models (default: from the model)")
+@click.option("--context-len", "context_lens", type=int, multiple=True,
+              help="language models (default: from the model)")
 @click.option("--device", "device_pref", help="OpenCL device: P:D from `dvfs-gov devices`, or part of its name")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: str, virtual_root: str | None,

@@ -157,7 +157,8 @@ def ref_dwconv(x: np.ndarray, wt: np.ndarray, h: int, w: int, k: int, stride: in
     y = np.zeros((c, h, w), np.float64)
     for ky in range(k):
         for kx in range(k):
-            y += xp[:, ky: ky + stride * h: stride, kx: kx + stride * w: stride][:, :h, :w] * wt[:, ky, kx][:, None, None]
+            window = xp[:, ky: ky + stride * h: stride, kx: kx + stride * w: stride][:, :h, :w]
+            y += window * wt[:, ky, kx][:, None, None]
     return y.astype(np.float32)
 
 

@@ -43,9 +43,10 @@ def list_devices() -> list[dict]:
         raise DeviceError(f"no OpenCL platform: {exc}") from None
     for p, platform in enumerate(platforms):
         for d, dev in enumerate(platform.get_devices()):
+            kind = "GPU" if dev.type & cl.device_type.GPU else "CPU" if dev.type & cl.device_type.CPU else "ACC"
             out.append({"id": f"{p}:{d}", "platform": platform.name.strip(), "platform_version": platform.version,
-                        "device": dev.name.strip(), "type": "GPU" if dev.type & cl.device_type.GPU else "CPU" if dev.type & cl.device_type.CPU else "ACC",
-                        "compute_units": dev.max_compute_units, "global_mem_mib": dev.global_mem_size // 2**20})
+                        "device": dev.name.strip(), "type": kind, "compute_units": dev.max_compute_units,
+                        "global_mem_mib": dev.global_mem_size // 2**20})
     return out
 
 
