@@ -24,12 +24,15 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names file, key and what is allowed."""
 
 
-def _bundled_dir(kind: str) -> Path:
-    return Path(str(resources.files("dvfs_configs"))) / kind
+def _bundled_dir(kind: str) -> Path | None:
+    try:
+        return Path(str(resources.files("dvfs_configs"))) / kind
+    except ModuleNotFoundError:  # running from a checkout that was not pip-installed
+        return None
 
 
 def config_dirs(kind: str) -> list[Path]:
-    return [Path.cwd() / "configs" / kind, _bundled_dir(kind)]
+    return [d for d in (Path.cwd() / "configs" / kind, _bundled_dir(kind)) if d is not None]
 
 
 def available(kind: str) -> dict[str, Path]:
