@@ -63,28 +63,34 @@ def naive(profile, c: float, g: float, ctx) -> float:
     return lat * (max(seg.gpu_hz) / g if gpu_busy >= host_busy else max(seg.cpu_khz) / c)
 
 
-def validate(model: str, device, repeats: int, test_repeats: int) -> dict:
+def validate(model: str, device, repeats: int, test_repeats: int, contexts: list[int] | None,
+             warm_s: float = 5.0) -> dict:
     spec = load_model_spec(model)
-    contexts = spec.profile_context_len or None
+    contexts = (contexts or spec.profile_context_len or None) if spec.kind == "language_model" else None
     runner = ModelRunner(spec, device, max_context=max(contexts or [0]))
     cpu, gpu = tables()
     planned = plan_points(sorted(cpu), sorted(gpu), 5)
+    # The GPU idles at a low clock and boosts under load (we may not pin it): keep it busy for a
+    # while first, so profile and test points see the same clocks.
+    t_warm = time.time()
+    while time.time() - t_warm < warm_s:
+        runner.run((contexts or [None])[-1])
     t0 = time.time()
     res = sweep(runner, [Point(c, g, cpu[c], gpu[g]) for c, g in planned], sorted(cpu), sorted(gpu),
                 device.name.strip(), repeats=repeats, warmup=2, context_lens=contexts)
     profile = parse_profile(res.profile)
     est = Estimator.fit(profile)
     rows = []
-    for c in sorted(cpu):
-        for g in sorted(gpu):
-            if (c, g) in planned:
-                continue
-            for ctx in contexts or [None]:
-                runner.run(ctx, cpu[c], gpu[g])  # warm-up at this point
-                lat = np.median([runner.run(ctx, cpu[c], gpu[g]).latency_ns for _ in range(test_repeats)]) / 1e6
-                rows.append({"cpu_khz": c, "gpu_hz": g, "context_len": ctx, "measured_ms": round(float(lat), 4),
-                             "estimated_ms": round(float(est.latency_ms(c, g, ctx)[0]), 4),
-                             "naive_ms": round(float(naive(profile, c, g, ctx)), 4)})
+    tests = [(c, g, ctx) for c in sorted(cpu) for g in sorted(gpu) if (c, g) not in planned
+             for ctx in contexts or [None]]
+    # measured in a shuffled order, so slow drifts of the machine do not line up with one axis
+    for i in np.random.default_rng(0).permutation(len(tests)):
+        c, g, ctx = tests[i]
+        runner.run(ctx, cpu[c], gpu[g])  # warm-up at this point
+        lat = np.median([runner.run(ctx, cpu[c], gpu[g]).latency_ns for _ in range(test_repeats)]) / 1e6
+        rows.append({"cpu_khz": c, "gpu_hz": g, "context_len": ctx, "measured_ms": round(float(lat), 4),
+                     "estimated_ms": round(float(est.latency_ms(c, g, ctx)[0]), 4),
+                     "naive_ms": round(float(naive(profile, c, g, ctx)), 4)})
     meas = np.array([r["measured_ms"] for r in rows])
 
     def err(key):
@@ -110,9 +116,11 @@ def validate(model: str, device, repeats: int, test_repeats: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", help="OpenCL device (part of its name or P:D)")
-    ap.add_argument("--models", default="smollm_135m,yolo_tiny")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--test-repeats", type=int, default=3)
+    ap.add_argument("--models", default="smollm_135m,mobilenet_v2,yolo_tiny")
+    ap.add_argument("--contexts", default="16,64",
+                    help="language models: context lengths (short: the decode step is launch-bound)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--test-repeats", type=int, default=7)
     ap.add_argument("--out")
     args = ap.parse_args()
     device, skipped = select_device(args.device)
@@ -123,7 +131,8 @@ def main() -> None:
         "host": platform.node(), "skipped_devices": skipped,
         "emulation": {"cpu_max_khz": CPU_MAX_KHZ, "gpu_max_hz": GPU_MAX_HZ, "cpu_scales": CPU_SCALES,
                       "gpu_scales": GPU_SCALES},
-        "models": [validate(m, device, args.repeats, args.test_repeats) for m in args.models.split(",")],
+        "models": [validate(m, device, args.repeats, args.test_repeats, [int(c) for c in args.contexts.split(",")])
+                   for m in args.models.split(",")],
     }
     text = json.dumps(out, indent=1)
     if args.out:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import nnls
 
+CPU_COL = 0  # the f_cpu_ref / f_cpu column of design()
 HUBER_K = 1.5  # in units of the robust residual scale
 IRLS_ITERATIONS = 4
 MIN_TIME_NS = 1.0
@@ -62,12 +63,13 @@ def _robust_nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef
 
 
-def fit_columns(features: np.ndarray, y: np.ndarray) -> np.ndarray:
+def fit_columns(features: np.ndarray, y: np.ndarray, sparse: str = "constant") -> np.ndarray:
     """Fit every column of ``y`` (runs, segments); NaN marks an unobserved value.
 
     Returns coefficients (segments, k). A column observed at too few distinct points to identify
-    the full model falls back to its median as a constant (the ``b`` term), and a column never
-    observed gets NaN coefficients so the caller can substitute a pooled fit.
+    the full model falls back to one term: its median as a constant (``sparse="constant"``) or
+    pure CPU-frequency scaling (``sparse="cpu"``, for host work seen only at some pairs); a column
+    never observed gets NaN coefficients so the caller can substitute a pooled fit.
     """
     y = np.atleast_2d(y.T).T if y.ndim == 1 else y
     keys, group = np.unique(features, axis=0, return_inverse=True)
@@ -84,7 +86,10 @@ def fit_columns(features: np.ndarray, y: np.ndarray) -> np.ndarray:
         med = np.array([np.median(col[seen & (group == g)]) for g in groups])
         if len(groups) <= k:
             coef = np.zeros(k)
-            coef[const_col] = max(float(np.median(med)), 0.0)
+            if sparse == "cpu":
+                coef[CPU_COL] = max(float(np.median(med / keys[groups, CPU_COL])), 0.0)
+            else:
+                coef[const_col] = max(float(np.median(med)), 0.0)
         else:
             coef = _robust_nnls(keys[groups], med)
         out[s] = coef

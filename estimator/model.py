@@ -41,6 +41,7 @@ class EstimatorFile(BaseModel):
     dispatch: list[list[float]]
     exec: list[list[float]]
     tail: list[float]
+    queue_depth: int | None = None
     training: dict[str, float | int | list[list[int]]] = {}
 
 
@@ -104,7 +105,15 @@ class Estimator:
             )
         context_scale = float(max(contexts)) if lm else None
         x = design(seg.cpu_khz, seg.gpu_hz, seg.context_len, cpu_ref, gpu_ref, context_scale)
-        host = fit_columns(x, seg.host)
+        host = fit_columns(x, seg.host, sparse="cpu")
+        # a launch whose work a full queue always hid: pooled from the launches that were seen
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            launches = np.where(seg.is_gpu[None, :], seg.host, np.nan)
+            per_run_launch = np.nanmedian(launches, axis=1)
+        hidden = np.isnan(host).any(axis=1)
+        if hidden.any():
+            host[hidden] = np.nan_to_num(fit_columns(x, per_run_launch[:, None], sparse="cpu")[0])
         exe = fit_columns(x, np.where(seg.is_gpu[None, :], seg.exec, np.nan))
         observed = np.where(seg.is_gpu[None, :], seg.dispatch, np.nan)
         dispatch = fit_columns(x, observed)
@@ -135,6 +144,7 @@ class Estimator:
             dispatch=dispatch.tolist(),
             exec=exe.tolist(),
             tail=tail.tolist(),
+            queue_depth=seg.queue_depth,
             training={"runs": len(profile.runs), "points": [list(p) for p in points]},
         )
         est = cls(data)
@@ -191,7 +201,7 @@ class Estimator:
         host, disp, exe, tail = self._segments_at(c, g, context_len)
         if host_scale != 1.0:
             host, tail = host * host_scale, tail * host_scale
-        b: Breakdown = simulate_pipeline(self.is_gpu, host, disp, exe, tail, with_overlap)
+        b: Breakdown = simulate_pipeline(self.is_gpu, host, disp, exe, tail, with_overlap, self.data.queue_depth)
         ms = 1e-6
         return Estimate(
             cpu_khz=c, gpu_hz=g, latency_ms=b.latency * ms, host_busy_ms=b.host_busy * ms,

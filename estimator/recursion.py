@@ -40,6 +40,7 @@ def simulate_pipeline(
     exe: np.ndarray,
     tail: np.ndarray,
     with_overlap: bool = True,
+    queue_depth: int | None = None,
 ) -> Breakdown:
     """Run the recursion; host/dispatch/exe are (layers, G), tail is (G,), times in any unit.
 
@@ -52,6 +53,7 @@ def simulate_pipeline(
     phase_start = np.zeros(g)  # when the host resumed after its last wait
     overlap = np.zeros(g)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # kernel start, end, phase start
+    ends: list[np.ndarray] = []  # device end of each kernel since the last drain
 
     def close_phase(host_stop: np.ndarray) -> None:
         # The host was busy without a break over [phase_start, host_stop]; each kernel of this
@@ -66,14 +68,19 @@ def simulate_pipeline(
     for i in range(is_gpu.shape[0]):
         if is_gpu[i]:
             clock = clock + host[i]
+            if queue_depth is not None and len(ends) >= queue_depth:
+                clock = np.maximum(clock, ends[-queue_depth])
             start = np.maximum(clock + dispatch[i], free)
             free = start + exe[i]
+            if queue_depth is not None:
+                ends.append(free)
             if with_overlap:
                 pending.append((start, free, phase_start))
         else:
             if with_overlap:
                 close_phase(clock)
             clock = np.maximum(clock, free)
+            ends = []
             phase_start = clock
             clock = clock + host[i]
     if with_overlap:

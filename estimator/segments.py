@@ -12,6 +12,13 @@ Per layer, in program order:
 * ``exec``: device execution time of a GPU layer.
 
 Plus one ``tail`` per run: from the end of the last layer to ``latency_ns`` (read-back, sync).
+
+Bounded queues: many drivers let the host run only so many kernels ahead of the device; an
+enqueue beyond that blocks until a slot frees. If the profile shows launches ending, again and
+again, with the same number of kernels unfinished, that number is the queue depth ``Q``; a launch
+that had to wait is counted as host work only from the moment its slot freed (the end of the
+kernel Q before it), so waiting is never mistaken for host work, and the recursion applies the
+same bound at every frequency pair.
 """
 
 from __future__ import annotations
@@ -35,6 +42,31 @@ class Segments:
     gpu_hz: np.ndarray
     context_len: np.ndarray  # zeros for models without a context
     is_gpu: np.ndarray  # (layers,) bool
+    queue_depth: int | None = None  # None: the host was never held back
+
+
+MIN_CEILING_HITS = 0.05  # fraction of launches at the ceiling that shows a bounded queue
+BLOCK_TOLERANCE_NS = 5_000  # a launch ending this soon after a slot freed was waiting for it
+
+
+def queue_depth(profile: Profile) -> int | None:
+    """The device queue's depth, if launches were held back by one (see the module docs)."""
+    inflight_counts = []
+    for run in profile.runs:
+        ends: list[int] = []  # device end of each kernel launched since the last drain
+        for x in run.layers:
+            if x.kind != "gpu":
+                ends = []
+                continue
+            ends.append(x.gpu_end_ns)
+            inflight_counts.append(sum(e > x.cpu_end_ns for e in ends[-64:]))
+    if not inflight_counts:
+        return None
+    counts = np.array(inflight_counts)
+    ceiling = int(counts.max())
+    if ceiling >= 64 or ceiling < 1 or (counts == ceiling).mean() < MIN_CEILING_HITS:
+        return None
+    return ceiling
 
 
 def extract_segments(profile: Profile) -> Segments:
@@ -45,18 +77,26 @@ def extract_segments(profile: Profile) -> Segments:
     exe = np.zeros((n_runs, n_layers))
     tail = np.zeros(n_runs)
     is_gpu = np.array([x.kind == "gpu" for x in runs[0].layers])
+    depth = queue_depth(profile)
     for r, run in enumerate(runs):
         host_free = 0
         device_free = 0
+        ends: list[int] = []
         for i, x in enumerate(run.layers):
             if x.kind == "gpu":
                 host[r, i] = x.cpu_end_ns - host_free
+                if depth is not None and len(ends) >= depth:
+                    slot = ends[-depth]
+                    if slot > host_free and x.cpu_end_ns <= slot + max(BLOCK_TOLERANCE_NS, 0.1 * host[r, i]):
+                        host[r, i] = np.nan  # it ended when a slot freed: its own work is hidden
+                ends.append(x.gpu_end_ns)
                 if device_free <= x.cpu_end_ns:
                     dispatch[r, i] = max(0, x.gpu_start_ns - x.cpu_end_ns)
                 exe[r, i] = x.gpu_end_ns - x.gpu_start_ns
                 device_free = max(device_free, x.gpu_end_ns)
             else:
                 host[r, i] = x.cpu_end_ns - max(host_free, device_free)
+                ends = []
             host_free = x.cpu_end_ns
         tail[r] = run.latency_ns - max(host_free, device_free)
     return Segments(
@@ -68,4 +108,5 @@ def extract_segments(profile: Profile) -> Segments:
         gpu_hz=np.array([run.gpu_hz for run in runs], dtype=float),
         context_len=np.array([run.context_len or 0 for run in runs], dtype=float),
         is_gpu=is_gpu,
+        queue_depth=depth,
     )

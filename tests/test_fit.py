@@ -107,3 +107,17 @@ def test_planner_default_is_corners_and_centre_and_grows_without_repeats():
     nine = plan_points(cpus, gpus, 9)
     assert len(set(nine)) == 9
     assert len(plan_points([1, 2], [1], 10)) == 2
+
+
+def test_bounded_driver_queue_detected_and_modelled():
+    board = load_board("orin_nano").model_copy(deep=True)
+    board.simulation.queue_depth = 4
+    spec = load_model_spec("smollm_135m")
+    sim = Simulator(board, spec)
+    pts = plan_points(board.cpu.inference.frequencies_khz, board.gpu.frequencies_hz)
+    est = Estimator.fit(parse_profile(sim.profile(pts, 2, [256, 1024], np.random.default_rng(3))))
+    assert est.data.queue_depth == 4
+    c, g = est.grid_pairs
+    truth = sim.run(c, g, 512).latency_ns / 1e6
+    err = np.abs(est.latency_ms(c, g, 512) - truth) / truth
+    assert err.mean() < 0.03

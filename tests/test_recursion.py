@@ -53,3 +53,14 @@ def test_vectorised_over_grid_matches_scalar():
         assert np.isclose(one.overlap[0], grid.overlap[j])
     # the identity latency = host_busy + gpu_busy - overlap + (time neither is busy >= 0)
     assert np.all(grid.latency >= grid.host_busy + grid.gpu_busy - grid.overlap - 1e-9)
+
+
+def test_bounded_queue_holds_the_host_back():
+    # 4 kernels of 50 launched every 10: with a queue of 2 the 3rd launch waits for the 1st to end
+    free = run(["gpu"] * 4, [10] * 4, [0] * 4, [50] * 4)
+    bounded = simulate_pipeline(np.array([True] * 4), np.full((4, 1), 10.0), np.zeros((4, 1)),
+                                np.full((4, 1), 50.0), np.zeros(1), queue_depth=2)
+    assert free.latency[0] == bounded.latency[0] == 210  # the device is the bottleneck either way
+    assert free.host_wait[0] == 210 - 40
+    # but the host is busy launching until the 2nd kernel ends: overlap grows
+    assert bounded.overlap[0] >= free.overlap[0]

@@ -1,8 +1,9 @@
 """OpenCL kernels for the layers of configs/models/*.yaml, and numpy references for each.
 
 Straightforward kernels (one work-item per output element), fp32, with real shapes. Every kernel
-takes ``extra``: additional dependent arithmetic per work-item, proportional to its own work, that
-leaves memory traffic unchanged. ``extra = 0`` is the plain kernel; the validation on a GPU whose
+takes ``extra``: additional dependent arithmetic per work-item (applied once per work-item, to one
+of its outputs), which the caller makes proportional to the item's own work; memory traffic is
+unchanged. ``extra = 0`` is the plain kernel; the validation on a GPU whose
 clocks may not be touched uses ``extra`` to emulate a slower GPU clock (a GPU at f/k does k times
 the arithmetic time for the same bytes).
 """
@@ -94,7 +95,8 @@ __kernel void softmax_rows(__global const float* x, __global float* y, int rows,
     float m = -INFINITY, s = 0.0f;
     for (int i = 0; i < cols; i++) m = fmax(m, x[r * cols + i]);
     for (int i = 0; i < cols; i++) s += exp(x[r * cols + i] - m);
-    for (int i = 0; i < cols; i++) y[r * cols + i] = burn(exp(x[r * cols + i] - m) / s, extra);
+    for (int i = 0; i < cols; i++) y[r * cols + i] = exp(x[r * cols + i] - m) / s;
+    y[r * cols] = burn(y[r * cols], extra);
 }
 
 __kernel void rmsnorm(__global const float* x, __global const float* g, __global float* y,
@@ -104,7 +106,8 @@ __kernel void rmsnorm(__global const float* x, __global const float* g, __global
     float ss = 0.0f;
     for (int i = 0; i < n; i++) ss += x[r * n + i] * x[r * n + i];
     float inv = rsqrt(ss / n + 1e-6f);
-    for (int i = 0; i < n; i++) y[r * n + i] = burn(x[r * n + i] * inv * g[i], extra);
+    for (int i = 0; i < n; i++) y[r * n + i] = x[r * n + i] * inv * g[i];
+    y[r * n] = burn(y[r * n], extra);
 }
 
 // One decode step of attention for one head: q (heads x d), caches (ctx_max x kv_heads x d).
@@ -129,7 +132,8 @@ __kernel void attention(__global const float* q, __global const float* kc, __glo
         den += p;
         for (int i = 0; i < d; i++) y[hh * d + i] += p * vc[(t * kv_heads + kvh) * d + i];
     }
-    for (int i = 0; i < d; i++) y[hh * d + i] = burn(y[hh * d + i] / den, extra);
+    for (int i = 0; i < d; i++) y[hh * d + i] = y[hh * d + i] / den;
+    y[hh * d] = burn(y[hh * d], extra);
 }
 """
 

@@ -141,10 +141,13 @@ class Simulator:
         free = np.zeros(g)
         host_busy = np.zeros(g)
         gpu_busy = np.zeros(g)
+        ends: list[np.ndarray] = []  # kernels since the last drain (bounded driver queue)
         for i in range(n):
             if c.on_gpu[i]:
                 cpu_start[i] = clock
                 clock = clock + launch[i]
+                if s.queue_depth is not None and len(ends) >= s.queue_depth:
+                    clock = np.maximum(clock, ends[-s.queue_depth])  # enqueue blocks for a slot
                 cpu_end[i] = clock
                 idle_gap = clock + s.dispatch_ns - free
                 wake = np.where(idle_gap > s.idle_wake_after_ns, s.idle_wake_ns, 0.0)
@@ -152,9 +155,11 @@ class Simulator:
                 gpu_start[i] = start
                 free = start + exe[i]
                 gpu_end[i] = free
+                ends.append(free)
                 host_busy += launch[i]
                 gpu_busy += exe[i]
             else:
+                ends = []
                 start = np.maximum(clock, free) + syncs[i]
                 cpu_start[i] = start
                 clock = start + host_op[i]
