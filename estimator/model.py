@@ -38,6 +38,7 @@ class EstimatorFile(BaseModel):
     layer_names: list[str]
     layer_is_gpu: list[bool]
     host: list[list[float]]
+    host_idle: list[list[float]] | None = None  # launch cost when the device was idle, if it differs
     dispatch: list[list[float]]
     exec: list[list[float]]
     tail: list[float]
@@ -86,6 +87,7 @@ class Estimator:
         self.data = data
         self.is_gpu = np.array(data.layer_is_gpu, dtype=bool)
         self._host = np.array(data.host, dtype=float)
+        self._host_idle = np.array(data.host_idle, dtype=float) if data.host_idle is not None else None
         self._dispatch = np.array(data.dispatch, dtype=float)
         self._exec = np.array(data.exec, dtype=float)
         self._tail = np.array(data.tail, dtype=float)
@@ -105,15 +107,24 @@ class Estimator:
             )
         context_scale = float(max(contexts)) if lm else None
         x = design(seg.cpu_khz, seg.gpu_hz, seg.context_len, cpu_ref, gpu_ref, context_scale)
-        host = fit_columns(x, seg.host, sparse="cpu")
-        # a launch whose work a full queue always hid: pooled from the launches that were seen
+        busy_obs = np.where(seg.device_idle & seg.is_gpu[None, :], np.nan, seg.host)
+        idle_obs = np.where(seg.device_idle & seg.is_gpu[None, :], seg.host, np.nan)
+        host = fit_columns(x, busy_obs, sparse="cpu")
+        host_idle = fit_columns(x, idle_obs, sparse="cpu")
+        # a launch seen in one device state only takes that state's cost for the other; one never
+        # seen (a full queue always hid it) takes the launches' pooled cost
+        host = np.where(np.isnan(host), host_idle, host)
+        host_idle = np.where(np.isnan(host_idle), host, host_idle)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            launches = np.where(seg.is_gpu[None, :], seg.host, np.nan)
-            per_run_launch = np.nanmedian(launches, axis=1)
+            per_run_launch = np.nanmedian(np.where(seg.is_gpu[None, :], seg.host, np.nan), axis=1)
         hidden = np.isnan(host).any(axis=1)
         if hidden.any():
-            host[hidden] = np.nan_to_num(fit_columns(x, per_run_launch[:, None], sparse="cpu")[0])
+            pooled_launch = np.nan_to_num(fit_columns(x, per_run_launch[:, None], sparse="cpu")[0])
+            host[hidden] = pooled_launch
+            host_idle[hidden] = pooled_launch
+        host_idle[~seg.is_gpu] = host[~seg.is_gpu]
+        two_states = not np.allclose(host, host_idle)
         exe = fit_columns(x, np.where(seg.is_gpu[None, :], seg.exec, np.nan))
         observed = np.where(seg.is_gpu[None, :], seg.dispatch, np.nan)
         dispatch = fit_columns(x, observed)
@@ -141,6 +152,7 @@ class Estimator:
             layer_names=[x.name for x in profile.runs[0].layers],
             layer_is_gpu=seg.is_gpu.tolist(),
             host=host.tolist(),
+            host_idle=host_idle.tolist() if two_states else None,
             dispatch=dispatch.tolist(),
             exec=exe.tolist(),
             tail=tail.tolist(),
@@ -173,16 +185,18 @@ class Estimator:
         c, g = np.meshgrid(self.data.cpu_khz, self.data.gpu_hz, indexing="ij")
         return c.ravel().astype(float), g.ravel().astype(float)
 
-    def _segments_at(
-        self, cpu_khz: np.ndarray, gpu_hz: np.ndarray, context_len: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _features(self, cpu_khz: np.ndarray, gpu_hz: np.ndarray, context_len) -> np.ndarray:
         d = self.data
         if self.is_language_model:
             if context_len is None:
                 raise ValueError(f"model {d.model!r} is a language model: give a context_len")
             context_len = np.broadcast_to(np.asarray(context_len, dtype=float), cpu_khz.shape)
-        x = design(cpu_khz, gpu_hz, context_len, d.cpu_ref_khz, d.gpu_ref_hz, d.context_scale)
-        xt = x.T  # (k, G)
+        return design(cpu_khz, gpu_hz, context_len, d.cpu_ref_khz, d.gpu_ref_hz, d.context_scale)
+
+    def _segments_at(
+        self, cpu_khz: np.ndarray, gpu_hz: np.ndarray, context_len: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        xt = self._features(cpu_khz, gpu_hz, context_len).T  # (k, G)
         return self._host @ xt, self._dispatch @ xt, self._exec @ xt, self._tail @ xt
 
     def breakdown(
@@ -199,9 +213,14 @@ class Estimator:
         g = np.atleast_1d(np.asarray(gpu_hz, dtype=float))
         c, g = np.broadcast_arrays(c, g)
         host, disp, exe, tail = self._segments_at(c, g, context_len)
+        host_idle = None
+        if self._host_idle is not None:
+            host_idle = self._host_idle @ self._features(c, g, context_len).T
         if host_scale != 1.0:
             host, tail = host * host_scale, tail * host_scale
-        b: Breakdown = simulate_pipeline(self.is_gpu, host, disp, exe, tail, with_overlap, self.data.queue_depth)
+            host_idle = host_idle * host_scale if host_idle is not None else None
+        b: Breakdown = simulate_pipeline(self.is_gpu, host, disp, exe, tail, with_overlap,
+                                         self.data.queue_depth, host_idle)
         ms = 1e-6
         return Estimate(
             cpu_khz=c, gpu_hz=g, latency_ms=b.latency * ms, host_busy_ms=b.host_busy * ms,

@@ -41,6 +41,7 @@ def simulate_pipeline(
     tail: np.ndarray,
     with_overlap: bool = True,
     queue_depth: int | None = None,
+    host_idle: np.ndarray | None = None,
 ) -> Breakdown:
     """Run the recursion; host/dispatch/exe are (layers, G), tail is (G,), times in any unit.
 
@@ -65,9 +66,12 @@ def simulate_pipeline(
             )
         pending.clear()
 
+    spent = np.zeros(g)  # host work actually done
     for i in range(is_gpu.shape[0]):
         if is_gpu[i]:
-            clock = clock + host[i]
+            h = host[i] if host_idle is None else np.where(free <= clock, host_idle[i], host[i])
+            spent = spent + h
+            clock = clock + h
             if queue_depth is not None and len(ends) >= queue_depth:
                 clock = np.maximum(clock, ends[-queue_depth])
             start = np.maximum(clock + dispatch[i], free)
@@ -83,10 +87,11 @@ def simulate_pipeline(
             ends = []
             phase_start = clock
             clock = clock + host[i]
+            spent = spent + host[i]
     if with_overlap:
         close_phase(clock)
     latency = np.maximum(clock, free) + tail
-    host_busy = host.sum(axis=0) + tail
+    host_busy = spent + tail
     gpu_busy = (exe * is_gpu[:, None]).sum(axis=0)
     return Breakdown(
         latency=latency,

@@ -6,6 +6,8 @@ Per layer, in program order:
   host interval to the end of this launch (framework work + enqueue); for a CPU layer it is the time
   from the moment the host could start (previous host work done *and* device drained) to its end,
   so waiting for the device is never mistaken for host work.
+  A launch that began with nothing queued on the device is kept apart (``device_idle``): many
+  drivers pay more to submit to an idle device than to a busy one.
 * ``dispatch``: for a GPU layer, the delay from the end of its launch to the kernel's start, observed
   only where the device was idle when the launch ended (otherwise the kernel queued behind earlier
   work and the delay is hidden); ``nan`` where unobserved.
@@ -43,6 +45,7 @@ class Segments:
     context_len: np.ndarray  # zeros for models without a context
     is_gpu: np.ndarray  # (layers,) bool
     queue_depth: int | None = None  # None: the host was never held back
+    device_idle: np.ndarray | None = None  # (runs, layers): nothing was queued when the launch began
 
 
 MIN_CEILING_HITS = 0.05  # fraction of launches at the ceiling that shows a bounded queue
@@ -77,6 +80,7 @@ def extract_segments(profile: Profile) -> Segments:
     exe = np.zeros((n_runs, n_layers))
     tail = np.zeros(n_runs)
     is_gpu = np.array([x.kind == "gpu" for x in runs[0].layers])
+    idle = np.zeros((n_runs, n_layers), dtype=bool)
     depth = queue_depth(profile)
     for r, run in enumerate(runs):
         host_free = 0
@@ -84,6 +88,7 @@ def extract_segments(profile: Profile) -> Segments:
         ends: list[int] = []
         for i, x in enumerate(run.layers):
             if x.kind == "gpu":
+                idle[r, i] = device_free <= host_free
                 host[r, i] = x.cpu_end_ns - host_free
                 if depth is not None and len(ends) >= depth:
                     slot = ends[-depth]
@@ -109,4 +114,5 @@ def extract_segments(profile: Profile) -> Segments:
         context_len=np.array([run.context_len or 0 for run in runs], dtype=float),
         is_gpu=is_gpu,
         queue_depth=depth,
+        device_idle=idle,
     )

@@ -300,6 +300,8 @@ class ModelRunner:
         module docs of benchmarks/opencl_validation.py); 1 means as the hardware is."""
         q = self.queue
         q.finish()
+        # the device clock drifts against the host's: re-anchor before every inference
+        self.offset_ns, self.offset_uncertainty_ns = self.calibrate(samples=5)
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a collection in the middle would show up as a slow layer
         try:

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from estimator.profile import FORMAT
 from governor.profiler.runner import ModelRunner, RunTiming
 from sysfs_backends.base import Backend
@@ -60,6 +62,7 @@ def sweep(
     runs: list[dict] = []
     notes: list[str] = []
     clamped = 0
+    uncertainties: list[int] = []
     interrupted = False
     try:
         for point in points:
@@ -79,6 +82,7 @@ def sweep(
                 for _ in range(repeats):
                     t = runner.run(ctx, point.cpu_scale, point.gpu_scale)
                     clamped += t.clamped
+                    uncertainties.append(runner.offset_uncertainty_ns)
                     runs.append(run_record(t, cpu_khz, gpu_hz, ctx))
                     if progress:
                         progress(1)
@@ -92,9 +96,10 @@ def sweep(
         "frequencies": {"cpu_khz": sorted(set(cpu_table)), "gpu_hz": sorted(set(gpu_table))},
         "runs": runs,
         "clock_alignment": {
-            "method": "marker kernels on an idle queue: offset bounded by host readings around each",
-            "offset_ns": runner.offset_ns,
-            "uncertainty_ns": runner.offset_uncertainty_ns,
+            "method": "before each run, marker kernels on an idle queue: the device-host offset is "
+                      "bounded by host readings taken around each marker",
+            "uncertainty_ns": int(np.median(uncertainties)) if uncertainties else runner.offset_uncertainty_ns,
+            "uncertainty_ns_max": int(max(uncertainties)) if uncertainties else runner.offset_uncertainty_ns,
             "clamped_intervals": clamped,
         },
         "opencl_device": runner.device.name.strip(),
