@@ -341,6 +341,48 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
         sys.exit(130)
 
 
+@main.command("import-trace")
+@click.argument("traces", nargs=-1, required=True)
+@click.option("--model", "model_name", required=True, help="model name to record in the profile")
+@click.option("--device", "device_name", required=True, help="device name to record in the profile")
+@click.option("--cpu-table", help="every CPU frequency of the board, kHz, comma-separated")
+@click.option("--gpu-table", help="every GPU frequency of the board, Hz, comma-separated")
+@click.option("--step", help="regex for the record_function names that mark one inference")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu_table: str | None,
+                 gpu_table: str | None, step: str | None, output: str) -> None:
+    """Turn PyTorch-profiler (Chrome JSON) traces into one profile.
+
+    Each TRACE is FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the trace recorded at that frequency pair.
+    """
+    from estimator.profile import ProfileError, parse_profile
+    from governor.profiler.trace_import import TracedRun, TraceError, merge, runs_from_trace
+
+    def ints(text: str | None) -> list[int] | None:
+        return [int(x) for x in text.split(",")] if text else None
+
+    traced = []
+    try:
+        for spec in traces:
+            path, sep, freqs = spec.rpartition("@")
+            parts = ints(freqs) if sep else None
+            if not parts or len(parts) not in (2, 3):
+                _fail(f"{spec!r}: write FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]")
+            meta = TracedRun(path, parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+            try:
+                data = json.loads(Path(path).read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                _fail(f"{path}: cannot read the trace: {exc}")
+            traced.append((meta, runs_from_trace(data, path, step)))
+        prof = merge(traced, model_name, device_name, ints(cpu_table), ints(gpu_table))
+        parse_profile(prof, output)
+    except (TraceError, ProfileError, ValueError) as exc:
+        _fail(str(exc))
+    storage.write_atomic(output, json.dumps(prof))
+    n_layers = len(prof["runs"][0]["layers"])
+    click.echo(f"{len(prof['runs'])} runs of {n_layers} layers from {len(traces)} trace(s) -> {output}")
+
+
 # ---- configs -----------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
