@@ -366,11 +366,14 @@ class ModelRunner:
             cpu_start, cpu_end = cs - t0, ce - t0
             if ev is None:
                 if cpu_start < device_free:  # alignment error: the device had drained by then
-                    clamped += 1
+                    bound = cpu_start  # every earlier kernel ended before this; pull them back in
                     for prev in reversed(layers):
-                        if prev.kind == "gpu":
-                            prev.gpu_end_ns = max(min(prev.gpu_end_ns, cpu_start), prev.gpu_start_ns)
+                        if prev.kind != "gpu" or prev.gpu_end_ns <= bound:
                             break
+                        clamped += 1
+                        prev.gpu_end_ns = bound
+                        prev.gpu_start_ns = max(min(prev.gpu_start_ns, bound), prev.cpu_start_ns)
+                        bound = prev.gpu_start_ns
                     device_free = cpu_start
                 layers.append(LayerTiming(spec_layer.name, "cpu", cpu_start, cpu_end))
                 continue
