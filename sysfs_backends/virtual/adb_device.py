@@ -95,15 +95,15 @@ class VirtualAdbDevice:
         os.mkfifo(self._req)
         os.mkfifo(self._ack)
         self._bin.chmod(0o755)
-        self._opened: list[tuple[Path, int]] = []
         self._perm_key: frozenset | None = None
         self._writable: set[Path] | None = None
-        if os.geteuid() == 0:  # the unprivileged shell must be able to reach the tree
+        if os.geteuid() == 0:
+            # the unprivileged shell must be able to reach the tree: its folders get o+x (search
+            # only, no listing). Left so on close: another virtual phone may share a parent.
             for parent in [self.tree, *self.tree.parents]:
                 mode = parent.stat().st_mode & 0o777
                 if not mode & 0o001:
                     parent.chmod(mode | 0o001)
-                    self._opened.append((parent, mode))
         threading.Thread(target=self._kernel_sync_loop, args=(self._req, self._ack), daemon=True).start()
 
     @property
@@ -119,11 +119,6 @@ class VirtualAdbDevice:
 
     def close(self) -> None:
         self._stop.set()
-        for path, mode in self._opened:
-            try:
-                path.chmod(mode)
-            except OSError:
-                pass
         try:
             self._srv.close()
         except OSError:
