@@ -26,10 +26,10 @@ import time
 
 import numpy as np
 
+from estimator.baselines import naive_scaling
 from estimator.model import Estimator
 from estimator.planner import plan_points
 from estimator.profile import parse_profile
-from estimator.segments import extract_segments
 from governor.configs import available, load_board, load_model_spec
 from sysfs_backends.virtual.simulator import Simulator
 
@@ -41,21 +41,6 @@ def errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     ape = np.abs(pred - truth) / truth * 100
     return {"mape_pct": round(float(ape.mean()), 3), "p95_ape_pct": round(float(np.percentile(ape, 95)), 3),
             "max_ape_pct": round(float(ape.max()), 3)}
-
-
-def naive_scaling(profile, cpu: np.ndarray, gpu: np.ndarray, ctx: float | None) -> np.ndarray:
-    """Scale the latency measured at the fastest pair by f_max/f of the bound side."""
-    seg = extract_segments(profile)
-    c_max, g_max = max(profile.frequencies.cpu_khz), max(profile.frequencies.gpu_hz)
-    at_max = (seg.cpu_khz == c_max) & (seg.gpu_hz == g_max)
-    if ctx is not None:  # nearest profiled context
-        nearest = seg.context_len[np.argmin(np.abs(seg.context_len - ctx))]
-        at_max &= seg.context_len == nearest
-    runs = np.flatnonzero(at_max)
-    latency = np.median([profile.runs[r].latency_ns for r in runs]) / 1e6
-    gpu_busy = np.median(seg.exec[runs].sum(axis=1))
-    host_busy = np.median(seg.host[runs].sum(axis=1))
-    return latency * (g_max / gpu if gpu_busy >= host_busy else c_max / cpu)
 
 
 def no_overlap(est: Estimator, cpu: np.ndarray, gpu: np.ndarray, ctx: float | None) -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from estimator.baselines import naive_scaling  # noqa: E402
 from estimator.model import Estimator  # noqa: E402
 from estimator.planner import plan_points  # noqa: E402
 from estimator.profile import parse_profile  # noqa: E402
@@ -48,19 +49,6 @@ def tables() -> tuple[dict[int, float], dict[int, float]]:
     cpu = {int(round(CPU_MAX_KHZ / k)): k for k in CPU_SCALES}
     gpu = {int(round(GPU_MAX_HZ / k)): k for k in GPU_SCALES}
     return cpu, gpu
-
-
-def naive(profile, c: float, g: float, ctx) -> float:
-    from estimator.segments import extract_segments
-
-    seg = extract_segments(profile)
-    at = (seg.cpu_khz == max(seg.cpu_khz)) & (seg.gpu_hz == max(seg.gpu_hz))
-    if ctx is not None:
-        at &= seg.context_len == ctx
-    runs = np.flatnonzero(at)
-    lat = np.median([profile.runs[r].latency_ns for r in runs]) / 1e6
-    gpu_busy, host_busy = np.median(seg.exec[runs].sum(axis=1)), np.median(seg.host[runs].sum(axis=1))
-    return lat * (max(seg.gpu_hz) / g if gpu_busy >= host_busy else max(seg.cpu_khz) / c)
 
 
 def validate(model: str, device, repeats: int, test_repeats: int, contexts: list[int] | None,
@@ -90,7 +78,7 @@ def validate(model: str, device, repeats: int, test_repeats: int, contexts: list
         lat = np.median([runner.run(ctx, cpu[c], gpu[g]).latency_ns for _ in range(test_repeats)]) / 1e6
         rows.append({"cpu_khz": c, "gpu_hz": g, "context_len": ctx, "measured_ms": round(float(lat), 4),
                      "estimated_ms": round(float(est.latency_ms(c, g, ctx)[0]), 4),
-                     "naive_ms": round(float(naive(profile, c, g, ctx)), 4)})
+                     "naive_ms": round(float(naive_scaling(profile, c, g, ctx)), 4)})
     meas = np.array([r["measured_ms"] for r in rows])
 
     def err(key):

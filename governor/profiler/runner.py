@@ -125,10 +125,15 @@ def _drain(queue: cl.CommandQueue, last: cl.Event | None) -> None:
     queue.finish()  # returns at once now; raises if a command failed
 
 
-def _busy_wait(ns: float) -> None:
-    end = time.perf_counter_ns() + int(ns)
-    while time.perf_counter_ns() < end:
-        pass
+def _stretch(start_ns: int, cpu_scale: float) -> int:
+    """End of a host interval that began at ``start_ns``, emulating a CPU at f/cpu_scale: the
+    host does (cpu_scale - 1) x the work it just measured, busy, before going on."""
+    end = time.perf_counter_ns()
+    if cpu_scale > 1:
+        until = end + int((cpu_scale - 1.0) * (end - start_ns))
+        while (end := time.perf_counter_ns()) < until:
+            pass
+    return end
 
 
 class ModelRunner:
@@ -241,12 +246,15 @@ class ModelRunner:
                 return _Layer(layer.name, False, None, inputs=(self.rng.standard_normal(n).astype(np.float32),))
         raise TypeError(f"cannot build {layer!r}")
 
+    def _read(self, buf: cl.Buffer, limit: int | None = None) -> np.ndarray:
+        """Copy a result to the host, waiting by polling (see ``_drain``)."""
+        arr = np.empty(min(buf.size // 4, limit or buf.size), np.float32)
+        _drain(self.queue, cl.enqueue_copy(self.queue, arr, buf, is_blocking=False))
+        return arr
+
     def output(self, index: int) -> np.ndarray:
         """The result of GPU layer ``index`` from the last run (for checking against numpy)."""
-        buf = self.layers[index].out
-        arr = np.empty(buf.size // 4, np.float32)
-        cl.enqueue_copy(self.queue, arr, buf)
-        return arr
+        return self._read(self.layers[index].out)
 
     def _host_op(self, layer: HostOp, built: _Layer, previous: np.ndarray | None) -> np.ndarray:
         n = layer.n
@@ -325,11 +333,7 @@ class ModelRunner:
                 ev = layer.run(extra, context_len)
                 if self.flush_each_kernel:
                     q.flush()
-                ce = time.perf_counter_ns()
-                if cpu_scale > 1:
-                    _busy_wait((cpu_scale - 1.0) * (ce - cs))
-                    ce = time.perf_counter_ns()
-                host.append((cs, ce))
+                host.append((cs, _stretch(cs, cpu_scale)))
                 events.append(ev)
                 previous = layer.out
                 last_event = ev
@@ -338,23 +342,12 @@ class ModelRunner:
                 last_event = None
                 cs = time.perf_counter_ns()
                 arr = None
-                if isinstance(previous, cl.Buffer):
-                    arr = np.empty(previous.size // 4, np.float32)
-                    _drain(q, cl.enqueue_copy(q, arr, previous, is_blocking=False))
-                elif isinstance(previous, np.ndarray):
-                    arr = previous
+                arr = self._read(previous) if isinstance(previous, cl.Buffer) else previous
                 previous = self._host_op(spec_layer, layer, arr)
-                ce = time.perf_counter_ns()
-                if cpu_scale > 1:
-                    _busy_wait((cpu_scale - 1.0) * (ce - cs))
-                    ce = time.perf_counter_ns()
-                host.append((cs, ce))
+                host.append((cs, _stretch(cs, cpu_scale)))
                 events.append(None)
-        out = previous
         _drain(q, last_event)
-        if isinstance(previous, cl.Buffer):
-            out = np.empty(min(previous.size // 4, 4096), np.float32)
-            _drain(q, cl.enqueue_copy(q, out, previous, is_blocking=False))  # the result on the host
+        out = self._read(previous, limit=4096) if isinstance(previous, cl.Buffer) else previous
         t_end = time.perf_counter_ns()
         return self._timings(t_start, t_end, host, events, out if keep_output else None)
 
