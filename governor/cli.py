@@ -418,14 +418,36 @@ def boards(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--board", required=True, help="board name or YAML path")
+@click.option("--board", help="board name or YAML path: what its backend discovers")
+@click.option("--socket", "socket_path", help="a running governor's socket: its status")
 @backend_options
 @click.option("--json", "as_json", is_flag=True)
-def status(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | None,
-           state_file: str | None, adb_address: str | None, as_json: bool) -> None:
-    """What the backend discovers on BOARD: domains, tables, governors, current frequencies."""
+def status(board: str | None, socket_path: str | None, backend_kind: str, sysfs_root: str,
+           virtual_root: str | None, state_file: str | None, adb_address: str | None, as_json: bool) -> None:
+    """What the backend discovers on BOARD (domains, tables, governors, current frequencies), or
+    what the governor daemon on SOCKET is doing (frequencies, models, per-app frames and misses)."""
     from sysfs_backends.sysfs import BackendError
 
+    if socket_path or not board:
+        from governor.client import GovernorClient
+
+        path = socket_path or "/tmp/deadline-dvfs.sock"
+        try:
+            with GovernorClient(path) as client:
+                st = client.status()
+        except OSError as exc:
+            _fail(f"no governor answers on {path}: {exc.strerror or exc} (give --board to inspect a board)")
+        if as_json:
+            click.echo(json.dumps(st, indent=1))
+            return
+        click.echo(f"governor pid {st['pid']} on {path}: backend {st['backend']} "
+                   f"({'connected' if st['backend_connected'] else 'DISCONNECTED'}), cpu {st['cpu_khz']} kHz, "
+                   f"gpu {st['gpu_hz']} Hz{' (capped)' if st['capped'] else ''}, {st['in_flight']} frames in flight")
+        for name, m in st["models"].items():
+            click.echo(f"  model {name}: correction x{m['correction']}, host slowdown x{m['host_slowdown']}")
+        for app, a in st["apps"].items():
+            click.echo(f"  app {app}: {a['frames']} frames, {a['misses']} late, {a['infeasible']} infeasible")
+        return
     try:
         _, backend = open_board_backend(board, backend_kind, sysfs_root, virtual_root, state_file,
                                         adb_address)

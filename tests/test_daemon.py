@@ -143,6 +143,20 @@ def test_pipelined_requests_answered_in_order(daemon):
     s.close()
 
 
+def test_status_command_queries_the_daemon(daemon):
+    _, tmp = daemon
+    with GovernorClient(str(tmp / "gov.sock"), app="camera") as c:
+        d = c.before_frame("yolo", 25.0)
+        c.after_frame(d["frame"], 30.0)  # late
+    out = subprocess.run([*CLI, "status", "--socket", str(tmp / "gov.sock")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "app camera: 1 frames, 1 late" in out.stdout and "backend virtual (connected)" in out.stdout
+    gone = subprocess.run([*CLI, "status", "--socket", str(tmp / "nope.sock")], capture_output=True, text=True,
+                          timeout=60)
+    assert gone.returncode == 2 and "no governor answers" in gone.stderr
+
+
 def test_socket_mode_and_second_daemon_refused(daemon):
     _, tmp = daemon
     assert stat.S_IMODE(os.stat(tmp / "gov.sock").st_mode) == 0o660

@@ -171,3 +171,19 @@ def test_miss_rate_held_at_target_with_noise_and_background_load(tmp_path, estim
         assert gov.status()["models"]["yolo"]["host_slowdown"] <= 1.15  # load gone: forgotten
     assert misses <= 9  # 1.5%: the target plus the frames a regime change costs
     assert energy < 0.8 * perf_energy
+
+
+def test_without_power_tables_lowest_frequencies_on_the_feasible_front(tmp_path, estimators):
+    board = load_board(BOARD).model_copy(deep=True)
+    board.cpu.policies[board.cpu.inference_policy].power_mw = None
+    board.gpu.power_mw = None
+    vb = VirtualBoard(tmp_path / "np", load_board(BOARD))
+    with Governor(vb.backend(tmp_path / "np.json"), board, {"yolo": estimators["yolo"]}) as gov:
+        d = gov.before_frame("yolo", 22.0)
+        grid = estimators["yolo"].grid(with_overlap=False)
+        factor = gov._corrections["yolo"].factor
+        ok = grid.latency_ms * factor + 0.2 <= 22.0
+        c, g = grid.cpu_khz[ok], grid.gpu_hz[ok]
+        # nothing feasible is lower in both domains: the choice is on the Pareto front
+        assert not np.any((c <= d.cpu_khz) & (g <= d.gpu_hz) & ((c < d.cpu_khz) | (g < d.gpu_hz)))
+        assert d.feasible
