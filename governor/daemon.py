@@ -54,7 +54,6 @@ class Daemon:
         self.governor = governor
         self.socket_path = Path(socket_path)
         self._stop: asyncio.Event | None = None
-        self.requests = 0
 
     def handle(self, line: bytes) -> dict:
         try:
@@ -109,7 +108,6 @@ class Daemon:
                         continue
                     if not line.strip():
                         continue
-                    self.requests += 1
                     writer.write(encode(self.handle(line)))
                 await writer.drain()
         except (ConnectionResetError, BrokenPipeError):

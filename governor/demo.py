@@ -9,7 +9,6 @@ At the end each app's frames, misses and energy are compared with the same workl
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -164,10 +163,6 @@ def format_table(result: dict) -> str:
                          f"{100 * misses / max(frames, 1):6.2f}% {energy:9.3f} "
                          f"{100 * (energy / perf - 1):+7.1f}%")
     return "\n".join(lines)
-
-
-def main_json(result: dict) -> str:
-    return json.dumps(result, indent=1)
 
 
 if __name__ == "__main__":

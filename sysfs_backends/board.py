@@ -113,7 +113,6 @@ class Simulation(BaseModel):
     noise_sigma: float = 0.03
     outlier_probability: float = 0.002
     outlier_ns: float = 150_000
-    thermal_cap_after_j: PositiveFloat = 40.0
     queue_depth: PositiveInt | None = None  # kernels the driver lets the host run ahead (None: no limit)
     thermal_cap_gpu_hz: PositiveInt | None = None
     thermal_cap_cpu_khz: PositiveInt | None = None
