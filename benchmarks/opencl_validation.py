@@ -11,7 +11,9 @@ faithfully to what DVFS does:
 
 The emulated frequency tables are f_max / k. The model is profiled at the 5 planned pairs (corners
 and centre), the estimator is fitted, and measured latency (median of repeats) is compared with the
-prediction at every other pair of the grid, which the estimator never saw. Naive scaling (the
+prediction at every other pair of the grid, which the estimator never saw. Profile runs and test
+runs are interleaved in one shuffled schedule so that slow drifts of a shared machine do not bias
+one against the other. Naive scaling (the
 fastest pair's latency x f_max/f of the bound side) is the baseline. Prints JSON (and writes it to
 --out): date, device, MAPE and P95 per model.
 
@@ -35,10 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from estimator.baselines import naive_scaling  # noqa: E402
 from estimator.model import Estimator  # noqa: E402
 from estimator.planner import plan_points  # noqa: E402
-from estimator.profile import parse_profile  # noqa: E402
+from estimator.profile import (
+    FORMAT,  # noqa: E402
+    parse_profile,  # noqa: E402
+)
 from governor.configs import load_model_spec  # noqa: E402
 from governor.profiler.runner import ModelRunner, select_device  # noqa: E402
-from governor.profiler.sweep import Point, sweep  # noqa: E402
+from governor.profiler.sweep import run_record  # noqa: E402
 
 CPU_MAX_KHZ, GPU_MAX_HZ = 3_000_000, 1_980_000_000
 CPU_SCALES = [1.0, 1.2, 1.5, 1.8, 2.2, 2.6, 3.0]
@@ -64,21 +69,30 @@ def validate(model: str, device, repeats: int, test_repeats: int, contexts: list
     while time.time() - t_warm < warm_s:
         runner.run((contexts or [None])[-1])
     t0 = time.time()
-    res = sweep(runner, [Point(c, g, cpu[c], gpu[g]) for c, g in planned], sorted(cpu), sorted(gpu),
-                device.name.strip(), repeats=repeats, warmup=2, context_lens=contexts)
-    profile = parse_profile(res.profile)
+    # Profile runs and test measurements interleaved in one shuffled schedule: the machine's slow
+    # drifts (its own host clocks, other tenants) then hit both alike instead of biasing one.
+    tests = [(c, g) for c in sorted(cpu) for g in sorted(gpu) if (c, g) not in planned]
+    schedule = [("profile", c, g, ctx) for c, g in planned for ctx in contexts or [None] for _ in range(repeats)]
+    schedule += [("test", c, g, ctx) for c, g in tests for ctx in contexts or [None] for _ in range(test_repeats)]
+    runs, measured, clamped, uncertainty = [], {}, 0, []
+    for i in np.random.default_rng(0).permutation(len(schedule)):
+        role, c, g, ctx = schedule[i]
+        t = runner.run(ctx, cpu[c], gpu[g])
+        if role == "profile":
+            runs.append(run_record(t, c, g, ctx))
+            clamped += t.clamped
+            uncertainty.append(runner.offset_uncertainty_ns)
+        else:
+            measured.setdefault((c, g, ctx), []).append(t.latency_ns / 1e6)
+    profile = parse_profile({"format": FORMAT, "model": spec.name, "device": device.name.strip(),
+                             "frequencies": {"cpu_khz": sorted(cpu), "gpu_hz": sorted(gpu)}, "runs": runs})
     est = Estimator.fit(profile)
     rows = []
-    tests = [(c, g, ctx) for c in sorted(cpu) for g in sorted(gpu) if (c, g) not in planned
-             for ctx in contexts or [None]]
-    # measured in a shuffled order, so slow drifts of the machine do not line up with one axis
-    for i in np.random.default_rng(0).permutation(len(tests)):
-        c, g, ctx = tests[i]
-        runner.run(ctx, cpu[c], gpu[g])  # warm-up at this point
-        lat = np.median([runner.run(ctx, cpu[c], gpu[g]).latency_ns for _ in range(test_repeats)]) / 1e6
-        rows.append({"cpu_khz": c, "gpu_hz": g, "context_len": ctx, "measured_ms": round(float(lat), 4),
+    for (c, g, ctx), lats in measured.items():
+        rows.append({"cpu_khz": c, "gpu_hz": g, "context_len": ctx, "measured_ms": round(float(np.median(lats)), 4),
                      "estimated_ms": round(float(est.latency_ms(c, g, ctx)[0]), 4),
                      "naive_ms": round(float(naive_scaling(profile, c, g, ctx)), 4)})
+    alignment = {"uncertainty_ns": int(np.median(uncertainty)), "clamped_intervals": clamped}
     meas = np.array([r["measured_ms"] for r in rows])
 
     def err(key):
@@ -95,7 +109,7 @@ def validate(model: str, device, repeats: int, test_repeats: int, contexts: list
         "at_fastest_pair": {"host_busy_ms": round(float(bd.host_busy_ms[0]), 3),
                             "gpu_busy_ms": round(float(bd.gpu_busy_ms[0]), 3),
                             "bubble_ms": round(float(bd.bubble_ms[0]), 3)},
-        "clock_alignment": res.profile["clock_alignment"],
+        "clock_alignment": alignment,
         "estimator": err("estimated_ms"), "naive": err("naive_ms"),
         "seconds": round(time.time() - t0, 1), "points": rows,
     }
