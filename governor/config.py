@@ -31,9 +31,9 @@ class GovernorSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     miss_rate_target: float = Field(0.01, gt=0, lt=0.5, description="allowed fraction of late frames")
-    margin: float = Field(0.02, ge=0, lt=1, description="extra headroom on top of the learned correction")
+    margin: float = Field(0.01, ge=0, lt=1, description="extra headroom on top of the learned correction")
     initial_margin: float = Field(0.10, ge=0, lt=1, description="headroom before enough frames are measured")
-    correction_window: int = Field(100, ge=10, description="recent frames the correction learns from")
+    correction_window: int = Field(300, ge=10, description="recent frames the correction learns from")
     min_samples: int = Field(20, ge=1)
     hysteresis: float = Field(0.03, ge=0, lt=1, description="keep the pair in force unless the best saves more")
     context_bucket: int = Field(64, ge=1, description="context lengths are rounded up to a multiple of this")
