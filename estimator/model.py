@@ -80,6 +80,15 @@ class Estimate:
         ]
 
 
+def _pooled_fit(x: np.ndarray, observed: np.ndarray, sparse: str) -> np.ndarray:
+    """One fit for segments never observed on their own: the per-run median over the layers
+    where it was observed (coefficients of 0 where it never was)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runs where nothing was observed
+        per_run = np.nanmedian(observed, axis=1)
+    return np.nan_to_num(fit_columns(x, per_run[:, None], sparse=sparse)[0])
+
+
 class Estimator:
     """Latency model of one model on one device. Build with ``fit`` or ``from_file``."""
 
@@ -115,12 +124,9 @@ class Estimator:
         # seen (a full queue always hid it) takes the launches' pooled cost
         host = np.where(np.isnan(host), host_idle, host)
         host_idle = np.where(np.isnan(host_idle), host, host_idle)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            per_run_launch = np.nanmedian(np.where(seg.is_gpu[None, :], seg.host, np.nan), axis=1)
         hidden = np.isnan(host).any(axis=1)
         if hidden.any():
-            pooled_launch = np.nan_to_num(fit_columns(x, per_run_launch[:, None], sparse="cpu")[0])
+            pooled_launch = _pooled_fit(x, np.where(seg.is_gpu[None, :], seg.host, np.nan), "cpu")
             host[hidden] = pooled_launch
             host_idle[hidden] = pooled_launch
         host_idle[~seg.is_gpu] = host[~seg.is_gpu]
@@ -130,12 +136,8 @@ class Estimator:
         dispatch = fit_columns(x, observed)
         # A kernel that always queued behind earlier work never showed its dispatch delay:
         # use the delay pooled over every kernel where it was seen (0 if never seen).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # runs where no delay was seen
-            per_run = np.nanmedian(observed, axis=1)
-        pooled = np.nan_to_num(fit_columns(x, per_run[:, None])[0])
         unseen = np.isnan(dispatch).any(axis=1)
-        dispatch[unseen] = pooled
+        dispatch[unseen] = _pooled_fit(x, observed, "constant")
         dispatch[~seg.is_gpu] = 0.0
         exe[~seg.is_gpu] = 0.0
         tail = fit_columns(x, seg.tail[:, None])[0]

@@ -43,12 +43,6 @@ class PolicyResult(BaseModel):
     misses_with_noise: int | None = None
 
 
-def _energy_j(board: BoardConfig, cpu, gpu, host_ns, gpu_ns, latency_ns) -> np.ndarray:
-    c = np.interp(cpu, board.cpu.inference.frequencies_khz, board.cpu.inference.power_mw)
-    g = np.interp(gpu, board.gpu.frequencies_hz, board.gpu.power_mw)
-    return (c * host_ns + g * gpu_ns + board.idle_power_mw * latency_ns) * 1e-12
-
-
 def _caps(board: BoardConfig, capped: bool) -> tuple[int, int]:
     cpus, gpus = board.cpu.inference.frequencies_khz, board.gpu.frequencies_hz
     sim = board.simulation
@@ -69,7 +63,7 @@ def performance(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) ->
         c, g = _caps(board, f.capped)
         r = _replay(sim, f, c, g)
         misses += r.latency_ns[0] / 1e6 > f.deadline_ms
-        energy += float(_energy_j(board, c, g, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns)[0])
+        energy += float(board.frame_energy_j(c, g, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns)[0])
     return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4))
 
 
@@ -83,7 +77,7 @@ def ondemand(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) -> Po
         r = _replay(sim, f, c, g)
         lat_ns = float(r.latency_ns[0])
         misses += lat_ns / 1e6 > f.deadline_ms
-        energy += float(_energy_j(board, c, g, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns)[0])
+        energy += float(board.frame_energy_j(c, g, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns)[0])
         period_ns = max(f.period_ms * 1e6, lat_ns)
         util_c, util_g = r.host_busy_ns[0] / period_ns, r.gpu_busy_ns[0] / period_ns
         c = next((x for x in cpus if x >= 1.25 * c * util_c), cpus[-1])
@@ -103,7 +97,7 @@ def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
         if key not in cache:
             r = sim.run(cg, gg, ctx, None, host_slowdown=1.0 + load)
             cache[key] = (r.latency_ns / 1e6,
-                          _energy_j(board, cg, gg, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns))
+                          board.frame_energy_j(cg, gg, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns))
         return cache[key]
 
     misses, noisy_misses, energy = 0, 0, 0.0

@@ -115,13 +115,8 @@ class Governor:
         c, g = first.grid_pairs
         self.pair_cpu, self.pair_gpu = c.astype(np.int64), g.astype(np.int64)
         self.n_gpu = len(self.gpu_table)
-        if self.board.has_power_tables:
-            self._p_cpu = np.interp(c, self.board.cpu.inference.frequencies_khz, self.board.cpu.inference.power_mw)
-            self._p_gpu = (np.interp(g, self.board.gpu.frequencies_hz, self.board.gpu.power_mw)
-                           if self.board.gpu else np.zeros_like(g))
-        else:  # no energy model: rank by normalised frequency, the lowest on the Pareto front
-            self._p_cpu = self._p_gpu = None
-            self._freq_rank = c / c.max() + g / max(g.max(), 1)
+        # no energy model: rank by normalised frequency, the lowest on the Pareto front
+        self._freq_rank = None if self.board.has_power_tables else c / c.max() + g / max(g.max(), 1)
 
     def start(self) -> None:
         for line in self.backend.recover_crashed():
@@ -183,9 +178,9 @@ class Governor:
         for s in HOST_LEVELS:
             br = est.grid(context_len, with_overlap=False, host_scale=float(s))
             lat.append(br.latency_ms)
-            if self._p_cpu is not None:
-                energy.append((self._p_cpu * br.host_busy_ms + self._p_gpu * br.gpu_busy_ms
-                               + self.board.idle_power_mw * br.latency_ms) / 1000.0)
+            if self._freq_rank is None:  # mJ
+                energy.append(self.board.frame_energy_j(br.cpu_khz, br.gpu_hz, br.host_busy_ms * 1e6,
+                                                        br.gpu_busy_ms * 1e6, br.latency_ms * 1e6) * 1e3)
             else:
                 energy.append(self._freq_rank)
         return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy))

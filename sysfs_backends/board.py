@@ -139,7 +139,7 @@ class BoardConfig(BaseModel):
             self.gpu is None or self.gpu.power_mw is not None
         )
 
-    def power_mw(self, domain: str, freq: float) -> float:
+    def power_mw(self, domain: str, freq: float | np.ndarray) -> float | np.ndarray:
         """Active power of a domain at ``freq`` (its unit), interpolated between OPPs."""
         if domain == "cpu":
             table, power = self.cpu.inference.frequencies_khz, self.cpu.inference.power_mw
@@ -147,4 +147,11 @@ class BoardConfig(BaseModel):
             table, power = self.gpu.frequencies_hz, self.gpu.power_mw
         if power is None:
             raise ValueError(f"board {self.name!r} has no power table for the {domain}")
-        return float(np.interp(freq, table, power))
+        return np.interp(freq, table, power)
+
+    def frame_energy_j(self, cpu_khz, gpu_hz, host_busy_ns, gpu_busy_ns, latency_ns):
+        """Energy of one frame: each domain's OPP power while it is busy, plus the board's idle
+        power for the frame's duration. Works on scalars or arrays over frequency pairs."""
+        gpu_mw = self.power_mw("gpu", gpu_hz) if self.gpu is not None else 0.0
+        return (self.power_mw("cpu", cpu_khz) * host_busy_ns + gpu_mw * gpu_busy_ns
+                + self.idle_power_mw * latency_ns) * 1e-12

@@ -389,10 +389,7 @@ class VirtualKernel:
             capped = state["thermal"]["capped"]
             res = sim.run(cpu, gpu, context_len, rng, host_slowdown=1.0 + load)
             latency = float(res.latency_ns[0]) + transition
-            energy_mj_ns = (board.power_mw("cpu", cpu) * float(res.host_busy_ns[0])
-                            + board.power_mw("gpu", gpu) * float(res.gpu_busy_ns[0])
-                            + board.idle_power_mw * latency)
-            energy = energy_mj_ns * 1e-12
+            energy = float(board.frame_energy_j(cpu, gpu, res.host_busy_ns[0], res.gpu_busy_ns[0], latency))
             dt = max(period_s or 0.0, latency * 1e-9)
             self._update_thermal(state, energy / dt if dt > 0 else 0.0, dt)
         return FrameResult(latency, energy, cpu, gpu, float(res.host_busy_ns[0]),
