@@ -53,6 +53,9 @@ def default_key_path() -> Path:
     return base / "deadline-dvfs" / "adbkey"
 
 
+ROOT_ONLY = ("/cpuinfo_cur_freq",)  # attributes the kernel lets only root read (mode 0400)
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
@@ -179,7 +182,8 @@ class AdbTransport:
                     raise BackendError(f"refusing to send an unsafe path or value to the shell: {part!r}")
             lines.append(f"r {i} {op.path}\n" if isinstance(op, Read) else f"w {i} {op.path} {op.value}\n")
         script = "".join(lines)
-        if any(isinstance(op, Write) for op in ops) and not self._root:
+        privileged = any(isinstance(op, Write) or op.path.endswith(ROOT_ONLY) for op in ops)
+        if privileged and not self._root:
             script = f"su -c {_quote(script)} || echo '{TAG} su-failed'"
         return script
 

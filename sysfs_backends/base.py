@@ -20,8 +20,16 @@ class BackendUnavailable(ConnectionError):
     keeps trying to reconnect in the background and nothing was changed."""
 
 
+Condition = Literal["ok", "capped", "floored", "unreachable", "pending"]
+
+
 class DomainInfo(BaseModel):
-    """What discovery found for one domain."""
+    """What discovery found for one domain.
+
+    ``cur_source`` says what ``cur`` is: ``hardware`` (the clock's own reading: cpufreq's
+    ``cpuinfo_cur_freq``, devfreq's ``cur_freq``, kgsl's ``gpuclk``) or ``last_target`` (cpufreq's
+    ``scaling_cur_freq`` where the driver cannot read the clock back: the frequency last asked of
+    it, not a measurement)."""
 
     name: DomainName
     kind: Literal["cpufreq", "devfreq", "kgsl", "mali"]
@@ -32,6 +40,8 @@ class DomainInfo(BaseModel):
     governors: list[str]
     mechanism: Literal["userspace", "minmax"]
     transition_latency_ns: int
+    settle_timeout_ns: int  # how long a change may take to show: transition latency plus a margin
+    cur_source: Literal["hardware", "last_target"] = "hardware"
     hw_min: int
     hw_max: int
 
@@ -54,18 +64,35 @@ class Discovery(BaseModel):
 
 
 class ApplyResult(BaseModel):
-    """Outcome of one apply. ``effective`` is read back after the writes (thermal caps show)."""
+    """Outcome of one apply, from the kernel's files once they have settled.
+
+    ``effective`` is the frequency running; ``limits`` the (min, max) the kernel shows.
+    ``conditions`` per domain: ``ok`` (the target runs), ``capped`` (the kernel's max is below the
+    target: thermal cap, another agent), ``floored`` (its min is above the target), or
+    ``unreachable`` (the limits allow the target but the clock runs elsewhere: an OPP its clock
+    cannot produce), or ``pending`` (past its settle time the kernel still shows the limits asked
+    for before: it has not taken the change up yet, so what runs is the old frequency, not a cap).
+    ``settle_ns``: how long the read-back took to show the change."""
 
     requested: dict[str, int]
     target: dict[str, int]
     effective: dict[str, int]
+    limits: dict[str, tuple[int, int]] = {}
+    conditions: dict[str, Condition] = {}
     writes: int
     round_trips: int
+    settle_ns: int = 0
     notes: list[str] = []
 
     @property
     def capped(self) -> bool:
-        return any(self.effective[d] < self.target[d] for d in self.target)
+        """The kernel's limits hold a domain below what was asked (a cap, not an unreachable OPP)."""
+        return any(c == "capped" for c in self.conditions.values())
+
+    @property
+    def unreachable(self) -> dict[str, int]:
+        """Domains whose clock cannot run the target, with the frequency that runs instead."""
+        return {d: self.effective[d] for d, c in self.conditions.items() if c == "unreachable"}
 
 
 class Backend(ABC):

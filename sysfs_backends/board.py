@@ -116,6 +116,14 @@ class Simulation(BaseModel):
     queue_depth: PositiveInt | None = None  # kernels the driver lets the host run ahead (None: no limit)
     thermal_cap_gpu_hz: PositiveInt | None = None
     thermal_cap_cpu_khz: PositiveInt | None = None
+    # The virtual kernel's behaviour, as real kernels were seen to behave (docs/real-kernels.md):
+    # cpufreq applies new limits from a work item, this long after the write (0: at once) ...
+    limit_apply_delay_ns: int = Field(1_000_000, ge=0, le=1_000_000_000)
+    # ... unless it is a kernel before 5.4, which resolves limits at once and refuses a crossing
+    legacy_limits: bool = False
+    # OPPs in the table that the clock cannot produce (it stays at the highest rate below)
+    unreachable_cpu_khz: list[PositiveInt] = []
+    unreachable_gpu_hz: list[PositiveInt] = []
 
 
 class BoardConfig(BaseModel):

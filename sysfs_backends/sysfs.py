@@ -12,7 +12,16 @@ Documentation/ABI/testing/sysfs-class-devfreq):
 * a requested frequency that is not in the table is rounded the way the kernel resolves it
   (the lowest supported frequency at or above the request, ``CPUFREQ_RELATION_L`` / devfreq's
   recommended OPP; the highest one if the request is above all) and the result says so;
-* min/max limits are written in the order that never leaves ``min > max``.
+* min/max limits are written in the order that never leaves ``min > max``;
+* what is in force is read back *after the kernel has settled*: cpufreq applies new limits
+  asynchronously (a work item), so a read in the same batch as the writes can still show the old
+  limits and frequency. The backend re-reads until the files show the request, bounded by the
+  domain's transition latency plus a margin, and only then decides what runs;
+* the running frequency is the clock's own reading where the kernel has one
+  (``cpuinfo_cur_freq``, devfreq ``cur_freq``, kgsl ``gpuclk``); ``scaling_cur_freq`` and
+  ``target_freq`` are the last target, not a measurement;
+* a domain below its target is ``capped`` only when the limits the kernel shows explain it; a clock
+  that stays off a target its limits allow is ``unreachable`` (an OPP the clock cannot produce).
 
 Writes only ever go to files inside the domain directories found by discovery.
 """
@@ -22,6 +31,8 @@ from __future__ import annotations
 import bisect
 import errno
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -33,6 +44,8 @@ from sysfs_backends.transport import OpResult, Read, SysfsIOError, Transport, Wr
 CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
 DEVFREQ_DIR = "/sys/class/devfreq"
 KGSL_DIR = "/sys/class/kgsl/kgsl-3d0"
+SETTLE_MARGIN_NS = 5_000_000  # beyond the transition latency, for the kernel's work items to run
+SETTLE_POLL_NS = (100_000, 2_000_000)  # first and longest wait between re-reads
 
 
 class _StaleLimits(Exception):
@@ -58,7 +71,8 @@ class _Files(BaseModel):
     frequencies: str
     min: str
     max: str
-    cur: str
+    cur: str  # the running frequency: the clock's reading where there is one
+    last_target: str | None = None  # the frequency last asked of the driver (not a measurement)
     setspeed: str
     hw_min: str | None = None
     hw_max: str | None = None
@@ -71,7 +85,8 @@ def _cpufreq_files(policy: str) -> _Files:
     return _Files(
         dir=d, governor=f"{d}/scaling_governor", governors=f"{d}/scaling_available_governors",
         frequencies=f"{d}/scaling_available_frequencies", min=f"{d}/scaling_min_freq",
-        max=f"{d}/scaling_max_freq", cur=f"{d}/scaling_cur_freq", setspeed=f"{d}/scaling_setspeed",
+        max=f"{d}/scaling_max_freq", cur=f"{d}/cpuinfo_cur_freq", last_target=f"{d}/scaling_cur_freq",
+        setspeed=f"{d}/scaling_setspeed",
         hw_min=f"{d}/cpuinfo_min_freq", hw_max=f"{d}/cpuinfo_max_freq",
         transition=f"{d}/cpuinfo_transition_latency", cpus=f"{d}/related_cpus",
     )
@@ -82,7 +97,8 @@ def _devfreq_files(node: str, kgsl: bool) -> _Files:
     return _Files(
         dir=d, governor=f"{d}/governor", governors=f"{d}/available_governors",
         frequencies=f"{d}/available_frequencies", min=f"{d}/min_freq", max=f"{d}/max_freq",
-        cur=f"{KGSL_DIR}/gpuclk" if kgsl else f"{d}/cur_freq", setspeed=f"{d}/userspace/set_freq",
+        cur=f"{KGSL_DIR}/gpuclk" if kgsl else f"{d}/cur_freq", last_target=f"{d}/target_freq",
+        setspeed=f"{d}/userspace/set_freq",
     )
 
 
@@ -127,6 +143,9 @@ class SysfsBackend(Backend):
         # *effective* limits, not the requests the kernel checks new writes against, so write
         # order and "nothing to write" are decided from what we asked for.
         self._requested: dict[str, tuple[int, int]] = {}
+        # The userspace setpoint we last wrote, per domain: a clock that cannot reach it reads
+        # something else, and that must not make us write the same setpoint on every apply.
+        self._setpoint: dict[str, int] = {}
         self._generation = getattr(transport, "generation", 0)
         self._saved: SavedState | None = None
         self.notes: list[str] = []
@@ -179,10 +198,21 @@ class SysfsBackend(Backend):
         for name, f in files.items():
             cfg_freqs = (self.board.cpu.inference.frequencies_khz if name == "cpu"
                          else self.board.gpu.frequencies_hz)
-            optional = [p for p in (f.frequencies, f.hw_min, f.hw_max, f.transition, f.cpus) if p]
+            optional = [p for p in (f.frequencies, f.hw_min, f.hw_max, f.transition, f.cpus, f.cur) if p]
             res = {r.op.path: r for r in self._batch([Read(p) for p in [f.governors, *optional]])}
             if not res[f.governors].ok:
                 raise SysfsIOError(res[f.governors].errno or errno.EIO, f.governors)
+            cur_source = "hardware"
+            if not res[f.cur].ok:
+                if name != "cpu":
+                    raise SysfsIOError(res[f.cur].errno or errno.EIO, f.cur)
+                # no clock read-back (e.g. acpi-cpufreq on an I/O port, or not root): the last target
+                why = ("does not exist" if res[f.cur].errno == errno.ENOENT
+                       else "is not readable (cpuinfo_cur_freq is root-only)")
+                self.notes.append(f"cpu: {f.cur} {why}; scaling_cur_freq (the last target the "
+                                  "driver was given, not the clock) is reported as the frequency in force")
+                f = files[name] = f.model_copy(update={"cur": f.last_target})
+                cur_source = "last_target"
             governors = res[f.governors].value.split()
             if res[f.frequencies].ok and res[f.frequencies].value:
                 freqs = sorted({int(x) for x in res[f.frequencies].value.split()})
@@ -214,7 +244,8 @@ class SysfsBackend(Backend):
             info[name] = DomainInfo(
                 name=name, kind=kind, node=node, unit="kHz" if name == "cpu" else "Hz", cpus=cpus,
                 frequencies=freqs, governors=governors, mechanism=mechanism,
-                transition_latency_ns=latency, hw_min=hw_min, hw_max=hw_max,
+                transition_latency_ns=latency, settle_timeout_ns=latency + SETTLE_MARGIN_NS,
+                cur_source=cur_source, hw_min=hw_min, hw_max=hw_max,
             )
         self._info = info
         return info
@@ -326,7 +357,7 @@ class SysfsBackend(Backend):
         writes = []
         if known.governor != "userspace":
             writes.append(Write(f.governor, "userspace"))
-        if known.governor != "userspace" or known.cur != target:
+        if known.governor != "userspace" or self._setpoint.get(name) != target:
             writes.append(Write(f.setspeed, str(target)))
         return writes
 
@@ -356,6 +387,7 @@ class SysfsBackend(Backend):
         if not self._known or generation != self._generation:
             # first apply, or the connection was re-made (the phone may have rebooted): re-read
             self._requested = {}
+            self._setpoint = {}
             self.state()
             self._generation = generation
         requested = {k: v for k, v in (("cpu", cpu_khz), ("gpu", gpu_hz)) if v is not None}
@@ -372,6 +404,7 @@ class SysfsBackend(Backend):
                 notes.append(f"{name}: {value} {info[name].unit} is not supported; the kernel "
                              f"resolves it to {target[name]} {info[name].unit}")
         trips_before = self.transport.round_trips
+        before = {name: self._requested.get(name) for name in target}
         writes = [w for name, t in target.items() for w in self._domain_writes(name, t, flip=final)]
         readback = [Read(p) for name in target for p in
                     (self._files[name].cur, self._files[name].min, self._files[name].max)]
@@ -385,22 +418,86 @@ class SysfsBackend(Backend):
             detail = f"{failed.value}; " if failed.value else ""
             raise SysfsIOError(failed.errno or errno.EIO, failed.op.path, failed.op.value,
                                detail + "previous settings left in place")
-        reads = results[len(writes):]
-        effective = {}
-        for k, name in enumerate(target):
-            cur, lo, hi = (_int(r) for r in reads[3 * k: 3 * k + 3])
+        reads = {name: tuple(_int(r) for r in results[len(writes) + 3 * k: len(writes) + 3 * k + 3])
+                 for k, name in enumerate(target)}
+        t0 = time.monotonic_ns()
+        if writes:
+            reads = self._settle({n: (lambda r, n=n: self._shows_request(n, target[n], *r)) for n in target},
+                                 reads)
+        settle_ns = time.monotonic_ns() - t0
+        effective, limits, conditions = {}, {}, {}
+        for name, (cur, lo, hi) in reads.items():
             gov = "userspace" if info[name].mechanism == "userspace" else self._known[name].governor
             self._known[name] = DomainState(governor=gov, cur=cur, min=lo, max=hi)
-            effective[name] = cur
+            effective[name], limits[name] = cur, (lo, hi)
             if info[name].mechanism == "minmax":
                 self._requested[name] = (target[name], target[name])
-            if cur != target[name]:
-                notes.append(f"{name}: requested {target[name]} {info[name].unit} but "
-                             f"{cur} {info[name].unit} is in force (limits {lo}..{hi}: thermal cap "
-                             "or another agent)")
-        return ApplyResult(requested=requested, target=target, effective=effective,
-                           writes=len(writes), round_trips=self.transport.round_trips - trips_before,
-                           notes=notes)
+            else:
+                self._setpoint[name] = target[name]
+            condition = self._condition(target[name], cur, lo, hi)
+            asked = (target[name], target[name])
+            if (condition != "ok" and info[name].mechanism == "minmax" and before[name] is not None
+                    and before[name] != asked and (lo, hi) == before[name]):
+                condition = "pending"
+            conditions[name] = condition
+            unit = info[name].unit
+            if condition == "capped":
+                notes.append(f"{name}: requested {target[name]} {unit} but the kernel's limits are "
+                             f"{lo}..{hi} {unit} (thermal cap or another agent): {cur} {unit} is in force")
+            elif condition == "floored":
+                notes.append(f"{name}: requested {target[name]} {unit} but the kernel's minimum is {lo} "
+                             f"{unit} (another agent): {cur} {unit} is in force")
+            elif condition == "pending":
+                notes.append(f"{name}: after {info[name].settle_timeout_ns / 1e6:.1f} ms the kernel still "
+                             f"shows the previous limits {lo}..{hi} {unit}: {cur} {unit} is in force")
+            elif condition == "unreachable":
+                notes.append(f"{name}: the limits {lo}..{hi} {unit} allow {target[name]} {unit} but the "
+                             f"clock runs {cur} {unit}: it cannot reach that frequency")
+        return ApplyResult(requested=requested, target=target, effective=effective, limits=limits,
+                           conditions=conditions, writes=len(writes), settle_ns=settle_ns,
+                           round_trips=self.transport.round_trips - trips_before, notes=notes)
+
+    @staticmethod
+    def _condition(target: int, cur: int, lo: int, hi: int) -> str:
+        if cur == target:
+            return "ok"
+        if hi < target:
+            return "capped"
+        if lo > target:
+            return "floored"
+        return "unreachable"
+
+    def _shows_request(self, name: str, target: int, cur: int, lo: int, hi: int) -> bool:
+        """Whether a read-back shows our request taken up: the target running and, for pinned
+        limits, both limits at the target."""
+        if self.domains()[name].mechanism == "minmax" and not lo == hi == target:
+            return False
+        return cur == target
+
+    def _settle(self, shows: dict[str, Callable[[tuple[int, int, int]], bool]],
+                reads: dict[str, tuple[int, int, int]] | None = None) -> dict[str, tuple[int, int, int]]:
+        """Re-read (cur, min, max) until every domain ``shows`` what was asked, or its settle time
+        has passed.
+
+        A kernel that applies limits asynchronously shows the previous limits and frequency for a
+        while; only a read that shows the request, or the last read once the domain has had its
+        transition latency plus a margin, says what is in force."""
+        info = self.domains()
+        start = time.monotonic_ns()
+        deadline = {n: start + info[n].settle_timeout_ns for n in shows}
+        if reads is None:
+            reads = {n: (-1, -1, -1) for n in shows}
+        wait_ns = SETTLE_POLL_NS[0]
+        while True:
+            open_ = [n for n in shows if not shows[n](reads[n]) and time.monotonic_ns() < deadline[n]]
+            if not open_:
+                return reads
+            time.sleep(wait_ns / 1e9)
+            wait_ns = min(2 * wait_ns, SETTLE_POLL_NS[1])
+            paths = [p for n in open_ for p in (self._files[n].cur, self._files[n].min, self._files[n].max)]
+            fresh = self._read_many(paths)
+            for k, n in enumerate(open_):
+                reads[n] = tuple(_int(r) for r in fresh[3 * k: 3 * k + 3])
 
     def _undo(self, done: list[Write]) -> None:
         """Put back what a partly failed apply changed, newest first."""
@@ -410,10 +507,14 @@ class SysfsBackend(Backend):
             if k:
                 lo, hi = self._requested.get(name, (k.min, k.max))
                 before.update({f.governor: k.governor, f.min: str(lo), f.max: str(hi),
-                               f.setspeed: str(k.cur)})
+                               f.setspeed: str(self._setpoint.get(name, k.cur))})
         undo = [Write(w.path, before[w.path]) for w in reversed(done) if w.path in before]
         if undo:
             self._batch(undo)
+            # the kernel takes the old limits up as late as it took the new ones: wait for them
+            touched = {n for n, f in self._files.items() for w in undo if w.path.startswith(f.dir + "/")}
+            expected = {n: self._requested.get(n) for n in touched}
+            self._settle({n: (lambda r, lim=expected[n]: lim is None or r[1:] == lim) for n in touched})
 
 
 def saved_state_path(board: str, root: str | Path) -> Path:

@@ -69,7 +69,10 @@ class Transport(Protocol):
 
 
 class WriteHook(Protocol):
-    """Receives local writes instead of the file system (the virtual board's kernel)."""
+    """Receives local reads and writes instead of the file system (the virtual board's kernel),
+    as a real attribute's ``show``/``store`` functions do."""
+
+    def read(self, path: str) -> str: ...
 
     def write(self, path: str, value: str) -> None: ...
 
@@ -97,11 +100,14 @@ class LocalTransport:
                 continue
             try:
                 if isinstance(op, Read):
-                    fd = os.open(self._local(op.path), os.O_RDONLY)
-                    try:
-                        value = os.read(fd, 65536).decode().strip()
-                    finally:
-                        os.close(fd)
+                    if self.hook is not None:
+                        value = self.hook.read(op.path).strip()
+                    else:
+                        fd = os.open(self._local(op.path), os.O_RDONLY)
+                        try:
+                            value = os.read(fd, 65536).decode().strip()
+                        finally:
+                            os.close(fd)
                     results.append(OpResult(op, ok=True, value=value))
                 else:
                     self.writes += 1

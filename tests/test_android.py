@@ -62,7 +62,10 @@ def test_discovery_and_apply_in_one_round_trip(phone, tmp_path):
     assert found.backend == "android"
     assert found.domains["gpu"].kind == "kgsl" and found.states["cpu"].governor == "schedutil"
     res = be.apply(1_305_600, 443_000_000)
-    assert res.round_trips == 1 and res.writes == 4
+    # writes and read-back travel together; a second trip only while cpufreq's asynchronous limit
+    # update has not shown yet (the read-back must show the kernel's settled state)
+    assert res.round_trips <= 2 and res.writes == 4
+    assert res.effective == {"cpu": 1_305_600, "gpu": 443_000_000} and res.conditions["cpu"] == "ok"
     assert res.effective == {"cpu": 1_305_600, "gpu": 443_000_000}
     assert read(vb, f"{POLICY}/scaling_cur_freq") == "1305600"  # the kernel applied it
     assert read(vb, "sys/class/kgsl/kgsl-3d0/gpuclk") == "443000000"
@@ -82,7 +85,8 @@ def test_not_root_uses_su(phone, tmp_path):
     dev.root = False
     be = connect(dev, tmp_path)
     be.apply(1_305_600, 443_000_000)
-    assert dev.commands[-1].startswith("su -c ")
+    writing = [c for c in dev.commands if "scaling_max_freq\n" in c and "\nw " in c]
+    assert writing and all(c.startswith("su -c ") for c in writing)
     assert read(vb, f"{POLICY}/scaling_max_freq") == "1305600"
     be.close()
 

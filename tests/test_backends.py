@@ -92,15 +92,6 @@ def test_minmax_mechanism_pins_limits_and_reads_kgsl_clock(board_at):
         assert res.writes == 4  # one per changed limit
 
 
-def test_kernel_refuses_min_above_max(board_at):
-    vb, _ = board_at("sd888_phone")
-    plain = LinuxBackend(vb.board, vb.root, state_file=vb.root / "x.json", hook=vb.kernel)
-    plain.apply(1_305_600, None)
-    with pytest.raises(OSError) as info:
-        vb.kernel.write(f"/{CPUFREQ}/policy7/scaling_min_freq", "2841600")
-    assert info.value.errno == errno.EINVAL
-
-
 def test_unsupported_frequency_rounded_by_kernel_rule_and_said(board_at):
     _, be = board_at("rk3588")
     res = be.apply(1_300_000, 650_000_000)

@@ -260,6 +260,11 @@ class VirtualAdbDevice:
             '#!/bin/sh\necho sync > "$DEVICE_REQ"; read _ack < "$DEVICE_ACK"; exec /bin/cat "$@"\n')
         for f in self._bin.iterdir():
             f.chmod(0o666 if f.name.startswith("kernel.") else 0o755)
+        # root-only attributes (the clock's reading): the shell process is unprivileged here, so
+        # what root (or a granted su) may read is opened to it, and closed when it may not
+        privileged = self.root or self.su == "grant"
+        for p in (self.tree / "sys/devices/system/cpu/cpufreq").glob("policy*/cpuinfo_cur_freq"):
+            p.chmod(0o444 if privileged else 0o400)
 
     def _permissions(self) -> None:
         """The shell runs unprivileged (when we are root): attributes it may write are made

@@ -53,11 +53,23 @@ def _resolve_down(value: int, table: list[int]) -> int:
     return table[max(i - 1, 0)]
 
 
+def _domain_state(kind: str, table: list[int], governors: list[str], governor: str, latency_ns: int,
+                  unreachable: list[int]) -> dict:
+    """A domain as the virtual kernel keeps it: the user's limit requests, the limits applied
+    (cpufreq applies new requests later, from a work item), the governor's target and the clock."""
+    return {"kind": kind, "table": table, "governors": governors, "governor": governor,
+            "user_min": table[0], "user_max": table[-1], "applied": [table[0], table[-1]],
+            "pending_ns": None, "setspeed": table[-1], "target": table[-1], "cur": table[-1],
+            "unreachable": [f for f in unreachable if f in table], "latency_ns": latency_ns,
+            "changed_ns": 0}
+
+
 def build_tree(root: str | Path, board: BoardConfig) -> Path:
     """Create the board's /sys tree under ``root`` in its default (boot) state."""
     root = Path(root)
     if board.gpu is None:
         raise ValueError(f"board {board.name!r} has no GPU: not a virtual board")
+    sim = board.simulation
     (root / ".virtual").mkdir(parents=True, exist_ok=True)
     domains = {}
     for name, pol in board.cpu.policies.items():
@@ -73,17 +85,17 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
             "scaling_driver": "virtual-cpufreq", "scaling_cur_freq": freqs[-1],
         }
         rw = {"scaling_governor": pol.default_governor, "scaling_min_freq": freqs[0],
-              "scaling_max_freq": freqs[-1], "scaling_setspeed": "<unsupported>"}
+              "scaling_max_freq": freqs[-1],
+              "scaling_setspeed": freqs[-1] if pol.default_governor == "userspace" else "<unsupported>"}
         _write_files(root, d, ro, rw)
+        _write_files(root, d, {}, {}, {"cpuinfo_cur_freq": freqs[-1]})  # root-only, as on ARM boards
         for cpu in pol.cpus:
             link = root / f"sys/devices/system/cpu/cpu{cpu}/cpufreq"
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.exists():
                 link.symlink_to(f"../cpufreq/{name}")
-        domains[d] = {"kind": "cpufreq", "table": freqs, "governors": pol.governors,
-                      "governor": pol.default_governor, "user_min": freqs[0], "user_max": freqs[-1],
-                      "setspeed": freqs[-1], "cur": freqs[-1],
-                      "latency_ns": pol.transition_latency_ns, "changed_ns": 0}
+        domains[d] = _domain_state("cpufreq", freqs, pol.governors, pol.default_governor,
+                                   pol.transition_latency_ns, sim.unreachable_cpu_khz if sim else [])
     gpu = board.gpu
     d = f"{DEVFREQ_DIR}/{gpu.node}"
     freqs = gpu.frequencies_hz
@@ -93,16 +105,18 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
     rw = {"governor": gpu.default_governor, "min_freq": freqs[0], "max_freq": freqs[-1],
           "polling_interval": 50}
     _write_files(root, d, ro, rw)
-    domains[d] = {"kind": "devfreq", "table": freqs, "governors": gpu.governors,
-                  "governor": gpu.default_governor, "user_min": freqs[0], "user_max": freqs[-1],
-                  "setspeed": freqs[-1], "cur": freqs[-1], "latency_ns": gpu.transition_latency_ns,
-                  "changed_ns": 0}
+    if gpu.default_governor == "userspace":  # the governor's directory exists only while selected
+        _write_files(root, f"{d}/userspace", {}, {"set_freq": freqs[-1]})
+    domains[d] = _domain_state("devfreq", freqs, gpu.governors, gpu.default_governor,
+                               gpu.transition_latency_ns, sim.unreachable_gpu_hz if sim else [])
     if gpu.kind == "kgsl":
         _write_files(root, KGSL_DIR, {"gpuclk": freqs[-1], "max_gpuclk": freqs[-1],
                                       "gpu_available_frequencies": " ".join(map(str, freqs[::-1]))},
                      {})
     (root / BOARD).write_text(board.model_dump_json())
-    state = {"domains": domains, "faults": {},
+    options = {"limit_apply_delay_ns": sim.limit_apply_delay_ns if sim else 0,
+               "legacy_limits": sim.legacy_limits if sim else False}
+    state = {"domains": domains, "faults": {}, "options": options,
              "thermal": {"temp_c": AMBIENT_C, "capped": False, "forced": None},
              "background_load": 0.0}
     (root / STATE).write_text(json.dumps(state))
@@ -110,16 +124,12 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
     return root
 
 
-def _write_files(root: Path, d: str, ro: dict, rw: dict) -> None:
+def _write_files(root: Path, d: str, ro: dict, rw: dict, root_only: dict | None = None) -> None:
     base = root / d.lstrip("/")
     base.mkdir(parents=True, exist_ok=True)
-    for mode, files in ((0o444, ro), (0o644, rw)):
+    for mode, files in ((0o444, ro), (0o644, rw), (0o400, root_only or {})):
         for name, value in files.items():
-            p = base / name
-            if p.exists():
-                p.chmod(0o644)
-            p.write_text(f"{value}\n")
-            p.chmod(mode)
+            _atomic_write(base / name, f"{value}\n", mode)
 
 
 @dataclass(frozen=True)
@@ -136,7 +146,11 @@ class FrameResult:
 
 
 class VirtualKernel:
-    """Applies sysfs writes under ``root`` with the kernel's rules (see the module docstring)."""
+    """Applies sysfs writes under ``root`` with the kernel's rules (see the module docstring).
+
+    Reads go through ``read`` too, as a real attribute's ``show`` does: that is where pending
+    asynchronous work (cpufreq limit updates) lands once its time has come, so a reader that looks
+    too early sees the previous values exactly as on a real kernel."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -150,10 +164,9 @@ class VirtualKernel:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 state = json.loads((self.root / STATE).read_text())
+                self._catch_up(state, time.monotonic_ns())
                 yield state
-                tmp = self.root / (STATE + ".tmp")
-                tmp.write_text(json.dumps(state))
-                os.replace(tmp, self.root / STATE)
+                _atomic_write(self.root / STATE, json.dumps(state))
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -171,13 +184,30 @@ class VirtualKernel:
             self._board = BoardConfig.model_validate_json((self.root / BOARD).read_text())
         return self._board
 
+    # ---- the sysfs read path ----------------------------------------------------------
+    def read(self, path: str) -> str:
+        """What reading ``path`` returns now (after any asynchronous work that is due)."""
+        local = self.root / path.lstrip("/")
+        state = self.read_state()
+        now = time.monotonic_ns()
+        if any(d.get("pending_ns") is not None and d["pending_ns"] <= now for d in state["domains"].values()):
+            with self._locked():  # lands the due work and rewrites the files
+                pass
+        if path in state["faults"]:
+            raise OSError(state["faults"][path], os.strerror(state["faults"][path]), path)
+        fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            return os.read(fd, 65536).decode()
+        finally:
+            os.close(fd)
+
     # ---- the sysfs write path ---------------------------------------------------------
     def write(self, path: str, value: str) -> None:
         with self._locked() as state:
             if path in state["faults"]:
                 raise OSError(state["faults"][path], os.strerror(state["faults"][path]), path)
             local = self.root / path.lstrip("/")
-            if not local.exists():
+            if local.is_symlink() or not local.exists():
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
             if not local.stat().st_mode & 0o200:
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
@@ -186,7 +216,7 @@ class VirtualKernel:
                 directory, attr = directory.rsplit("/", 1)[0], "userspace/set_freq"
             dom = state["domains"].get(directory)
             if dom is None:  # a writable file we do not model: accept the bytes
-                local.write_text(value.strip() + "\n")
+                _atomic_write(local, value.strip() + "\n")
                 return
             self._apply_write(state, directory, dom, attr, value.strip())
             self._settle(state, directory)
@@ -194,74 +224,116 @@ class VirtualKernel:
     @staticmethod
     def _number(value: str) -> int:
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise OSError(errno.EINVAL, "Invalid argument") from None
+        if not 0 <= number < 2**32:  # the kernel parses an unsigned int
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return number
 
     def _apply_write(self, state: dict, directory: str, dom: dict, attr: str, value: str) -> None:
         table = dom["table"]
         cpufreq = dom["kind"] == "cpufreq"
+        legacy = state["options"]["legacy_limits"]
         einval = OSError(errno.EINVAL, "Invalid argument")
         if attr in ("scaling_governor", "governor"):
             if value not in dom["governors"]:
                 raise einval
             dom["governor"] = value
+            if value == "userspace":  # the userspace governor starts from the frequency in force
+                dom["setspeed"] = dom["target"]
             if not cpufreq:
                 ud = self.root / directory.lstrip("/") / "userspace"
                 if value == "userspace":
                     ud.mkdir(exist_ok=True)
-                    (ud / "set_freq").write_text(f"{dom['cur']}\n")
-                    dom["setspeed"] = dom["cur"]
+                    _atomic_write(ud / "set_freq", f"{dom['setspeed']}\n", 0o644)
                 elif ud.exists():
                     (ud / "set_freq").unlink(missing_ok=True)
                     ud.rmdir()
-            elif value == "userspace":
-                dom["setspeed"] = dom["cur"]
         elif attr in ("scaling_setspeed", "userspace/set_freq"):
             if dom["governor"] != "userspace":
                 raise einval
             dom["setspeed"] = self._number(value)
-        elif attr in ("scaling_min_freq", "min_freq"):
-            v = min(max(self._number(value), table[0]), table[-1])
-            v = _resolve_up(v, table)
-            if v > dom["user_max"]:
-                raise einval
-            dom["user_min"] = v
-        elif attr in ("scaling_max_freq", "max_freq"):
-            v = min(max(self._number(value), table[0]), table[-1])
-            v = _resolve_down(v, table)
-            if v < dom["user_min"]:
-                raise einval
-            dom["user_max"] = v
+        elif attr in ("scaling_min_freq", "min_freq", "scaling_max_freq", "max_freq"):
+            v = self._number(value)
+            is_min = "min" in attr
+            if legacy:
+                # kernels before 5.4 (cpufreq) / 5.5 (devfreq): resolve at once, refuse a crossing
+                v = min(max(v, table[0]), table[-1])
+                v = _resolve_up(v, table) if is_min else _resolve_down(v, table)
+                if (is_min and v > dom["user_max"]) or (not is_min and v < dom["user_min"]):
+                    raise einval
+            dom["user_min" if is_min else "user_max"] = v
+            if cpufreq and not legacy:
+                # a frequency QoS request: the policy update runs later, from a work item
+                dom["pending_ns"] = time.monotonic_ns() + state["options"]["limit_apply_delay_ns"]
+            else:
+                dom["applied"] = [dom["user_min"], dom["user_max"]]
         else:
             raise OSError(errno.EACCES, "Permission denied")
+
+    def _catch_up(self, state: dict, now_ns: int) -> None:
+        """Run the asynchronous limit updates whose time has come."""
+        for directory, dom in state["domains"].items():
+            pending = dom.get("pending_ns")
+            if pending is not None and pending <= now_ns:
+                dom["pending_ns"] = None
+                dom["applied"] = [dom["user_min"], dom["user_max"]]
+                self._settle(state, directory)
+
+    def _effective_limits(self, state: dict, dom: dict) -> tuple[int, int]:
+        """The limits in force from the applied requests and the thermal cap.
+
+        cpufreq (cpufreq_set_policy): the max request wins over the min one, then, if no OPP lies
+        between them, the max moves up to the next OPP; min resolves up and max down to OPPs.
+        devfreq (devfreq_get_freq_range): the requests as given, min clamped to max, not rounded."""
+        table = dom["table"]
+        req_min, req_max = dom["applied"]
+        cap = self._thermal_cap(state, dom)
+        hi = min(max(min(req_max, cap), table[0]), table[-1])
+        lo = min(max(req_min, table[0]), hi)
+        if dom["kind"] != "cpufreq":
+            return lo, hi
+        if not any(lo <= f <= hi for f in table):
+            hi = _resolve_up(hi, table)
+        return _resolve_up(lo, table), _resolve_down(hi, table)
+
+    def _clock(self, dom: dict, target: int) -> int:
+        """The rate the clock really runs for ``target``: an OPP its parents cannot produce
+        leaves it at the highest reachable rate below (a mux rounds down), else the lowest."""
+        unreachable = set(dom.get("unreachable", []))
+        if target not in unreachable:
+            return target
+        reachable = [f for f in dom["table"] if f not in unreachable]
+        below = [f for f in reachable if f <= target]
+        return below[-1] if below else reachable[0]
 
     def _settle(self, state: dict, directory: str) -> None:
         """Recompute a domain's effective limits and frequency and write them to its files."""
         dom = state["domains"][directory]
         table = dom["table"]
-        cap = self._thermal_cap(state, dom)
-        eff_max = min(dom["user_max"], cap)
-        eff_min = min(dom["user_min"], eff_max)
+        eff_min, eff_max = self._effective_limits(state, dom)
         gov = dom["governor"]
         if gov == "userspace":
-            cur = _resolve_up(min(max(dom["setspeed"], eff_min), eff_max), table)
-            cur = min(cur, eff_max)
+            target = _resolve_up(min(max(dom["setspeed"], eff_min), eff_max), table)
+            if target > eff_max:
+                target = _resolve_down(eff_max, table)
         elif gov == "powersave":
-            cur = eff_min
+            target = _resolve_up(eff_min, table)
         else:  # performance, and load-following governors under a running inference
-            cur = eff_max
+            target = _resolve_down(eff_max, table)
+        cur = self._clock(dom, target)
         if cur != dom["cur"]:
             dom["changed_ns"] = time.monotonic_ns()
-        dom["cur"] = cur
+        dom["cur"], dom["target"] = cur, target
         base = self.root / directory.lstrip("/")
         if dom["kind"] == "cpufreq":
             files = {"scaling_governor": gov, "scaling_min_freq": eff_min, "scaling_max_freq": eff_max,
-                     "scaling_cur_freq": cur,
-                     "scaling_setspeed": dom["setspeed"] if gov == "userspace" else "<unsupported>"}
+                     "scaling_cur_freq": target, "cpuinfo_cur_freq": cur,
+                     "scaling_setspeed": target if gov == "userspace" else "<unsupported>"}
         else:
             files = {"governor": gov, "min_freq": eff_min, "max_freq": eff_max, "cur_freq": cur,
-                     "target_freq": cur}
+                     "target_freq": target}
             if gov == "userspace":
                 files["userspace/set_freq"] = dom["setspeed"]
             kgsl = self.root / KGSL_DIR.lstrip("/")
@@ -296,24 +368,12 @@ class VirtualKernel:
                 if not changed:
                     continue
                 gov, lo, hi, target = names
-                for attr in (gov, target):
+                for attr in (gov, lo, hi, target):
                     if attr in changed:
                         try:
                             self._apply_write(state, directory, dom, attr, changed[attr])
                         except OSError as exc:
                             refused.append(f"{directory}/{attr} = {changed[attr]}: {exc.strerror}")
-                if lo in changed or hi in changed:
-                    try:
-                        new_lo = self._number(now.get(lo, str(dom["user_min"])))
-                        new_hi = self._number(now.get(hi, str(dom["user_max"])))
-                        table = dom["table"]
-                        new_lo = _resolve_up(min(max(new_lo, table[0]), table[-1]), table)
-                        new_hi = _resolve_down(min(max(new_hi, table[0]), table[-1]), table)
-                        if new_lo > new_hi:
-                            raise OSError(errno.EINVAL, "Invalid argument")
-                        dom["user_min"], dom["user_max"] = new_lo, new_hi
-                    except OSError as exc:
-                        refused.append(f"{directory}/{lo},{hi}: {exc.strerror}")
                 dom["shown"] = {}  # rewrite every attribute: what the shell wrote is replaced
                 self._settle(state, directory)
             state.setdefault("dmesg", []).extend(refused)
@@ -400,11 +460,20 @@ def _force_write(path: Path, value) -> None:
     """Kernel-side update of an attribute file, whatever its mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    if not mode & 0o200:
-        path.chmod(mode | 0o200)
-    path.write_text(f"{value}\n")
-    if not mode & 0o200:
-        path.chmod(mode)
+    _atomic_write(path, f"{value}\n", mode)
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` whole: a SIGKILL at any moment leaves the old or the new content, never an
+    empty or half-written attribute (readers open the path afresh each time, as with sysfs)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 class VirtualBoard:
