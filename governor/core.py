@@ -117,6 +117,9 @@ class Governor:
         self.n_gpu = len(self.gpu_table)
         # no energy model: rank by normalised frequency, the lowest on the Pareto front
         self._freq_rank = None if self.board.has_power_tables else c / c.max() + g / max(g.max(), 1)
+        # pairs whose frequencies the clocks were seen unable to run (an OPP a clock cannot reach):
+        # never chosen again, so decisions are made with frequencies that really run
+        self._reachable = np.ones(len(self.pair_cpu), dtype=bool)
 
     def start(self) -> None:
         for line in self.backend.recover_crashed():
@@ -228,7 +231,7 @@ class Governor:
     def _choose(self, lat: np.ndarray, energy_mj: np.ndarray, corr: float, deadline_ms: float,
                 now: float) -> tuple[int, bool]:
         pred = lat * corr
-        allowed = np.ones(pred.shape, dtype=bool)
+        allowed = self._reachable.copy()
         if now < self._caps_until:
             allowed &= (self.pair_cpu <= self._caps[0]) & (self.pair_gpu <= self._caps[1])
         if self._frames:  # never lower a domain under a frame in flight
@@ -282,11 +285,18 @@ class Governor:
         eff_c = res.effective.get("cpu", cpu)
         eff_g = res.effective.get("gpu", gpu)
         notes = list(res.notes)
-        if res.capped:
-            # the hardware holds a domain lower (thermal cap, another agent): decide again among
-            # the pairs it allows, with the frequencies really in force
-            self._caps = (eff_c if eff_c < cpu else math.inf, eff_g if eff_g < gpu else math.inf)
+        if res.unreachable:
+            for domain, pairs in (("cpu", self.pair_cpu), ("gpu", self.pair_gpu)):
+                if domain in res.unreachable:
+                    self._reachable &= pairs != res.target[domain]
+                    log.warning("%s: %s cannot be reached (the clock runs %s); planning without it",
+                                domain, res.target[domain], res.unreachable[domain])
+        if res.capped:  # the kernel's limits hold a domain lower (thermal cap, another agent)
+            capped = [res.conditions.get(d) == "capped" for d in ("cpu", "gpu")]
+            self._caps = (eff_c if capped[0] else math.inf, eff_g if capped[1] else math.inf)
             self._caps_until = now + self.settings.cap_recheck_s
+        if res.capped or res.unreachable:
+            # decide again among the pairs the hardware allows, with the frequencies in force
             self._cur = (eff_c, eff_g)
             idx, _ = self._choose(lat, energy_mj, corr, deadline_ms, now)
             c2, g2 = int(self.pair_cpu[idx]), int(self.pair_gpu[idx])
@@ -295,7 +305,10 @@ class Governor:
                 res = self.backend.apply(c2, g2 if self.board.gpu else None)
                 eff_c, eff_g = res.effective.get("cpu", c2), res.effective.get("gpu", g2)
                 notes += res.notes
-            log.info("capped: running %s kHz / %s Hz", eff_c, eff_g)
+            if res.capped:
+                log.info("capped: running %s kHz / %s Hz", eff_c, eff_g)
+        if not res.capped:  # nothing holds the clocks lower: what runs is the target from now on
+            self._target = (eff_c, eff_g)
         self._cur = (eff_c, eff_g)
         return eff_c, eff_g, notes
 

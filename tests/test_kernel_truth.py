@@ -190,3 +190,22 @@ def test_sigkill_never_leaves_an_empty_or_torn_attribute(tmp_path):
                 assert text.endswith("\n") and text.strip(), f"{f.name}: {text!r}"
     be = vb.backend(state_file=tmp_path / "s.json")
     assert be.state()["cpu"].cur in (844_800, 2_841_600, 1_305_600)
+
+
+def test_governor_plans_with_the_frequency_that_runs_not_an_unreachable_one(tmp_path):
+    from governor.app import fit_on_virtual_board
+    from governor.core import Governor
+
+    cfg = board("rk3588", unreachable_cpu_khz=[2_400_000, 2_352_000])
+    vb = VirtualBoard(tmp_path / "b", cfg)
+    gov = Governor(vb.backend(state_file=tmp_path / "s.json"), vb.board,
+                   {"yolo": fit_on_virtual_board(vb.board, "yolo_tiny")})
+    with gov:
+        seen = []
+        for _ in range(5):
+            d = gov.before_frame("yolo", 1.0)  # infeasible: asks for the fastest pair
+            seen.append(d.cpu_khz)
+            # every answer names a frequency the clock really runs
+            assert d.cpu_khz == truth(vb, f"{CPUFREQ}/policy4/cpuinfo_cur_freq")
+            gov.after_frame(d.frame, 30.0)
+        assert seen[-1] == 2_304_000 and gov.status()["capped"] is False

@@ -57,11 +57,13 @@ def _domain_state(kind: str, table: list[int], governors: list[str], governor: s
                   unreachable: list[int]) -> dict:
     """A domain as the virtual kernel keeps it: the user's limit requests, the limits applied
     (cpufreq applies new requests later, from a work item), the governor's target and the clock."""
-    return {"kind": kind, "table": table, "governors": governors, "governor": governor,
-            "user_min": table[0], "user_max": table[-1], "applied": [table[0], table[-1]],
-            "pending_ns": None, "setspeed": table[-1], "target": table[-1], "cur": table[-1],
-            "unreachable": [f for f in unreachable if f in table], "latency_ns": latency_ns,
-            "changed_ns": 0}
+    dom = {"kind": kind, "table": table, "governors": governors, "governor": governor,
+           "user_min": table[0], "user_max": table[-1], "applied": [table[0], table[-1]],
+           "pending_ns": None, "setspeed": table[-1], "target": table[-1], "cur": table[-1],
+           "unreachable": [f for f in unreachable if f in table], "latency_ns": latency_ns,
+           "changed_ns": 0}
+    dom["cur"] = VirtualKernel._clock(dom, table[-1])
+    return dom
 
 
 def build_tree(root: str | Path, board: BoardConfig) -> Path:
@@ -121,6 +123,10 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
              "background_load": 0.0}
     (root / STATE).write_text(json.dumps(state))
     (root / LOCK).touch()
+    kernel = VirtualKernel(root)
+    with kernel._locked() as state:  # the files show what the kernel computes at boot
+        for directory in state["domains"]:
+            kernel._settle(state, directory)
     return root
 
 
@@ -298,7 +304,8 @@ class VirtualKernel:
             hi = _resolve_up(hi, table)
         return _resolve_up(lo, table), _resolve_down(hi, table)
 
-    def _clock(self, dom: dict, target: int) -> int:
+    @staticmethod
+    def _clock(dom: dict, target: int) -> int:
         """The rate the clock really runs for ``target``: an OPP its parents cannot produce
         leaves it at the highest reachable rate below (a mux rounds down), else the lowest."""
         unreachable = set(dom.get("unreachable", []))
