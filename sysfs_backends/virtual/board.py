@@ -56,8 +56,6 @@ def _resolve_down(value: int, table: list[int]) -> int:
 def build_tree(root: str | Path, board: BoardConfig) -> Path:
     """Create the board's /sys tree under ``root`` in its default (boot) state."""
     root = Path(root)
-    if board.gpu is None:
-        raise ValueError(f"board {board.name!r} has no GPU: not a virtual board")
     (root / ".virtual").mkdir(parents=True, exist_ok=True)
     domains = {}
     for name, pol in board.cpu.policies.items():
@@ -85,6 +83,18 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
                       "setspeed": freqs[-1], "cur": freqs[-1],
                       "latency_ns": pol.transition_latency_ns, "changed_ns": 0}
     gpu = board.gpu
+    if gpu is not None:  # a board without a GPU has no devfreq device at all
+        _build_gpu(root, gpu, domains)
+    (root / BOARD).write_text(board.model_dump_json())
+    state = {"domains": domains, "faults": {},
+             "thermal": {"temp_c": AMBIENT_C, "capped": False, "forced": None},
+             "background_load": 0.0}
+    (root / STATE).write_text(json.dumps(state))
+    (root / LOCK).touch()
+    return root
+
+
+def _build_gpu(root: Path, gpu, domains: dict) -> None:
     d = f"{DEVFREQ_DIR}/{gpu.node}"
     freqs = gpu.frequencies_hz
     ro = {"available_frequencies": " ".join(map(str, freqs)),
@@ -101,13 +111,6 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
         _write_files(root, KGSL_DIR, {"gpuclk": freqs[-1], "max_gpuclk": freqs[-1],
                                       "gpu_available_frequencies": " ".join(map(str, freqs[::-1]))},
                      {})
-    (root / BOARD).write_text(board.model_dump_json())
-    state = {"domains": domains, "faults": {},
-             "thermal": {"temp_c": AMBIENT_C, "capped": False, "forced": None},
-             "background_load": 0.0}
-    (root / STATE).write_text(json.dumps(state))
-    (root / LOCK).touch()
-    return root
 
 
 def _write_files(root: Path, d: str, ro: dict, rw: dict) -> None:
@@ -127,7 +130,7 @@ class FrameResult:
     latency_ns: float
     energy_j: float
     cpu_khz: int
-    gpu_hz: int
+    gpu_hz: int | None  # None on a board without a GPU
     host_busy_ns: float
     gpu_busy_ns: float
     transition_ns: float
@@ -377,14 +380,15 @@ class VirtualKernel:
         with self._locked() as state:
             board = self.board
             cpu_dir = f"{CPUFREQ_DIR}/{board.cpu.inference_policy}"
-            gpu_dir = f"{DEVFREQ_DIR}/{board.gpu.node}"
+            gpu_dir = f"{DEVFREQ_DIR}/{board.gpu.node}" if board.gpu is not None else None
             now = time.monotonic_ns()
             transition = 0.0
-            for d in (cpu_dir, gpu_dir):
+            for d in (cpu_dir, gpu_dir)[: 2 if gpu_dir else 1]:
                 dom = state["domains"][d]
                 transition = max(transition, dom["changed_ns"] + dom["latency_ns"] - now)
             transition = max(transition, 0.0)
-            cpu, gpu = state["domains"][cpu_dir]["cur"], state["domains"][gpu_dir]["cur"]
+            cpu = state["domains"][cpu_dir]["cur"]
+            gpu = state["domains"][gpu_dir]["cur"] if gpu_dir else None
             load = state["background_load"]
             capped = state["thermal"]["capped"]
             res = sim.run(cpu, gpu, context_len, rng, host_slowdown=1.0 + load)
