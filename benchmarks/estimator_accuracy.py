@@ -14,7 +14,7 @@ and, separately, at context lengths never profiled (within 4x of the profiled on
 
 Also: how the error falls with more planned points (5, 7, 9, 12), the guidance behind the planner.
 
-Prints JSON. ``python benchmarks/estimator_accuracy.py [--quick]``.
+Prints JSON. ``python benchmarks/estimator_accuracy.py [--quick] [--board NAME ...]``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 from estimator.baselines import naive_scaling
 from estimator.model import Estimator
-from estimator.planner import plan_points
+from estimator.planner import plan_grid
 from estimator.profile import parse_profile
 from governor.configs import available, load_board, load_model_spec
 from sysfs_backends.virtual.simulator import Simulator
@@ -43,7 +43,7 @@ def errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "max_ape_pct": round(float(ape.max()), 3)}
 
 
-def no_overlap(est: Estimator, cpu: np.ndarray, gpu: np.ndarray, ctx: float | None) -> np.ndarray:
+def no_overlap(est: Estimator, cpu: np.ndarray, gpu: np.ndarray | None, ctx: float | None) -> np.ndarray:
     host, disp, exe, tail = est._segments_at(cpu, gpu, ctx)
     return (host.sum(axis=0) + exe.sum(axis=0) + tail) / 1e6
 
@@ -51,8 +51,8 @@ def no_overlap(est: Estimator, cpu: np.ndarray, gpu: np.ndarray, ctx: float | No
 def one_case(board_name: str, model_name: str, n_points: int, seed: int) -> dict:
     board, spec = load_board(board_name), load_model_spec(model_name)
     sim = Simulator(board, spec)
-    cpus, gpus = board.cpu.inference.frequencies_khz, board.gpu.frequencies_hz
-    pairs = plan_points(cpus, gpus, n_points)
+    tables = list(board.domain_tables.values())  # CPU (and GPU when the board has one)
+    pairs = plan_grid(tables, n_points)
     contexts = spec.profile_context_len or None
     profile = parse_profile(sim.profile(pairs, 3, contexts, np.random.default_rng(seed)))
     t0 = time.perf_counter()
@@ -60,8 +60,8 @@ def one_case(board_name: str, model_name: str, n_points: int, seed: int) -> dict
     fit_s = time.perf_counter() - t0
     c, g = est.grid_pairs
     seen_ctx = contexts or [None]
-    result: dict = {"board": board_name, "model": model_name, "points": n_points,
-                    "grid": f"{len(cpus)}x{len(gpus)}", "runs": len(profile.runs),
+    result: dict = {"board": board_name, "model": model_name, "points": n_points, "has_gpu": board.gpu is not None,
+                    "grid": "x".join(str(len(t)) for t in tables), "runs": len(profile.runs),
                     "fit_s": round(fit_s, 3)}
     preds = {"estimator": [], "naive": [], "no_overlap": []}
     truths = []
@@ -87,14 +87,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="skip the points sweep")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--board", action="append", help="only these virtual boards (default: every one)")
     args = ap.parse_args()
-    boards = [b for b, p in available("boards").items() if load_board(p).simulation is not None]
+    boards = args.board or [b for b, p in available("boards").items() if load_board(p).simulation is not None]
     cases = [one_case(b, m, 5, args.seed) for b in boards for m in MODELS]
     targets = {
         "mape_le_3pct": all(c["estimator"]["mape_pct"] <= 3 for c in cases),
         "p95_le_6pct": all(c["estimator"]["p95_ape_pct"] <= 6 for c in cases),
+        # against the pipeline it ignores; on a CPU-only board f_max/f is a fair model of a
+        # compute-bound network, so the ratio is reported there, not required
         "4x_better_than_naive": all(
-            c["naive"]["mape_pct"] >= 4 * c["estimator"]["mape_pct"] for c in cases),
+            c["naive"]["mape_pct"] >= 4 * c["estimator"]["mape_pct"] for c in cases if c["has_gpu"]),
         "unseen_context_mape_le_5pct": all(
             c["unseen_context"]["mape_pct"] <= 5 for c in cases if "unseen_context" in c),
     }

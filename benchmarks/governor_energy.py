@@ -11,7 +11,7 @@ case: ``steady`` and ``dynamic`` (background load on the host for frames 30-55%,
 50-75%). Estimators are fitted from 5 planned pairs x 3 repeats on the same virtual board.
 
 Targets (issue 4): miss rate <= 1% at the default target, energy within 10% of the oracle, and at
-least 25% below `performance`. Prints JSON. ``python benchmarks/governor_energy.py [--frames N]``.
+least 25% below `performance`. Prints JSON. ``python benchmarks/governor_energy.py [--frames N] [--board NAME ...]``.
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ CAP = (0.50, 0.75)
 
 
 def deadline_for(board, sim: Simulator, ctx: int | None) -> float:
-    cpus, gpus = board.cpu.inference.frequencies_khz, board.gpu.frequencies_hz
+    cpus = board.cpu.inference.frequencies_khz
+    gpus = board.gpu.frequencies_hz if board.gpu is not None else None  # None: a CPU-only board
     s = board.simulation
     cap_c = max(f for f in cpus if f <= (s.thermal_cap_cpu_khz or cpus[-1]))
-    cap_g = max(f for f in gpus if f <= (s.thermal_cap_gpu_hz or gpus[-1]))
+    cap_g = max(f for f in gpus if f <= (s.thermal_cap_gpu_hz or gpus[-1])) if gpus else None
     ctx_hi = None if ctx is None else ctx + 600  # the context grows during the run
-    fastest = sim.run(cpus[-1], gpus[-1], ctx_hi).latency_ns[0] / 1e6
+    fastest = sim.run(cpus[-1], gpus[-1] if gpus else None, ctx_hi).latency_ns[0] / 1e6
     capped = sim.run(cap_c, cap_g, ctx_hi, host_slowdown=1.6).latency_ns[0] / 1e6
     return round(max(1.5 * fastest, 1.05 * capped), 3)
 
@@ -87,8 +88,9 @@ def one_case(board_name: str, model: str, frames: int, dynamic: bool, est) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--board", action="append", help="only these virtual boards (default: every one)")
     args = ap.parse_args()
-    boards = [b for b, p in available("boards").items() if load_board(p).simulation is not None]
+    boards = args.board or [b for b, p in available("boards").items() if load_board(p).simulation is not None]
     cases = []
     for b in boards:
         board = load_board(b)

@@ -5,6 +5,9 @@ Every segment time is modelled as a non-negative combination of
     t = a_c * (f_cpu_ref / f_cpu) + a_g * (f_gpu_ref / f_gpu) + b
         [ + L * (a_c' * f_cpu_ref / f_cpu + a_g' * f_gpu_ref / f_gpu + b') ]   (language models)
 
+On a board with fewer domains (CPU-only inference) the missing domain's terms are simply absent:
+one ``a * f_ref / f`` term per frequency domain the board has, in the board's domain order.
+
 The ``1/f`` terms are the cycle-bound parts, ``b`` is the part bound elsewhere (memory, driver,
 interrupt latency) and ``L`` is the context length, so attention that grows with the KV cache is
 captured. One mechanism serves every segment: a host launch ends up with mostly ``a_c``, a
@@ -27,6 +30,22 @@ IRLS_ITERATIONS = 4
 MIN_TIME_NS = 1.0
 
 
+def domain_design(
+    freqs: list[np.ndarray],
+    refs: list[float],
+    context_len: np.ndarray | None,
+    context_scale: float | None,
+) -> np.ndarray:
+    """Feature matrix (N, D + 1) or (N, 2 (D + 1)) over D frequency domains, in their order:
+    one ``ref / f`` column per domain, then the constant, then the same times the context."""
+    xs = [ref / np.asarray(f, dtype=float) for f, ref in zip(freqs, refs, strict=True)]
+    cols = [*xs, np.ones_like(xs[0])]
+    if context_scale is not None:
+        ell = np.asarray(context_len, dtype=float) / context_scale
+        cols += [ell * c for c in cols]
+    return np.stack(cols, axis=1)
+
+
 def design(
     cpu_khz: np.ndarray,
     gpu_hz: np.ndarray,
@@ -35,15 +54,8 @@ def design(
     gpu_ref_hz: float,
     context_scale: float | None,
 ) -> np.ndarray:
-    """Feature matrix (N, 3) or (N, 6) for the scaling model above."""
-    xc = cpu_ref_khz / np.asarray(cpu_khz, dtype=float)
-    xg = gpu_ref_hz / np.asarray(gpu_hz, dtype=float)
-    one = np.ones_like(xc)
-    cols = [xc, xg, one]
-    if context_scale is not None:
-        ell = np.asarray(context_len, dtype=float) / context_scale
-        cols += [ell * xc, ell * xg, ell]
-    return np.stack(cols, axis=1)
+    """Feature matrix (N, 3) or (N, 6) for a CPU + GPU board (see ``domain_design``)."""
+    return domain_design([cpu_khz, gpu_hz], [cpu_ref_khz, gpu_ref_hz], context_len, context_scale)
 
 
 def _robust_nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -63,7 +75,8 @@ def _robust_nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef
 
 
-def fit_columns(features: np.ndarray, y: np.ndarray, sparse: str = "constant") -> np.ndarray:
+def fit_columns(features: np.ndarray, y: np.ndarray, sparse: str = "constant",
+                n_domains: int = 2) -> np.ndarray:
     """Fit every column of ``y`` (runs, segments); NaN marks an unobserved value.
 
     Returns coefficients (segments, k). A column observed at too few distinct points to identify
@@ -75,7 +88,7 @@ def fit_columns(features: np.ndarray, y: np.ndarray, sparse: str = "constant") -
     keys, group = np.unique(features, axis=0, return_inverse=True)
     group = group.ravel()
     k = features.shape[1]
-    const_col = 2  # the `b` column of design()
+    const_col = n_domains  # the `b` column of domain_design()
     out = np.full((y.shape[1], k), np.nan)
     for s in range(y.shape[1]):
         col = y[:, s]

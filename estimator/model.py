@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from estimator.fit import design, fit_columns
+from estimator.fit import domain_design, fit_columns
 from estimator.profile import Profile
 from estimator.recursion import Breakdown, simulate_pipeline
 from estimator.segments import extract_segments
@@ -30,9 +30,9 @@ class EstimatorFile(BaseModel):
     model: str
     device: str
     cpu_khz: list[int]
-    gpu_hz: list[int]
+    gpu_hz: list[int]  # [] on a board without a GPU: no GPU axis
     cpu_ref_khz: float
-    gpu_ref_hz: float
+    gpu_ref_hz: float | None = None  # None without a GPU
     context_scale: float | None = None
     profiled_context_len: list[int] = []
     layer_names: list[str]
@@ -45,13 +45,30 @@ class EstimatorFile(BaseModel):
     queue_depth: int | None = None
     training: dict[str, float | int | list[list[int]]] = {}
 
+    @property
+    def domains(self) -> list[str]:
+        """The frequency domains this estimator varies, in order: ``["cpu", "gpu"]`` or ``["cpu"]``."""
+        return ["cpu", "gpu"] if self.gpu_hz else ["cpu"]
+
+    @property
+    def tables(self) -> list[list[int]]:
+        """Each domain's frequency table, in ``domains`` order."""
+        return [self.cpu_khz, self.gpu_hz] if self.gpu_hz else [self.cpu_khz]
+
+    @property
+    def refs(self) -> list[float]:
+        return [self.cpu_ref_khz, self.gpu_ref_hz] if self.gpu_hz else [self.cpu_ref_khz]
+
 
 @dataclass(frozen=True)
 class Estimate:
-    """Latency and its breakdown in ms at one pair (scalars) or over a grid (arrays)."""
+    """Latency and its breakdown in ms at one pair (scalars) or over a grid (arrays).
+
+    ``gpu_hz`` is None for a board without a GPU: its rows then carry no GPU frequency and no GPU
+    busy time (``gpu_busy_ms`` stays an array of zeros here so the energy model needs no branch)."""
 
     cpu_khz: np.ndarray
-    gpu_hz: np.ndarray
+    gpu_hz: np.ndarray | None
     latency_ms: np.ndarray
     host_busy_ms: np.ndarray
     gpu_busy_ms: np.ndarray
@@ -60,33 +77,27 @@ class Estimate:
     host_wait_ms: np.ndarray
 
     def rows(self) -> list[dict[str, float | int]]:
+        """One dict per point. Without a GPU the rows carry only the CPU frequency, latency and
+        host busy time: the device-side quantities (GPU frequency and busy time, overlap,
+        bubbles, host waiting for the device) do not exist on such a board."""
+        keys = ["cpu_khz", "gpu_hz", "latency_ms", "host_busy_ms", "gpu_busy_ms", "overlap_ms",
+                "bubble_ms", "host_wait_ms"]
+        if self.gpu_hz is None:
+            keys = ["cpu_khz", "latency_ms", "host_busy_ms"]
+        columns = {k: np.ravel(getattr(self, k)) for k in keys}
         return [
-            {
-                "cpu_khz": int(c),
-                "gpu_hz": int(g),
-                "latency_ms": round(float(lat), 4),
-                "host_busy_ms": round(float(h), 4),
-                "gpu_busy_ms": round(float(gb), 4),
-                "overlap_ms": round(float(o), 4),
-                "bubble_ms": round(float(b), 4),
-                "host_wait_ms": round(float(w), 4),
-            }
-            for c, g, lat, h, gb, o, b, w in zip(
-                np.ravel(self.cpu_khz), np.ravel(self.gpu_hz), np.ravel(self.latency_ms),
-                np.ravel(self.host_busy_ms), np.ravel(self.gpu_busy_ms),
-                np.ravel(self.overlap_ms), np.ravel(self.bubble_ms), np.ravel(self.host_wait_ms),
-                strict=True,
-            )
+            {k: int(v[i]) if k.endswith("hz") else round(float(v[i]), 4) for k, v in columns.items()}
+            for i in range(np.size(self.cpu_khz))
         ]
 
 
-def _pooled_fit(x: np.ndarray, observed: np.ndarray, sparse: str) -> np.ndarray:
+def _pooled_fit(x: np.ndarray, observed: np.ndarray, sparse: str, n_domains: int) -> np.ndarray:
     """One fit for segments never observed on their own: the per-run median over the layers
     where it was observed (coefficients of 0 where it never was)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # runs where nothing was observed
         per_run = np.nanmedian(observed, axis=1)
-    return np.nan_to_num(fit_columns(x, per_run[:, None], sparse=sparse)[0])
+    return np.nan_to_num(fit_columns(x, per_run[:, None], sparse=sparse, n_domains=n_domains)[0])
 
 
 class Estimator:
@@ -105,8 +116,10 @@ class Estimator:
     @classmethod
     def fit(cls, profile: Profile) -> Estimator:
         seg = extract_segments(profile)
-        cpu_ref = float(max(profile.frequencies.cpu_khz))
-        gpu_ref = float(max(profile.frequencies.gpu_hz))
+        tables = profile.frequencies.domains  # the domains present, CPU first
+        nd = len(tables)
+        refs = [float(max(t)) for t in tables.values()]
+        run_freqs = [seg.cpu_khz, seg.gpu_hz][:nd]
         lm = profile.is_language_model
         contexts = sorted({int(c) for c in seg.context_len}) if lm else []
         if lm and len(contexts) < 2:
@@ -115,40 +128,40 @@ class Estimator:
                 f"the context dependence; got {contexts}"
             )
         context_scale = float(max(contexts)) if lm else None
-        x = design(seg.cpu_khz, seg.gpu_hz, seg.context_len, cpu_ref, gpu_ref, context_scale)
+        x = domain_design(run_freqs, refs, seg.context_len, context_scale)
         busy_obs = np.where(seg.device_idle & seg.is_gpu[None, :], np.nan, seg.host)
         idle_obs = np.where(seg.device_idle & seg.is_gpu[None, :], seg.host, np.nan)
-        host = fit_columns(x, busy_obs, sparse="cpu")
-        host_idle = fit_columns(x, idle_obs, sparse="cpu")
+        host = fit_columns(x, busy_obs, sparse="cpu", n_domains=nd)
+        host_idle = fit_columns(x, idle_obs, sparse="cpu", n_domains=nd)
         # a launch seen in one device state only takes that state's cost for the other; one never
         # seen (a full queue always hid it) takes the launches' pooled cost
         host = np.where(np.isnan(host), host_idle, host)
         host_idle = np.where(np.isnan(host_idle), host, host_idle)
         hidden = np.isnan(host).any(axis=1)
         if hidden.any():
-            pooled_launch = _pooled_fit(x, np.where(seg.is_gpu[None, :], seg.host, np.nan), "cpu")
+            pooled_launch = _pooled_fit(x, np.where(seg.is_gpu[None, :], seg.host, np.nan), "cpu", nd)
             host[hidden] = pooled_launch
             host_idle[hidden] = pooled_launch
         host_idle[~seg.is_gpu] = host[~seg.is_gpu]
         two_states = not np.allclose(host, host_idle)
-        exe = fit_columns(x, np.where(seg.is_gpu[None, :], seg.exec, np.nan))
+        exe = fit_columns(x, np.where(seg.is_gpu[None, :], seg.exec, np.nan), n_domains=nd)
         observed = np.where(seg.is_gpu[None, :], seg.dispatch, np.nan)
-        dispatch = fit_columns(x, observed)
+        dispatch = fit_columns(x, observed, n_domains=nd)
         # A kernel that always queued behind earlier work never showed its dispatch delay:
         # use the delay pooled over every kernel where it was seen (0 if never seen).
         unseen = np.isnan(dispatch).any(axis=1)
-        dispatch[unseen] = _pooled_fit(x, observed, "constant")
+        dispatch[unseen] = _pooled_fit(x, observed, "constant", nd)
         dispatch[~seg.is_gpu] = 0.0
         exe[~seg.is_gpu] = 0.0
-        tail = fit_columns(x, seg.tail[:, None])[0]
-        points = sorted({(int(c), int(g)) for c, g in zip(seg.cpu_khz, seg.gpu_hz, strict=True)})
+        tail = fit_columns(x, seg.tail[:, None], n_domains=nd)[0]
+        points = sorted({tuple(int(v) for v in p) for p in zip(*run_freqs, strict=True)})
         data = EstimatorFile(
             model=profile.model,
             device=profile.device,
             cpu_khz=profile.frequencies.cpu_khz,
             gpu_hz=profile.frequencies.gpu_hz,
-            cpu_ref_khz=cpu_ref,
-            gpu_ref_hz=gpu_ref,
+            cpu_ref_khz=refs[0],
+            gpu_ref_hz=refs[1] if nd > 1 else None,
             context_scale=context_scale,
             profiled_context_len=contexts,
             layer_names=[x.name for x in profile.runs[0].layers],
@@ -162,7 +175,7 @@ class Estimator:
             training={"runs": len(profile.runs), "points": [list(p) for p in points]},
         )
         est = cls(data)
-        fitted = est.latency_ms(seg.cpu_khz, seg.gpu_hz, seg.context_len if lm else None)
+        fitted = est.latency_ms(seg.cpu_khz, seg.gpu_hz if nd > 1 else None, seg.context_len if lm else None)
         measured = np.array([r.latency_ns for r in profile.runs]) / 1e6
         data.training["fit_mape_pct"] = round(
             float(np.mean(np.abs(fitted - measured) / measured) * 100), 3
@@ -181,43 +194,61 @@ class Estimator:
     def is_language_model(self) -> bool:
         return self.data.context_scale is not None
 
-    @cached_property
-    def grid_pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every (cpu_khz, gpu_hz) of the frequency tables, CPU-major."""
-        c, g = np.meshgrid(self.data.cpu_khz, self.data.gpu_hz, indexing="ij")
-        return c.ravel().astype(float), g.ravel().astype(float)
+    @property
+    def domains(self) -> list[str]:
+        return self.data.domains
 
-    def _features(self, cpu_khz: np.ndarray, gpu_hz: np.ndarray, context_len) -> np.ndarray:
+    @cached_property
+    def grid_points(self) -> np.ndarray:
+        """Every combination of the domains' frequency tables, (points, domains), CPU-major."""
+        mesh = np.meshgrid(*self.data.tables, indexing="ij")
+        return np.stack([m.ravel() for m in mesh], axis=1).astype(float)
+
+    @cached_property
+    def grid_pairs(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every (cpu_khz, gpu_hz) of the frequency tables, CPU-major; gpu None without a GPU."""
+        pts = self.grid_points
+        return pts[:, 0], (pts[:, 1] if pts.shape[1] > 1 else None)
+
+    def _freqs(self, cpu_khz, gpu_hz) -> list[np.ndarray]:
+        """The frequencies per domain, broadcast together; refuses a GPU value the board lacks."""
+        d = self.data
+        if gpu_hz is None and d.gpu_hz:
+            raise ValueError(f"model {d.model!r} was profiled with a GPU: give a GPU frequency")
+        if gpu_hz is not None and not d.gpu_hz:
+            raise ValueError(f"model {d.model!r} was profiled on a board without a GPU: give no GPU frequency")
+        values = [cpu_khz] if gpu_hz is None else [cpu_khz, gpu_hz]
+        return list(np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in values)))
+
+    def _features(self, freqs: list[np.ndarray], context_len) -> np.ndarray:
         d = self.data
         if self.is_language_model:
             if context_len is None:
                 raise ValueError(f"model {d.model!r} is a language model: give a context_len")
-            context_len = np.broadcast_to(np.asarray(context_len, dtype=float), cpu_khz.shape)
-        return design(cpu_khz, gpu_hz, context_len, d.cpu_ref_khz, d.gpu_ref_hz, d.context_scale)
+            context_len = np.broadcast_to(np.asarray(context_len, dtype=float), freqs[0].shape)
+        return domain_design(freqs, d.refs, context_len, d.context_scale)
 
     def _segments_at(
-        self, cpu_khz: np.ndarray, gpu_hz: np.ndarray, context_len: np.ndarray | None
+        self, cpu_khz: np.ndarray, gpu_hz: np.ndarray | None, context_len: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        xt = self._features(cpu_khz, gpu_hz, context_len).T  # (k, G)
+        xt = self._features(self._freqs(cpu_khz, gpu_hz), context_len).T  # (k, G)
         return self._host @ xt, self._dispatch @ xt, self._exec @ xt, self._tail @ xt
 
     def breakdown(
         self,
         cpu_khz: float | np.ndarray,
-        gpu_hz: float | np.ndarray,
+        gpu_hz: float | np.ndarray | None = None,
         context_len: float | np.ndarray | None = None,
         with_overlap: bool = True,
         host_scale: float = 1.0,
     ) -> Estimate:
-        """``host_scale`` stretches every host segment (launches, host operators, sync), e.g.
-        to ask what latency would be if other load slowed the inference thread."""
-        c = np.atleast_1d(np.asarray(cpu_khz, dtype=float))
-        g = np.atleast_1d(np.asarray(gpu_hz, dtype=float))
-        c, g = np.broadcast_arrays(c, g)
-        host, disp, exe, tail = self._segments_at(c, g, context_len)
-        host_idle = None
-        if self._host_idle is not None:
-            host_idle = self._host_idle @ self._features(c, g, context_len).T
+        """``gpu_hz`` is None exactly when the estimator has no GPU domain. ``host_scale``
+        stretches every host segment (launches, host operators, sync), e.g. to ask what latency
+        would be if other load slowed the inference thread."""
+        freqs = self._freqs(cpu_khz, gpu_hz)
+        xt = self._features(freqs, context_len).T  # (k, G)
+        host, disp, exe, tail = self._host @ xt, self._dispatch @ xt, self._exec @ xt, self._tail @ xt
+        host_idle = self._host_idle @ xt if self._host_idle is not None else None
         if host_scale != 1.0:
             host, tail = host * host_scale, tail * host_scale
             host_idle = host_idle * host_scale if host_idle is not None else None
@@ -225,7 +256,8 @@ class Estimator:
                                          self.data.queue_depth, host_idle)
         ms = 1e-6
         return Estimate(
-            cpu_khz=c, gpu_hz=g, latency_ms=b.latency * ms, host_busy_ms=b.host_busy * ms,
+            cpu_khz=freqs[0], gpu_hz=freqs[1] if len(freqs) > 1 else None,
+            latency_ms=b.latency * ms, host_busy_ms=b.host_busy * ms,
             gpu_busy_ms=b.gpu_busy * ms, overlap_ms=b.overlap * ms, bubble_ms=b.bubble * ms,
             host_wait_ms=b.host_wait * ms,
         )
@@ -233,13 +265,13 @@ class Estimator:
     def latency_ms(
         self,
         cpu_khz: float | np.ndarray,
-        gpu_hz: float | np.ndarray,
+        gpu_hz: float | np.ndarray | None = None,
         context_len: float | np.ndarray | None = None,
     ) -> np.ndarray:
         return self.breakdown(cpu_khz, gpu_hz, context_len, with_overlap=False).latency_ms
 
     def grid(self, context_len: float | None = None, with_overlap: bool = True,
              host_scale: float = 1.0) -> Estimate:
-        """The estimate at every pair of the frequency tables (CPU-major order)."""
+        """The estimate at every point of the frequency tables (CPU-major order)."""
         c, g = self.grid_pairs
         return self.breakdown(c, g, context_len, with_overlap, host_scale)

@@ -33,7 +33,7 @@ class Run(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     cpu_khz: int
-    gpu_hz: int
+    gpu_hz: int | None  # null on a board without a GPU domain (frequencies.gpu_hz == [])
     context_len: int | None = None
     latency_ns: int
     layers: list[Layer]
@@ -43,7 +43,13 @@ class Frequencies(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     cpu_khz: list[int] = Field(min_length=1)
-    gpu_hz: list[int] = Field(min_length=1)
+    gpu_hz: list[int]  # [] on a board without a GPU (CPU-only inference): no GPU axis
+
+    @property
+    def domains(self) -> dict[str, list[int]]:
+        """The frequency domains present, in order (CPU first), each with its table."""
+        tables = {"cpu": self.cpu_khz, "gpu": self.gpu_hz}
+        return {name: table for name, table in tables.items() if table}
 
 
 class Profile(BaseModel):
@@ -66,6 +72,11 @@ class Profile(BaseModel):
     @property
     def is_language_model(self) -> bool:
         return self.runs[0].context_len is not None
+
+    @property
+    def domains(self) -> list[str]:
+        """Names of the frequency domains the profile varies: ``["cpu", "gpu"]`` or ``["cpu"]``."""
+        return list(self.frequencies.domains)
 
     def layer_signature(self) -> list[tuple[str, str]]:
         return [(layer.name, layer.kind) for layer in self.runs[0].layers]
@@ -94,20 +105,21 @@ def profile_problems(p: Profile) -> list[str]:
             )
     if problems:
         return problems
-    cpu_table, gpu_table = set(p.frequencies.cpu_khz), set(p.frequencies.gpu_hz)
+    tables = {"cpu_khz": p.frequencies.cpu_khz, "gpu_hz": p.frequencies.gpu_hz}
     signature = p.layer_signature()
     language_model = p.runs[0].context_len is not None
     for r, run in enumerate(p.runs):
-        if run.cpu_khz not in cpu_table:
-            problems.append(
-                f"{_where(r)}: rule 'cpu_khz in frequencies.cpu_khz': {run.cpu_khz} is not one of "
-                f"{p.frequencies.cpu_khz}"
-            )
-        if run.gpu_hz not in gpu_table:
-            problems.append(
-                f"{_where(r)}: rule 'gpu_hz in frequencies.gpu_hz': {run.gpu_hz} is not one of "
-                f"{p.frequencies.gpu_hz}"
-            )
+        for axis, table in tables.items():
+            value = getattr(run, axis)
+            if not table and value is not None:
+                problems.append(
+                    f"{_where(r)}: rule '{axis} null when frequencies.{axis} is []': the profile "
+                    f"has no {axis.split('_')[0].upper()} domain but this run gives {value}"
+                )
+            elif table and value not in table:
+                problems.append(
+                    f"{_where(r)}: rule '{axis} in frequencies.{axis}': {value} is not one of {table}"
+                )
         if (run.context_len is not None) != language_model:
             problems.append(
                 f"{_where(r)}: rule 'context_len': every run of a profile gives a context_len "
@@ -128,6 +140,14 @@ def profile_problems(p: Profile) -> list[str]:
                 f"{_where(r, first)}: rule 'same layer sequence in every run': differs from run 0"
             )
             continue
+        if not p.frequencies.gpu_hz:
+            first_gpu = next((i for i, x in enumerate(run.layers) if x.kind == "gpu"), None)
+            if first_gpu is not None:
+                problems.append(
+                    f"{_where(r, first_gpu)}: rule 'no gpu layers when frequencies.gpu_hz is []': "
+                    "a profile without a GPU domain has only kind 'cpu' layers"
+                )
+                continue
         problems.extend(_layer_problems(r, run))
     return problems
 

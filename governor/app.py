@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from estimator.model import Estimator
-from estimator.planner import plan_points
+from estimator.planner import plan_grid
 from estimator.profile import parse_profile
 from governor.config import GovernorConfig
 from governor.configs import load_board, load_model_spec
@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def fit_on_virtual_board(board: BoardConfig, model: str, seed: int = 0) -> Estimator:
-    """Profile a model on the virtual board (5 planned pairs x 3 repeats) and fit it."""
+    """Profile a model on the virtual board (5 planned points x 3 repeats) and fit it."""
     spec = load_model_spec(model)
     sim = Simulator(board, spec)
-    pairs = plan_points(board.cpu.inference.frequencies_khz, board.gpu.frequencies_hz)
+    pairs = plan_grid(list(board.domain_tables.values()))
     profile = sim.profile(pairs, 3, spec.profile_context_len or None, np.random.default_rng(seed))
     return Estimator.fit(parse_profile(profile))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from estimator.planner import plan_points
+from estimator.planner import plan_grid, plan_points
 from estimator.profile import ProfileError
 from governor import storage
 from governor.configs import ConfigError, available, load_board, load_model_spec
@@ -68,7 +68,7 @@ def fit(profile: str, output: str) -> None:
     t = est.data.training
     click.echo(
         f"fitted {prof.model} on {prof.device}: {len(est.data.layer_names)} layers, "
-        f"{t['runs']} runs at {len(t['points'])} frequency pairs, "
+        f"{t['runs']} runs at {len(t['points'])} frequency {'pairs' if est.data.gpu_hz else 'points (CPU only)'}, "
         f"error on the profiled runs {t['fit_mape_pct']}% -> {output}"
     )
 
@@ -92,16 +92,22 @@ def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
               f"(profiled at {est.data.profiled_context_len})")
     if not est.is_language_model and context_len is not None:
         _fail(f"{est.data.model} has no context: drop --context-len")
+    has_gpu = bool(est.data.gpu_hz)
+    if not has_gpu and gpu_hz is not None:
+        _fail(f"{estimator_file}: {est.data.model} was profiled on a board without a GPU "
+              "(frequencies.gpu_hz is []): drop --gpu-hz")
     if grid:
         if cpu_khz is not None or gpu_hz is not None:
-            _fail("--grid covers every pair: drop --cpu-khz/--gpu-hz")
+            _fail("--grid covers every point: drop --cpu-khz/--gpu-hz")
         rows = est.grid(context_len).rows()
     else:
-        if cpu_khz is None or gpu_hz is None:
-            _fail("give --cpu-khz and --gpu-hz, or --grid")
+        if cpu_khz is None or (has_gpu and gpu_hz is None):
+            _fail("give --cpu-khz and --gpu-hz, or --grid" if has_gpu else "give --cpu-khz, or --grid")
         notes = []
-        for what, value, table in (("cpu-khz", cpu_khz, est.data.cpu_khz),
-                                   ("gpu-hz", gpu_hz, est.data.gpu_hz)):
+        asked = [("cpu-khz", cpu_khz, est.data.cpu_khz)]
+        if has_gpu:
+            asked.append(("gpu-hz", gpu_hz, est.data.gpu_hz))
+        for what, value, table in asked:
             if value <= 0:
                 _fail(f"--{what} must be positive")
             if not table[0] <= value <= table[-1]:
@@ -117,6 +123,10 @@ def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
         click.echo(json.dumps(rows if grid else rows[0]))
         return
     for row in rows:
+        if not has_gpu:
+            click.echo(f"cpu {row['cpu_khz']} kHz: {row['latency_ms']:.3f} ms "
+                       f"(host busy {row['host_busy_ms']:.3f})")
+            continue
         click.echo(
             f"cpu {row['cpu_khz']} kHz, gpu {row['gpu_hz']} Hz: {row['latency_ms']:.3f} ms "
             f"(host busy {row['host_busy_ms']:.3f}, gpu busy {row['gpu_busy_ms']:.3f}, "
@@ -125,23 +135,30 @@ def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
         )
 
 
+def _point_rows(cfg, points: list[tuple[int, ...]]) -> list[dict[str, int]]:
+    """Planned points as {cpu_khz, gpu_hz} dicts, naming only the domains the board has."""
+    keys = [{"cpu": "cpu_khz", "gpu": "gpu_hz"}[d] for d in cfg.domain_tables]
+    return [dict(zip(keys, p, strict=True)) for p in points]
+
+
 @main.command()
 @click.option("--board", required=True, help="board name or YAML path")
 @click.option("-n", "--points", default=5, show_default=True, help="pairs to profile")
 @click.option("--json", "as_json", is_flag=True)
 def plan(board: str, points: int, as_json: bool) -> None:
-    """Which (cpu, gpu) pairs to profile on BOARD (default: four corners and the centre)."""
+    """Which (cpu, gpu) pairs to profile on BOARD (default: four corners and the centre); on a
+    board without a GPU, which CPU frequencies (both ends, the middle, then the largest gaps)."""
     try:
         cfg = load_board(board)
     except ConfigError as exc:
         _fail(str(exc))
-    gpu = cfg.gpu.frequencies_hz if cfg.gpu else [0]
-    pairs = plan_points(cfg.cpu.inference.frequencies_khz, gpu, points)
+    rows = _point_rows(cfg, plan_grid(list(cfg.domain_tables.values()), points))
     if as_json:
-        click.echo(json.dumps([{"cpu_khz": c, "gpu_hz": g} for c, g in pairs]))
+        click.echo(json.dumps(rows))
     else:
-        for c, g in pairs:
-            click.echo(f"cpu {c} kHz, gpu {g} Hz")
+        for row in rows:
+            click.echo(", ".join(f"{k.split('_')[0]} {v} {'kHz' if k == 'cpu_khz' else 'Hz'}"
+                                 for k, v in row.items()))
 
 
 @main.command()
@@ -166,11 +183,11 @@ def simulate(board: str, model_name: str, points: int, repeats: int,
     ctx = list(context_lens) or spec.profile_context_len or None
     if spec.kind == "language_model" and not ctx:
         _fail("a language model needs --context-len (at least two values)")
-    pairs = plan_points(cfg.cpu.inference.frequencies_khz, cfg.gpu.frequencies_hz, points)
+    pairs = plan_grid(list(cfg.domain_tables.values()), points)
     prof = sim.profile(pairs, repeats, ctx, np.random.default_rng(seed))
     storage.write_atomic(output, json.dumps(prof))
     click.echo(f"profiled {spec.name} on virtual {cfg.name}: {len(prof['runs'])} runs at "
-               f"{len(pairs)} pairs -> {output}")
+               f"{len(pairs)} {'pairs' if cfg.gpu else 'CPU frequencies'} -> {output}")
 
 
 # ---- governor -----------------------------------------------------------------------------
@@ -302,6 +319,10 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
                       "`dvfs-gov simulate`, or use --backend linux/android on real hardware")
             cfg, backend = open_board_backend(board, backend_kind, sysfs_root, virtual_root, state_file,
                                               adb_address)
+            if cfg.gpu is None:
+                _fail(f"board {cfg.name!r} has no GPU: the OpenCL profiler times accelerator kernels; "
+                      "write a CPU-only profile (frequencies.gpu_hz: [], runs[].gpu_hz: null, kind "
+                      "'cpu' layers) from your runtime's own timings, see docs/profile-format.md")
         if no_dvfs or backend is None:
             if backend is not None:
                 st = backend.state()
@@ -442,7 +463,8 @@ def status(board: str | None, socket_path: str | None, backend_kind: str, sysfs_
             return
         click.echo(f"governor pid {st['pid']} on {path}: backend {st['backend']} "
                    f"({'connected' if st['backend_connected'] else 'DISCONNECTED'}), cpu {st['cpu_khz']} kHz, "
-                   f"gpu {st['gpu_hz']} Hz{' (capped)' if st['capped'] else ''}, {st['in_flight']} frames in flight")
+                   + (f"gpu {st['gpu_hz']} Hz" if st.get("gpu_hz") is not None else "no gpu")
+                   + f"{' (capped)' if st['capped'] else ''}, {st['in_flight']} frames in flight")
         for name, m in st["models"].items():
             click.echo(f"  model {name}: correction x{m['correction']}, host slowdown x{m['host_slowdown']}")
         for app, a in st["apps"].items():

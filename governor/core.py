@@ -1,6 +1,7 @@
 """The deadline-driven control loop.
 
-Before a frame: look up the model's precomputed grid (latency and energy at every (cpu, gpu) pair),
+Before a frame: look up the model's precomputed grid (latency and energy at every point of the
+board's frequency domains: (cpu, gpu) pairs, or CPU frequencies alone on a board without a GPU),
 scale the predictions by the learned correction, keep the pairs that meet the deadline (transition
 latency included where the pair would change), never go below a frame still in flight or above a
 cap the hardware imposed, and pick the one with the least predicted energy. The write happens only
@@ -32,6 +33,7 @@ from sysfs_backends.board import BoardConfig
 
 log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
+APPLY_ARGUMENT = {"cpu": "cpu_khz", "gpu": "gpu_hz"}  # Backend.apply's keyword for each domain
 
 
 class GovernorError(ValueError):
@@ -46,7 +48,7 @@ class GovernorError(ValueError):
 class Decision:
     frame: int
     cpu_khz: int
-    gpu_hz: int
+    gpu_hz: int | None  # None on a board without a GPU
     predicted_ms: float  # at the pair in force, corrected
     feasible: bool
     changed: bool
@@ -67,9 +69,8 @@ class _Frame:
     app: str
     model: str
     deadline_ms: float
-    column: np.ndarray  # predicted latency at the pair in force, per host slowdown level
-    cpu: int
-    gpu: int
+    column: np.ndarray  # predicted latency at the point in force, per host slowdown level
+    point: tuple[int, ...]  # the frequencies it runs at, one per domain
     started: float
 
 
@@ -106,20 +107,29 @@ class Governor:
 
     # ---- set-up ------------------------------------------------------------------------
     def _check_tables(self) -> None:
+        """The estimators must share the board's domains and tables: the grid is their product,
+        one column per domain (CPU first), so nothing below needs to know how many there are."""
         first = next(iter(self.models.values()))
-        self.cpu_table = np.array(first.data.cpu_khz)
-        self.gpu_table = np.array(first.data.gpu_hz)
+        self.domains = list(first.domains)
         for name, est in self.models.items():
-            if est.data.cpu_khz != first.data.cpu_khz or est.data.gpu_hz != first.data.gpu_hz:
+            if est.data.tables != first.data.tables:
                 raise GovernorError("bad_config", f"model {name!r} was profiled with other frequency tables")
-        c, g = first.grid_pairs
-        self.pair_cpu, self.pair_gpu = c.astype(np.int64), g.astype(np.int64)
-        self.n_gpu = len(self.gpu_table)
+        board_domains = list(self.board.domain_tables)
+        if self.domains != board_domains:
+            raise GovernorError(
+                "bad_config", f"the estimators vary the domains {self.domains} but board "
+                f"{self.board.name!r} has {board_domains}: profile the models on this board")
+        self.tables = [np.array(t) for t in first.data.tables]
+        self.points = first.grid_points.astype(np.int64)  # (points, domains)
         # no energy model: rank by normalised frequency, the lowest on the Pareto front
-        self._freq_rank = None if self.board.has_power_tables else c / c.max() + g / max(g.max(), 1)
-        # pairs whose frequencies the clocks were seen unable to run (an OPP a clock cannot reach):
-        # never chosen again, so decisions are made with frequencies that really run
-        self._reachable = np.ones(len(self.pair_cpu), dtype=bool)
+        self._freq_rank = (None if self.board.has_power_tables
+                           else (self.points / self.points.max(axis=0)).sum(axis=1))
+        # points whose frequencies the clocks were seen unable to run (an OPP a clock cannot
+        # reach): never chosen again, so decisions are made with frequencies that really run
+        self._reachable = np.ones(len(self.points), dtype=bool)
+
+    def _read_point(self, state: dict) -> tuple[int, ...]:
+        return tuple(int(state[d].cur) for d in self.domains)
 
     def start(self) -> None:
         for line in self.backend.recover_crashed():
@@ -127,12 +137,12 @@ class Governor:
         self.backend.save()
         info = self.backend.discover().domains
         self._transition_ms = {d: info[d].transition_latency_ns / 1e6 for d in info}
-        if list(info["cpu"].frequencies) != self.cpu_table.tolist():
+        if list(info["cpu"].frequencies) != self.tables[0].tolist():
             log.warning("the board's CPU table differs from the estimators'; the kernel will round")
         state = self.backend.state()
-        self._cur = (state["cpu"].cur, state["gpu"].cur if "gpu" in state else 0)
+        self._cur = self._read_point(state)
         self._target = self._cur
-        self._caps = (math.inf, math.inf)
+        self._caps = (math.inf,) * len(self.domains)
         self._caps_until = 0.0
         self._next_refresh = time.monotonic() + self.settings.state_refresh_s
         self._started = True
@@ -181,17 +191,23 @@ class Governor:
         for s in HOST_LEVELS:
             br = est.grid(context_len, with_overlap=False, host_scale=float(s))
             lat.append(br.latency_ms)
-            if self._freq_rank is None:  # mJ
+            if self._freq_rank is None:  # mJ; without a GPU the energy model has no GPU term
                 energy.append(self.board.frame_energy_j(br.cpu_khz, br.gpu_hz, br.host_busy_ms * 1e6,
                                                         br.gpu_busy_ms * 1e6, br.latency_ms * 1e6) * 1e3)
             else:
                 energy.append(self._freq_rank)
         return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy))
 
-    def _index(self, cpu: int, gpu: int) -> int:
-        i = int(np.searchsorted(self.cpu_table, cpu))
-        j = int(np.searchsorted(self.gpu_table, gpu))
-        return min(i, len(self.cpu_table) - 1) * self.n_gpu + min(j, self.n_gpu - 1)
+    def _index(self, point: tuple[int, ...]) -> int:
+        """Grid index of a point (CPU-major, like the estimator's grid)."""
+        index = 0
+        for value, table in zip(point, self.tables, strict=True):
+            index = index * len(table) + min(int(np.searchsorted(table, value)), len(table) - 1)
+        return index
+
+    def _as_decision(self, point: tuple[int, ...]) -> tuple[int, int | None]:
+        by_domain = dict(zip(self.domains, point, strict=True))
+        return int(by_domain["cpu"]), (int(by_domain["gpu"]) if "gpu" in by_domain else None)
 
     # ---- the decision ------------------------------------------------------------------
     def before_frame(self, model: str, deadline_ms: float, context_len: int | None = None,
@@ -212,20 +228,21 @@ class Governor:
             level, corr = correction.level, correction.factor
             lat, energy = grid.latency_ms[level], grid.energy_mj[level]
             idx, feasible = self._choose(lat, energy, corr, deadline_ms, now)
-            cpu, gpu = int(self.pair_cpu[idx]), int(self.pair_gpu[idx])
-            changed = (cpu, gpu) != self._cur
+            point = tuple(int(v) for v in self.points[idx])
+            changed = point != self._cur
             notes: list[str] = []
             if changed:
-                cpu, gpu, notes = self._apply(cpu, gpu, lat, energy, corr, deadline_ms, now)
-            eff = self._index(cpu, gpu)
+                point, notes = self._apply(point, lat, energy, corr, deadline_ms, now)
+            eff = self._index(point)
             raw = float(lat[eff])
             frame = next(self._ids)
-            self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, eff], cpu, gpu, now)
+            self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, eff], point, now)
             stats = self._apps.setdefault(app, _AppStats())
             stats.frames += 1
             predicted = raw * corr
             feasible = feasible and predicted <= deadline_ms
             stats.infeasible += not feasible
+            cpu, gpu = self._as_decision(point)
             return Decision(frame, cpu, gpu, round(predicted, 4), bool(feasible), changed, tuple(notes))
 
     def _choose(self, lat: np.ndarray, energy_mj: np.ndarray, corr: float, deadline_ms: float,
@@ -233,11 +250,10 @@ class Governor:
         pred = lat * corr
         allowed = self._reachable.copy()
         if now < self._caps_until:
-            allowed &= (self.pair_cpu <= self._caps[0]) & (self.pair_gpu <= self._caps[1])
+            allowed &= np.all(self.points <= np.array(self._caps), axis=1)
         if self._frames:  # never lower a domain under a frame in flight
-            floor_c = max(f.cpu for f in self._frames.values())
-            floor_g = max(f.gpu for f in self._frames.values())
-            allowed &= (self.pair_cpu >= floor_c) & (self.pair_gpu >= floor_g)
+            floor = np.max([f.point for f in self._frames.values()], axis=0)
+            allowed &= np.all(self.points >= floor, axis=1)
         if not allowed.any():
             allowed[:] = True
         changes = self._transition_cost_ms()
@@ -246,7 +262,7 @@ class Governor:
             masked = np.where(allowed, pred, np.inf)
             return int(np.argmin(masked)), False
         best = int(np.argmin(np.where(ok, energy_mj, np.inf)))
-        cur = self._index(*self._cur)
+        cur = self._index(self._cur)
         if ok[cur] and energy_mj[cur] <= energy_mj[best] * (1 + self.settings.hysteresis):
             return cur, True
         return best, True
@@ -259,58 +275,65 @@ class Governor:
             state = self.backend.state()
         except BackendUnavailable:
             return
-        eff = (state["cpu"].cur, state["gpu"].cur if "gpu" in state else 0)
+        eff = self._read_point(state)
         if eff != self._cur:
             lower = [e < t for e, t in zip(eff, self._target, strict=True)]
             if any(lower):
                 self._caps = tuple(e if low else math.inf for e, low in zip(eff, lower, strict=True))
                 self._caps_until = now + self.settings.cap_recheck_s
-                log.info("frequencies in force dropped to %s kHz / %s Hz", *eff)
+                log.info("frequencies in force dropped to %s", self._describe(eff))
             self._cur = eff
 
-    def _transition_cost_ms(self) -> np.ndarray:
-        """Per pair: the transition latency paid if applying it changes a domain."""
-        tc, tg = self._transition_ms.get("cpu", 0.0), self._transition_ms.get("gpu", 0.0)
-        return np.maximum(np.where(self.pair_cpu != self._cur[0], tc, 0.0),
-                          np.where(self.pair_gpu != self._cur[1], tg, 0.0))
+    def _describe(self, point: tuple[int, ...]) -> str:
+        units = {"cpu": "kHz", "gpu": "Hz"}
+        return " / ".join(f"{d} {v} {units.get(d, '')}".strip() for d, v in zip(self.domains, point, strict=True))
 
-    def _apply(self, cpu: int, gpu: int, lat: np.ndarray, energy_mj: np.ndarray, corr: float,
-               deadline_ms: float, now: float) -> tuple[int, int, list[str]]:
-        self._target = (cpu, gpu)
+    def _transition_cost_ms(self) -> np.ndarray:
+        """Per point: the transition latency paid if applying it changes a domain."""
+        latency = np.array([self._transition_ms.get(d, 0.0) for d in self.domains])
+        changes = self.points != np.array(self._cur)
+        return np.max(np.where(changes, latency, 0.0), axis=1)
+
+    def _write(self, point: tuple[int, ...]):
+        """Apply a point through the backend, naming only the domains the board has."""
+        return self.backend.apply(**{APPLY_ARGUMENT[d]: v for d, v in zip(self.domains, point, strict=True)})
+
+    def _apply(self, point: tuple[int, ...], lat: np.ndarray, energy_mj: np.ndarray, corr: float,
+               deadline_ms: float, now: float) -> tuple[tuple[int, ...], list[str]]:
+        self._target = point
         try:
-            res = self.backend.apply(cpu, gpu if self.board.gpu else None)
+            res = self._write(point)
         except BackendUnavailable as exc:
             # keep serving: the frame runs at whatever is in force; retried on the next frame
-            return self._cur[0], self._cur[1], [f"not applied: {exc}"]
-        eff_c = res.effective.get("cpu", cpu)
-        eff_g = res.effective.get("gpu", gpu)
+            return self._cur, [f"not applied: {exc}"]
+        eff = tuple(res.effective.get(d, v) for d, v in zip(self.domains, point, strict=True))
         notes = list(res.notes)
         if res.unreachable:
-            for domain, pairs in (("cpu", self.pair_cpu), ("gpu", self.pair_gpu)):
+            for k, domain in enumerate(self.domains):
                 if domain in res.unreachable:
-                    self._reachable &= pairs != res.target[domain]
+                    self._reachable &= self.points[:, k] != res.target[domain]
                     log.warning("%s: %s cannot be reached (the clock runs %s); planning without it",
                                 domain, res.target[domain], res.unreachable[domain])
         if res.capped:  # the kernel's limits hold a domain lower (thermal cap, another agent)
-            capped = [res.conditions.get(d) == "capped" for d in ("cpu", "gpu")]
-            self._caps = (eff_c if capped[0] else math.inf, eff_g if capped[1] else math.inf)
+            self._caps = tuple(e if res.conditions.get(d) == "capped" else math.inf
+                               for d, e in zip(self.domains, eff, strict=True))
             self._caps_until = now + self.settings.cap_recheck_s
         if res.capped or res.unreachable:
-            # decide again among the pairs the hardware allows, with the frequencies in force
-            self._cur = (eff_c, eff_g)
+            # decide again among the points the hardware allows, with the frequencies in force
+            self._cur = eff
             idx, _ = self._choose(lat, energy_mj, corr, deadline_ms, now)
-            c2, g2 = int(self.pair_cpu[idx]), int(self.pair_gpu[idx])
-            if (c2, g2) != (eff_c, eff_g):
-                self._target = (c2, g2)
-                res = self.backend.apply(c2, g2 if self.board.gpu else None)
-                eff_c, eff_g = res.effective.get("cpu", c2), res.effective.get("gpu", g2)
+            second = tuple(int(v) for v in self.points[idx])
+            if second != eff:
+                self._target = second
+                res = self._write(second)
+                eff = tuple(res.effective.get(d, v) for d, v in zip(self.domains, second, strict=True))
                 notes += res.notes
             if res.capped:
-                log.info("capped: running %s kHz / %s Hz", eff_c, eff_g)
+                log.info("capped: running %s", self._describe(eff))
         if not res.capped:  # nothing holds the clocks lower: what runs is the target from now on
-            self._target = (eff_c, eff_g)
-        self._cur = (eff_c, eff_g)
-        return eff_c, eff_g, notes
+            self._target = eff
+        self._cur = eff
+        return eff, notes
 
     def after_frame(self, frame: int, latency_ms: float) -> None:
         if not (isinstance(latency_ms, int | float) and math.isfinite(latency_ms) and latency_ms >= 0):
@@ -340,11 +363,17 @@ class Governor:
         finally:
             self.after_frame(decision.frame, (time.perf_counter() - t0) * 1e3)
 
+    def _status_frequencies(self) -> dict:
+        """``cpu_khz``/``gpu_hz`` in force; ``gpu_hz`` is null on a board without a GPU."""
+        if not self._started:
+            return {"cpu_khz": None, "gpu_hz": None}
+        cpu, gpu = self._as_decision(self._cur)
+        return {"cpu_khz": cpu, "gpu_hz": gpu}
+
     def status(self) -> dict:
         with self._lock:
             return {
-                "cpu_khz": int(self._cur[0]) if self._started else None,
-                "gpu_hz": int(self._cur[1]) if self._started else None,
+                **self._status_frequencies(),
                 "capped": bool(self._started and time.monotonic() < self._caps_until),
                 "models": {m: {"language_model": e.is_language_model,
                                "correction": round(self._corrections[m].factor, 4),

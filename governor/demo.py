@@ -115,8 +115,8 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
             phase = "+".join(p for p, on in (("background load", load), ("thermal cap", cap)) if on) or "normal"
             st = status_client.status()
             apps = ", ".join(f"{k} {v['frames']} frames/{v['misses']} late" for k, v in st["apps"].items())
-            say(f"[{time.monotonic() - t0:5.1f}s] {phase:28s} cpu {st['cpu_khz']} kHz, gpu "
-                f"{st['gpu_hz'] // 1_000_000} MHz | {apps}")
+            gpu = f"gpu {st['gpu_hz'] // 1_000_000} MHz" if st["gpu_hz"] is not None else "no gpu"
+            say(f"[{time.monotonic() - t0:5.1f}s] {phase:28s} cpu {st['cpu_khz']} kHz, {gpu} | {apps}")
             time.sleep(1.0)
         status_client.close()
         kernel.force_thermal_cap(None)

@@ -92,12 +92,13 @@ class GpuDomain(BaseModel):
 
 
 class Simulation(BaseModel):
-    """Physics of the virtual board (see sysfs_backends/virtual/simulator.py)."""
+    """Physics of the virtual board (see sysfs_backends/virtual/simulator.py). The ``gpu_*``
+    figures are required when the board has a GPU and must be absent when it has none."""
 
     model_config = ConfigDict(extra="forbid")
-    gpu_flops_per_cycle: PositiveFloat
+    gpu_flops_per_cycle: PositiveFloat | None = None
     gpu_efficiency: PositiveFloat = 0.4
-    gpu_dram_gbps: PositiveFloat
+    gpu_dram_gbps: PositiveFloat | None = None
     gpu_kernel_cycles: PositiveFloat = 3000
     gpu_kernel_fixed_ns: float = 1500
     roofline_sharpness: PositiveFloat = 2.5
@@ -108,6 +109,7 @@ class Simulation(BaseModel):
     idle_wake_after_ns: float = 300_000
     host_ops_per_cycle: PositiveFloat = 1.5
     host_dram_gbps: PositiveFloat = 8.0
+    host_op_fixed_ns: float = 2_000  # per-operator runtime overhead when every layer runs on the host
     sync_cycles: PositiveFloat = 15_000
     sync_fixed_ns: float = 20_000
     noise_sigma: float = 0.03
@@ -137,9 +139,26 @@ class BoardConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> BoardConfig:
-        if self.simulation is not None and self.gpu is None:
-            raise ValueError("a simulated board needs a gpu section")
+        sim = self.simulation
+        if sim is not None and self.gpu is not None:
+            missing = [k for k in ("gpu_flops_per_cycle", "gpu_dram_gbps") if getattr(sim, k) is None]
+            if missing:
+                raise ValueError(f"simulation needs {', '.join(missing)} for a board with a gpu section")
+        if sim is not None and self.gpu is None:
+            extra = [k for k in ("gpu_flops_per_cycle", "gpu_dram_gbps", "thermal_cap_gpu_hz")
+                     if getattr(sim, k) is not None]
+            if extra:
+                raise ValueError(f"simulation: {', '.join(extra)} given but the board has no gpu section")
         return self
+
+    @property
+    def domain_tables(self) -> dict[str, list[int]]:
+        """The frequency domains the board has, in order (CPU first), each with its table in the
+        kernel's unit; the estimator's grid and the governor's choices are over these."""
+        tables = {"cpu": list(self.cpu.inference.frequencies_khz)}
+        if self.gpu is not None:
+            tables["gpu"] = list(self.gpu.frequencies_hz)
+        return tables
 
     @property
     def has_power_tables(self) -> bool:

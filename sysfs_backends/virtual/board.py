@@ -69,8 +69,6 @@ def _domain_state(kind: str, table: list[int], governors: list[str], governor: s
 def build_tree(root: str | Path, board: BoardConfig) -> Path:
     """Create the board's /sys tree under ``root`` in its default (boot) state."""
     root = Path(root)
-    if board.gpu is None:
-        raise ValueError(f"board {board.name!r} has no GPU: not a virtual board")
     sim = board.simulation
     (root / ".virtual").mkdir(parents=True, exist_ok=True)
     domains = {}
@@ -99,22 +97,8 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
         domains[d] = _domain_state("cpufreq", freqs, pol.governors, pol.default_governor,
                                    pol.transition_latency_ns, sim.unreachable_cpu_khz if sim else [])
     gpu = board.gpu
-    d = f"{DEVFREQ_DIR}/{gpu.node}"
-    freqs = gpu.frequencies_hz
-    ro = {"available_frequencies": " ".join(map(str, freqs)),
-          "available_governors": " ".join(gpu.governors), "cur_freq": freqs[-1],
-          "target_freq": freqs[-1], "trans_stat": ""}
-    rw = {"governor": gpu.default_governor, "min_freq": freqs[0], "max_freq": freqs[-1],
-          "polling_interval": 50}
-    _write_files(root, d, ro, rw)
-    if gpu.default_governor == "userspace":  # the governor's directory exists only while selected
-        _write_files(root, f"{d}/userspace", {}, {"set_freq": freqs[-1]})
-    domains[d] = _domain_state("devfreq", freqs, gpu.governors, gpu.default_governor,
-                               gpu.transition_latency_ns, sim.unreachable_gpu_hz if sim else [])
-    if gpu.kind == "kgsl":
-        _write_files(root, KGSL_DIR, {"gpuclk": freqs[-1], "max_gpuclk": freqs[-1],
-                                      "gpu_available_frequencies": " ".join(map(str, freqs[::-1]))},
-                     {})
+    if gpu is not None:  # a board without a GPU has no devfreq device at all
+        _build_gpu(root, gpu, domains, sim.unreachable_gpu_hz if sim else [])
     (root / BOARD).write_text(board.model_dump_json())
     options = {"limit_apply_delay_ns": sim.limit_apply_delay_ns if sim else 0,
                "legacy_limits": sim.legacy_limits if sim else False}
@@ -130,6 +114,25 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
     return root
 
 
+def _build_gpu(root: Path, gpu, domains: dict, unreachable: list[int]) -> None:
+    d = f"{DEVFREQ_DIR}/{gpu.node}"
+    freqs = gpu.frequencies_hz
+    ro = {"available_frequencies": " ".join(map(str, freqs)),
+          "available_governors": " ".join(gpu.governors), "cur_freq": freqs[-1],
+          "target_freq": freqs[-1], "trans_stat": ""}
+    rw = {"governor": gpu.default_governor, "min_freq": freqs[0], "max_freq": freqs[-1],
+          "polling_interval": 50}
+    _write_files(root, d, ro, rw)
+    if gpu.default_governor == "userspace":  # the governor's directory exists only while selected
+        _write_files(root, f"{d}/userspace", {}, {"set_freq": freqs[-1]})
+    domains[d] = _domain_state("devfreq", freqs, gpu.governors, gpu.default_governor,
+                               gpu.transition_latency_ns, unreachable)
+    if gpu.kind == "kgsl":
+        _write_files(root, KGSL_DIR, {"gpuclk": freqs[-1], "max_gpuclk": freqs[-1],
+                                      "gpu_available_frequencies": " ".join(map(str, freqs[::-1]))},
+                     {})
+
+
 def _write_files(root: Path, d: str, ro: dict, rw: dict, root_only: dict | None = None) -> None:
     base = root / d.lstrip("/")
     base.mkdir(parents=True, exist_ok=True)
@@ -143,7 +146,7 @@ class FrameResult:
     latency_ns: float
     energy_j: float
     cpu_khz: int
-    gpu_hz: int
+    gpu_hz: int | None  # None on a board without a GPU
     host_busy_ns: float
     gpu_busy_ns: float
     transition_ns: float
@@ -444,14 +447,15 @@ class VirtualKernel:
         with self._locked() as state:
             board = self.board
             cpu_dir = f"{CPUFREQ_DIR}/{board.cpu.inference_policy}"
-            gpu_dir = f"{DEVFREQ_DIR}/{board.gpu.node}"
+            gpu_dir = f"{DEVFREQ_DIR}/{board.gpu.node}" if board.gpu is not None else None
             now = time.monotonic_ns()
             transition = 0.0
-            for d in (cpu_dir, gpu_dir):
+            for d in (cpu_dir, gpu_dir)[: 2 if gpu_dir else 1]:
                 dom = state["domains"][d]
                 transition = max(transition, dom["changed_ns"] + dom["latency_ns"] - now)
             transition = max(transition, 0.0)
-            cpu, gpu = state["domains"][cpu_dir]["cur"], state["domains"][gpu_dir]["cur"]
+            cpu = state["domains"][cpu_dir]["cur"]
+            gpu = state["domains"][gpu_dir]["cur"] if gpu_dir else None
             load = state["background_load"]
             capped = state["thermal"]["capped"]
             res = sim.run(cpu, gpu, context_len, rng, host_slowdown=1.0 + load)

@@ -15,6 +15,10 @@ device tests it:
   their own host roofline;
 * noise: multiplicative jitter per segment and rare large outliers (preemption, interrupts).
 
+A board without a GPU runs every layer on the host, one after the other: each follows the host
+roofline (compute scales with the CPU clock, memory traffic does not) plus a fixed per-operator
+runtime overhead; there is no device to launch to, drain or wake.
+
 Everything is vectorised over frequency pairs so the noise-free truth over a whole grid is cheap.
 """
 
@@ -73,14 +77,15 @@ class Simulator:
     """One model on one board; ``run`` gives timings at any frequency pairs."""
 
     def __init__(self, board: BoardConfig, model: ModelSpec) -> None:
-        if board.simulation is None or board.gpu is None:
+        if board.simulation is None:
             raise ValueError(f"board {board.name!r} has no simulation section")
         self.board = board
         self.sim: Simulation = board.simulation
         self.model = model
         self.c = _compile(model)
-        self.layer_kinds = ["gpu" if g else "cpu" for g in self.c.on_gpu]
-        self.gpu_max_hz = float(board.gpu.frequencies_hz[-1])
+        self.has_gpu = board.gpu is not None
+        self.layer_kinds = ["gpu" if g and self.has_gpu else "cpu" for g in self.c.on_gpu]
+        self.gpu_max_hz = float(board.gpu.frequencies_hz[-1]) if self.has_gpu else None
 
     def _jitter(self, rng: np.random.Generator | None, shape: tuple[int, ...]) -> np.ndarray:
         if rng is None or self.sim.noise_sigma <= 0:
@@ -96,13 +101,19 @@ class Simulator:
     def run(
         self,
         cpu_khz: np.ndarray | float,
-        gpu_hz: np.ndarray | float,
+        gpu_hz: np.ndarray | float | None = None,
         context_len: float | None = None,
         rng: np.random.Generator | None = None,
         host_slowdown: float = 1.0,
     ) -> SimResult:
         """Timings at each (cpu_khz, gpu_hz); ``host_slowdown`` > 1 models other load sharing the
-        inference thread's CPU (the host segments stretch, the GPU's do not)."""
+        inference thread's CPU (the host segments stretch, the GPU's do not). ``gpu_hz`` is None
+        exactly when the board has no GPU."""
+        if (gpu_hz is None) == self.has_gpu:
+            raise ValueError(f"board {self.board.name!r} "
+                             + ("has a GPU: give gpu_hz" if self.has_gpu else "has no GPU: give no gpu_hz"))
+        if not self.has_gpu:
+            return self._run_on_host(cpu_khz, context_len, rng, host_slowdown)
         s, c = self.sim, self.c
         cpu = np.atleast_1d(np.asarray(cpu_khz, dtype=float))
         gpu = np.atleast_1d(np.asarray(gpu_hz, dtype=float))
@@ -170,21 +181,45 @@ class Simulator:
         host_busy += syncs[n] + readback
         return SimResult(cpu_start, cpu_end, gpu_start, gpu_end, latency, host_busy, gpu_busy)
 
+    def _run_on_host(self, cpu_khz, context_len, rng, host_slowdown) -> SimResult:
+        """A board without a GPU: every layer is host work, back to back."""
+        s, c = self.sim, self.c
+        cpu = np.atleast_1d(np.asarray(cpu_khz, dtype=float))
+        g, n = cpu.shape[0], len(c.names)
+        ctx = float(context_len or 0)
+        ns_per_cpu_cycle = 1e6 / cpu * host_slowdown
+        flops = (c.flops + ctx * c.flops_per_token)[:, None]
+        nbytes = (c.bytes + ctx * c.bytes_per_token)[:, None]
+        compute = flops / s.host_ops_per_cycle * ns_per_cpu_cycle
+        memory = np.broadcast_to(nbytes / s.host_dram_gbps, compute.shape)
+        p = s.roofline_sharpness
+        op = (compute**p + memory**p) ** (1 / p) + s.host_op_fixed_ns
+        op = op * self._jitter(rng, (n, g)) + self._outliers(rng, (n, g))
+        cpu_end = np.cumsum(op, axis=0)
+        cpu_start = cpu_end - op
+        readback = self.model.output_bytes / s.host_dram_gbps
+        latency = cpu_end[-1] + readback
+        empty = np.full((n, g), np.nan)
+        return SimResult(cpu_start, cpu_end, empty, empty.copy(), latency, latency.copy(), np.zeros(g))
+
     def profile(
         self,
-        points: list[tuple[int, int]],
+        points: list[tuple[int, ...]],
         repeats: int = 3,
         context_lens: list[int] | None = None,
         rng: np.random.Generator | None = None,
         device: str | None = None,
     ) -> dict:
-        """A profile in the shared format, as a real device would measure it."""
+        """A profile in the shared format, as a real device would measure it. ``points`` are
+        tuples over the board's domains: (cpu_khz, gpu_hz), or (cpu_khz,) without a GPU."""
         board = self.board
         runs = []
         for ctx in context_lens or [None]:
-            for cpu_khz, gpu_hz in points:
+            for point in points:
+                cpu_khz, gpu_hz = point[0], (point[1] if self.has_gpu else None)
                 cpus = np.full(repeats, cpu_khz, dtype=float)
-                res = self.run(cpus, np.full(repeats, gpu_hz, dtype=float), ctx, rng)
+                gpus = np.full(repeats, gpu_hz, dtype=float) if self.has_gpu else None
+                res = self.run(cpus, gpus, ctx, rng)
                 for r in range(repeats):
                     runs.append(self._run_record(res, r, cpu_khz, gpu_hz, ctx))
         return {
@@ -193,12 +228,12 @@ class Simulator:
             "device": device or f"virtual:{board.name}",
             "frequencies": {
                 "cpu_khz": board.cpu.inference.frequencies_khz,
-                "gpu_hz": board.gpu.frequencies_hz,
+                "gpu_hz": board.gpu.frequencies_hz if self.has_gpu else [],
             },
             "runs": runs,
         }
 
-    def _run_record(self, res: SimResult, r: int, cpu_khz: int, gpu_hz: int, ctx: int | None) -> dict:
+    def _run_record(self, res: SimResult, r: int, cpu_khz: int, gpu_hz: int | None, ctx: int | None) -> dict:
         layers = []
         for i, name in enumerate(self.c.names):
             layer = {
@@ -207,13 +242,13 @@ class Simulator:
                 "cpu_start_ns": int(res.cpu_start[i, r]),
                 "cpu_end_ns": int(res.cpu_end[i, r]),
             }
-            if self.c.on_gpu[i]:
+            if self.layer_kinds[i] == "gpu":
                 layer["gpu_start_ns"] = int(res.gpu_start[i, r])
                 layer["gpu_end_ns"] = int(res.gpu_end[i, r])
             layers.append(layer)
         return {
             "cpu_khz": int(cpu_khz),
-            "gpu_hz": int(gpu_hz),
+            "gpu_hz": int(gpu_hz) if gpu_hz is not None else None,
             "context_len": ctx,
             "latency_ns": int(np.ceil(res.latency_ns[r])),
             "layers": layers,
