@@ -155,7 +155,7 @@ class VirtualAdbDevice:
         self.refused_keys: list[str] = []  # fingerprints (or reasons) of refused hosts
         self.commands: list[str] = []
         self.connections = 0
-        self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
+        self.on_notice = on_notice  # None: log (acceptances at INFO, refusals at WARNING)
         self._kernel = VirtualKernel(self.tree)  # writes go through the kernel's rules
         board = self._kernel.board
         self._fs = PhoneFS(self.tree)
@@ -315,13 +315,19 @@ class VirtualAdbDevice:
                 return False
             self.known_keys.append(key)
             self.accepted_keys.append(data)
-        self.on_notice(f"accepted ADB key {fp} ({who or 'no name'}): the first key presented; any other "
-                       "key will be refused (give --keys FILE to choose the keys)")
+        self._notice(f"accepted ADB key {fp} ({who or 'no name'}): the first key presented; any other "
+                     "key will be refused (give --keys FILE to choose the keys)", logging.INFO)
         return True
 
     def _refuse(self, fp: str | None, why: str) -> None:
         self.refused_keys.append(fp or why)
-        self.on_notice(f"refused ADB key {fp}: {why}" if fp else f"refused an ADB host: {why}")
+        self._notice(f"refused ADB key {fp}: {why}" if fp else f"refused an ADB host: {why}", logging.WARNING)
+
+    def _notice(self, message: str, level: int) -> None:
+        if self.on_notice is not None:
+            self.on_notice(message)
+        else:
+            log.log(level, "%s", message)
 
     # ---- streams --------------------------------------------------------------------------------
     def _session(self, sock: socket.socket) -> None:
