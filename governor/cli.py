@@ -223,7 +223,8 @@ def demo(board: str, duration: float, backend_kind: str, as_json: bool) -> None:
 
 @main.command("virtual-adb")
 @click.option("--board", default="sd888_phone", show_default=True, help="virtual board to serve")
-@click.option("--port", default=5555, show_default=True, help="TCP port on 127.0.0.1 (loopback only)")
+@click.option("--port", default=5555, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port on 127.0.0.1 (loopback only; 0: any free port)")
 @click.option("--virtual-root", type=click.Path(file_okay=False), help="the board's tree (created if missing)")
 @click.option("--not-root", is_flag=True, help="the shell is not uid 0 (writes need su)")
 @click.option("--keys", "keys_file", type=click.Path(dir_okay=False),

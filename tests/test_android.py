@@ -334,7 +334,23 @@ def test_sysfs_commands_answer_like_a_phone_through_the_kernel(phone, tmp_path):
     assert read(vb, f"{POLICY}/scaling_max_freq") == "1305600"
     client.shell(f"su -c 'echo 2841600 > {cpu}/scaling_max_freq'")
     assert read(vb, f"{POLICY}/scaling_max_freq") == "2841600"
+    # a store takes at most one page, as sysfs does: what follows the first 4096 bytes is not seen
+    out = client.shell(f"su -c 'echo \"1420800{' ' * 5000}x\" > {cpu}/scaling_max_freq'")
+    assert out == "" and read(vb, f"{POLICY}/scaling_max_freq") == "1420800"
     client.close()
+
+
+def test_serving_changes_no_file_mode_in_the_tree(phone, tmp_path):
+    vb, dev = phone
+    before = {p: p.lstat().st_mode for p in vb.root.rglob("*")}
+    be = connect(dev, tmp_path)
+    be.apply(1_305_600, 443_000_000)
+    be.restore()
+    be.close()
+    shell_client(dev, tmp_path / "keys" / "adbkey").shell(f"cat /{POLICY}/scaling_max_freq")
+    changed = {str(p): oct(m) for p, m in before.items() if p.exists() and p.lstat().st_mode != m}
+    assert changed == {}
+    assert not [p for p in vb.root.rglob("*") if not p.is_symlink() and p.stat().st_mode & 0o002]
 
 
 def test_keys_file_only_listed_keys_connect(tmp_path):
@@ -355,6 +371,9 @@ def test_keys_file_only_listed_keys_connect(tmp_path):
         assert dev.refused_keys == [key_fingerprint(bad)]
         assert any(key_fingerprint(bad) in n and "not in the keys file" in n for n in notices)
         assert dev.commands == ["id -u", *dev.commands[1:]] and len(dev.known_keys) == 1
+    (tmp_path / "private").write_bytes((tmp_path / "keys" / "adbkey").read_bytes())
+    with pytest.raises(ValueError, match=r"private:1: this is a private key; give the public one"):
+        load_adb_keys(tmp_path / "private")
 
 
 def test_first_key_is_trusted_with_a_notice_and_others_refused(tmp_path):
@@ -371,6 +390,10 @@ def test_first_key_is_trusted_with_a_notice_and_others_refused(tmp_path):
             shell_client(dev, tmp_path / "other" / "adbkey")
         assert dev.refused_keys == [key_fingerprint(second)]
         assert shell_client(dev, tmp_path / "keys" / "adbkey").shell("id -u").strip() == "0"
+        for _ in range(5):  # a host retrying in a loop: counted, announced once
+            with pytest.raises(Exception):  # noqa: B017
+                shell_client(dev, tmp_path / "other" / "adbkey")
+        assert dev.refused_keys == [key_fingerprint(second)] * 6 and len(notices) == 2
 
 
 def _raw(dev):
@@ -534,17 +557,20 @@ def test_cli_virtual_adb_stops_cleanly_and_leaves_no_temporary_folders(tmp_path,
 def test_cli_virtual_adb_keys_file(tmp_path):
     from sysfs_backends.virtual.adb_device import key_fingerprint
 
+    keys = tmp_path / "adb_keys"
     cases = [(None, "cannot read the keys file"), (b"ssh-rsa AAAA not-adb\n", ":1: not an ADB public key"),
-             (b"# nothing\n", "no ADB public keys")]
+             (b"# nothing\n", "no ADB public keys"), (b"", "--port")]
     for content, expected in cases:
-        keys = tmp_path / "adb_keys"
         keys.unlink(missing_ok=True)
-        if content is not None:
+        args = ["--keys", str(keys)] if content != b"" else ["--port", "70000"]
+        if content:
             keys.write_bytes(content)
-        out = subprocess.run([sys.executable, "-m", "governor.cli", "virtual-adb", "--keys", str(keys)],
+        out = subprocess.run([sys.executable, "-m", "governor.cli", "virtual-adb", *args],
                              capture_output=True, text=True, timeout=60)
-        assert out.returncode == 2 and expected in out.stderr and str(keys) in out.stderr, out.stderr
-        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+        assert out.returncode == 2 and expected in out.stderr, out.stderr
+        assert str(keys) in out.stderr or "70000" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 or "Invalid value for '--port'" in out.stderr
     (tmp_path / "adb_keys").write_bytes(make_key(tmp_path / "good" / "adbkey"))
     bad = make_key(tmp_path / "bad" / "adbkey")
     proc, port = _start_cli(tmp_path, "--keys", str(tmp_path / "adb_keys"))

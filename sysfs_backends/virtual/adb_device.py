@@ -53,7 +53,8 @@ SHA1_DIGEST_INFO = bytes.fromhex("3021300906052b0e03021a05000414")
 LISTEN_HOST = "127.0.0.1"  # never another interface: this is a test phone with a root shell
 HANDSHAKE_TIMEOUT_S = 10.0  # from TCP accept to an authenticated CNXN
 MAX_AUTH_MESSAGES = 10  # signatures / public keys one connection may try
-MAX_CONNECTIONS = 16
+MAX_CONNECTIONS = 64  # at once; unauthenticated ones are dropped after HANDSHAKE_TIMEOUT_S
+MAX_REFUSALS_KEPT = 1000  # refused_keys and the announced notices stay bounded under a flood
 
 
 def _checksum(data: bytes) -> int:
@@ -109,6 +110,8 @@ def load_adb_keys(path: str | Path) -> list[bytes]:
         line = line.strip()
         if not line or line.startswith(b"#"):
             continue
+        if line.startswith(b"-----BEGIN"):
+            raise ValueError(f"{path}:{number}: this is a private key; give the public one (adbkey.pub)")
         try:
             parse_adb_public_key(line)
         except ValueError as exc:
@@ -152,7 +155,8 @@ class VirtualAdbDevice:
         self.keys_fixed = known_keys is not None
         self.known_keys = [parse_adb_public_key(k) for k in (known_keys or [])]
         self.accepted_keys: list[bytes] = []  # public keys accepted through RSAPUBLICKEY
-        self.refused_keys: list[str] = []  # fingerprints (or reasons) of refused hosts
+        self.refused_keys: list[str] = []  # fingerprints (or reasons) of refused hosts, the latest ones
+        self._announced: set[str] = set()
         self.commands: list[str] = []
         self.connections = 0
         self.on_notice = on_notice  # None: log (acceptances at INFO, refusals at WARNING)
@@ -321,7 +325,13 @@ class VirtualAdbDevice:
 
     def _refuse(self, fp: str | None, why: str) -> None:
         self.refused_keys.append(fp or why)
-        self._notice(f"refused ADB key {fp}: {why}" if fp else f"refused an ADB host: {why}", logging.WARNING)
+        del self.refused_keys[:-MAX_REFUSALS_KEPT]
+        message = f"refused ADB key {fp}: {why}" if fp else f"refused an ADB host: {why}"
+        if message in self._announced:  # a host retrying in a loop is announced once, not a flood
+            return
+        if len(self._announced) < MAX_REFUSALS_KEPT:
+            self._announced.add(message)
+        self._notice(message, logging.WARNING)
 
     def _notice(self, message: str, level: int) -> None:
         if self.on_notice is not None:

@@ -37,6 +37,7 @@ MAX_READ = 1024 * 1024  # bytes `cat` reads from one file
 MAX_DEPTH = 48  # nesting of $( ), groups and function calls
 MAX_STEPS = 20_000  # simple commands one script may run (no loops, but recursion is bounded too)
 MAX_SYMLINKS = 40  # like the kernel's ELOOP limit
+PAGE_SIZE = 4096  # sysfs takes at most a page per write(2)
 META = " \t\n;&|()<>"
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ASSIGN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
@@ -549,8 +550,8 @@ class KernelFile:
         self._write, self.path = write, path
 
     def write(self, data: bytes) -> None:
-        if data:
-            self._write(self.path, data.decode(errors="replace"))
+        if data:  # like kernfs, a store sees at most one page
+            self._write(self.path, data[:PAGE_SIZE].decode(errors="replace"))
 
 
 @dataclass
