@@ -619,3 +619,47 @@ def test_stock_adb_client_with_a_keys_file(tmp_path):
             assert no.refused_keys and not no.accepted_keys and not no.commands
     finally:
         adb("kill-server")
+
+
+@pytest.mark.parametrize("command,expected", [
+    ("echo 'a  b' \"c  $((\" 2>/dev/null", "/system/bin/sh: syntax error: arithmetic $(( )) is not supported\n"),
+    ("v='x y'; echo \"[$v]\" [$v] '$v'", "[x y] [x y] $v\n"),
+    ("false && echo no || echo yes; echo $?", "yes\n0\n"),
+    ("f() { echo \"$2-$1\"; return 3; }; f a b; echo $?", "b-a\n3\n"),
+    ("e=$( { echo 1 > /sys/devices/system/cpu/cpufreq/policy7/cpuinfo_max_freq; } 2>&1 ) || echo \"got: $e\"",
+     "got: /system/bin/sh: /sys/devices/system/cpu/cpufreq/policy7/cpuinfo_max_freq: Permission denied\n"),
+    ("su -c 'echo in; exit 4; echo never'; echo \"su said $?\"", "in\nsu said 4\n"),
+    ("echo $(echo $(echo deep))", "deep\n"),
+    ("echo a | cat | cat", "a\n"),
+    ("! true; echo $?", "1\n"),
+    ("[ -d /sys/class ] && [ ! -e /sys/nope ] && [ 3 -lt 4 ] && echo ok", "ok\n"),
+    ("echo -n a; echo -e 'b\\tc'", "ab\tc\n"),
+    ("cd /sys/class/kgsl/kgsl-3d0 && cat gpuclk && pwd", "840000000\n/sys/class/kgsl/kgsl-3d0\n"),
+    ("echo unterminated 'quote", "/system/bin/sh: syntax error: unterminated quoted string\n"),
+    ("while true; do echo x; done", "/system/bin/sh: syntax error: 'while' is not supported\n"),
+    ("f() { f; }; f", "/system/bin/sh: nested too deeply (recursion?)\n"),
+    ("f() { cat /sys/class/kgsl/kgsl-3d0/gpu_available_frequencies; f; f; }; f > /dev/null; echo after",
+     "/system/bin/sh: nested too deeply (recursion?)\n"),
+    ("echo " + "$(" * 80 + "x" + ")" * 80, "/system/bin/sh: syntax error: nested too deeply\n"),
+])
+def test_phone_shell_language(tmp_path, command, expected):
+    """The interpreter's grammar on its own (no network): what works, and what is refused and how."""
+    from sysfs_backends.virtual.phone_shell import Phone, PhoneFS, run_command
+
+    vb = VirtualBoard(tmp_path / "tree", load_board(BOARD))
+    out, _status = run_command(Phone(PhoneFS(vb.root), vb.kernel.write), command)
+    assert out.decode() == expected
+
+
+def test_phone_shell_output_and_work_are_bounded(tmp_path):
+    from sysfs_backends.virtual import phone_shell as ps
+
+    vb = VirtualBoard(tmp_path / "tree", load_board(BOARD))
+    phone = ps.Phone(ps.PhoneFS(vb.root), vb.kernel.write)
+    # each call doubles the output: 2**40 lines unless bounded
+    grow = "g() { cat /sys/class/kgsl/kgsl-3d0/gpu_available_frequencies; }; " + "".join(
+        f"f{k}() {{ f{k - 1}; f{k - 1}; }}; " for k in range(1, 41)).replace("f0", "g") + "f40"
+    t0 = time.monotonic()
+    out, status = ps.run_command(phone, grow)
+    assert status == 2 and time.monotonic() - t0 < 30
+    assert len(out) <= ps.MAX_OUTPUT + 4096 and out.rstrip().endswith(b"commands")
