@@ -5,8 +5,8 @@
 * ``virtual``: the same backend on the virtual board, where every write also runs the virtual
   kernel (lock, rules, state file);
 * ``android``: the Android backend over ADB on loopback to the virtual phone
-  (sysfs_backends/virtual/adb_device.py). Its time is mostly the virtual phone's: a fresh `sh`
-  per command and the virtual kernel applying the writes; a real phone's adbd answers faster.
+  (sysfs_backends/virtual/adb_device.py). Its time is mostly the virtual phone's: its shell
+  interpreter and the virtual kernel applying the writes.
 
 For each: median and p99 in microseconds, with a frequency change every call and with no change,
 plus writes, file operations and round trips per apply. Prints JSON.

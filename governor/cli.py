@@ -240,24 +240,50 @@ def demo(board: str, duration: float, backend_kind: str, as_json: bool) -> None:
 
 @main.command("virtual-adb")
 @click.option("--board", default="sd888_phone", show_default=True, help="virtual board to serve")
-@click.option("--port", default=5555, show_default=True, help="TCP port on 127.0.0.1")
+@click.option("--port", default=5555, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port on 127.0.0.1 (loopback only; 0: any free port)")
 @click.option("--virtual-root", type=click.Path(file_okay=False), help="the board's tree (created if missing)")
 @click.option("--not-root", is_flag=True, help="the shell is not uid 0 (writes need su)")
-def virtual_adb(board: str, port: int, virtual_root: str | None, not_root: bool) -> None:
-    """Serve a virtual phone over ADB (TCP) until Ctrl-C: try the android backend, or `adb connect`."""
+@click.option("--keys", "keys_file", type=click.Path(dir_okay=False),
+              help="public keys allowed to connect, one per line (adb's adb_keys format, e.g. "
+                   "~/.android/adbkey.pub); without it, the first key presented is trusted")
+def virtual_adb(board: str, port: int, virtual_root: str | None, not_root: bool, keys_file: str | None) -> None:
+    """Serve a virtual phone over ADB (TCP, 127.0.0.1 only) until Ctrl-C or SIGTERM.
+
+    Its shell answers what a phone's shell is asked for cpufreq/devfreq (cat, echo V > FILE, ls,
+    getprop, id, su -c) inside the virtual board's tree, never host programs."""
     import signal as _signal
+    import threading
 
     from sysfs_backends.registry import default_virtual_root
-    from sysfs_backends.virtual.adb_device import VirtualAdbDevice
+    from sysfs_backends.virtual.adb_device import VirtualAdbDevice, load_adb_keys
     from sysfs_backends.virtual.board import VirtualBoard
 
+    # SIGINT/SIGTERM end the serving loop below (a handler, not sigwait: threads started by imports,
+    # such as BLAS's, do not block the signals and would otherwise take the default action)
+    stop, got = threading.Event(), []
+
+    def _on_signal(signum, _frame) -> None:
+        got.append(signum)
+        stop.set()
+
+    for signum in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(signum, _on_signal)
     try:
+        keys = None
+        if keys_file is not None:
+            keys = load_adb_keys(keys_file)
         cfg = load_board(board)
         root = Path(virtual_root) if virtual_root else default_virtual_root(cfg.name)
         VirtualBoard(root, cfg)
-        with VirtualAdbDevice(root, port=port, root=not not_root) as dev:
-            click.echo(f"virtual {cfg.name} serving ADB on {dev.address} (tree {root}); Ctrl-C to stop")
-            _signal.sigwait({_signal.SIGINT, _signal.SIGTERM})
+        with VirtualAdbDevice(root, port=port, root=not not_root, known_keys=keys,
+                              on_notice=lambda msg: click.echo(f"virtual-adb: {msg}")) as dev:
+            who = f"{len(keys)} key(s) from {keys_file}" if keys else "the first key presented (no --keys)"
+            click.echo(f"virtual {cfg.name} serving ADB on {dev.address} (tree {root}); accepting "
+                       f"{who}; Ctrl-C to stop")
+            while not stop.wait(0.5):
+                pass
+            click.echo(f"virtual-adb: stopping ({_signal.Signals(got[0]).name})")
     except (ConfigError, OSError, ValueError) as exc:
         _fail(str(exc))
 

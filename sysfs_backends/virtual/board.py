@@ -194,14 +194,19 @@ class VirtualKernel:
         return self._board
 
     # ---- the sysfs read path ----------------------------------------------------------
-    def read(self, path: str) -> str:
-        """What reading ``path`` returns now (after any asynchronous work that is due)."""
-        local = self.root / path.lstrip("/")
+    def catch_up(self) -> dict:
+        """Land the asynchronous work that is due (rewriting the files it changes); the state."""
         state = self.read_state()
         now = time.monotonic_ns()
         if any(d.get("pending_ns") is not None and d["pending_ns"] <= now for d in state["domains"].values()):
-            with self._locked():  # lands the due work and rewrites the files
+            with self._locked() as state:
                 pass
+        return state
+
+    def read(self, path: str) -> str:
+        """What reading ``path`` returns now (after any asynchronous work that is due)."""
+        local = self.root / path.lstrip("/")
+        state = self.catch_up()
         if path in state["faults"]:
             raise OSError(state["faults"][path], os.strerror(state["faults"][path]), path)
         fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW)
@@ -411,6 +416,11 @@ class VirtualKernel:
         with self._locked() as state:
             state["thermal"]["forced"] = capped
             self._update_thermal(state, 0.0, 0.0)
+
+    def set_limit_apply_delay_ns(self, delay_ns: int) -> None:
+        """How late cpufreq takes new limits up (see ``Simulation.limit_apply_delay_ns``)."""
+        with self._locked() as state:
+            state["options"]["limit_apply_delay_ns"] = int(delay_ns)
 
     def set_background_load(self, load: float) -> None:
         with self._locked() as state:
