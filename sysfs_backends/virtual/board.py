@@ -359,41 +359,6 @@ class VirtualKernel:
                 _force_write(base / name, value)
         dom["shown"] = files
 
-    def reconcile(self) -> list[str]:
-        """Apply what was written straight into the files (by a shell that bypassed ``write``,
-        like the test ADB device's) with the kernel's rules, as if each write had gone through it.
-
-        Governors first, then both limits together (so the order the shell wrote them in does not
-        matter), then the userspace target. Refused values are put back and reported, like the
-        kernel's log would."""
-        refused: list[str] = []
-        with self._locked() as state:
-            for directory, dom in state["domains"].items():
-                base = self.root / directory.lstrip("/")
-                shown = dom.get("shown", {})
-                cpufreq = dom["kind"] == "cpufreq"
-                names = (("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed")
-                         if cpufreq else ("governor", "min_freq", "max_freq", "userspace/set_freq"))
-                now = {}
-                for name in names:
-                    p = base / name
-                    if p.exists():
-                        now[name] = p.read_text().strip()
-                changed = {k: v for k, v in now.items() if str(shown.get(k)) != v}
-                if not changed:
-                    continue
-                gov, lo, hi, target = names
-                for attr in (gov, lo, hi, target):
-                    if attr in changed:
-                        try:
-                            self._apply_write(state, directory, dom, attr, changed[attr])
-                        except OSError as exc:
-                            refused.append(f"{directory}/{attr} = {changed[attr]}: {exc.strerror}")
-                dom["shown"] = {}  # rewrite every attribute: what the shell wrote is replaced
-                self._settle(state, directory)
-            state.setdefault("dmesg", []).extend(refused)
-        return refused
-
     def _thermal_cap(self, state: dict, dom: dict) -> int:
         if not state["thermal"]["capped"]:
             return dom["table"][-1]
