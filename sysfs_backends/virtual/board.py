@@ -124,9 +124,10 @@ def _build_gpu(root: Path, gpu, domains: dict, unreachable: list[int]) -> None:
           "polling_interval": 50}
     _write_files(root, d, ro, rw)
     if gpu.default_governor == "userspace":  # the governor's directory exists only while selected
-        _write_files(root, f"{d}/userspace", {}, {"set_freq": freqs[-1]})
+        _write_files(root, f"{d}/userspace", {}, {"set_freq": "undefined"})
     domains[d] = _domain_state("devfreq", freqs, gpu.governors, gpu.default_governor,
                                gpu.transition_latency_ns, unreachable)
+    domains[d]["setspeed"] = None  # devfreq's userspace governor has no request until one is written
     if gpu.kind == "kgsl":
         _write_files(root, KGSL_DIR, {"gpuclk": freqs[-1], "max_gpuclk": freqs[-1],
                                       "gpu_available_frequencies": " ".join(map(str, freqs[::-1]))},
@@ -254,13 +255,15 @@ class VirtualKernel:
             if value not in dom["governors"]:
                 raise einval
             dom["governor"] = value
-            if value == "userspace":  # the userspace governor starts from the frequency in force
-                dom["setspeed"] = dom["target"]
+            if value == "userspace":
+                # cpufreq's userspace governor starts from the frequency in force; devfreq's has no
+                # request until one is written (set_freq reads "undefined") and keeps the frequency
+                dom["setspeed"] = dom["target"] if cpufreq else None
             if not cpufreq:
                 ud = self.root / directory.lstrip("/") / "userspace"
                 if value == "userspace":
                     ud.mkdir(exist_ok=True)
-                    _atomic_write(ud / "set_freq", f"{dom['setspeed']}\n", 0o644)
+                    _atomic_write(ud / "set_freq", "undefined\n", 0o644)
                 elif ud.exists():
                     (ud / "set_freq").unlink(missing_ok=True)
                     ud.rmdir()
@@ -330,7 +333,8 @@ class VirtualKernel:
         eff_min, eff_max = self._effective_limits(state, dom)
         gov = dom["governor"]
         if gov == "userspace":
-            target = _resolve_up(min(max(dom["setspeed"], eff_min), eff_max), table)
+            wanted = dom["target"] if dom["setspeed"] is None else dom["setspeed"]
+            target = _resolve_up(min(max(wanted, eff_min), eff_max), table)
             if target > eff_max:
                 target = _resolve_down(eff_max, table)
         elif gov == "powersave":
@@ -350,7 +354,7 @@ class VirtualKernel:
             files = {"governor": gov, "min_freq": eff_min, "max_freq": eff_max, "cur_freq": cur,
                      "target_freq": target}
             if gov == "userspace":
-                files["userspace/set_freq"] = dom["setspeed"]
+                files["userspace/set_freq"] = "undefined" if dom["setspeed"] is None else dom["setspeed"]
             kgsl = self.root / KGSL_DIR.lstrip("/")
             if kgsl.exists():
                 _force_write(kgsl / "gpuclk", cur)
