@@ -178,7 +178,9 @@ def simulate(board: str, model_name: str, points: int, repeats: int,
 @click.option("--config", "config_path", required=True, help="governor YAML (name or path)")
 @click.option("--socket", "socket_path", help="override the config's socket path")
 @click.option("--virtual-root", help="override the virtual board's tree (virtual backend)")
-def run(config_path: str, socket_path: str | None, virtual_root: str | None) -> None:
+@click.option("--record", "record_path", type=click.Path(dir_okay=False),
+              help="write a run record (JSONL: every frame's decision and latency) for `plot run`/`export-trace`")
+def run(config_path: str, socket_path: str | None, virtual_root: str | None, record_path: str | None) -> None:
     """Run the governor daemon until SIGTERM/SIGINT; restores the original settings on exit."""
     import logging
 
@@ -194,7 +196,15 @@ def run(config_path: str, socket_path: str | None, virtual_root: str | None) -> 
         logging.basicConfig(level=cfg.log_level.upper(),
                             format="%(asctime)s dvfs-gov[%(process)d] %(levelname)s %(message)s")
         gov = build_governor(cfg, cfg_dir)
-        run_daemon(gov, socket_path or cfg.socket)
+        if record_path:
+            from governor.recording import RunRecorder, header_for
+
+            gov.recorder = RunRecorder(record_path, header_for(gov.board, list(gov.models), gov.backend.name))
+        try:
+            run_daemon(gov, socket_path or cfg.socket)
+        finally:
+            if gov.recorder is not None:
+                gov.recorder.close()
     except (ConfigError, BackendError, SocketInUse, ValueError, OSError) as exc:
         _fail(str(exc))
 
@@ -205,13 +215,15 @@ def run(config_path: str, socket_path: str | None, virtual_root: str | None) -> 
 @click.option("--backend", "backend_kind", type=click.Choice(["virtual", "android"]), default="virtual",
               show_default=True, help="android: drive the virtual phone over ADB (real protocol, loopback)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def demo(board: str, duration: float, backend_kind: str, as_json: bool) -> None:
+@click.option("--record", "record_path", type=click.Path(dir_okay=False),
+              help="keep the governor's run record (JSONL) here, for `plot run` and `export-trace`")
+def demo(board: str, duration: float, backend_kind: str, as_json: bool, record_path: str | None) -> None:
     """The governor on a virtual board with two apps (camera + assistant); no hardware needed."""
     from governor.demo import format_table, run_demo
 
     try:
         result = run_demo(board, duration, progress=lambda m: click.echo(m, err=as_json),
-                          backend=backend_kind)
+                          backend=backend_kind, record=record_path)
     except (ConfigError, RuntimeError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -491,9 +503,12 @@ def restore(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | 
         click.echo(f"restored {line}")
 
 
-@main.command()
-def models() -> None:
-    """List the model configs."""
+@main.group(invoke_without_command=True)
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """List the model configs; `models describe MODEL` shows one model's layers."""
+    if ctx.invoked_subcommand is not None:
+        return
     for name, path in available("models").items():
         try:
             spec = load_model_spec(path)
@@ -504,6 +519,48 @@ def models() -> None:
         click.echo(f"{name:14s} {spec.kind:15s} {n:4d} layers  {spec.description}")
 
 
+
+
+@models.command("describe")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="print the layers as JSON")
+def models_describe(model: str, as_json: bool) -> None:
+    """What MODEL (a name, a YAML file or an ONNX file) is to the profiler and the estimator: its
+    layers with their shapes; for ONNX, the node each layer came from and the host fallbacks.
+
+    Example: dvfs-gov models describe my_model.onnx
+    """
+    if model.lower().endswith(".onnx"):
+        from governor.onnx_model import OnnxModelError, describe, load_onnx
+
+        try:
+            imported = load_onnx(model)
+        except OnnxModelError as exc:
+            _fail(str(exc))
+        spec, rows = imported.spec, describe(imported)
+        dropped = [f"{d.node or d.layer} ({d.op_type})" for d in imported.dropped]
+    else:
+        try:
+            spec = load_model_spec(model)
+        except ConfigError as exc:
+            _fail(str(exc))
+        rows = [{"layer": x.name, "op": x.op, **x.model_dump(exclude={"name", "op"})} for x in spec.flat_layers()]
+        dropped = []
+    if as_json:
+        click.echo(json.dumps({"name": spec.name, "kind": spec.kind, "dtype_bytes": spec.dtype_bytes,
+                               "layers": rows, "dropped": dropped}, indent=1))
+        return
+    hosts = sum(r["op"] == "host" for r in rows)
+    click.echo(f"{spec.name}: {spec.kind}, {len(rows)} layers ({len(rows) - hosts} on the GPU, {hosts} host "
+               f"fallbacks), {spec.dtype_bytes}-byte elements. {spec.description}")
+    for r in rows:
+        shape = ", ".join(f"{k}={v}" for k, v in r.items()
+                          if k not in ("layer", "op", "onnx_node", "onnx_op", "note"))
+        origin = f"  <- {r['onnx_op']}" if "onnx_op" in r else ""
+        note = f"  [{r['note']}]" if r.get("note") else ""
+        click.echo(f"  {r['layer']:28s} {r['op']:12s} {shape}{origin}{note}")
+    if dropped:
+        click.echo(f"  (no kernel, dropped: {', '.join(dropped)})")
 
 
 if __name__ == "__main__":
