@@ -563,5 +563,94 @@ def models_describe(model: str, as_json: bool) -> None:
         click.echo(f"  (no kernel, dropped: {', '.join(dropped)})")
 
 
+# ---- plots --------------------------------------------------------------------------------
+def _board_matching(est) -> object | None:
+    """The first known board whose frequency tables are the estimator's (for energy and the pick)."""
+    for path in available("boards").values():
+        try:
+            cfg = load_board(path)
+        except ConfigError:
+            continue
+        gpu = cfg.gpu.frequencies_hz if cfg.gpu else [0]
+        if cfg.cpu.inference.frequencies_khz == est.data.cpu_khz and gpu == est.data.gpu_hz:
+            return cfg
+    return None
+
+
+@main.group()
+def plot() -> None:
+    """Draw an estimator's grid, a recorded run, or a profile (PNG or SVG; needs the [plot] extra)."""
+
+
+@plot.command("grid")
+@click.argument("estimator_file", type=click.Path(dir_okay=False))
+@click.option("--deadline-ms", type=float, required=True, help="the frame's deadline (ms)")
+@click.option("--context-len", type=int, help="tokens in the context (language models)")
+@click.option("--board", help="board name or YAML (energy panel and the governor's pick; default: the board "
+              "whose tables match the estimator's)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.png or out.svg")
+def plot_grid_cmd(estimator_file: str, deadline_ms: float, context_len: int | None, board: str | None,
+                  output: str) -> None:
+    """Heatmaps of predicted latency and energy over the (cpu, gpu) grid, with the deadline's contour
+    and the pair the governor picks.
+
+    Example: dvfs-gov plot grid yolo.est.json --deadline-ms 20 -o grid.png
+    """
+    from governor.plots import PlotError, plot_grid
+
+    try:
+        est = storage.load_estimator(estimator_file)
+        if est.is_language_model and context_len is None:
+            _fail(f"{est.data.model} is a language model: give --context-len")
+        if deadline_ms <= 0:
+            _fail("--deadline-ms must be positive")
+        cfg = load_board(board) if board else _board_matching(est)
+        summary = plot_grid(est, deadline_ms, output, context_len if est.is_language_model else None, cfg)
+    except (PlotError, ConfigError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    for note in summary.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"{summary.panels} panel(s) -> {output}")
+
+
+@plot.command("run")
+@click.argument("record_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.png or out.svg")
+def plot_run_cmd(record_file: str, output: str) -> None:
+    """Timeline of a recorded run (`run --record`, `demo --record`): frequencies per domain, latency
+    against the deadline per app, misses marked, caps shaded, power where recorded.
+
+    Example: dvfs-gov plot run demo.jsonl -o run.svg
+    """
+    from governor.plots import PlotError, plot_run
+    from governor.recording import read_run
+
+    try:
+        summary = plot_run(read_run(record_file), output)
+    except (PlotError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    e = summary.elements
+    click.echo(f"{e['frames']} frames, {e['misses']} missed, {e['cap_spans']} capped span(s) -> {output}")
+
+
+@plot.command("profile")
+@click.argument("profile_file", type=click.Path(dir_okay=False))
+@click.option("--run", "run_index", default=0, show_default=True, help="which run of the profile")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.png or out.svg")
+def plot_profile_cmd(profile_file: str, run_index: int, output: str) -> None:
+    """Per-layer Gantt of one profiled run: host and device lanes, bubbles hatched.
+
+    Example: dvfs-gov plot profile yolo.profile.json --run 0 -o gantt.png
+    """
+    from governor.plots import PlotError, plot_profile
+
+    try:
+        summary = plot_profile(storage.load_profile(profile_file), output, run_index)
+    except (PlotError, ProfileError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    e = summary.elements
+    click.echo(f"{e['host_bars']} host / {e['device_bars']} device intervals, {e['bubbles']} bubble(s) -> {output}")
+
+
 if __name__ == "__main__":
     main()
