@@ -652,5 +652,41 @@ def plot_profile_cmd(profile_file: str, run_index: int, output: str) -> None:
     click.echo(f"{e['host_bars']} host / {e['device_bars']} device intervals, {e['bubbles']} bubble(s) -> {output}")
 
 
+# ---- trace export -------------------------------------------------------------------------
+@main.command("export-trace")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--estimator", "estimator_file", type=click.Path(dir_okay=False),
+              help="with a profile: add the estimator's predicted timeline at the same pair")
+@click.option("--run", "run_index", default=0, show_default=True, help="with a profile: which run")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="trace file (.json)")
+def export_trace(source: str, estimator_file: str | None, run_index: int, output: str) -> None:
+    """Write SOURCE (a profile, or a run record from `run --record`) as a Chrome JSON trace that
+    ui.perfetto.dev opens: host/device tracks and bubbles, or decisions as counters and frames as slices.
+
+    Example: dvfs-gov export-trace yolo.profile.json --estimator yolo.est.json -o yolo.trace.json
+    """
+    from governor.recording import RecordError, read_run
+    from governor.trace_export import profile_trace, run_trace
+
+    try:
+        with open(source, encoding="utf-8") as fh:
+            first = fh.readline()
+    except OSError as exc:
+        _fail(f"{source}: cannot read: {exc.strerror or exc}")
+    is_record = first.lstrip().startswith("{") and '"type"' in first and '"header"' in first
+    try:
+        if is_record:
+            if estimator_file:
+                _fail("--estimator goes with a profile, not a run record")
+            trace = run_trace(read_run(source))
+        else:
+            est = storage.load_estimator(estimator_file) if estimator_file else None
+            trace = profile_trace(storage.load_profile(source), run_index, est)
+    except (RecordError, ProfileError, ValueError) as exc:
+        _fail(str(exc))
+    storage.write_atomic(output, json.dumps(trace))
+    click.echo(f"{len(trace['traceEvents'])} trace events -> {output} (open it in https://ui.perfetto.dev)")
+
+
 if __name__ == "__main__":
     main()
