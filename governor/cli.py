@@ -395,6 +395,56 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu
     click.echo(f"{len(prof['runs'])} runs of {n_layers} layers from {len(traces)} trace(s) -> {output}")
 
 
+@main.command("import-ort")
+@click.argument("profiles", nargs=-1, required=True)
+@click.option("--model", "model_name", default="onnx_model", show_default=True,
+              help="model name to record in the profile")
+@click.option("--device", "device_name", help="device name to record (default: the execution providers seen)")
+@click.option("--cpu-table", help="every CPU frequency of the board, kHz, comma-separated")
+@click.option("--gpu-table", help="every GPU frequency of the board, Hz, comma-separated")
+@click.option("--warmup", default=0, show_default=True, help="runs to drop at the start of each file")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+def import_ort_cmd(profiles: tuple[str, ...], model_name: str, device_name: str | None, cpu_table: str | None,
+                   gpu_table: str | None, warmup: int, output: str) -> None:
+    """Turn ONNX Runtime profiling files (SessionOptions.enable_profiling) into one profile.
+
+    Each PROFILE is FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the file written at that frequency pair.
+
+    Example: dvfs-gov import-ort onnxruntime_profile_a.json@1800000,600000000 -o my.profile.json
+    """
+    from estimator.profile import ProfileError, parse_profile
+    from governor.profiler.ort_import import import_ort
+    from governor.profiler.trace_import import TracedRun, TraceError
+
+    def ints(text: str | None, what: str) -> list[int] | None:
+        try:
+            return [int(x) for x in text.split(",")] if text else None
+        except ValueError:
+            _fail(f"{what}: write integers separated by commas, got {text!r}")
+
+    traced = []
+    for spec in profiles:
+        path, sep, freqs = spec.rpartition("@")
+        parts = ints(freqs, spec) if sep else None
+        if not parts or len(parts) not in (2, 3):
+            _fail(f"{spec!r}: write FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]")
+        try:
+            events = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            _fail(f"{path}: cannot read the ONNX Runtime profile: {exc}")
+        traced.append((TracedRun(path, parts[0], parts[1], parts[2] if len(parts) == 3 else None), events))
+    try:
+        prof = import_ort(traced, model_name, device_name, ints(cpu_table, "--cpu-table"),
+                          ints(gpu_table, "--gpu-table"), warmup)
+        parse_profile(prof, output)
+    except (TraceError, ProfileError, ValueError) as exc:
+        _fail(str(exc))
+    storage.write_atomic(output, json.dumps(prof))
+    kinds = [x["kind"] for x in prof["runs"][0]["layers"]]
+    click.echo(f"{len(prof['runs'])} runs of {len(kinds)} layers ({kinds.count('gpu')} on the device, "
+               f"{kinds.count('cpu')} on the host) from {len(profiles)} file(s) -> {output}")
+
+
 # ---- configs -----------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
