@@ -614,6 +614,11 @@ def models_describe(model: str, as_json: bool) -> None:
 
 
 # ---- plots --------------------------------------------------------------------------------
+def _board_matching_tables(cfg, est) -> bool:
+    gpu = cfg.gpu.frequencies_hz if cfg.gpu else [0]
+    return cfg.cpu.inference.frequencies_khz == est.data.cpu_khz and gpu == est.data.gpu_hz
+
+
 def _board_matching(est) -> object | None:
     """The first known board whose frequency tables are the estimator's (for energy and the pick)."""
     for path in available("boards").values():
@@ -621,8 +626,7 @@ def _board_matching(est) -> object | None:
             cfg = load_board(path)
         except ConfigError:
             continue
-        gpu = cfg.gpu.frequencies_hz if cfg.gpu else [0]
-        if cfg.cpu.inference.frequencies_khz == est.data.cpu_khz and gpu == est.data.gpu_hz:
+        if _board_matching_tables(cfg, est):
             return cfg
     return None
 
@@ -655,6 +659,9 @@ def plot_grid_cmd(estimator_file: str, deadline_ms: float, context_len: int | No
         if deadline_ms <= 0:
             _fail("--deadline-ms must be positive")
         cfg = load_board(board) if board else _board_matching(est)
+        if board and _board_matching_tables(cfg, est) is False:
+            _fail(f"--board {board}: its frequency tables are not the estimator's ({est.data.device}); "
+                  "give the board it was profiled on, or leave --board out")
         summary = plot_grid(est, deadline_ms, output, context_len if est.is_language_model else None, cfg)
     except (PlotError, ConfigError, ValueError, OSError) as exc:
         _fail(str(exc))

@@ -111,6 +111,9 @@ def test_grid_without_board_and_bad_output(files, tmp_path):
         plot_grid(est, 20.0, tmp_path / "x.jpg")
     out = run_cli("plot", "grid", tmp / "yolo.est.json", "--deadline-ms", 20, "-o", tmp_path / "x.pdf")
     assert out.returncode == 2 and "allowed: .png, .svg" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli("plot", "grid", tmp / "yolo.est.json", "--deadline-ms", 20, "--board", "rk3588",
+                  "-o", tmp_path / "x.png")
+    assert out.returncode == 2 and "--board rk3588: its frequency tables are not the estimator's" in out.stderr
 
 
 def test_run_timeline(files):
