@@ -214,14 +214,19 @@ def plot_run(record: RunRecord, out: str | Path) -> PlotSummary:
 
 
 # ---- (c) one profiled run ---------------------------------------------------------------------------
-def bubbles_ns(layers) -> list[tuple[int, int]]:
-    """Device idle gaps inside a run: from the first kernel's start to the last kernel's end, every
-    interval with no kernel running (launch-bound stretches, dispatch delays, host fallbacks)."""
+def bubbles_ns(layers, latency_ns: int | None = None) -> list[tuple[int, int]]:
+    """Device idle gaps in a run: every interval with no kernel running (the first launch, launch-bound
+    stretches, dispatch delays, host fallbacks), up to ``latency_ns`` when given. Their total is the
+    estimator's ``bubble_ms`` (latency - device busy)."""
     spans = sorted((x.gpu_start_ns, x.gpu_end_ns) for x in layers if x.kind == "gpu")
     gaps = []
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
-        if start > end:
-            gaps.append((end, start))
+    free = 0
+    for start, end in spans:
+        if start > free:
+            gaps.append((free, start))
+        free = max(free, end)
+    if latency_ns is not None and latency_ns > free:
+        gaps.append((free, latency_ns))
     return gaps
 
 
@@ -252,7 +257,7 @@ def plot_profile(profile: Profile, out: str | Path, run: int = 0) -> PlotSummary
                                  (0.1, 0.8), facecolors=colour, edgecolor="black", linewidth=0.3)
             bar.set_gid(f"device-{i}")
             device_bars += 1
-    gaps = bubbles_ns(r.layers)
+    gaps = bubbles_ns(r.layers, r.latency_ns)
     if gaps:
         bar = ax.broken_barh([(a * us, (b - a) * us) for a, b in gaps], (0.1, 0.8), facecolors="none",
                              edgecolor="tab:red", hatch="///", linewidth=0.6)

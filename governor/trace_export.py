@@ -59,7 +59,7 @@ def _run_events(pid: int, label: str, run: Run | dict, sort: int) -> list[dict]:
         if x.kind == "gpu":
             events.append({"name": x.name, "cat": "kernel", "ph": "X", "pid": pid, "tid": DEVICE_TID,
                            "ts": _us(x.gpu_start_ns), "dur": _us(x.gpu_end_ns - x.gpu_start_ns), "args": args})
-    for a, b in bubbles_ns(run.layers):
+    for a, b in bubbles_ns(run.layers, run.latency_ns):
         events.append({"name": "bubble", "cat": "bubble", "ph": "X", "pid": pid, "tid": BUBBLE_TID, "ts": _us(a),
                        "dur": _us(b - a), "args": {"idle_us": _us(b - a)}})
     events.append({"name": "inference", "cat": "run", "ph": "X", "pid": pid, "tid": 0, "ts": 0.0,

@@ -139,18 +139,24 @@ def test_profile_gantt(files):
     run = prof.runs[1]
     assert sum(i.startswith("host-") for i in ids) == len(run.layers)
     assert sum(i.startswith("device-") for i in ids) == sum(x.kind == "gpu" for x in run.layers)
-    gaps = bubbles_ns(run.layers)
+    gaps = bubbles_ns(run.layers, run.latency_ns)
     assert gaps and ("bubbles" in ids)  # host fallbacks leave the device idle
     assert f"bubble ({len(gaps)})" in svg_text(tmp / "gantt.svg")
     out = run_cli("plot", "profile", tmp / "yolo.profile.json", "--run", 99, "-o", tmp / "g.png")
     assert out.returncode == 2 and "runs 0.." in out.stderr
 
 
-def test_bubbles_are_the_device_idle_gaps(valid_profile):
-    layers = parse_profile(valid_profile).runs[0].layers
-    assert bubbles_ns(layers) == []  # back-to-back kernels (240000 -> 240000)
+def test_bubbles_are_the_device_idle_gaps(valid_profile, files):
+    run = parse_profile(valid_profile).runs[0]
+    # before the first kernel, none between back-to-back kernels (240000 -> 240000), after the last
+    assert bubbles_ns(run.layers) == [(0, 30000)]
+    assert bubbles_ns(run.layers, run.latency_ns) == [(0, 30000), (400000, 1_000_000)]
     valid_profile["runs"][0]["layers"][1]["gpu_start_ns"] = 250000
-    assert bubbles_ns(parse_profile(valid_profile).runs[0].layers) == [(240000, 250000)]
+    assert bubbles_ns(parse_profile(valid_profile).runs[0].layers) == [(0, 30000), (240000, 250000)]
+    # in total, the latency the device was not busy: what the estimator calls bubbles
+    for r in files[3].runs:
+        busy = sum(x.gpu_end_ns - x.gpu_start_ns for x in r.layers if x.kind == "gpu")
+        assert sum(b - a for a, b in bubbles_ns(r.layers, r.latency_ns)) == r.latency_ns - busy
 
 
 def test_missing_matplotlib_names_the_extra(files, tmp_path):

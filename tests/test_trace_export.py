@@ -153,7 +153,7 @@ def test_profile_trace_measured_next_to_predicted(profiled):
     assert [(e["ts"], e["dur"]) for e in measured_kernels] == [
         (round(x.gpu_start_ns / 1000, 3), round((x.gpu_end_ns - x.gpu_start_ns) / 1000, 3)) for x in gpu_layers]
     bubbles = [e for e in events if e["pid"] == 1 and e.get("cat") == "bubble"]
-    assert len(bubbles) == len(bubbles_ns(run.layers)) > 0
+    assert len(bubbles) == len(bubbles_ns(run.layers, run.latency_ns)) > 0
     other = trace["otherData"]
     assert abs(other["predicted_latency_ms"] / other["measured_latency_ms"] - 1) < 0.1
     # the predicted timeline is the estimator's own latency
