@@ -32,12 +32,15 @@ from estimator.workload import (
 
 INSTALL_HINT = "pip install 'deadline-dvfs[onnx]'"
 
+CONVS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "FusedConv"}
+GEMMS = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul", "FusedGemm", "MatMulNBits"}
 ELEMENTWISE = {
     "Abs", "Add", "And", "BatchNormalization", "Cast", "Ceil", "Celu", "Clip", "Cos", "Div", "Elu", "Equal", "Erf",
     "Exp", "Floor", "Gelu", "Greater", "HardSigmoid", "HardSwish", "LeakyRelu", "Less", "Log", "Max", "Mean",
     "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pow", "Reciprocal", "Relu", "Round", "Selu",
     "Sigmoid", "Sign", "Sin", "Softplus", "Softsign", "Sqrt", "Sub", "Sum", "Tanh", "ThresholdedRelu", "Where",
-    "Xor", "QuickGelu", "FastGelu", "BiasGelu",
+    "Xor", "QuickGelu", "FastGelu", "BiasGelu", "QuantizeLinear", "DequantizeLinear", "QLinearAdd", "QLinearMul",
+    "QLinearSigmoid", "QLinearLeakyRelu", "DynamicQuantizeLinear",
 }
 # data movement the runtimes run as copy kernels: one read and one write of the output's size
 COPIES = {"Transpose", "Concat", "Slice", "Split", "Pad", "Tile", "Expand", "Gather", "DepthToSpace",
@@ -198,17 +201,18 @@ def _nchw(shape: list[int]) -> tuple[int, int, int]:
 
 
 def _layer(op, name, attrs, in_shapes, out_shape, node, initializers):
-    if op in ("Conv", "ConvTranspose"):
+    if op in CONVS:
         c_out, h, w = _nchw(out_shape)
         c_in = _nchw(in_shapes[0])[0]
-        kernel = attrs.get("kernel_shape") or (in_shapes[1][2:] if len(in_shapes) > 1 else [1])
+        weight = 3 if op == "QLinearConv" else 1  # quantized: (x, scale, zero point, w, ...)
+        kernel = attrs.get("kernel_shape") or (in_shapes[weight][2:] if len(in_shapes) > weight else [1])
         k = max(1, round(math.sqrt(_prod(kernel))))
         stride = max(1, int((attrs.get("strides") or [1])[0]))
         group = int(attrs.get("group", 1))
         if group > 1 and group == c_in == c_out:
             return DepthwiseConv(name=name, op="dwconv", h=h, w=w, c=c_out, k=k, stride=stride)
         return Conv(name=name, op="conv", h=h, w=w, cin=max(1, c_in // group), cout=c_out, k=k, stride=stride)
-    if op in ("Gemm", "MatMul", "MatMulInteger", "FusedMatMul"):
+    if op in GEMMS:
         a = in_shapes[0]
         k = a[-2] if op == "Gemm" and attrs.get("transA", 0) else a[-1]
         n = out_shape[-1]

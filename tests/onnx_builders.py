@@ -104,3 +104,29 @@ def detector_with_nms(path: Path, boxes: int = 64) -> Path:
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def quantized_conv(path: Path) -> Path:
+    """QuantizeLinear + QLinearConv (uint8, 3x3, 4 -> 8 channels, stride 2) + DequantizeLinear."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(13).integers(0, 255, (8, 4, 3, 3), dtype=np.uint8)
+    inits = [helper.make_tensor("w", TensorProto.UINT8, list(w.shape), w.tobytes(), raw=True)]
+    for scale, value in (("s", 0.02), ("ws", 0.01), ("ys", 0.05)):
+        inits.append(helper.make_tensor(scale, TensorProto.FLOAT, [], [value]))
+    for zero in ("zp", "wzp", "yzp"):
+        inits.append(helper.make_tensor(zero, TensorProto.UINT8, [], [128]))
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="quant"),
+        helper.make_node("QLinearConv", ["xq", "s", "zp", "w", "ws", "wzp", "ys", "yzp"], ["yq"], name="qconv",
+                         kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yzp"], ["y"], name="dequant"),
+    ]
+    graph = helper.make_graph(nodes, "qconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from onnx_builders import detector_with_nms, tiny_cnn, tiny_transformer  # noqa: E402
+from onnx_builders import detector_with_nms, quantized_conv, tiny_cnn, tiny_transformer  # noqa: E402
 
 from estimator.model import Estimator  # noqa: E402
 from estimator.profile import parse_profile  # noqa: E402
@@ -69,6 +69,14 @@ def test_nms_becomes_a_host_fallback_and_detector(tmp_path):
     nms = spec.flat_layers()[-1]
     assert (nms.op, nms.kind, nms.n) == ("host", "nms", 64)
     assert spec.kind == "detector"
+
+
+def test_quantized_conv_is_a_conv_not_a_fallback(tmp_path):
+    spec = load_onnx(quantized_conv(tmp_path / "q.onnx")).spec
+    quant, conv, dequant = spec.flat_layers()
+    assert (quant.op, quant.inputs, quant.n) == ("elementwise", 1, 4 * 16 * 16)  # scale/zero point are constants
+    assert (conv.op, conv.h, conv.w, conv.cin, conv.cout, conv.k, conv.stride) == ("conv", 8, 8, 4, 8, 3, 2)
+    assert dequant.op == "elementwise"
 
 
 def test_bad_files_get_one_line_errors(tmp_path):

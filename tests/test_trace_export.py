@@ -161,6 +161,20 @@ def test_profile_trace_measured_next_to_predicted(profiled):
         float(est.latency_ms(run.cpu_khz, run.gpu_hz)[0]), rel=1e-6)
 
 
+def test_estimator_timeline_is_a_valid_run_with_the_estimated_latency(profiled):
+    _, prof, est = profiled
+    c, g = est.grid_pairs
+    runs = [est.timeline(int(ci), int(gi)) for ci, gi in zip(c[::17], g[::17], strict=True)]
+    # every rule of the profile format holds for the predicted runs (host order, device order, ...)
+    parse_profile({"format": prof.format, "model": prof.model, "device": "predicted",
+                   "frequencies": {"cpu_khz": est.data.cpu_khz, "gpu_hz": est.data.gpu_hz}, "runs": runs})
+    for run in runs:
+        assert run["latency_ns"] / 1e6 == pytest.approx(float(est.latency_ms(run["cpu_khz"], run["gpu_hz"])[0]))
+        busy = sum(x["gpu_end_ns"] - x["gpu_start_ns"] for x in run["layers"] if x["kind"] == "gpu")
+        br = est.breakdown(run["cpu_khz"], run["gpu_hz"])
+        assert busy / 1e6 == pytest.approx(float(br.gpu_busy_ms[0]), abs=1e-4)
+
+
 def test_run_trace_counters_and_frames(tmp_path):
     board = load_board(BOARD)
     with RunRecorder(tmp_path / "r.jsonl", header_for(board, ["yolo"])) as rec:
