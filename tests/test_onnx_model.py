@@ -200,3 +200,12 @@ def test_cuda_ep_kernel_events_become_device_intervals():
     no_kernels = [e for e in events if e["cat"] != "Kernel"]
     with pytest.raises(TraceError, match="no 'Kernel' events"):
         runs_from_ort(no_kernels, "synthetic")
+
+
+def test_missing_onnx_names_the_extra(tmp_path):
+    path = tiny_cnn(tmp_path / "cnn.onnx")
+    code = ("import sys; sys.modules['onnx'] = None; from governor.cli import main; "
+            f"sys.argv = ['dvfs-gov', 'models', 'describe', {str(path)!r}]; main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: reading ONNX models needs the onnx package: pip install 'deadline-dvfs[onnx]'"
