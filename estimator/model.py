@@ -262,6 +262,27 @@ class Estimator:
             host_wait_ms=b.host_wait * ms,
         )
 
+    def timeline(self, cpu_khz: float, gpu_hz: float, context_len: float | None = None) -> dict:
+        """The predicted run at one pair, layer by layer, in the profile format's terms (ns from the
+        run's start): what the recursion replays, to set beside a measured run."""
+        c = np.atleast_1d(np.asarray(cpu_khz, dtype=float))
+        g = np.atleast_1d(np.asarray(gpu_hz, dtype=float))
+        host, disp, exe, tail = self._segments_at(c, g, context_len)
+        host_idle = None
+        if self._host_idle is not None:
+            host_idle = self._host_idle @ self._features(c, g, context_len).T
+        steps: list = []
+        b = simulate_pipeline(self.is_gpu, host, disp, exe, tail, False, self.data.queue_depth, host_idle, steps)
+        layers = []
+        for name, gpu, (h0, h1, d0, d1) in zip(self.data.layer_names, self.is_gpu, steps, strict=True):
+            layer = {"name": name, "kind": "gpu" if gpu else "cpu", "cpu_start_ns": int(round(h0[0])),
+                     "cpu_end_ns": int(round(h1[0]))}
+            if gpu:
+                layer |= {"gpu_start_ns": int(round(d0[0])), "gpu_end_ns": int(round(d1[0]))}
+            layers.append(layer)
+        return {"cpu_khz": int(cpu_khz), "gpu_hz": int(gpu_hz), "context_len": context_len,
+                "latency_ns": int(round(b.latency[0])), "layers": layers}
+
     def latency_ms(
         self,
         cpu_khz: float | np.ndarray,

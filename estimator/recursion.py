@@ -42,11 +42,14 @@ def simulate_pipeline(
     with_overlap: bool = True,
     queue_depth: int | None = None,
     host_idle: np.ndarray | None = None,
+    timeline: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] | None = None,
 ) -> Breakdown:
     """Run the recursion; host/dispatch/exe are (layers, G), tail is (G,), times in any unit.
 
     ``with_overlap=False`` skips the exact overlap accounting (latency alone is what the
-    governor's hot path needs).
+    governor's hot path needs). ``timeline``, if given, receives per layer the predicted
+    (host start, host end, device start, device end), device times None for host layers: the
+    predicted counterpart of a profiled run, for trace export.
     """
     g = tail.shape[0]
     clock = np.zeros(g)  # host time: when the host finished its last piece of work
@@ -70,12 +73,15 @@ def simulate_pipeline(
     for i in range(is_gpu.shape[0]):
         if is_gpu[i]:
             h = host[i] if host_idle is None else np.where(free <= clock, host_idle[i], host[i])
+            began = clock
             spent = spent + h
             clock = clock + h
             if queue_depth is not None and len(ends) >= queue_depth:
                 clock = np.maximum(clock, ends[-queue_depth])
             start = np.maximum(clock + dispatch[i], free)
             free = start + exe[i]
+            if timeline is not None:
+                timeline.append((began, clock, start, free))
             if queue_depth is not None:
                 ends.append(free)
             if with_overlap:
@@ -88,6 +94,8 @@ def simulate_pipeline(
             phase_start = clock
             clock = clock + host[i]
             spent = spent + host[i]
+            if timeline is not None:
+                timeline.append((phase_start, clock, None, None))
     if with_overlap:
         close_phase(clock)
     latency = np.maximum(clock, free) + tail

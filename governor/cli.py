@@ -195,7 +195,9 @@ def simulate(board: str, model_name: str, points: int, repeats: int,
 @click.option("--config", "config_path", required=True, help="governor YAML (name or path)")
 @click.option("--socket", "socket_path", help="override the config's socket path")
 @click.option("--virtual-root", help="override the virtual board's tree (virtual backend)")
-def run(config_path: str, socket_path: str | None, virtual_root: str | None) -> None:
+@click.option("--record", "record_path", type=click.Path(dir_okay=False),
+              help="write a run record (JSONL: every frame's decision and latency) for `plot run`/`export-trace`")
+def run(config_path: str, socket_path: str | None, virtual_root: str | None, record_path: str | None) -> None:
     """Run the governor daemon until SIGTERM/SIGINT; restores the original settings on exit."""
     import logging
 
@@ -211,7 +213,15 @@ def run(config_path: str, socket_path: str | None, virtual_root: str | None) -> 
         logging.basicConfig(level=cfg.log_level.upper(),
                             format="%(asctime)s dvfs-gov[%(process)d] %(levelname)s %(message)s")
         gov = build_governor(cfg, cfg_dir)
-        run_daemon(gov, socket_path or cfg.socket)
+        if record_path:
+            from governor.recording import RunRecorder, header_for
+
+            gov.recorder = RunRecorder(record_path, header_for(gov.board, list(gov.models), gov.backend.name))
+        try:
+            run_daemon(gov, socket_path or cfg.socket)
+        finally:
+            if gov.recorder is not None:
+                gov.recorder.close()
     except (ConfigError, BackendError, SocketInUse, ValueError, OSError) as exc:
         _fail(str(exc))
 
@@ -222,13 +232,15 @@ def run(config_path: str, socket_path: str | None, virtual_root: str | None) -> 
 @click.option("--backend", "backend_kind", type=click.Choice(["virtual", "android"]), default="virtual",
               show_default=True, help="android: drive the virtual phone over ADB (real protocol, loopback)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def demo(board: str, duration: float, backend_kind: str, as_json: bool) -> None:
+@click.option("--record", "record_path", type=click.Path(dir_okay=False),
+              help="keep the governor's run record (JSONL) here, for `plot run` and `export-trace`")
+def demo(board: str, duration: float, backend_kind: str, as_json: bool, record_path: str | None) -> None:
     """The governor on a virtual board with two apps (camera + assistant); no hardware needed."""
     from governor.demo import format_table, run_demo
 
     try:
         result = run_demo(board, duration, progress=lambda m: click.echo(m, err=as_json),
-                          backend=backend_kind)
+                          backend=backend_kind, record=record_path)
     except (ConfigError, RuntimeError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -430,6 +442,56 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu
     click.echo(f"{len(prof['runs'])} runs of {n_layers} layers from {len(traces)} trace(s) -> {output}")
 
 
+@main.command("import-ort")
+@click.argument("profiles", nargs=-1, required=True)
+@click.option("--model", "model_name", default="onnx_model", show_default=True,
+              help="model name to record in the profile")
+@click.option("--device", "device_name", help="device name to record (default: the execution providers seen)")
+@click.option("--cpu-table", help="every CPU frequency of the board, kHz, comma-separated")
+@click.option("--gpu-table", help="every GPU frequency of the board, Hz, comma-separated")
+@click.option("--warmup", default=0, show_default=True, help="runs to drop at the start of each file")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+def import_ort_cmd(profiles: tuple[str, ...], model_name: str, device_name: str | None, cpu_table: str | None,
+                   gpu_table: str | None, warmup: int, output: str) -> None:
+    """Turn ONNX Runtime profiling files (SessionOptions.enable_profiling) into one profile.
+
+    Each PROFILE is FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the file written at that frequency pair.
+
+    Example: dvfs-gov import-ort onnxruntime_profile_a.json@1800000,600000000 -o my.profile.json
+    """
+    from estimator.profile import ProfileError, parse_profile
+    from governor.profiler.ort_import import import_ort
+    from governor.profiler.trace_import import TracedRun, TraceError
+
+    def ints(text: str | None, what: str) -> list[int] | None:
+        try:
+            return [int(x) for x in text.split(",")] if text else None
+        except ValueError:
+            _fail(f"{what}: write integers separated by commas, got {text!r}")
+
+    traced = []
+    for spec in profiles:
+        path, sep, freqs = spec.rpartition("@")
+        parts = ints(freqs, spec) if sep else None
+        if not parts or len(parts) not in (2, 3):
+            _fail(f"{spec!r}: write FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]")
+        try:
+            events = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            _fail(f"{path}: cannot read the ONNX Runtime profile: {exc}")
+        traced.append((TracedRun(path, parts[0], parts[1], parts[2] if len(parts) == 3 else None), events))
+    try:
+        prof = import_ort(traced, model_name, device_name, ints(cpu_table, "--cpu-table"),
+                          ints(gpu_table, "--gpu-table"), warmup)
+        parse_profile(prof, output)
+    except (TraceError, ProfileError, ValueError) as exc:
+        _fail(str(exc))
+    storage.write_atomic(output, json.dumps(prof))
+    kinds = [x["kind"] for x in prof["runs"][0]["layers"]]
+    click.echo(f"{len(prof['runs'])} runs of {len(kinds)} layers ({kinds.count('gpu')} on the device, "
+               f"{kinds.count('cpu')} on the host) from {len(profiles)} file(s) -> {output}")
+
+
 # ---- configs -----------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
@@ -539,9 +601,12 @@ def restore(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | 
         click.echo(f"restored {line}")
 
 
-@main.command()
-def models() -> None:
-    """List the model configs."""
+@main.group(invoke_without_command=True)
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """List the model configs; `models describe MODEL` shows one model's layers."""
+    if ctx.invoked_subcommand is not None:
+        return
     for name, path in available("models").items():
         try:
             spec = load_model_spec(path)
@@ -552,6 +617,180 @@ def models() -> None:
         click.echo(f"{name:14s} {spec.kind:15s} {n:4d} layers  {spec.description}")
 
 
+
+
+@models.command("describe")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="print the layers as JSON")
+def models_describe(model: str, as_json: bool) -> None:
+    """What MODEL (a name, a YAML file or an ONNX file) is to the profiler and the estimator: its
+    layers with their shapes; for ONNX, the node each layer came from and the host fallbacks.
+
+    Example: dvfs-gov models describe my_model.onnx
+    """
+    if model.lower().endswith(".onnx"):
+        from governor.onnx_model import OnnxModelError, describe, load_onnx
+
+        try:
+            imported = load_onnx(model)
+        except OnnxModelError as exc:
+            _fail(str(exc))
+        spec, rows = imported.spec, describe(imported)
+        dropped = [f"{d.node or d.layer} ({d.op_type})" for d in imported.dropped]
+    else:
+        try:
+            spec = load_model_spec(model)
+        except ConfigError as exc:
+            _fail(str(exc))
+        rows = [{"layer": x.name, "op": x.op, **x.model_dump(exclude={"name", "op"})} for x in spec.flat_layers()]
+        dropped = []
+    if as_json:
+        click.echo(json.dumps({"name": spec.name, "kind": spec.kind, "dtype_bytes": spec.dtype_bytes,
+                               "layers": rows, "dropped": dropped}, indent=1))
+        return
+    hosts = sum(r["op"] == "host" for r in rows)
+    click.echo(f"{spec.name}: {spec.kind}, {len(rows)} layers ({len(rows) - hosts} on the GPU, {hosts} host "
+               f"fallbacks), {spec.dtype_bytes}-byte elements. {spec.description}")
+    for r in rows:
+        shape = ", ".join(f"{k}={v}" for k, v in r.items()
+                          if k not in ("layer", "op", "onnx_node", "onnx_op", "note"))
+        origin = f"  <- {r['onnx_op']}" if "onnx_op" in r else ""
+        note = f"  [{r['note']}]" if r.get("note") else ""
+        click.echo(f"  {r['layer']:28s} {r['op']:12s} {shape}{origin}{note}")
+    if dropped:
+        click.echo(f"  (no kernel, dropped: {', '.join(dropped)})")
+
+
+# ---- plots --------------------------------------------------------------------------------
+def _board_matching_tables(cfg, est) -> bool:
+    gpu = cfg.gpu.frequencies_hz if cfg.gpu else [0]
+    return cfg.cpu.inference.frequencies_khz == est.data.cpu_khz and gpu == est.data.gpu_hz
+
+
+def _board_matching(est) -> object | None:
+    """The first known board whose frequency tables are the estimator's (for energy and the pick)."""
+    for path in available("boards").values():
+        try:
+            cfg = load_board(path)
+        except ConfigError:
+            continue
+        if _board_matching_tables(cfg, est):
+            return cfg
+    return None
+
+
+@main.group()
+def plot() -> None:
+    """Draw an estimator's grid, a recorded run, or a profile (PNG or SVG; needs the [plot] extra)."""
+
+
+@plot.command("grid")
+@click.argument("estimator_file", type=click.Path(dir_okay=False))
+@click.option("--deadline-ms", type=float, required=True, help="the frame's deadline (ms)")
+@click.option("--context-len", type=int, help="tokens in the context (language models)")
+@click.option("--board", help="board name or YAML (energy panel and the governor's pick; default: the board "
+              "whose tables match the estimator's)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.png or out.svg")
+def plot_grid_cmd(estimator_file: str, deadline_ms: float, context_len: int | None, board: str | None,
+                  output: str) -> None:
+    """Heatmaps of predicted latency and energy over the (cpu, gpu) grid, with the deadline's contour
+    and the pair the governor picks.
+
+    Example: dvfs-gov plot grid yolo.est.json --deadline-ms 20 -o grid.png
+    """
+    from governor.plots import PlotError, plot_grid
+
+    try:
+        est = storage.load_estimator(estimator_file)
+        if est.is_language_model and context_len is None:
+            _fail(f"{est.data.model} is a language model: give --context-len")
+        if deadline_ms <= 0:
+            _fail("--deadline-ms must be positive")
+        cfg = load_board(board) if board else _board_matching(est)
+        if board and _board_matching_tables(cfg, est) is False:
+            _fail(f"--board {board}: its frequency tables are not the estimator's ({est.data.device}); "
+                  "give the board it was profiled on, or leave --board out")
+        summary = plot_grid(est, deadline_ms, output, context_len if est.is_language_model else None, cfg)
+    except (PlotError, ConfigError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    for note in summary.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"{summary.panels} panel(s) -> {output}")
+
+
+@plot.command("run")
+@click.argument("record_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.png or out.svg")
+def plot_run_cmd(record_file: str, output: str) -> None:
+    """Timeline of a recorded run (`run --record`, `demo --record`): frequencies per domain, latency
+    against the deadline per app, misses marked, caps shaded, power where recorded.
+
+    Example: dvfs-gov plot run demo.jsonl -o run.svg
+    """
+    from governor.plots import PlotError, plot_run
+    from governor.recording import read_run
+
+    try:
+        summary = plot_run(read_run(record_file), output)
+    except (PlotError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    e = summary.elements
+    click.echo(f"{e['frames']} frames, {e['misses']} missed, {e['cap_spans']} capped span(s) -> {output}")
+
+
+@plot.command("profile")
+@click.argument("profile_file", type=click.Path(dir_okay=False))
+@click.option("--run", "run_index", default=0, show_default=True, help="which run of the profile")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="out.png or out.svg")
+def plot_profile_cmd(profile_file: str, run_index: int, output: str) -> None:
+    """Per-layer Gantt of one profiled run: host and device lanes, bubbles hatched.
+
+    Example: dvfs-gov plot profile yolo.profile.json --run 0 -o gantt.png
+    """
+    from governor.plots import PlotError, plot_profile
+
+    try:
+        summary = plot_profile(storage.load_profile(profile_file), output, run_index)
+    except (PlotError, ProfileError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    e = summary.elements
+    click.echo(f"{e['host_bars']} host / {e['device_bars']} device intervals, {e['bubbles']} bubble(s) -> {output}")
+
+
+# ---- trace export -------------------------------------------------------------------------
+@main.command("export-trace")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--estimator", "estimator_file", type=click.Path(dir_okay=False),
+              help="with a profile: add the estimator's predicted timeline at the same pair")
+@click.option("--run", "run_index", default=0, show_default=True, help="with a profile: which run")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="trace file (.json)")
+def export_trace(source: str, estimator_file: str | None, run_index: int, output: str) -> None:
+    """Write SOURCE (a profile, or a run record from `run --record`) as a Chrome JSON trace that
+    ui.perfetto.dev opens: host/device tracks and bubbles, or decisions as counters and frames as slices.
+
+    Example: dvfs-gov export-trace yolo.profile.json --estimator yolo.est.json -o yolo.trace.json
+    """
+    from governor.recording import RecordError, read_run
+    from governor.trace_export import profile_trace, run_trace
+
+    try:
+        with open(source, encoding="utf-8") as fh:
+            first = fh.readline()
+    except OSError as exc:
+        _fail(f"{source}: cannot read: {exc.strerror or exc}")
+    is_record = first.lstrip().startswith("{") and '"type"' in first and '"header"' in first
+    try:
+        if is_record:
+            if estimator_file:
+                _fail("--estimator goes with a profile, not a run record")
+            trace = run_trace(read_run(source))
+        else:
+            est = storage.load_estimator(estimator_file) if estimator_file else None
+            trace = profile_trace(storage.load_profile(source), run_index, est)
+    except (RecordError, ProfileError, ValueError) as exc:
+        _fail(str(exc))
+    storage.write_atomic(output, json.dumps(trace))
+    click.echo(f"{len(trace['traceEvents'])} trace events -> {output} (open it in https://ui.perfetto.dev)")
 
 
 if __name__ == "__main__":

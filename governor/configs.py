@@ -88,4 +88,12 @@ def load_board(name_or_path: str | Path) -> BoardConfig:
 
 
 def load_model_spec(name_or_path: str | Path) -> ModelSpec:
+    """A model by name, YAML path, or ONNX file (read through its graph, see governor.onnx_model)."""
+    if str(name_or_path).lower().endswith(".onnx"):
+        from governor.onnx_model import OnnxModelError, load_onnx
+
+        try:
+            return load_onnx(name_or_path).spec
+        except OnnxModelError as exc:
+            raise ConfigError(str(exc)) from None
     return load_yaml_model(resolve("models", name_or_path), ModelSpec)

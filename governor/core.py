@@ -28,6 +28,7 @@ import numpy as np
 from estimator.model import Estimator
 from governor.config import GovernorSettings
 from governor.correction import HOST_LEVELS, Correction
+from governor.recording import FrameRecord, RunRecorder
 from sysfs_backends.base import Backend, BackendUnavailable
 from sysfs_backends.board import BoardConfig
 
@@ -91,8 +92,11 @@ class Governor:
         board: BoardConfig,
         models: dict[str, Estimator],
         settings: GovernorSettings | None = None,
+        recorder: RunRecorder | None = None,
     ) -> None:
         self.backend = backend
+        self.recorder = recorder  # optional: every finished frame is appended to a run record
+        self._to_record: dict[int, tuple[Decision, int | None, float, list[str]]] = {}
         self.board = board
         self.models = models
         self.settings = settings or GovernorSettings()
@@ -243,7 +247,12 @@ class Governor:
             feasible = feasible and predicted <= deadline_ms
             stats.infeasible += not feasible
             cpu, gpu = self._as_decision(point)
-            return Decision(frame, cpu, gpu, round(predicted, 4), bool(feasible), changed, tuple(notes))
+            decision = Decision(frame, cpu, gpu, round(predicted, 4), bool(feasible), changed, tuple(notes))
+            if self.recorder is not None:
+                held = [d for d, c in zip(self.domains, self._caps, strict=True) if now < self._caps_until
+                        and math.isfinite(c)]
+                self._to_record[frame] = (decision, context_len, now, held)
+            return decision
 
     def _choose(self, lat: np.ndarray, energy_mj: np.ndarray, corr: float, deadline_ms: float,
                 now: float) -> tuple[int, bool]:
@@ -345,6 +354,23 @@ class Governor:
             if latency_ms > f.deadline_ms:
                 self._apps[f.app].misses += 1
             self._corrections[f.model].add(f.column, latency_ms)
+            if self.recorder is not None:
+                self._record(f, frame, latency_ms)
+
+    def _record(self, f: _Frame, frame: int, latency_ms: float) -> None:
+        """Append the finished frame to the run record (decision, prediction, measurement)."""
+        entry = self._to_record.pop(frame, None)
+        while len(self._to_record) > 4096:  # frames that expired without after_frame
+            self._to_record.pop(next(iter(self._to_record)))
+        if entry is None:
+            return
+        d, context_len, decided_at, held = entry
+        self.recorder.frame(FrameRecord(
+            frame=frame, t_s=round(self.recorder.elapsed_s(decided_at), 6), app=f.app, model=f.model,
+            deadline_ms=f.deadline_ms, context_len=context_len, cpu_khz=d.cpu_khz,
+            gpu_hz=d.gpu_hz if self.board.gpu else None, predicted_ms=d.predicted_ms,
+            latency_ms=round(float(latency_ms), 4), missed=latency_ms > f.deadline_ms, feasible=d.feasible,
+            changed=d.changed, capped=bool(held), conditions=dict.fromkeys(held, "capped")))
 
     def _expire(self, now: float) -> None:
         limit = self.settings.frame_timeout_s

@@ -53,7 +53,9 @@ def _wait_for_socket(path: Path, proc: subprocess.Popen, timeout_s: float = 60.0
 
 
 def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
-             progress: Callable[[str], None] | None = None, backend: str = "virtual") -> dict:
+             progress: Callable[[str], None] | None = None, backend: str = "virtual",
+             record: str | os.PathLike | None = None) -> dict:
+    """``record``: where the daemon writes its run record (`dvfs-gov run --record`), kept after the demo."""
     say = progress or (lambda _msg: None)
     board = load_board(board_name)
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
@@ -88,8 +90,9 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
         (work / "governor.yaml").write_text(yaml.safe_dump(cfg))
         say(f"virtual board {board_name} at {vroot}; starting the governor daemon "
             "(profiling and fitting the models on the virtual board)")
+        record_args = ["--record", str(Path(record).resolve())] if record else []
         daemon = subprocess.Popen([sys.executable, "-m", "governor.cli", "run", "--config",
-                                   str(work / "governor.yaml")], stderr=subprocess.PIPE, text=True)
+                                   str(work / "governor.yaml"), *record_args], stderr=subprocess.PIPE, text=True)
         _wait_for_socket(sock, daemon)
         for i, a in enumerate(APPS):
             cmd = [sys.executable, "-m", "governor.demo_app", "--socket", str(sock),

@@ -1,0 +1,155 @@
+"""Run records: what a governed run decided and measured, one JSON object per line (JSONL).
+
+A record is what `dvfs-gov plot run` and `dvfs-gov export-trace` read, so it is written as the run
+goes (one line per frame, flushed) and survives the governor being killed: everything up to the
+last complete line is readable. The first line is a header (board, domains with their frequency
+tables, models); every later line is one frame.
+
+    {"type": "header", "format": "deadline-dvfs.run/1", "board": "sd888_phone", ...}
+    {"type": "frame", "t_s": 0.031, "app": "camera", "model": "yolo_tiny", "deadline_ms": 20.0, ...}
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import IO, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+RUN_FORMAT = "deadline-dvfs.run/1"
+
+
+class RecordError(ValueError):
+    """A run record that cannot be read; the message names the file and line."""
+
+
+class RecordedDomain(BaseModel):
+    """A frequency domain of the board, with the table the governor chose from."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str  # "cpu", "gpu"
+    unit: Literal["kHz", "Hz"]
+    frequencies: list[int]
+
+
+class RunHeader(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["header"] = "header"
+    format: Literal["deadline-dvfs.run/1"] = RUN_FORMAT
+    board: str
+    backend: str = ""
+    started_unix_s: float = Field(default_factory=time.time)
+    domains: list[RecordedDomain]
+    models: list[str]
+
+
+class FrameRecord(BaseModel):
+    """One governed frame: the decision, the prediction and what was measured."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["frame"] = "frame"
+    frame: int
+    t_s: float  # when the decision was made, seconds since the record's start
+    app: str
+    model: str
+    deadline_ms: float
+    context_len: int | None = None
+    cpu_khz: int
+    gpu_hz: int | None = None
+    predicted_ms: float
+    latency_ms: float
+    missed: bool
+    feasible: bool
+    changed: bool = False
+    capped: bool = False
+    conditions: dict[str, str] = {}  # per domain, what the backend said held it (e.g. "capped")
+    power_w: float | None = None  # measured board power over the frame, where a sensor gave one
+
+
+class RunRecord(BaseModel):
+    header: RunHeader
+    frames: list[FrameRecord]
+
+
+class RunRecorder:
+    """Appends frames to a JSONL file, one flushed line each; safe to call from several threads.
+
+    The governor calls ``frame`` from ``after_frame`` with its lock held, so this must be quick:
+    one ``write`` + ``flush`` of a few hundred bytes.
+    """
+
+    def __init__(self, path: str | Path, header: RunHeader) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._file: IO[str] | None = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._write(header.model_dump_json())
+
+    def elapsed_s(self, monotonic_s: float | None = None) -> float:
+        """Seconds since the record started, for a ``time.monotonic()`` reading (default: now)."""
+        return (time.monotonic() if monotonic_s is None else monotonic_s) - self._t0
+
+    def _write(self, line: str) -> None:
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def frame(self, record: FrameRecord) -> None:
+        self._write(record.model_dump_json(exclude_none=False))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def header_for(board, models: list[str], backend: str = "") -> RunHeader:
+    """The header of a run on ``board`` (a BoardConfig)."""
+    domains = [RecordedDomain(name="cpu", unit="kHz", frequencies=list(board.cpu.inference.frequencies_khz))]
+    if board.gpu is not None:
+        domains.append(RecordedDomain(name="gpu", unit="Hz", frequencies=list(board.gpu.frequencies_hz)))
+    return RunHeader(board=board.name, backend=backend, domains=domains, models=models)
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """Read a record; a torn last line (the writer was killed mid-write) is dropped, any other bad
+    line is an error naming the line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not lines:
+        raise RecordError(f"{path}: empty; a run record starts with a header line")
+    try:
+        header = RunHeader.model_validate_json(lines[0])
+    except ValidationError as exc:
+        raise RecordError(f"{path}, line 1: not a {RUN_FORMAT} header: {_first(exc)}") from None
+    frames = []
+    for i, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            frames.append(FrameRecord.model_validate_json(line))
+        except ValidationError as exc:
+            if i == len(lines) and not line.rstrip().endswith("}"):
+                break  # torn last line
+            raise RecordError(f"{path}, line {i}: {_first(exc)}") from None
+    return RunRecord(header=header, frames=frames)
+
+
+def _first(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(x) for x in err["loc"]) or "(line)"
+    return f"field '{key}': {err['msg']}"
