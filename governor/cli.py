@@ -1,23 +1,120 @@
-"""`dvfs-gov`: the command line. Commands parse arguments, call the library and print."""
+"""`dvfs-gov`: the command line. Commands parse arguments, call the library and print.
+
+A mistake in what a user gave (a missing or unreadable file, invalid JSON or YAML, a file of the
+wrong schema, a board that does not answer) ends in one line naming the file or field and exit
+status 2, never a traceback: ``DvfsGroup`` catches the library's user-facing errors for every
+command. Anything else is a bug: one line saying so, and the traceback with ``dvfs-gov -v``.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import click
 import numpy as np
+import yaml
+from pydantic import ValidationError
 
 from estimator.planner import plan_points
 from estimator.profile import ProfileError
 from governor import storage
+from governor.config import parse_file_mode
 from governor.configs import ConfigError, available, load_board, load_model_spec
+
+# Errors that mean "what the user gave cannot be used": (module, class). Looked up in sys.modules
+# when an error arrives, so that the OpenCL profiler is not imported for every command; a class
+# whose module was never imported cannot have been raised.
+USER_ERROR_CLASSES = (
+    ("governor.configs", "ConfigError"),
+    ("estimator.profile", "ProfileError"),
+    ("sysfs_backends.sysfs", "BackendError"),
+    ("sysfs_backends.base", "BackendUnavailable"),
+    ("governor.profiler.runner", "DeviceError"),
+    ("governor.profiler.trace_import", "TraceError"),
+    ("governor.daemon", "SocketInUse"),
+    ("governor.client", "GovernorClientError"),
+    ("governor.core", "GovernorError"),
+)
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {' '.join(message.split())}", err=True)
     sys.exit(2)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [ValidationError, OSError, json.JSONDecodeError, yaml.YAMLError,
+                                        UnicodeDecodeError]
+    for module, name in USER_ERROR_CLASSES:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None:
+            found.append(cls)
+    return tuple(found)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a person: the file or field first, then what is wrong with it."""
+    if isinstance(exc, ValidationError):
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            problems.append(f"field '{key}': {err['msg'].removeprefix('Value error, ')}")
+        text = f"invalid {exc.title}: " + "; ".join(problems)
+    elif isinstance(exc, UnicodeDecodeError):
+        text = f"not a text file (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start} is not UTF-8)"
+    elif isinstance(exc, OSError) and exc.filename is not None:
+        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        text = f"{exc.filename}{target}: {exc.strerror or exc}"
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+class DvfsGroup(click.Group):
+    """The command group: turns user errors from any command into one line and exit status 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
+            verbose = bool(ctx.params.get("verbose"))
+            if isinstance(exc, _user_error_types()):
+                if verbose:
+                    traceback.print_exc()
+                click.echo(f"error: {describe_error(exc)}", err=True)
+                ctx.exit(2)
+            if verbose:
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {describe_error(exc)} (a bug in dvfs-gov; "
+                       f"`dvfs-gov -v {ctx.invoked_subcommand or ''} ...` shows the traceback)", err=True)
+            ctx.exit(1)
+
+
+class FileMode(click.ParamType):
+    """An octal permission mode such as 644 or 0600."""
+
+    name = "octal mode"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_file_mode(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def mode_option(fn):
+    """-o files are readable by everyone (0644) so that `sudo dvfs-gov profile` then `dvfs-gov fit` works."""
+    return click.option("--mode", "file_mode", type=FileMode(), default="0644", show_default=True,
+                        help="permissions of the written file (octal)")(fn)
 
 
 def backend_options(fn):
@@ -44,9 +141,10 @@ def open_board_backend(board: str, backend_kind: str, sysfs_root: str, virtual_r
     return cfg, open_backend(cfg, spec)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DvfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="deadline-dvfs")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="show the traceback behind an error")
+def main(verbose: bool) -> None:
     """Deadline-aware CPU/GPU DVFS for DNN and small-language-model inference."""
 
 
@@ -55,7 +153,8 @@ def main() -> None:
 @click.argument("profile", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="where to write the fitted estimator (JSON)")
-def fit(profile: str, output: str) -> None:
+@mode_option
+def fit(profile: str, output: str, file_mode: int) -> None:
     """Fit the latency estimator to PROFILE (format deadline-dvfs.profile/1)."""
     from estimator.model import Estimator
 
@@ -63,8 +162,8 @@ def fit(profile: str, output: str) -> None:
         prof = storage.load_profile(profile)
         est = Estimator.fit(prof)
     except (ProfileError, ValueError) as exc:
-        _fail(str(exc))
-    storage.write_atomic(output, est.to_json())
+        _fail(describe_error(exc))
+    storage.write_atomic(output, est.to_json(), file_mode)
     t = est.data.training
     click.echo(
         f"fitted {prof.model} on {prof.device}: {len(est.data.layer_names)} layers, "
@@ -77,7 +176,7 @@ def fit(profile: str, output: str) -> None:
 @click.argument("estimator_file", type=click.Path(dir_okay=False))
 @click.option("--cpu-khz", type=int, help="CPU frequency (kHz)")
 @click.option("--gpu-hz", type=int, help="GPU frequency (Hz)")
-@click.option("--context-len", type=int, help="tokens in the context (language models)")
+@click.option("--context-len", type=click.IntRange(min=0), help="tokens in the context (language models)")
 @click.option("--grid", is_flag=True, help="every pair of the frequency tables")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
@@ -86,7 +185,7 @@ def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
     try:
         est = storage.load_estimator(estimator_file)
     except ValueError as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     if est.is_language_model and context_len is None:
         _fail(f"{est.data.model} is a language model: give --context-len "
               f"(profiled at {est.data.profiled_context_len})")
@@ -127,14 +226,14 @@ def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
 
 @main.command()
 @click.option("--board", required=True, help="board name or YAML path")
-@click.option("-n", "--points", default=5, show_default=True, help="pairs to profile")
+@click.option("-n", "--points", default=5, show_default=True, type=click.IntRange(min=1), help="pairs to profile")
 @click.option("--json", "as_json", is_flag=True)
 def plan(board: str, points: int, as_json: bool) -> None:
     """Which (cpu, gpu) pairs to profile on BOARD (default: four corners and the centre)."""
     try:
         cfg = load_board(board)
     except ConfigError as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     gpu = cfg.gpu.frequencies_hz if cfg.gpu else [0]
     pairs = plan_points(cfg.cpu.inference.frequencies_khz, gpu, points)
     if as_json:
@@ -147,14 +246,15 @@ def plan(board: str, points: int, as_json: bool) -> None:
 @main.command()
 @click.option("--board", required=True, help="board name or YAML path (needs a simulation section)")
 @click.option("--model", "model_name", required=True, help="model name or YAML path")
-@click.option("-n", "--points", default=5, show_default=True, help="planned pairs")
-@click.option("--repeats", default=3, show_default=True)
-@click.option("--context-len", "context_lens", type=int, multiple=True,
+@click.option("-n", "--points", default=5, show_default=True, type=click.IntRange(min=1), help="planned pairs")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--context-len", "context_lens", type=click.IntRange(min=0), multiple=True,
               help="context lengths to profile (language models; default from the model)")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@mode_option
 def simulate(board: str, model_name: str, points: int, repeats: int,
-             context_lens: tuple[int, ...], seed: int, output: str) -> None:
+             context_lens: tuple[int, ...], seed: int, output: str, file_mode: int) -> None:
     """Profile MODEL on the virtual BOARD (the simulator), writing the shared profile format."""
     from sysfs_backends.virtual.simulator import Simulator
 
@@ -162,13 +262,13 @@ def simulate(board: str, model_name: str, points: int, repeats: int,
         cfg, spec = load_board(board), load_model_spec(model_name)
         sim = Simulator(cfg, spec)
     except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     ctx = list(context_lens) or spec.profile_context_len or None
     if spec.kind == "language_model" and not ctx:
         _fail("a language model needs --context-len (at least two values)")
     pairs = plan_points(cfg.cpu.inference.frequencies_khz, cfg.gpu.frequencies_hz, points)
     prof = sim.profile(pairs, repeats, ctx, np.random.default_rng(seed))
-    storage.write_atomic(output, json.dumps(prof))
+    storage.write_atomic(output, json.dumps(prof), file_mode)
     click.echo(f"profiled {spec.name} on virtual {cfg.name}: {len(prof['runs'])} runs at "
                f"{len(pairs)} pairs -> {output}")
 
@@ -194,14 +294,15 @@ def run(config_path: str, socket_path: str | None, virtual_root: str | None) -> 
         logging.basicConfig(level=cfg.log_level.upper(),
                             format="%(asctime)s dvfs-gov[%(process)d] %(levelname)s %(message)s")
         gov = build_governor(cfg, cfg_dir)
-        run_daemon(gov, socket_path or cfg.socket)
+        run_daemon(gov, socket_path or cfg.socket, cfg.socket_mode, cfg.socket_group)
     except (ConfigError, BackendError, SocketInUse, ValueError, OSError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
 
 
 @main.command()
 @click.option("--board", default="sd888_phone", show_default=True, help="virtual board")
-@click.option("--duration", default=20.0, show_default=True, help="seconds of workload")
+@click.option("--duration", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="seconds of workload")
 @click.option("--backend", "backend_kind", type=click.Choice(["virtual", "android"]), default="virtual",
               show_default=True, help="android: drive the virtual phone over ADB (real protocol, loopback)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
@@ -213,7 +314,7 @@ def demo(board: str, duration: float, backend_kind: str, as_json: bool) -> None:
         result = run_demo(board, duration, progress=lambda m: click.echo(m, err=as_json),
                           backend=backend_kind)
     except (ConfigError, RuntimeError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     if as_json:
         click.echo(json.dumps(result, indent=1))
     else:
@@ -242,7 +343,7 @@ def virtual_adb(board: str, port: int, virtual_root: str | None, not_root: bool)
             click.echo(f"virtual {cfg.name} serving ADB on {dev.address} (tree {root}); Ctrl-C to stop")
             _signal.sigwait({_signal.SIGINT, _signal.SIGTERM})
     except (ConfigError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
 
 
 # ---- profiling ----------------------------------------------------------------------------
@@ -255,7 +356,7 @@ def devices(as_json: bool) -> None:
     try:
         found = list_devices()
     except DeviceError as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     if as_json:
         click.echo(json.dumps(found, indent=1))
         return
@@ -271,20 +372,31 @@ def devices(as_json: bool) -> None:
 @click.option("--board", help="board name or YAML path (needed to change frequencies)")
 @backend_options
 @click.option("--no-dvfs", is_flag=True, help="profile at the frequencies in force, changing nothing")
-@click.option("--cpu-khz", type=int, help="with --no-dvfs and no --board: the CPU frequency to record")
-@click.option("--gpu-hz", type=int, help="with --no-dvfs and no --board: the GPU frequency to record")
-@click.option("-n", "--points", default=5, show_default=True, help="planned pairs")
-@click.option("--repeats", default=3, show_default=True)
-@click.option("--warmup", default=2, show_default=True)
-@click.option("--context-len", "context_lens", type=int, multiple=True,
+@click.option("--cpu-khz", type=click.IntRange(min=1),
+              help="with --no-dvfs and no --board: the CPU frequency to record")
+@click.option("--gpu-hz", type=click.IntRange(min=0),
+              help="with --no-dvfs and no --board: the GPU frequency to record")
+@click.option("-n", "--points", default=5, show_default=True, type=click.IntRange(min=1), help="planned pairs")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option("--context-len", "context_lens", type=click.IntRange(min=0), multiple=True,
               help="language models (default: from the model)")
 @click.option("--device", "device_pref", help="OpenCL device: P:D from `dvfs-gov devices`, or part of its name")
+@click.option("--local-device-for-remote", is_flag=True,
+              help="with --backend android: time kernels on THIS machine's OpenCL device although the "
+                   "frequencies are set on the phone (for testing the plumbing only)")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@mode_option
 def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: str, virtual_root: str | None,
             state_file: str | None, adb_address: str | None, no_dvfs: bool, cpu_khz: int | None,
             gpu_hz: int | None, points: int, repeats: int, warmup: int, context_lens: tuple[int, ...],
-            device_pref: str | None, output: str) -> None:
-    """Profile MODEL as real OpenCL kernels at the planned frequency pairs; writes the profile format."""
+            device_pref: str | None, local_device_for_remote: bool, output: str, file_mode: int) -> None:
+    """Profile MODEL as real OpenCL kernels at the planned frequency pairs; writes the profile format.
+
+    The kernels run on an OpenCL device of the machine running this command, so the board whose
+    frequencies are set must be this machine: a phone driven over ADB would have its frequencies
+    recorded against timings that never ran on it.
+    """
     from governor.profiler.runner import DeviceError, ModelRunner, select_device
     from governor.profiler.sweep import Point, sweep
     from sysfs_backends.lifecycle import restoring
@@ -296,6 +408,11 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
         if spec.kind == "language_model" and (not ctx or len(ctx) < 2):
             _fail("a language model is profiled at >= 2 context lengths: give --context-len twice")
         backend = None
+        if board and backend_kind == "android" and not local_device_for_remote:
+            _fail("--backend android sets the phone's frequencies, but the kernels would be timed on this "
+                  "machine's OpenCL device, so the profile would pair the phone's frequencies with this "
+                  "machine's timings; run `dvfs-gov profile` on the phone itself (or trace it there and use "
+                  "`import-trace`), or give --local-device-for-remote to do it anyway")
         if board:
             if backend_kind == "virtual" and not no_dvfs:
                 _fail("the virtual board's frequencies do not slow real kernels: profile it with "
@@ -328,12 +445,12 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
                 result = sweep(runner, pairs, cpu_table, gpu_table, dev.name.strip(), repeats, warmup,
                                ctx, None, bar.update)
     except (ConfigError, BackendError, DeviceError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if not result.profile["runs"]:
         _fail("nothing was measured")
-    storage.write_atomic(output, json.dumps(result.profile))
+    storage.write_atomic(output, json.dumps(result.profile), file_mode)
     al = result.profile["clock_alignment"]
     click.echo(f"{len(result.profile['runs'])} runs -> {output} (clock alignment +/- {al['uncertainty_ns']} ns, "
                f"{al['clamped_intervals']} intervals clamped)")
@@ -349,8 +466,9 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
 @click.option("--gpu-table", help="every GPU frequency of the board, Hz, comma-separated")
 @click.option("--step", help="regex for the record_function names that mark one inference")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@mode_option
 def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu_table: str | None,
-                 gpu_table: str | None, step: str | None, output: str) -> None:
+                 gpu_table: str | None, step: str | None, output: str, file_mode: int) -> None:
     """Turn PyTorch-profiler (Chrome JSON) traces into one profile.
 
     Each TRACE is FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the trace recorded at that frequency pair.
@@ -370,15 +488,15 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu
                 _fail(f"{spec!r}: write FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]")
             meta = TracedRun(path, parts[0], parts[1], parts[2] if len(parts) == 3 else None)
             try:
-                data = json.loads(Path(path).read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                _fail(f"{path}: cannot read the trace: {exc}")
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                _fail(f"{path}: cannot read the trace: {describe_error(exc)}")
             traced.append((meta, runs_from_trace(data, path, step)))
         prof = merge(traced, model_name, device_name, ints(cpu_table), ints(gpu_table))
         parse_profile(prof, output)
     except (TraceError, ProfileError, ValueError) as exc:
-        _fail(str(exc))
-    storage.write_atomic(output, json.dumps(prof))
+        _fail(describe_error(exc))
+    storage.write_atomic(output, json.dumps(prof), file_mode)
     n_layers = len(prof["runs"][0]["layers"])
     click.echo(f"{len(prof['runs'])} runs of {n_layers} layers from {len(traces)} trace(s) -> {output}")
 
@@ -453,7 +571,7 @@ def status(board: str | None, socket_path: str | None, backend_kind: str, sysfs_
                                         adb_address)
         found = backend.discover()
     except (ConfigError, BackendError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     if as_json:
         click.echo(found.model_dump_json(indent=1))
         return
@@ -484,7 +602,7 @@ def restore(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | 
                                         adb_address)
         done = backend.restore()
     except (ConfigError, BackendError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     if not done:
         click.echo("nothing to restore (no saved state, or settings already original)")
     for line in done:
