@@ -41,6 +41,10 @@ USER_ERROR_CLASSES = (
 
 
 def _fail(message: str) -> None:
+    """One line and exit status 2; with `dvfs-gov -v`, also the traceback of the error being handled."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().params.get("verbose") and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     click.echo(f"error: {' '.join(message.split())}", err=True)
     sys.exit(2)
 
@@ -149,6 +153,47 @@ def main(verbose: bool) -> None:
 
 
 # ---- estimator ---------------------------------------------------------------------------
+def identifiability_warnings(prof) -> list[str]:
+    """Why a profile cannot pin down how the model's latency scales with frequency, if it cannot.
+
+    The fit gives every layer a ``1/f`` term per frequency domain plus a constant (each times the
+    context length too, for language models). A profile at one pair, or at one frequency of a
+    domain, still fits without error but the estimator then cannot tell those terms apart and
+    predicts other pairs from a guess; a single run per point lets one outlier through.
+    """
+    warnings = []
+    lm = prof.is_language_model
+    domains = {"CPU": ("kHz", prof.frequencies.cpu_khz, [r.cpu_khz for r in prof.runs]),
+               "GPU": ("Hz", prof.frequencies.gpu_hz, [r.gpu_hz for r in prof.runs])}
+    domains = {name: d for name, d in domains.items() if len(set(d[1])) > 1}  # a domain that can vary
+    points: dict[tuple, int] = {}
+    for r in prof.runs:
+        key = (r.cpu_khz, r.gpu_hz, r.context_len)
+        points[key] = points.get(key, 0) + 1
+    terms = (len(domains) + 1) * (2 if lm else 1)
+    pairs = {(r.cpu_khz, r.gpu_hz) for r in prof.runs}
+    if len(pairs) == 1:
+        (cpu_khz, gpu_hz), = pairs
+        warnings.append(f"every run is at one frequency pair ({cpu_khz} kHz, {gpu_hz} Hz): the estimator cannot "
+                        "learn how latency changes with frequency and extrapolates to every other pair")
+    else:
+        for name, (unit, _, values) in domains.items():
+            if len(set(values)) < 2:
+                warnings.append(f"every run is at one {name} frequency ({values[0]} {unit}): how latency "
+                                f"depends on the {name} frequency cannot be identified")
+        if len(points) <= terms:
+            what = "(frequency pair, context length) points" if lm else "frequency pairs"
+            warnings.append(f"only {len(points)} distinct {what}: each layer's scaling model has {terms} terms "
+                            f"and needs at least {terms + 1}, so layers are fitted with one term "
+                            "(profile the planned pairs: `dvfs-gov plan`)")
+    if len(prof.runs) == 1:
+        warnings.append("a single run: noise and outliers go straight into the estimator (use --repeats 3)")
+    elif max(points.values()) == 1:
+        warnings.append("one run per point: an outlier cannot be told from the frequency's effect "
+                        "(use --repeats 3)")
+    return warnings
+
+
 @main.command()
 @click.argument("profile", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -163,6 +208,8 @@ def fit(profile: str, output: str, file_mode: int) -> None:
         est = Estimator.fit(prof)
     except (ProfileError, ValueError) as exc:
         _fail(describe_error(exc))
+    for warning in identifiability_warnings(prof):
+        click.echo(f"warning: {profile}: {warning}", err=True)
     storage.write_atomic(output, est.to_json(), file_mode)
     t = est.data.training
     click.echo(

@@ -49,7 +49,7 @@ def resolve(kind: str, name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise ConfigError(f"{path}: no such file")
+            raise ConfigError(f"{path}: {'a directory, not a config file' if path.is_dir() else 'no such file'}")
         return path
     known = available(kind)
     if str(name_or_path) not in known:
