@@ -310,6 +310,8 @@ def simulate(board: str, model_name: str, points: int, repeats: int,
         sim = Simulator(cfg, spec)
     except (ConfigError, ValueError) as exc:
         _fail(describe_error(exc))
+    if spec.kind != "language_model" and context_lens:
+        _fail(f"{spec.name} is a {spec.kind}, not a language model: drop --context-len")
     ctx = list(context_lens) or spec.profile_context_len or None
     if spec.kind == "language_model" and not ctx:
         _fail("a language model needs --context-len (at least two values)")
@@ -451,6 +453,8 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
 
     try:
         spec = load_model_spec(model_name)
+        if spec.kind != "language_model" and context_lens:
+            _fail(f"{spec.name} is a {spec.kind}, not a language model: drop --context-len")
         ctx = list(context_lens) or spec.profile_context_len or None
         if spec.kind == "language_model" and (not ctx or len(ctx) < 2):
             _fail("a language model is profiled at >= 2 context lengths: give --context-len twice")
@@ -523,14 +527,18 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu
     from estimator.profile import ProfileError, parse_profile
     from governor.profiler.trace_import import TracedRun, TraceError, merge, runs_from_trace
 
-    def ints(text: str | None) -> list[int] | None:
-        return [int(x) for x in text.split(",")] if text else None
+    def ints(text: str | None, what: str) -> list[int] | None:
+        try:
+            return [int(x) for x in text.split(",")] if text else None
+        except ValueError:
+            _fail(f"{what}: {text!r} is not a comma-separated list of integers")
 
+    cpu_khz_table, gpu_hz_table = ints(cpu_table, "--cpu-table"), ints(gpu_table, "--gpu-table")
     traced = []
     try:
         for spec in traces:
             path, sep, freqs = spec.rpartition("@")
-            parts = ints(freqs) if sep else None
+            parts = ints(freqs, f"{spec!r} (FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN])") if sep else None
             if not parts or len(parts) not in (2, 3):
                 _fail(f"{spec!r}: write FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]")
             meta = TracedRun(path, parts[0], parts[1], parts[2] if len(parts) == 3 else None)
@@ -539,7 +547,7 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu
             except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
                 _fail(f"{path}: cannot read the trace: {describe_error(exc)}")
             traced.append((meta, runs_from_trace(data, path, step)))
-        prof = merge(traced, model_name, device_name, ints(cpu_table), ints(gpu_table))
+        prof = merge(traced, model_name, device_name, cpu_khz_table, gpu_hz_table)
         parse_profile(prof, output)
     except (TraceError, ProfileError, ValueError) as exc:
         _fail(describe_error(exc))

@@ -60,6 +60,19 @@ def _socket_gid(group: str | None) -> int:
         raise ValueError(f"socket_group {group!r}: no such group on this system") from None
 
 
+def _make_socket_folder(path: Path) -> None:
+    """Create the socket's missing folders 0755 whatever the umask (root's is often 077): apps of
+    socket_group must be able to reach the socket; the socket's own mode decides who connects."""
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for folder in missing:
+            os.chmod(folder, 0o755)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the socket's folder {path.parent}: {exc.strerror}",
+                      str(path)) from None
+
+
 def _set_socket_permissions(path: Path, mode: int, gid: int) -> None:
     """Give the socket its group and mode, so that apps of that group connect without root."""
     if gid != -1:
@@ -147,7 +160,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         gid = _socket_gid(self.socket_group)
         _claim_socket(self.socket_path)
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        _make_socket_folder(self.socket_path)
         # created with no more than socket_mode allows, so it is never looser, even for an instant
         old_umask = os.umask(0o777 & ~self.socket_mode)
         try:

@@ -269,3 +269,17 @@ def test_profile_on_a_phone_refuses_to_time_this_machines_device(tmp_path):
     line = assert_one_line_error(res, "--local-device-for-remote", "this machine's OpenCL device")
     assert "connect" not in line.lower()  # refused before trying the phone
     assert not (tmp_path / "p.json").exists()
+
+
+def test_import_trace_names_a_malformed_frequency_argument(tmp_path):
+    res = invoke("import-trace", "t.json@fast,1", "--model", "m", "--device", "d", "-o", tmp_path / "p.json")
+    assert_one_line_error(res, "t.json@fast,1", "FILE@CPU_KHZ,GPU_HZ")
+    res = invoke("import-trace", "t.json@1,2", "--cpu-table", "1,x", "--model", "m", "--device", "d",
+                 "-o", tmp_path / "p.json")
+    assert_one_line_error(res, "--cpu-table", "'1,x'")
+
+
+def test_context_length_for_a_model_without_context_is_refused(tmp_path):
+    res = invoke("simulate", "--board", "rk3588", "--model", "yolo_tiny", "--context-len", 64, "-o", tmp_path / "p")
+    assert_one_line_error(res, "yolo_tiny", "not a language model", "--context-len")
+    assert not (tmp_path / "p").exists()

@@ -115,8 +115,8 @@ def test_profile_written_by_root_is_fitted_by_a_user(shared_dir):
 
 
 # ---- socket settings in the governor config ---------------------------------------------------
-def write_config(folder: Path, **extra) -> Path:
-    cfg = {"board": "sd888_phone", "socket": str(folder / "gov.sock"),
+def write_config(folder: Path, socket_path: Path | None = None, **extra) -> Path:
+    cfg = {"board": "sd888_phone", "socket": str(socket_path or folder / "gov.sock"),
            "backend": {"kind": "virtual", "virtual_root": str(folder / "vb"), "state_file": str(folder / "saved.json")},
            "models": {"yolo": {"simulate": "yolo_tiny"}}, **extra}
     path = folder / "gov.yaml"
@@ -140,6 +140,15 @@ def test_bad_socket_mode_names_the_key(tmp_path, value, said):
     with pytest.raises(ConfigError) as err:
         load_governor_config(path)
     assert str(path) in str(err.value) and "socket_mode" in str(err.value) and said in str(err.value)
+
+
+def test_socket_folder_that_cannot_be_created_is_named(tmp_path):
+    (tmp_path / "file").write_text("")
+    path = write_config(tmp_path, tmp_path / "file" / "gov.sock")
+    res = subprocess.run([*CLI, "run", "--config", str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"cannot create the socket's folder {tmp_path / 'file'}" in res.stderr.splitlines()[-1]
 
 
 def test_unknown_socket_group_is_refused_before_the_board_is_touched(tmp_path):
@@ -172,10 +181,10 @@ def test_socket_group_lets_its_members_in_and_no_one_else(shared_dir):
         group = grp.getgrnam("users")
     except KeyError:
         pytest.skip("no 'users' group on this system")
-    path = write_config(shared_dir, socket_group="users", socket_mode="__0660__")
+    sock = shared_dir / "run" / "dvfs" / "gov.sock"  # folders the daemon creates, under root's usual umask
+    path = write_config(shared_dir, sock, socket_group="users", socket_mode="__0660__")
     proc = subprocess.Popen([*CLI, "run", "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    sock = shared_dir / "gov.sock"
+                            text=True, umask=0o077)
     try:
         for _ in range(1200):
             if proc.poll() is not None:
@@ -186,6 +195,7 @@ def test_socket_group_lets_its_members_in_and_no_one_else(shared_dir):
         st = sock.stat()
         assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
         assert st.st_gid == group.gr_gid
+        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o755  # reachable by the group's apps
         code, text = run_as(NOBODY, NOBODY, [group.gr_gid], connect_and_ask_status(sock))
         assert code == 0, text  # a member of the group, not root: served
         code, text = run_as(NOBODY, NOBODY, [], connect_and_ask_status(sock))
