@@ -390,6 +390,7 @@ def virtual_adb(board: str, port: int, virtual_root: str | None, not_root: bool)
         VirtualBoard(root, cfg)
         with VirtualAdbDevice(root, port=port, root=not not_root) as dev:
             click.echo(f"virtual {cfg.name} serving ADB on {dev.address} (tree {root}); Ctrl-C to stop")
+            _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT, _signal.SIGTERM})  # else they kill
             _signal.sigwait({_signal.SIGINT, _signal.SIGTERM})
     except (ConfigError, OSError, ValueError) as exc:
         _fail(describe_error(exc))

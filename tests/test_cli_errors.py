@@ -283,3 +283,26 @@ def test_context_length_for_a_model_without_context_is_refused(tmp_path):
     res = invoke("simulate", "--board", "rk3588", "--model", "yolo_tiny", "--context-len", 64, "-o", tmp_path / "p")
     assert_one_line_error(res, "yolo_tiny", "not a language model", "--context-len")
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_virtual_adb_stops_cleanly_on_a_signal(tmp_path, sig):
+    """It waits for the signal with sigwait: unblocked, SIGTERM killed it (exit 143, nothing cleaned)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "governor.cli", "virtual-adb", "--port", "0", "--virtual-root",
+                             str(tmp_path / "phone")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "serving ADB" in line, line + proc.stdout.read()
+        time.sleep(0.2)
+        proc.send_signal(getattr(signal, sig))
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
