@@ -79,8 +79,20 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().params["verbose"] = True
+
+
 class DvfsGroup(click.Group):
     """The command group: turns user errors from any command into one line and exit status 2."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        """Every command takes -v too (`dvfs-gov fit -v ...` as well as `dvfs-gov -v fit ...`)."""
+        if not any("-v" in p.opts or "--verbose" in p.opts for p in cmd.params):
+            cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False,
+                                           callback=_set_verbose, help="show the traceback behind an error"))
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
         try:

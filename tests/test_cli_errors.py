@@ -178,12 +178,15 @@ def test_unexpected_error_is_one_line_without_v_and_a_traceback_with_v(buggy_com
     assert isinstance(res.exception, KeyError)  # propagates: click prints its traceback
 
 
-def test_user_error_with_v_shows_the_traceback_too(tmp_path):
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_user_error_with_v_shows_the_traceback_too(tmp_path, where):
     (tmp_path / "e.json").write_text("{")
-    res = invoke("-v", "estimate", tmp_path / "e.json", "--grid")
+    args = ["estimate", tmp_path / "e.json", "--grid"]
+    res = invoke("-v", *args) if where == "before" else invoke(*args, "-v")
     assert res.exit_code == 2
     assert "Traceback" in res.output
     assert res.output.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'e.json'}: not valid JSON")
+    assert "Traceback" not in invoke(*args).output
 
 
 # ---- estimate / fit ----------------------------------------------------------------------
