@@ -10,7 +10,7 @@ import numpy as np
 from estimator.model import Estimator
 from estimator.planner import plan_grid
 from estimator.profile import parse_profile
-from governor.config import GovernorConfig
+from governor.config import GovernorConfig, estimator_path
 from governor.configs import load_board, load_model_spec
 from governor.core import Governor
 from governor.storage import load_estimator
@@ -35,8 +35,7 @@ def build_governor(config: GovernorConfig, config_dir: Path) -> Governor:
     models: dict[str, Estimator] = {}
     for name, entry in config.models.items():
         if entry.estimator is not None:
-            path = Path(entry.estimator)
-            models[name] = load_estimator(path if path.is_absolute() else config_dir / path)
+            models[name] = load_estimator(estimator_path(config_dir, entry.estimator))
         else:
             log.info("profiling %s on the virtual %s", entry.simulate, board.name)
             models[name] = fit_on_virtual_board(board, entry.simulate)

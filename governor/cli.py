@@ -1,23 +1,136 @@
-"""`dvfs-gov`: the command line. Commands parse arguments, call the library and print."""
+"""`dvfs-gov`: the command line. Commands parse arguments, call the library and print.
+
+A mistake in what a user gave (a missing or unreadable file, invalid JSON or YAML, a file of the
+wrong schema, a board that does not answer) ends in one line naming the file or field and exit
+status 2, never a traceback: ``DvfsGroup`` catches the library's user-facing errors for every
+command. Anything else is a bug: one line saying so, and the traceback with ``dvfs-gov -v``.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import click
 import numpy as np
+import yaml
+from pydantic import ValidationError
 
 from estimator.planner import plan_grid, plan_points
 from estimator.profile import ProfileError
 from governor import storage
+from governor.config import parse_file_mode
 from governor.configs import ConfigError, available, load_board, load_model_spec
+
+# Errors that mean "what the user gave cannot be used": (module, class). Looked up in sys.modules
+# when an error arrives, so that the OpenCL profiler is not imported for every command; a class
+# whose module was never imported cannot have been raised.
+USER_ERROR_CLASSES = (
+    ("governor.configs", "ConfigError"),
+    ("estimator.profile", "ProfileError"),
+    ("sysfs_backends.sysfs", "BackendError"),
+    ("sysfs_backends.base", "BackendUnavailable"),
+    ("governor.profiler.runner", "DeviceError"),
+    ("governor.profiler.trace_import", "TraceError"),
+    ("governor.daemon", "SocketInUse"),
+    ("governor.client", "GovernorClientError"),
+    ("governor.core", "GovernorError"),
+)
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    """One line and exit status 2; with `dvfs-gov -v`, also the traceback of the error being handled."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().params.get("verbose") and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    click.echo(f"error: {' '.join(message.split())}", err=True)
     sys.exit(2)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [ValidationError, OSError, json.JSONDecodeError, yaml.YAMLError,
+                                        UnicodeDecodeError]
+    for module, name in USER_ERROR_CLASSES:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None:
+            found.append(cls)
+    return tuple(found)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a person: the file or field first, then what is wrong with it."""
+    if isinstance(exc, ValidationError):
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            problems.append(f"field '{key}': {err['msg'].removeprefix('Value error, ')}")
+        text = f"invalid {exc.title}: " + "; ".join(problems)
+    elif isinstance(exc, UnicodeDecodeError):
+        text = f"not a text file (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start} is not UTF-8)"
+    elif isinstance(exc, OSError) and exc.filename is not None:
+        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        text = f"{exc.filename}{target}: {exc.strerror or exc}"
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().params["verbose"] = True
+
+
+class DvfsGroup(click.Group):
+    """The command group: turns user errors from any command into one line and exit status 2."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        """Every command takes -v too (`dvfs-gov fit -v ...` as well as `dvfs-gov -v fit ...`)."""
+        if not any("-v" in p.opts or "--verbose" in p.opts for p in cmd.params):
+            cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False,
+                                           callback=_set_verbose, help="show the traceback behind an error"))
+        super().add_command(cmd, name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
+            verbose = bool(ctx.params.get("verbose"))
+            if isinstance(exc, _user_error_types()):
+                if verbose:
+                    traceback.print_exc()
+                click.echo(f"error: {describe_error(exc)}", err=True)
+                ctx.exit(2)
+            if verbose:
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {describe_error(exc)} (a bug in dvfs-gov; "
+                       f"`dvfs-gov -v {ctx.invoked_subcommand or ''} ...` shows the traceback)", err=True)
+            ctx.exit(1)
+
+
+class FileMode(click.ParamType):
+    """An octal permission mode such as 644 or 0600."""
+
+    name = "octal mode"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_file_mode(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def mode_option(fn):
+    """-o files are readable by everyone (0644) so that `sudo dvfs-gov profile` then `dvfs-gov fit` works."""
+    return click.option("--mode", "file_mode", type=FileMode(), default="0644", show_default=True,
+                        help="permissions of the written file (octal)")(fn)
 
 
 def backend_options(fn):
@@ -44,18 +157,61 @@ def open_board_backend(board: str, backend_kind: str, sysfs_root: str, virtual_r
     return cfg, open_backend(cfg, spec)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DvfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="deadline-dvfs")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="show the traceback behind an error")
+def main(verbose: bool) -> None:
     """Deadline-aware CPU/GPU DVFS for DNN and small-language-model inference."""
 
 
 # ---- estimator ---------------------------------------------------------------------------
+def identifiability_warnings(prof) -> list[str]:
+    """Why a profile cannot pin down how the model's latency scales with frequency, if it cannot.
+
+    The fit gives every layer a ``1/f`` term per frequency domain plus a constant (each times the
+    context length too, for language models). A profile at one pair, or at one frequency of a
+    domain, still fits without error but the estimator then cannot tell those terms apart and
+    predicts other pairs from a guess; a single run per point lets one outlier through.
+    """
+    warnings = []
+    lm = prof.is_language_model
+    domains = {"CPU": ("kHz", prof.frequencies.cpu_khz, [r.cpu_khz for r in prof.runs]),
+               "GPU": ("Hz", prof.frequencies.gpu_hz, [r.gpu_hz for r in prof.runs])}
+    domains = {name: d for name, d in domains.items() if len(set(d[1])) > 1}  # a domain that can vary
+    points: dict[tuple, int] = {}
+    for r in prof.runs:
+        key = (r.cpu_khz, r.gpu_hz, r.context_len)
+        points[key] = points.get(key, 0) + 1
+    terms = (len(domains) + 1) * (2 if lm else 1)
+    pairs = {(r.cpu_khz, r.gpu_hz) for r in prof.runs}
+    if len(pairs) == 1:
+        (cpu_khz, gpu_hz), = pairs
+        warnings.append(f"every run is at one frequency pair ({cpu_khz} kHz, {gpu_hz} Hz): the estimator cannot "
+                        "learn how latency changes with frequency and extrapolates to every other pair")
+    else:
+        for name, (unit, _, values) in domains.items():
+            if len(set(values)) < 2:
+                warnings.append(f"every run is at one {name} frequency ({values[0]} {unit}): how latency "
+                                f"depends on the {name} frequency cannot be identified")
+        if len(points) <= terms:
+            what = "(frequency pair, context length) points" if lm else "frequency pairs"
+            warnings.append(f"only {len(points)} distinct {what}: each layer's scaling model has {terms} terms "
+                            f"and needs at least {terms + 1}, so layers are fitted with one term "
+                            "(profile the planned pairs: `dvfs-gov plan`)")
+    if len(prof.runs) == 1:
+        warnings.append("a single run: noise and outliers go straight into the estimator (use --repeats 3)")
+    elif max(points.values()) == 1:
+        warnings.append("one run per point: an outlier cannot be told from the frequency's effect "
+                        "(use --repeats 3)")
+    return warnings
+
+
 @main.command()
 @click.argument("profile", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="where to write the fitted estimator (JSON)")
-def fit(profile: str, output: str) -> None:
+@mode_option
+def fit(profile: str, output: str, file_mode: int) -> None:
     """Fit the latency estimator to PROFILE (format deadline-dvfs.profile/1)."""
     from estimator.model import Estimator
 
@@ -63,8 +219,10 @@ def fit(profile: str, output: str) -> None:
         prof = storage.load_profile(profile)
         est = Estimator.fit(prof)
     except (ProfileError, ValueError) as exc:
-        _fail(str(exc))
-    storage.write_atomic(output, est.to_json())
+        _fail(describe_error(exc))
+    for warning in identifiability_warnings(prof):
+        click.echo(f"warning: {profile}: {warning}", err=True)
+    storage.write_atomic(output, est.to_json(), file_mode)
     t = est.data.training
     click.echo(
         f"fitted {prof.model} on {prof.device}: {len(est.data.layer_names)} layers, "
@@ -77,7 +235,7 @@ def fit(profile: str, output: str) -> None:
 @click.argument("estimator_file", type=click.Path(dir_okay=False))
 @click.option("--cpu-khz", type=int, help="CPU frequency (kHz)")
 @click.option("--gpu-hz", type=int, help="GPU frequency (Hz)")
-@click.option("--context-len", type=int, help="tokens in the context (language models)")
+@click.option("--context-len", type=click.IntRange(min=0), help="tokens in the context (language models)")
 @click.option("--grid", is_flag=True, help="every pair of the frequency tables")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
@@ -86,7 +244,7 @@ def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
     try:
         est = storage.load_estimator(estimator_file)
     except ValueError as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     if est.is_language_model and context_len is None:
         _fail(f"{est.data.model} is a language model: give --context-len "
               f"(profiled at {est.data.profiled_context_len})")
@@ -143,7 +301,7 @@ def _point_rows(cfg, points: list[tuple[int, ...]]) -> list[dict[str, int]]:
 
 @main.command()
 @click.option("--board", required=True, help="board name or YAML path")
-@click.option("-n", "--points", default=5, show_default=True, help="pairs to profile")
+@click.option("-n", "--points", default=5, show_default=True, type=click.IntRange(min=1), help="pairs to profile")
 @click.option("--json", "as_json", is_flag=True)
 def plan(board: str, points: int, as_json: bool) -> None:
     """Which (cpu, gpu) pairs to profile on BOARD (default: four corners and the centre); on a
@@ -151,7 +309,7 @@ def plan(board: str, points: int, as_json: bool) -> None:
     try:
         cfg = load_board(board)
     except ConfigError as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     rows = _point_rows(cfg, plan_grid(list(cfg.domain_tables.values()), points))
     if as_json:
         click.echo(json.dumps(rows))
@@ -164,14 +322,15 @@ def plan(board: str, points: int, as_json: bool) -> None:
 @main.command()
 @click.option("--board", required=True, help="board name or YAML path (needs a simulation section)")
 @click.option("--model", "model_name", required=True, help="model name or YAML path")
-@click.option("-n", "--points", default=5, show_default=True, help="planned pairs")
-@click.option("--repeats", default=3, show_default=True)
-@click.option("--context-len", "context_lens", type=int, multiple=True,
+@click.option("-n", "--points", default=5, show_default=True, type=click.IntRange(min=1), help="planned pairs")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--context-len", "context_lens", type=click.IntRange(min=0), multiple=True,
               help="context lengths to profile (language models; default from the model)")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@mode_option
 def simulate(board: str, model_name: str, points: int, repeats: int,
-             context_lens: tuple[int, ...], seed: int, output: str) -> None:
+             context_lens: tuple[int, ...], seed: int, output: str, file_mode: int) -> None:
     """Profile MODEL on the virtual BOARD (the simulator), writing the shared profile format."""
     from sysfs_backends.virtual.simulator import Simulator
 
@@ -179,13 +338,15 @@ def simulate(board: str, model_name: str, points: int, repeats: int,
         cfg, spec = load_board(board), load_model_spec(model_name)
         sim = Simulator(cfg, spec)
     except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
+    if spec.kind != "language_model" and context_lens:
+        _fail(f"{spec.name} is a {spec.kind}, not a language model: drop --context-len")
     ctx = list(context_lens) or spec.profile_context_len or None
     if spec.kind == "language_model" and not ctx:
         _fail("a language model needs --context-len (at least two values)")
     pairs = plan_grid(list(cfg.domain_tables.values()), points)
     prof = sim.profile(pairs, repeats, ctx, np.random.default_rng(seed))
-    storage.write_atomic(output, json.dumps(prof))
+    storage.write_atomic(output, json.dumps(prof), file_mode)
     click.echo(f"profiled {spec.name} on virtual {cfg.name}: {len(prof['runs'])} runs at "
                f"{len(pairs)} {'pairs' if cfg.gpu else 'CPU frequencies'} -> {output}")
 
@@ -218,17 +379,18 @@ def run(config_path: str, socket_path: str | None, virtual_root: str | None, rec
 
             gov.recorder = RunRecorder(record_path, header_for(gov.board, list(gov.models), gov.backend.name))
         try:
-            run_daemon(gov, socket_path or cfg.socket)
+            run_daemon(gov, socket_path or cfg.socket, cfg.socket_mode, cfg.socket_group)
         finally:
             if gov.recorder is not None:
                 gov.recorder.close()
     except (ConfigError, BackendError, SocketInUse, ValueError, OSError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
 
 
 @main.command()
 @click.option("--board", default="sd888_phone", show_default=True, help="virtual board")
-@click.option("--duration", default=20.0, show_default=True, help="seconds of workload")
+@click.option("--duration", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="seconds of workload")
 @click.option("--backend", "backend_kind", type=click.Choice(["virtual", "android"]), default="virtual",
               show_default=True, help="android: drive the virtual phone over ADB (real protocol, loopback)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
@@ -242,7 +404,7 @@ def demo(board: str, duration: float, backend_kind: str, as_json: bool, record_p
         result = run_demo(board, duration, progress=lambda m: click.echo(m, err=as_json),
                           backend=backend_kind, record=record_path)
     except (ConfigError, RuntimeError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     if as_json:
         click.echo(json.dumps(result, indent=1))
     else:
@@ -297,7 +459,7 @@ def virtual_adb(board: str, port: int, virtual_root: str | None, not_root: bool,
                 pass
             click.echo(f"virtual-adb: stopping ({_signal.Signals(got[0]).name})")
     except (ConfigError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
 
 
 # ---- profiling ----------------------------------------------------------------------------
@@ -310,7 +472,7 @@ def devices(as_json: bool) -> None:
     try:
         found = list_devices()
     except DeviceError as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     if as_json:
         click.echo(json.dumps(found, indent=1))
         return
@@ -326,20 +488,31 @@ def devices(as_json: bool) -> None:
 @click.option("--board", help="board name or YAML path (needed to change frequencies)")
 @backend_options
 @click.option("--no-dvfs", is_flag=True, help="profile at the frequencies in force, changing nothing")
-@click.option("--cpu-khz", type=int, help="with --no-dvfs and no --board: the CPU frequency to record")
-@click.option("--gpu-hz", type=int, help="with --no-dvfs and no --board: the GPU frequency to record")
-@click.option("-n", "--points", default=5, show_default=True, help="planned pairs")
-@click.option("--repeats", default=3, show_default=True)
-@click.option("--warmup", default=2, show_default=True)
-@click.option("--context-len", "context_lens", type=int, multiple=True,
+@click.option("--cpu-khz", type=click.IntRange(min=1),
+              help="with --no-dvfs and no --board: the CPU frequency to record")
+@click.option("--gpu-hz", type=click.IntRange(min=0),
+              help="with --no-dvfs and no --board: the GPU frequency to record")
+@click.option("-n", "--points", default=5, show_default=True, type=click.IntRange(min=1), help="planned pairs")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option("--context-len", "context_lens", type=click.IntRange(min=0), multiple=True,
               help="language models (default: from the model)")
 @click.option("--device", "device_pref", help="OpenCL device: P:D from `dvfs-gov devices`, or part of its name")
+@click.option("--local-device-for-remote", is_flag=True,
+              help="with --backend android: time kernels on THIS machine's OpenCL device although the "
+                   "frequencies are set on the phone (for testing the plumbing only)")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@mode_option
 def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: str, virtual_root: str | None,
             state_file: str | None, adb_address: str | None, no_dvfs: bool, cpu_khz: int | None,
             gpu_hz: int | None, points: int, repeats: int, warmup: int, context_lens: tuple[int, ...],
-            device_pref: str | None, output: str) -> None:
-    """Profile MODEL as real OpenCL kernels at the planned frequency pairs; writes the profile format."""
+            device_pref: str | None, local_device_for_remote: bool, output: str, file_mode: int) -> None:
+    """Profile MODEL as real OpenCL kernels at the planned frequency pairs; writes the profile format.
+
+    The kernels run on an OpenCL device of the machine running this command, so the board whose
+    frequencies are set must be this machine: a phone driven over ADB would have its frequencies
+    recorded against timings that never ran on it.
+    """
     from governor.profiler.runner import DeviceError, ModelRunner, select_device
     from governor.profiler.sweep import Point, sweep
     from sysfs_backends.lifecycle import restoring
@@ -347,10 +520,17 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
 
     try:
         spec = load_model_spec(model_name)
+        if spec.kind != "language_model" and context_lens:
+            _fail(f"{spec.name} is a {spec.kind}, not a language model: drop --context-len")
         ctx = list(context_lens) or spec.profile_context_len or None
         if spec.kind == "language_model" and (not ctx or len(ctx) < 2):
             _fail("a language model is profiled at >= 2 context lengths: give --context-len twice")
         backend = None
+        if board and backend_kind == "android" and not local_device_for_remote:
+            _fail("--backend android sets the phone's frequencies, but the kernels would be timed on this "
+                  "machine's OpenCL device, so the profile would pair the phone's frequencies with this "
+                  "machine's timings; run `dvfs-gov profile` on the phone itself (or trace it there and use "
+                  "`import-trace`), or give --local-device-for-remote to do it anyway")
         if board:
             if backend_kind == "virtual" and not no_dvfs:
                 _fail("the virtual board's frequencies do not slow real kernels: profile it with "
@@ -387,12 +567,12 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
                 result = sweep(runner, pairs, cpu_table, gpu_table, dev.name.strip(), repeats, warmup,
                                ctx, None, bar.update)
     except (ConfigError, BackendError, DeviceError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if not result.profile["runs"]:
         _fail("nothing was measured")
-    storage.write_atomic(output, json.dumps(result.profile))
+    storage.write_atomic(output, json.dumps(result.profile), file_mode)
     al = result.profile["clock_alignment"]
     click.echo(f"{len(result.profile['runs'])} runs -> {output} (clock alignment +/- {al['uncertainty_ns']} ns, "
                f"{al['clamped_intervals']} intervals clamped)")
@@ -408,8 +588,9 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
 @click.option("--gpu-table", help="every GPU frequency of the board, Hz, comma-separated")
 @click.option("--step", help="regex for the record_function names that mark one inference")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@mode_option
 def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu_table: str | None,
-                 gpu_table: str | None, step: str | None, output: str) -> None:
+                 gpu_table: str | None, step: str | None, output: str, file_mode: int) -> None:
     """Turn PyTorch-profiler (Chrome JSON) traces into one profile.
 
     Each TRACE is FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the trace recorded at that frequency pair.
@@ -417,27 +598,31 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu
     from estimator.profile import ProfileError, parse_profile
     from governor.profiler.trace_import import TracedRun, TraceError, merge, runs_from_trace
 
-    def ints(text: str | None) -> list[int] | None:
-        return [int(x) for x in text.split(",")] if text else None
+    def ints(text: str | None, what: str) -> list[int] | None:
+        try:
+            return [int(x) for x in text.split(",")] if text else None
+        except ValueError:
+            _fail(f"{what}: {text!r} is not a comma-separated list of integers")
 
+    cpu_khz_table, gpu_hz_table = ints(cpu_table, "--cpu-table"), ints(gpu_table, "--gpu-table")
     traced = []
     try:
         for spec in traces:
             path, sep, freqs = spec.rpartition("@")
-            parts = ints(freqs) if sep else None
+            parts = ints(freqs, f"{spec!r} (FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN])") if sep else None
             if not parts or len(parts) not in (2, 3):
                 _fail(f"{spec!r}: write FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]")
             meta = TracedRun(path, parts[0], parts[1], parts[2] if len(parts) == 3 else None)
             try:
-                data = json.loads(Path(path).read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                _fail(f"{path}: cannot read the trace: {exc}")
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                _fail(f"{path}: cannot read the trace: {describe_error(exc)}")
             traced.append((meta, runs_from_trace(data, path, step)))
-        prof = merge(traced, model_name, device_name, ints(cpu_table), ints(gpu_table))
+        prof = merge(traced, model_name, device_name, cpu_khz_table, gpu_hz_table)
         parse_profile(prof, output)
     except (TraceError, ProfileError, ValueError) as exc:
-        _fail(str(exc))
-    storage.write_atomic(output, json.dumps(prof))
+        _fail(describe_error(exc))
+    storage.write_atomic(output, json.dumps(prof), file_mode)
     n_layers = len(prof["runs"][0]["layers"])
     click.echo(f"{len(prof['runs'])} runs of {n_layers} layers from {len(traces)} trace(s) -> {output}")
 
@@ -563,7 +748,7 @@ def status(board: str | None, socket_path: str | None, backend_kind: str, sysfs_
                                         adb_address)
         found = backend.discover()
     except (ConfigError, BackendError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     if as_json:
         click.echo(found.model_dump_json(indent=1))
         return
@@ -594,7 +779,7 @@ def restore(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | 
                                         adb_address)
         done = backend.restore()
     except (ConfigError, BackendError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(describe_error(exc))
     if not done:
         click.echo("nothing to restore (no saved state, or settings already original)")
     for line in done:

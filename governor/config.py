@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import grp
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from governor.configs import load_yaml_model, resolve
+from governor.configs import ConfigError, load_yaml_model, resolve
 from sysfs_backends.registry import BackendSpec
+
+_OCTAL = re.compile(r"^(0o|0)?([0-7]{1,4})$")
+
+
+def parse_file_mode(value: str | int) -> int:
+    """A permission mode written in octal ("0660", "660", "0o660"), or an int YAML already read as
+    octal (``0660`` unquoted). Refuses what is not a plain rwx mode, so a decimal slip fails loudly."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not an octal mode such as 0660")
+    if isinstance(value, int):
+        mode = value
+    else:
+        m = _OCTAL.match(str(value).strip())
+        if not m:
+            raise ValueError(f"{value!r} is not an octal mode such as 0660 or 0644")
+        mode = int(m.group(2), 8)
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{value!r} is not an octal mode such as 0660 or 0644 (at most 0777; "
+                         "in YAML write it with a leading 0 or quoted)")
+    return mode
 
 
 class ModelEntry(BaseModel):
@@ -47,9 +69,33 @@ class GovernorConfig(BaseModel):
     board: str
     backend: BackendSpec = BackendSpec()
     socket: str = "/tmp/deadline-dvfs.sock"
+    socket_mode: int = Field(0o660, description="permissions of the socket (octal): who may connect")
+    socket_group: str | None = Field(
+        None, description="group given the socket, so apps of its members connect without root")
     models: dict[str, ModelEntry] = Field(min_length=1)
     governor: GovernorSettings = GovernorSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal_mode(cls, value: object) -> int:
+        if not isinstance(value, str | int):
+            raise ValueError(f"{value!r} is not an octal mode such as 0660")
+        mode = parse_file_mode(value)
+        if mode & 0o600 != 0o600:
+            raise ValueError(f"{value!r} leaves the owner without read and write; use e.g. 0660 or 0600")
+        return mode
+
+    @field_validator("socket_group")
+    @classmethod
+    def _group_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                grp.getgrnam(value)
+            except KeyError:
+                raise ValueError(f"no group {value!r} on this system (create it with `groupadd {value}`, "
+                                 "or give an existing group)") from None
+        return value
 
     @model_validator(mode="after")
     def _simulate_needs_virtual(self) -> GovernorConfig:
@@ -63,3 +109,19 @@ def load_governor_config(name_or_path: str | Path) -> tuple[GovernorConfig, Path
     """The config and its folder (relative estimator paths are read from there)."""
     path = resolve("governor", name_or_path)
     return load_yaml_model(path, GovernorConfig), path.parent
+
+
+def estimator_path(config_dir: Path, estimator: str) -> Path:
+    """Where a model's ``estimator:`` file is: beside the config, else (relative paths) in the working
+    directory, where `dvfs-gov fit -o NAME` writes it when following a bundled config's comment."""
+    path = Path(estimator).expanduser()
+    if path.is_absolute():
+        if not path.is_file():
+            raise ConfigError(f"estimator {path}: no such file (write it with `dvfs-gov fit PROFILE -o {path}`)")
+        return path
+    beside, cwd = config_dir / path, Path.cwd() / path
+    for candidate in (beside, cwd):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"estimator {estimator!r}: not found beside the config ({beside}) nor in the working "
+                      f"directory ({cwd}); write it with `dvfs-gov fit PROFILE -o {estimator}`")

@@ -49,7 +49,7 @@ def resolve(kind: str, name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise ConfigError(f"{path}: no such file")
+            raise ConfigError(f"{path}: {'a directory, not a config file' if path.is_dir() else 'no such file'}")
         return path
     known = available(kind)
     if str(name_or_path) not in known:
@@ -69,9 +69,14 @@ def _describe(err: dict) -> str:
 
 def load_yaml_model(path: Path, model: type[M]) -> M:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (offset {exc.start} is not UTF-8)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     if not isinstance(data, dict):

@@ -9,6 +9,7 @@ limits are restored and the socket is removed.
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
 import os
 import signal
@@ -49,10 +50,47 @@ def _claim_socket(path: Path) -> None:
     raise SocketInUse(f"{path}: another governor is already serving this socket")
 
 
+def _socket_gid(group: str | None) -> int:
+    """The group id the socket is given (-1: leave the daemon's own group)."""
+    if group is None:
+        return -1
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"socket_group {group!r}: no such group on this system") from None
+
+
+def _make_socket_folder(path: Path) -> None:
+    """Create the socket's missing folders 0755 whatever the umask (root's is often 077): apps of
+    socket_group must be able to reach the socket; the socket's own mode decides who connects."""
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for folder in missing:
+            os.chmod(folder, 0o755)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the socket's folder {path.parent}: {exc.strerror}",
+                      str(path)) from None
+
+
+def _set_socket_permissions(path: Path, mode: int, gid: int) -> None:
+    """Give the socket its group and mode, so that apps of that group connect without root."""
+    if gid != -1:
+        try:
+            os.chown(path, -1, gid)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot give the socket to group id {gid}: {exc.strerror} (the daemon "
+                          "must run as root or as a member of socket_group)", str(path)) from None
+    os.chmod(path, mode)
+
+
 class Daemon:
-    def __init__(self, governor: Governor, socket_path: str | Path) -> None:
+    def __init__(self, governor: Governor, socket_path: str | Path, socket_mode: int = 0o660,
+                 socket_group: str | None = None) -> None:
         self.governor = governor
         self.socket_path = Path(socket_path)
+        self.socket_mode = socket_mode
+        self.socket_group = socket_group
         self._stop: asyncio.Event | None = None
 
     def handle(self, line: bytes) -> dict:
@@ -120,14 +158,21 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        gid = _socket_gid(self.socket_group)
         _claim_socket(self.socket_path)
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        old_umask = os.umask(0o117)  # the socket is created 0660
+        _make_socket_folder(self.socket_path)
+        # created with no more than socket_mode allows, so it is never looser, even for an instant
+        old_umask = os.umask(0o777 & ~self.socket_mode)
         try:
             server = await asyncio.start_unix_server(self._client, path=str(self.socket_path))
         finally:
             os.umask(old_umask)
-        os.chmod(self.socket_path, 0o660)
+        try:
+            _set_socket_permissions(self.socket_path, self.socket_mode, gid)
+        except OSError:
+            server.close()
+            self.socket_path.unlink(missing_ok=True)
+            raise
         log.info("serving %s", self.socket_path)
         if ready is not None:
             ready.set()
@@ -143,11 +188,12 @@ class Daemon:
             self._stop.set()
 
 
-def run_daemon(governor: Governor, socket_path: str | Path) -> None:
+def run_daemon(governor: Governor, socket_path: str | Path, socket_mode: int = 0o660,
+               socket_group: str | None = None) -> None:
     """Start the governor, serve until a signal, and always restore the original settings."""
     governor.start()
     try:
-        asyncio.run(Daemon(governor, socket_path).serve())
+        asyncio.run(Daemon(governor, socket_path, socket_mode, socket_group).serve())
     finally:
         for line in governor.stop():
             log.info("restored %s", line)

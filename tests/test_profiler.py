@@ -185,8 +185,8 @@ def phone(tmp_path):
 
 def profile_args(tmp_path, dev, model: Path, repeats: int):
     return ["profile", "--model", model, "--board", "sd888_phone", "--backend", "android", "--adb",
-            dev.address, "--state-file", tmp_path / "saved.json", "--repeats", repeats, "--warmup", 0,
-            "-o", tmp_path / "p.json"]
+            dev.address, "--local-device-for-remote", "--state-file", tmp_path / "saved.json", "--repeats", repeats,
+            "--warmup", 0, "-o", tmp_path / "p.json"]
 
 
 def test_profile_cli_sweeps_pairs_through_the_backend_and_restores(tmp_path, phone):
