@@ -42,6 +42,7 @@ RESULTS_GUEST_DIR = "/tmp/dvfs-results"  # where the writable results share appe
 # are added by kernel_modules()).
 SHARE_MODULES = ["virtio_pci", "9pnet_virtio", "9p"]
 MARK = "DVFS-GUEST:"  # console lines written by our init start with this
+TIMINGS: dict[str, dict] = {}  # arch -> boot/run times of this session's guests (terminal summary)
 
 
 class KernelTestError(RuntimeError):
@@ -341,9 +342,9 @@ def _command_script(image: GuestImage, command: list[str]) -> str:
 
 def build_initramfs(image: GuestImage, command: list[str], out: Path) -> Path:
     """A gzipped newc cpio: static busybox, our init, the modules and the command script."""
-    busybox = shutil.which("busybox")
+    busybox = str(image.busybox) if image.busybox else shutil.which("busybox")
     if busybox is None or not is_static_elf(Path(busybox)):
-        raise KernelTestError("no static busybox (Debian package busybox-static)")
+        raise KernelTestError(f"no static busybox for the {image.arch} initramfs (Debian package busybox-static)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "bin").mkdir()
