@@ -371,6 +371,7 @@ def sweep_values(table: list[int]) -> list[tuple[str, int]]:
     vals += [("between", (a + b) // 2) for a, b in zip(table, table[1:], strict=False)]
     vals += [("above_max", table[-1] + 1), ("above_max", table[-1] * 2)]
     vals += [("below_min", max(table[0] - 1, 1)), ("below_min", 1)]
+    vals += [("jump", table[k % 2 * -1]) for k in range(8)]  # extremes back and forth: the widest moves
     mid = table[len(table) // 2]
     vals += [("repeat", mid), ("repeat", mid), ("repeat", table[-1]), ("repeat", table[-1]), ("table", table[0])]
     return vals

@@ -28,13 +28,17 @@ PROJECT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().with_name("guest_checks.py")
 
 
-@dataclass
+@dataclass(repr=False)
 class GuestResult:
     arch: str
     run: harness.GuestRun | None = None
     report: dict | None = None
     error: str | None = None  # the guest could not even be prepared or booted
     saved: Path | None = None  # where the report and console were copied
+
+    def __repr__(self) -> str:  # short in tracebacks: the console is long
+        status = self.run.exit_status if self.run else None
+        return f"GuestResult({self.arch}, exit status {status}, error {self.error!r}, evidence {self.saved})"
 
 
 def prepare(arch: str, cache: Path):
@@ -74,6 +78,9 @@ def boot_guest(arch: str, workdir: Path, timeout_s: float = GUEST_TIMEOUT_S) -> 
         out.run = harness.boot(image, command, timeout_s, workdir)
     except harness.KernelTestError as exc:
         out.error = str(exc)
+        return out
+    except Exception as exc:  # a recipe's own errors (e.g. its registry client) fail the tests too
+        out.error = f"{type(exc).__name__}: {exc}"
         return out
     report_file = out.run.results / "report.json"
     if report_file.exists():
