@@ -84,7 +84,7 @@ WANTED_MODULES = [
 
 ROOT_PACKAGES = ["python3.11-minimal", "libpython3.11-stdlib", "libstdc++6", "busybox-static"]
 # Runtime-dependency closure is followed only into these (no dpkg, perl, tar, tzdata, ...).
-ROOT_FOLLOW = re.compile(r"^(lib.*|python3\.11.*|busybox-static)$")
+ROOT_FOLLOW = re.compile(r"^(lib.*|zlib1g|python3\.11.*|busybox-static)$")
 # Distributions imported by governor.cli/daemon/client, sysfs_backends.linux and estimator.model.
 WHEELS = ["numpy", "scipy", "pydantic", "pydantic-core", "typing-extensions", "annotated-types",
           "typing-inspection", "click", "PyYAML"]
@@ -401,6 +401,46 @@ def _dtb(qemu: str, dtc: str, base: Path) -> Path:
 
 # --- the arm64 root -------------------------------------------------------------------------------------
 
+def _elf_needed(path: Path) -> list[str]:
+    """DT_NEEDED entries of a 64-bit little-endian ELF file (no binutils needed on the host)."""
+    import struct
+
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return []
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    for _name, sh_type, _flags, _addr, offset, size, link, _info, _align, _entsize in sections:
+        if sh_type != 6:  # SHT_DYNAMIC
+            continue
+        strtab = sections[link][4]
+        needed = []
+        for pos in range(offset, offset + size, 16):
+            tag, val = struct.unpack_from("<qQ", data, pos)
+            if tag == 0:
+                break
+            if tag == 1:  # DT_NEEDED
+                needed.append(data[strtab + val:data.index(b"\0", strtab + val)].decode())
+        return needed
+    return []
+
+
+def _check_libraries(root: Path) -> None:
+    """Every shared library the interpreter, its extension modules and the wheels' extensions need
+    is in the root: a missing one would otherwise only show as an error inside the booted guest."""
+    lib_dirs = ["lib", "lib/aarch64-linux-gnu", "usr/lib", "usr/lib/aarch64-linux-gnu"]
+    available = {p.name for d in lib_dirs if (root / d).is_dir() for p in (root / d).iterdir()}
+    available |= {p.name for p in (root / SITE_DIR.lstrip("/")).glob("*.libs/*")}
+    binaries = [root / "usr/bin/python3.11", *(root / "usr/lib/python3.11/lib-dynload").glob("*.so"),
+                *(root / SITE_DIR.lstrip("/")).rglob("*.so")]
+    missing = {f"{lib} (for {b.relative_to(root)})" for b in binaries for lib in _elf_needed(b)
+               if lib not in available}
+    if missing:
+        raise RuntimeError(f"the arm64 root lacks shared libraries: {sorted(missing)[:10]}; add their "
+                           "packages to ROOT_PACKAGES/ROOT_FOLLOW in tests/kernel/arm64.py")
+
+
 def _wheel_versions() -> dict[str, str]:
     """The guest runs the same library versions as the host's environment."""
     versions = {}
@@ -475,6 +515,7 @@ def _sysroot(apt: _Arm64Apt, base: Path, project_guest_path: str) -> Path:
         (root / "root").mkdir(exist_ok=True)
         for mp in MOUNT_POINTS:
             (root / mp).mkdir(exist_ok=True)
+        _check_libraries(root)
         # Bytecode ahead of time: the root is read-only in the guest. CPython's .pyc depends only on
         # the minor version (the host runs 3.11 too), not on the architecture.
         if sys.version_info[:2] == (3, 11):
