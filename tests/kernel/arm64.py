@@ -394,7 +394,7 @@ def _dtb(qemu: str, dtc: str, base: Path) -> Path:
         (tmp / "arm64-dvfs.dts").write_text(full)
         _run([dtc, "-q", "-I", "dts", "-O", "dtb", "-o", str(tmp / "out"), str(tmp / "arm64-dvfs.dts")],
              "dtc (compile)")
-        shutil.copyfile(tmp / "arm64-dvfs.dts", base / (target.stem + ".dts"))  # kept for reading
+        shutil.copyfile(tmp / "arm64-dvfs.dts", base / (target.stem + ".dts.txt"))  # kept for reading
 
     return _build_once(target, build)
 
@@ -528,6 +528,28 @@ def _sysroot(apt: _Arm64Apt, base: Path, project_guest_path: str) -> Path:
     return target
 
 
+def _precompile_project() -> None:
+    """Bytecode for the checkout's own packages, next to the sources as any Python run leaves it: the
+    checkout is read-only inside the guest, and compiling there again at every Python start would
+    cost seconds under TCG. The .pyc files depend on the minor version only (the guest runs 3.11)."""
+    if sys.version_info[:2] != (3, 11):
+        return
+    for pkg in ("governor", "estimator", "sysfs_backends", "configs", "tests"):
+        if (PROJECT_ROOT / pkg).is_dir():
+            compileall.compile_dir(PROJECT_ROOT / pkg, quiet=2, workers=1)
+
+
+def _prune(base: Path, prefix: str, keep: Path) -> None:
+    """Drop cache entries of earlier package versions (a root is ~300 MB) once unused for two days:
+    another checkout sharing the cache may still boot an older one."""
+    now = time.time()
+    os.utime(keep)
+    for old in base.glob(f"{prefix}*"):
+        if old.name.split(".dts")[0] in (keep.name, keep.stem) or now - old.stat().st_mtime < 2 * 86400:
+            continue
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+
+
 # --- the recipe -----------------------------------------------------------------------------------------
 
 def prepare_arm64(cache_dir: Path) -> GuestImage:
@@ -541,6 +563,9 @@ def prepare_arm64(cache_dir: Path) -> GuestImage:
     dtb = _dtb(qemu, dtc, base)
     project = str(PROJECT_ROOT)
     root = _sysroot(apt, base, project)
+    _precompile_project()
+    for prefix, keep in (("kernel-", kernel.parent), ("virt-", dtb), ("root-", root)):
+        _prune(base, prefix, keep)
     return GuestImage(
         arch="arm64",
         qemu=Path(qemu),
