@@ -55,7 +55,7 @@ CPU_MODEL = "cortex-a72"  # no pointer authentication: `-cpu max` is much slower
 SMP = 2
 MEMORY_MB = 1024
 MACHINE_ARGS_NO_DTB = ["-accel", "tcg", "-M", "virt", "-cpu", CPU_MODEL, "-smp", str(SMP), "-m", str(MEMORY_MB)]
-CMDLINE = "console=ttyAMA0 panic=-1 loglevel=4"  # the harness adds rdinit=; console= is the PL011
+CMDLINE = "loglevel=4"  # the harness adds console= (the PL011, ttyAMA0), rdinit= and panic=
 
 CPU_OPPS_HZ = [500_000_000, 1_000_000_000, 1_500_000_000, 2_000_000_000]  # mux parents: first, last
 CPU_CLOCK_LATENCY_NS = 100_000
@@ -579,8 +579,6 @@ def prepare_arm64(cache_dir: Path) -> GuestImage:
             "PYTHONPATH": f"{project}:{SITE_DIR}",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/root",
-            "LANG": "C.UTF-8",
         },
         shares=[Share(host_path=PROJECT_ROOT, guest_path=project, readonly=True)],
         busybox=root / "bin" / "busybox",

@@ -341,9 +341,9 @@ def _command_script(image: GuestImage, command: list[str]) -> str:
 
 def build_initramfs(image: GuestImage, command: list[str], out: Path) -> Path:
     """A gzipped newc cpio: static busybox, our init, the modules and the command script."""
-    busybox = shutil.which("busybox")
+    busybox = str(image.busybox) if image.busybox else shutil.which("busybox")
     if busybox is None or not is_static_elf(Path(busybox)):
-        raise KernelTestError("no static busybox (Debian package busybox-static)")
+        raise KernelTestError(f"no static busybox for the {image.arch} initramfs (Debian package busybox-static)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "bin").mkdir()
