@@ -55,7 +55,7 @@ CPU_MODEL = "cortex-a72"  # no pointer authentication: `-cpu max` is much slower
 SMP = 2
 MEMORY_MB = 1024
 MACHINE_ARGS_NO_DTB = ["-accel", "tcg", "-M", "virt", "-cpu", CPU_MODEL, "-smp", str(SMP), "-m", str(MEMORY_MB)]
-CMDLINE = "console=ttyAMA0 panic=-1 loglevel=4"  # the harness adds rdinit=; console= is the PL011
+CMDLINE = "loglevel=4"  # the harness adds console= (the PL011, ttyAMA0), rdinit= and panic=
 
 CPU_OPPS_HZ = [500_000_000, 1_000_000_000, 1_500_000_000, 2_000_000_000]  # mux parents: first, last
 CPU_CLOCK_LATENCY_NS = 100_000
@@ -84,7 +84,7 @@ WANTED_MODULES = [
 
 ROOT_PACKAGES = ["python3.11-minimal", "libpython3.11-stdlib", "libstdc++6", "busybox-static"]
 # Runtime-dependency closure is followed only into these (no dpkg, perl, tar, tzdata, ...).
-ROOT_FOLLOW = re.compile(r"^(lib.*|python3\.11.*|busybox-static)$")
+ROOT_FOLLOW = re.compile(r"^(lib.*|zlib1g|python3\.11.*|busybox-static)$")
 # Distributions imported by governor.cli/daemon/client, sysfs_backends.linux and estimator.model.
 WHEELS = ["numpy", "scipy", "pydantic", "pydantic-core", "typing-extensions", "annotated-types",
           "typing-inspection", "click", "PyYAML"]
@@ -394,12 +394,52 @@ def _dtb(qemu: str, dtc: str, base: Path) -> Path:
         (tmp / "arm64-dvfs.dts").write_text(full)
         _run([dtc, "-q", "-I", "dts", "-O", "dtb", "-o", str(tmp / "out"), str(tmp / "arm64-dvfs.dts")],
              "dtc (compile)")
-        shutil.copyfile(tmp / "arm64-dvfs.dts", base / (target.stem + ".dts"))  # kept for reading
+        shutil.copyfile(tmp / "arm64-dvfs.dts", base / (target.stem + ".dts.txt"))  # kept for reading
 
     return _build_once(target, build)
 
 
 # --- the arm64 root -------------------------------------------------------------------------------------
+
+def _elf_needed(path: Path) -> list[str]:
+    """DT_NEEDED entries of a 64-bit little-endian ELF file (no binutils needed on the host)."""
+    import struct
+
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return []
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    for _name, sh_type, _flags, _addr, offset, size, link, _info, _align, _entsize in sections:
+        if sh_type != 6:  # SHT_DYNAMIC
+            continue
+        strtab = sections[link][4]
+        needed = []
+        for pos in range(offset, offset + size, 16):
+            tag, val = struct.unpack_from("<qQ", data, pos)
+            if tag == 0:
+                break
+            if tag == 1:  # DT_NEEDED
+                needed.append(data[strtab + val:data.index(b"\0", strtab + val)].decode())
+        return needed
+    return []
+
+
+def _check_libraries(root: Path) -> None:
+    """Every shared library the interpreter, its extension modules and the wheels' extensions need
+    is in the root: a missing one would otherwise only show as an error inside the booted guest."""
+    lib_dirs = ["lib", "lib/aarch64-linux-gnu", "usr/lib", "usr/lib/aarch64-linux-gnu"]
+    available = {p.name for d in lib_dirs if (root / d).is_dir() for p in (root / d).iterdir()}
+    available |= {p.name for p in (root / SITE_DIR.lstrip("/")).glob("*.libs/*")}
+    binaries = [root / "usr/bin/python3.11", *(root / "usr/lib/python3.11/lib-dynload").glob("*.so"),
+                *(root / SITE_DIR.lstrip("/")).rglob("*.so")]
+    missing = {f"{lib} (for {b.relative_to(root)})" for b in binaries for lib in _elf_needed(b)
+               if lib not in available}
+    if missing:
+        raise RuntimeError(f"the arm64 root lacks shared libraries: {sorted(missing)[:10]}; add their "
+                           "packages to ROOT_PACKAGES/ROOT_FOLLOW in tests/kernel/arm64.py")
+
 
 def _wheel_versions() -> dict[str, str]:
     """The guest runs the same library versions as the host's environment."""
@@ -475,6 +515,7 @@ def _sysroot(apt: _Arm64Apt, base: Path, project_guest_path: str) -> Path:
         (root / "root").mkdir(exist_ok=True)
         for mp in MOUNT_POINTS:
             (root / mp).mkdir(exist_ok=True)
+        _check_libraries(root)
         # Bytecode ahead of time: the root is read-only in the guest. CPython's .pyc depends only on
         # the minor version (the host runs 3.11 too), not on the architecture.
         if sys.version_info[:2] == (3, 11):
@@ -485,6 +526,28 @@ def _sysroot(apt: _Arm64Apt, base: Path, project_guest_path: str) -> Path:
     # The checkout is mounted at its host path, so paths mean the same in both guests.
     (target / project_guest_path.lstrip("/")).mkdir(parents=True, exist_ok=True)
     return target
+
+
+def _precompile_project() -> None:
+    """Bytecode for the checkout's own packages, next to the sources as any Python run leaves it: the
+    checkout is read-only inside the guest, and compiling there again at every Python start would
+    cost seconds under TCG. The .pyc files depend on the minor version only (the guest runs 3.11)."""
+    if sys.version_info[:2] != (3, 11):
+        return
+    for pkg in ("governor", "estimator", "sysfs_backends", "configs", "tests"):
+        if (PROJECT_ROOT / pkg).is_dir():
+            compileall.compile_dir(PROJECT_ROOT / pkg, quiet=2, workers=1)
+
+
+def _prune(base: Path, prefix: str, keep: Path) -> None:
+    """Drop cache entries of earlier package versions (a root is ~300 MB) once unused for two days:
+    another checkout sharing the cache may still boot an older one."""
+    now = time.time()
+    os.utime(keep)
+    for old in base.glob(f"{prefix}*"):
+        if old.name.split(".dts")[0] in (keep.name, keep.stem) or now - old.stat().st_mtime < 2 * 86400:
+            continue
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
 
 # --- the recipe -----------------------------------------------------------------------------------------
@@ -500,6 +563,9 @@ def prepare_arm64(cache_dir: Path) -> GuestImage:
     dtb = _dtb(qemu, dtc, base)
     project = str(PROJECT_ROOT)
     root = _sysroot(apt, base, project)
+    _precompile_project()
+    for prefix, keep in (("kernel-", kernel.parent), ("virt-", dtb), ("root-", root)):
+        _prune(base, prefix, keep)
     return GuestImage(
         arch="arm64",
         qemu=Path(qemu),
@@ -513,8 +579,6 @@ def prepare_arm64(cache_dir: Path) -> GuestImage:
             "PYTHONPATH": f"{project}:{SITE_DIR}",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/root",
-            "LANG": "C.UTF-8",
         },
         shares=[Share(host_path=PROJECT_ROOT, guest_path=project, readonly=True)],
         busybox=root / "bin" / "busybox",
