@@ -431,7 +431,10 @@ def api_checks(domains: dict[str, Domain], board_cfg: dict, state_file: str) -> 
                 out["false_caps"].append(entry)
             if truth != target and lo <= target <= hi:
                 out["unreachable"].append(entry)  # a clock that cannot run the OPP: a real case
-    out["restore"] = backend.restore()
+    try:
+        out["restore"] = backend.restore()
+    finally:
+        backend.close()  # gives the board back: the daemons of later steps must be able to own it
     return out
 
 
@@ -669,7 +672,8 @@ def process_age_s() -> float | None:
 
 def state_files() -> list[str]:
     base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "deadline-dvfs"
-    return sorted(str(p) for p in base.glob("*")) if base.is_dir() else []
+    # saved-state files (and their temporaries); lock files may stay, they hold nothing
+    return sorted(str(p) for p in base.glob("*") if p.suffix in (".json", ".tmp")) if base.is_dir() else []
 
 
 def after_step(report: Report, domains: dict[str, Domain], boot: dict, work: Path) -> None:
