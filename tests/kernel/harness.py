@@ -42,6 +42,7 @@ RESULTS_GUEST_DIR = "/tmp/dvfs-results"  # where the writable results share appe
 # are added by kernel_modules()).
 SHARE_MODULES = ["virtio_pci", "9pnet_virtio", "9p"]
 MARK = "DVFS-GUEST:"  # console lines written by our init start with this
+TIMINGS: dict[str, dict] = {}  # arch -> boot/run times of this session's guests (terminal summary)
 
 
 class KernelTestError(RuntimeError):
@@ -61,6 +62,7 @@ def cache_dir() -> Path:
 # ---- tools and packages ----------------------------------------------------------------------
 _apt_lock = threading.Lock()  # both guests are prepared in parallel; apt is not reentrant
 _apt_updated = False
+_apt_problem = ""  # what `apt-get update` said when it could not fetch (it may still exit 0)
 
 
 def _run(cmd: list[str], timeout_s: float = 900, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -74,15 +76,21 @@ def _tail(text: str, lines: int = 6) -> str:
 
 def _apt_update() -> None:
     """Refresh the package lists once per test session (a fresh CI machine has none)."""
-    global _apt_updated
+    global _apt_updated, _apt_problem
     if _apt_updated:
         return
     res = _run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-q"], timeout_s=600)
-    if res.returncode != 0:
-        raise KernelTestError(
-            "the real-kernel tests need the Debian package registry, which could not be reached "
-            f"(`apt-get update` failed: {_tail(res.stderr or res.stdout)})")
+    text = res.stdout + res.stderr
+    failed = [line for line in text.splitlines() if re.match(r"(Err:|W: Failed to fetch|E: )", line)]
+    if res.returncode != 0 or failed:
+        _apt_problem = _tail("\n".join(failed) or text, 3)
     _apt_updated = True
+
+
+def _unreachable(what: str) -> KernelTestError:
+    return KernelTestError(
+        f"{what}; the real-kernel tests need the Debian package registry, which could not be reached "
+        f"(`apt-get update`: {_apt_problem})" if _apt_problem else what)
 
 
 def ensure_tools(tools: dict[str, str]) -> None:
@@ -101,9 +109,8 @@ def ensure_tools(tools: dict[str, str]) -> None:
             _apt_update()
             res = _run(install)
         if res.returncode != 0:
-            raise KernelTestError(
-                f"could not install {' '.join(missing)} from the Debian package registry "
-                f"(unreachable, or not root?): {_tail(res.stderr or res.stdout)}")
+            raise _unreachable(f"could not install {' '.join(missing)} from the Debian package registry "
+                               f"(unreachable, or not root?): {_tail(res.stderr or res.stdout)}")
         still = [cmd for cmd in tools if not _tool_ok(cmd)]
         if still:
             raise KernelTestError(f"installed {' '.join(missing)} but still missing: {still}")
@@ -141,9 +148,8 @@ def resolve_package(name: str, prefix: str = "linux-image-", arch: str | None = 
         if attempt == 0:
             with _apt_lock:
                 _apt_update()
-    raise KernelTestError(f"the package lists do not know {query!r} (apt-cache: "
-                          f"{_tail(res.stderr or res.stdout) or 'no dependency'}); for a foreign "
-                          "architecture run `dpkg --add-architecture` and `apt-get update` first")
+    raise _unreachable(f"the package lists do not know {query!r} (apt-cache: "
+                       f"{_tail(res.stderr or res.stdout) or 'no dependency'})")
 
 
 def fetch_deb(package: str, dest: Path, arch: str | None = None) -> Path:
@@ -166,9 +172,8 @@ def fetch_deb(package: str, dest: Path, arch: str | None = None) -> Path:
                 with _apt_lock:
                     _apt_update()
         else:
-            raise KernelTestError(
-                f"could not download {query} from the Debian package registry (unreachable?): "
-                f"{_tail(res.stderr or res.stdout)}")
+            raise _unreachable(f"could not download {query} from the Debian package registry: "
+                               f"{_tail(res.stderr or res.stdout)}")
         target = dest / debs[0].name
         os.replace(debs[0], target)
         return target

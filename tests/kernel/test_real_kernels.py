@@ -26,16 +26,19 @@ ARCHES = ["x86_64", "arm64"]
 GUEST_TIMEOUT_S = 900
 PROJECT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().with_name("guest_checks.py")
-TIMINGS: dict[str, dict] = {}  # arch -> timings, printed in the terminal summary (conftest.py)
 
 
-@dataclass
+@dataclass(repr=False)
 class GuestResult:
     arch: str
     run: harness.GuestRun | None = None
     report: dict | None = None
     error: str | None = None  # the guest could not even be prepared or booted
     saved: Path | None = None  # where the report and console were copied
+
+    def __repr__(self) -> str:  # short in tracebacks: the console is long
+        status = self.run.exit_status if self.run else None
+        return f"GuestResult({self.arch}, exit status {status}, error {self.error!r}, evidence {self.saved})"
 
 
 def prepare(arch: str, cache: Path):
@@ -71,11 +74,13 @@ def boot_guest(arch: str, workdir: Path, timeout_s: float = GUEST_TIMEOUT_S) -> 
     try:
         image = prepare(arch, harness.cache_dir())
         driver = guest_path(image, DRIVER)
-        command = ["/bin/sh", "-c", 'DVFS_T_EXEC=$(date +%s.%N) exec "$0" "$@"', image.python, driver,
-                   "--arch", arch]
+        command = [image.python, driver, "--arch", arch]
         out.run = harness.boot(image, command, timeout_s, workdir)
     except harness.KernelTestError as exc:
         out.error = str(exc)
+        return out
+    except Exception as exc:  # a recipe's own errors (e.g. its registry client) fail the tests too
+        out.error = f"{type(exc).__name__}: {exc}"
         return out
     report_file = out.run.results / "report.json"
     if report_file.exists():
@@ -84,7 +89,7 @@ def boot_guest(arch: str, workdir: Path, timeout_s: float = GUEST_TIMEOUT_S) -> 
     if out.report is not None:
         out.report["host_timings_s"] = timings
         timings.update({f"guest_{k}": v for k, v in out.report.get("timings_s", {}).items()})
-    TIMINGS[arch] = timings
+    harness.TIMINGS[arch] = timings
     # keep the last run's evidence where people (and CI artifacts) can find it
     saved = harness.cache_dir() / "last-run" / arch
     shutil.rmtree(saved, ignore_errors=True)
@@ -214,17 +219,19 @@ def test_fit_synthetic_profile(guest):
 
 @pytest.mark.parametrize("daemon", ["daemon_sigterm", "daemon_sigkill"])
 def test_daemon_answers_with_the_pair_in_force(guest, daemon):
-    """Every decision the daemon sends is the pair the kernel is running during the frame, and no
-    frame is called infeasible (every deadline is met at the top pair)."""
+    """Every decision the daemon sends is the pair the kernel is running during the frame, and a
+    frame called infeasible runs at the top pair (these guests impose no cap: anything lower means
+    the daemon planned with a cap that is not there)."""
     s = step(guest, daemon)
     assert s["frames"] > 0, f"{guest.arch}/{daemon}: no frame served"
     keys = ("frame", "deadline_ms", "decided", "truth_at_start", "truth_at_end", "feasible", "notes")
     assert not s["pair_mismatches"], (
         f"{guest.arch}/{daemon}: {len(s['pair_mismatches'])} of {s['frames']} decisions named a pair the "
         f"kernel was not running:\n{show([brief(e, keys) for e in s['pair_mismatches']])}")
-    assert not s["infeasible"], (
-        f"{guest.arch}/{daemon}: {len(s['infeasible'])} of {s['frames']} frames called infeasible:\n"
-        f"{show([brief(e, keys + ('predicted_ms', 'latency_ms')) for e in s['infeasible']])}")
+    assert not s["infeasible_below_top"], (
+        f"{guest.arch}/{daemon}: {len(s['infeasible_below_top'])} of {s['frames']} frames called infeasible "
+        "but not run at the top pair:\n"
+        f"{show([brief(e, keys + ('predicted_ms', 'latency_ms')) for e in s['infeasible_below_top']])}")
     assert not s["status"]["capped"], f"{guest.arch}/{daemon}: the daemon reports a cap: {s['status']}"
 
 

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 from tests.kernel import harness
-from tests.kernel.guest_image import GuestImage
+from tests.kernel.guest_image import GuestImage, Share
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # The P-states we declare, highest first as _PSS wants them: (MHz, mW, latency us).
 P_STATES_MHZ = [2400, 2000, 1600, 1200, 800]
@@ -77,6 +79,10 @@ def prepare_x86_64(cache_dir: Path) -> GuestImage:
         raise harness.KernelTestError(f"no boot/vmlinuz-* in {tree}")
     modules = harness.kernel_modules(tree, harness.SHARE_MODULES + MODULES, base / "modules" / tree.name)
     aml = build_ssdt(base / "acpi")
+    # The guest's /tmp is its own tmpfs: a checkout or venv under the host's /tmp is shared again
+    # at the same path.
+    needed = {PROJECT_ROOT, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    shares = [Share(p, str(p)) for p in sorted(needed) if p.is_relative_to("/tmp")]
     return GuestImage(
         arch="x86_64",
         qemu=Path(harness.shutil.which("qemu-system-x86_64")),
@@ -87,4 +93,5 @@ def prepare_x86_64(cache_dir: Path) -> GuestImage:
         cmdline="intel_pstate=disable",
         root=Path("/"),
         python=sys.executable,
+        shares=shares,
     )
