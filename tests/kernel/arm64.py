@@ -132,10 +132,21 @@ class _Arm64Apt:
                 return  # offline, but lists from an earlier run are still usable
             raise RegistryError("cannot reach the Debian archive for arm64 package lists (apt-get update): "
                                 + " | ".join(text.strip().splitlines()[-3:]))
+        shutil.rmtree(self.base / "memo", ignore_errors=True)  # answers from the old lists
         stamp.touch()
 
     def cache(self, *args: str) -> str:
-        return _run(["apt-cache", *self.opts, *args], f"apt-cache {' '.join(args)}")
+        """apt-cache's answer, remembered until the lists change (each call parses ~20 MB of lists:
+        a second prepare_arm64() would otherwise spend most of its time here)."""
+        memo = self.base / "memo" / f"{_key(args)}.txt"
+        if memo.exists():
+            return memo.read_text()
+        out = _run(["apt-cache", *self.opts, *args], f"apt-cache {' '.join(args)}")
+        memo.parent.mkdir(exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(out)
+        os.replace(tmp, memo)
+        return out
 
     def versions(self, packages: list[str]) -> dict[str, str]:
         """Candidate version of each package that has one (virtual packages have none)."""
@@ -174,7 +185,8 @@ class _Arm64Apt:
         """Package -> version for ``roots`` and their runtime dependencies that ``follow`` admits
         (one apt-cache call per level of the dependency graph, not per package)."""
         found: dict[str, str] = {}
-        missing = [r for r in roots if r not in self.versions(roots)]
+        known = self.versions(roots)
+        missing = [r for r in roots if r not in known]
         if missing:
             raise RegistryError(f"packages {missing} (arm64) are not in the Debian archive's lists")
         level, seen = list(roots), set(roots)
