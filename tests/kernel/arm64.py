@@ -88,8 +88,9 @@ WHEELS = ["numpy", "scipy", "pydantic", "pydantic-core", "typing-extensions", "a
           "typing-inspection", "click", "PyYAML"]
 SITE_DIR = "/opt/deadline-dvfs/site"  # wheels unpacked here (on PYTHONPATH in the guest)
 GUEST_PYTHON = "/usr/bin/python3"
-# Mount points the harness needs in a root that is read-only inside the guest.
-MOUNT_POINTS = ["proc", "sys", "dev", "tmp", "run", "mnt", "results"]
+# Mount points for the harness (the guest's own proc, sys, dev and a tmpfs on /tmp, which holds
+# the results share): the root is read-only inside the guest, so they must exist beforehand.
+MOUNT_POINTS = ["proc", "sys", "dev", "tmp"]
 
 
 class RegistryError(harness.KernelTestError):
@@ -436,14 +437,14 @@ def _sysroot(apt: _Arm64Apt, base: Path, project_guest_path: str) -> Path:
         for wheel in _download_wheels(wheels, base / "wheels"):
             with zipfile.ZipFile(wheel) as zf:
                 zf.extractall(site)
-        for so in site.rglob("*.so*"):  # zip extraction drops the execute bit ld.so does not need, but keep it
+        for so in site.rglob("*.so*"):  # zip extraction drops file modes; keep libraries as pip would
             so.chmod(0o755)
         (root / "usr/bin/python3").symlink_to("python3.11")
-        busybox = root / "bin" / "busybox"
-        for applet in ("sh", "cat", "ls", "sleep", "echo", "mkdir", "kill"):
+        if not (root / "bin" / "busybox").exists():
+            raise harness.KernelTestError("busybox-static (arm64) did not unpack /bin/busybox")
+        for applet in ("sh", "cat", "ls", "sleep", "echo", "mkdir", "kill"):  # /bin/sh for the harness
             if not (root / "bin" / applet).exists():
                 (root / "bin" / applet).symlink_to("busybox")
-        assert busybox.exists(), "busybox-static did not unpack /bin/busybox"
         launcher = root / "usr/local/bin/dvfs-gov"
         launcher.parent.mkdir(parents=True, exist_ok=True)
         launcher.write_text(LAUNCHER)
@@ -461,7 +462,7 @@ def _sysroot(apt: _Arm64Apt, base: Path, project_guest_path: str) -> Path:
         # the minor version (the host runs 3.11 too), not on the architecture.
         if sys.version_info[:2] == (3, 11):
             for tree in (root / "usr/lib/python3.11", site):
-                compileall.compile_dir(tree, quiet=2, workers=1, ddir=None)
+                compileall.compile_dir(tree, quiet=2, workers=1)
 
     _build_once(target, build)
     # The checkout is mounted at its host path, so paths mean the same in both guests.
