@@ -156,9 +156,10 @@ def test_guest_runs_the_whole_driver(guest):
     assert run.exit_status == 0 and report.get("done"), (
         f"{guest.arch}: driver exit status {run.exit_status}, timed out {run.timed_out}, steps with errors "
         f"{errors}; console:\n{run.console_tail(30)}")
-    assert not report["resets"], (
-        f"{guest.arch}: steps left cpufreq/devfreq changed and the driver had to reset them:\n"
-        f"{show(report['resets'])}")
+    # steps that left something behind are reset by the driver (and fail their own tests); a reset
+    # that could not reach the boot state would spoil the baseline of every later step
+    stuck = [r for r in report["resets"] if r["still_different"]]
+    assert not stuck, f"{guest.arch}: the driver could not get back to the boot state:\n{show(stuck)}"
 
 
 def test_status_cli_matches_sysfs(guest):
