@@ -41,13 +41,12 @@ import time
 import zipfile
 from pathlib import Path
 
-if __package__:
-    from .guest_image import GuestImage, Share
-else:  # run as a script: python tests/kernel/arm64.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from guest_image import GuestImage, Share
-
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+if not __package__:  # run as a script: python tests/kernel/arm64.py [CACHE_DIR]
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from tests.kernel import harness  # noqa: E402
+from tests.kernel.guest_image import GuestImage, Share  # noqa: E402
 
 # --- the machine ------------------------------------------------------------------------------------
 
@@ -64,12 +63,11 @@ GPU_OPPS_HZ = [200_000_000, 400_000_000, 600_000_000, 800_000_000]  # mux parent
 CPU_MUX_GPIO_LINE = 0  # PL061 lines; QEMU's gpio-keys power button uses line 3
 GPU_MUX_GPIO_LINE = 1
 
-# Modules wanted, by name; their dependencies (from each .ko's modinfo) are loaded first and
-# anything in modules.builtin is left out. Governors before the drivers that start with them.
+# Modules wanted, by name; the harness puts their dependencies (from each .ko's modinfo) first, and
+# anything in modules.builtin is left out. Governors before the drivers that start with them: the
+# imx-bus device is registered with `userspace` and fails to probe without it.
+# The harness adds its share modules (virtio_pci: -virtfs is virtio-9p-pci on `virt`, 9p).
 WANTED_MODULES = [
-    "virtio_pci",  # -virtfs is virtio-9p-pci on `virt`
-    "9pnet_virtio",
-    "9p",
     "cpufreq_userspace",
     "cpufreq_powersave",
     "cpufreq_ondemand",
@@ -90,11 +88,12 @@ WHEELS = ["numpy", "scipy", "pydantic", "pydantic-core", "typing-extensions", "a
           "typing-inspection", "click", "PyYAML"]
 SITE_DIR = "/opt/deadline-dvfs/site"  # wheels unpacked here (on PYTHONPATH in the guest)
 GUEST_PYTHON = "/usr/bin/python3"
-# Mount points the harness needs in a root that is read-only inside the guest.
-MOUNT_POINTS = ["proc", "sys", "dev", "tmp", "run", "mnt", "results"]
+# Mount points for the harness (the guest's own proc, sys, dev and a tmpfs on /tmp, which holds
+# the results share): the root is read-only inside the guest, so they must exist beforehand.
+MOUNT_POINTS = ["proc", "sys", "dev", "tmp"]
 
 
-class RegistryError(RuntimeError):
+class RegistryError(harness.KernelTestError):
     """The package registries (Debian's apt archive, PyPI) could not be reached or lacked a package."""
 
 
@@ -104,20 +103,6 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise RegistryError(f"{what} failed (exit {proc.returncode}): {' | '.join(tail)}")
     return proc.stdout
-
-
-def _need_tool(binary: str, package: str) -> str:
-    """Host tools come from Debian's archive (we are root here and in CI)."""
-    path = shutil.which(binary)
-    if path is None:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        proc = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                               "-o", "DPkg::Lock::Timeout=300", package], capture_output=True, text=True, env=env)
-        path = shutil.which(binary)
-        if path is None:
-            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-            raise RegistryError(f"cannot install {package} (for {binary}) from the Debian archive: {tail}")
-    return path
 
 
 class _Arm64Apt:
@@ -132,7 +117,6 @@ class _Arm64Apt:
             "-o", "APT::Architecture=arm64", "-o", "APT::Architectures=arm64",
             "-o", f"Dir::State::Lists={self.lists}", "-o", f"Dir::Cache={base / 'cache'}",
             "-o", "Dir::State::status=/dev/null", "-o", "APT::Sandbox::User=root",
-            "-o", "Debug::NoLocking=1",
         ]
 
     def update(self) -> None:
@@ -149,10 +133,21 @@ class _Arm64Apt:
                 return  # offline, but lists from an earlier run are still usable
             raise RegistryError("cannot reach the Debian archive for arm64 package lists (apt-get update): "
                                 + " | ".join(text.strip().splitlines()[-3:]))
+        shutil.rmtree(self.base / "memo", ignore_errors=True)  # answers from the old lists
         stamp.touch()
 
     def cache(self, *args: str) -> str:
-        return _run(["apt-cache", *self.opts, *args], f"apt-cache {' '.join(args)}")
+        """apt-cache's answer, remembered until the lists change (each call parses ~20 MB of lists:
+        a second prepare_arm64() would otherwise spend most of its time here)."""
+        memo = self.base / "memo" / f"{_key(args)}.txt"
+        if memo.exists():
+            return memo.read_text()
+        out = _run(["apt-cache", *self.opts, *args], f"apt-cache {' '.join(args)}")
+        memo.parent.mkdir(exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(out)
+        os.replace(tmp, memo)
+        return out
 
     def versions(self, packages: list[str]) -> dict[str, str]:
         """Candidate version of each package that has one (virtual packages have none)."""
@@ -191,7 +186,8 @@ class _Arm64Apt:
         """Package -> version for ``roots`` and their runtime dependencies that ``follow`` admits
         (one apt-cache call per level of the dependency graph, not per package)."""
         found: dict[str, str] = {}
-        missing = [r for r in roots if r not in self.versions(roots)]
+        known = self.versions(roots)
+        missing = [r for r in roots if r not in known]
         if missing:
             raise RegistryError(f"packages {missing} (arm64) are not in the Debian archive's lists")
         level, seen = list(roots), set(roots)
@@ -252,82 +248,25 @@ def _build_once(target: Path, build) -> Path:
 
 # --- kernel and modules ---------------------------------------------------------------------------------
 
-def _modinfo_depends(ko: Path) -> list[str]:
-    """A module's ``depends=`` from its .modinfo section (a NUL-separated key=value list)."""
-    data = ko.read_bytes()
-    m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", data)
-    return [d for d in m.group(1).decode().split(",") if d] if m else []
-
-
-def _module_order(moddir: Path, wanted: list[str]) -> list[Path]:
-    """``wanted`` modules and their dependencies, dependencies first, leaving out built-in ones."""
-    norm = lambda name: name.replace("-", "_")  # noqa: E731 - module names treat - and _ alike
-    files = {norm(ko.name.split(".ko")[0]): ko for ko in (moddir / "kernel").rglob("*.ko*")}
-    builtin = {norm(Path(line.strip()).name.split(".ko")[0])
-               for line in (moddir / "modules.builtin").read_text().splitlines() if line.strip()}
-    order: list[Path] = []
-    done: set[str] = set()
-
-    def visit(name: str) -> None:
-        name = norm(name)
-        if name in done or name in builtin:
-            return
-        done.add(name)
-        if name not in files:
-            raise RuntimeError(f"module {name} is neither in {moddir / 'kernel'} nor in modules.builtin")
-        for dep in _modinfo_depends(files[name]):
-            visit(dep)
-        order.append(files[name])
-
-    for name in wanted:
-        visit(name)
-    return order
-
-
-def _decompress_module(ko: Path, into: Path) -> Path:
-    """insmod in busybox takes plain .ko files; Debian ships them plain or as .ko.xz/.ko.zst."""
-    name = ko.name.split(".ko")[0] + ".ko"
-    out = into / name
-    if ko.suffix == ".xz":
-        import lzma
-
-        out.write_bytes(lzma.decompress(ko.read_bytes()))
-    elif ko.suffix == ".zst":
-        out.write_bytes(subprocess.run(["zstd", "-dc", str(ko)], capture_output=True, check=True).stdout)
-    else:
-        shutil.copyfile(ko, out)
-    return out
-
-
-def _kernel(apt: _Arm64Apt, base: Path) -> tuple[Path, list[Path], str]:
-    """Debian's current arm64 kernel (what ``linux-image-arm64`` depends on), unpacked."""
+def _kernel(apt: _Arm64Apt, base: Path) -> tuple[Path, list[Path]]:
+    """Debian's current arm64 kernel (what ``linux-image-arm64`` depends on), unpacked, and the
+    modules we insmod (with their dependencies, built-in ones left out)."""
     meta = apt.depends(["linux-image-arm64"]).get("linux-image-arm64", [])
     image_pkg = next((d for d in meta if d.startswith("linux-image-")), None)
     if image_pkg is None:
         raise RegistryError("linux-image-arm64 (arm64) names no linux-image-* package")
     version = apt.version(image_pkg)
-    target = base / f"kernel-{image_pkg}-{_deb_version(version)}"
-
-    def build(tmp: Path) -> None:
+    tree = base / f"tree-{image_pkg}-{_deb_version(version)}"
+    if not tree.is_dir():
         (deb,) = apt.download({image_pkg: version}, base / "debs")
-        _run(["dpkg-deb", "-x", str(deb), str(tmp / "tree")], f"dpkg-deb -x {deb.name}")
-        out = tmp / "out"
-        (out / "modules").mkdir(parents=True)
-        (vmlinuz,) = (tmp / "tree" / "boot").glob("vmlinuz-*")
-        raw = vmlinuz.read_bytes()
-        if raw[:2] == b"\x1f\x8b":  # Debian's arm64 vmlinuz is a plain Image; accept a gzipped one too
-            import gzip
-
-            raw = gzip.decompress(raw)
-        (out / "Image").write_bytes(raw)
-        (moddir,) = (tmp / "tree" / "lib" / "modules").iterdir()
-        order = [_decompress_module(ko, out / "modules") for ko in _module_order(moddir, WANTED_MODULES)]
-        (out / "modules.order").write_text("".join(f"{p.name}\n" for p in order))
-        (out / "release").write_text(moddir.name)
-
-    _build_once(target, build)
-    modules = [target / "modules" / n for n in (target / "modules.order").read_text().split()]
-    return target / "Image", modules, (target / "release").read_text()
+        harness.unpack_deb(deb, tree)
+    (moddir,) = (tree / "lib" / "modules").iterdir()
+    builtin = {Path(line.strip()).name.split(".ko")[0].replace("-", "_")
+               for line in (moddir / "modules.builtin").read_text().splitlines() if line.strip()}
+    wanted = [m for m in harness.SHARE_MODULES + WANTED_MODULES if m.replace("-", "_") not in builtin]
+    modules = harness.kernel_modules(tree, wanted, tree / "insmod")
+    (image,) = (tree / "boot").glob("vmlinuz-*")  # an uncompressed arm64 Image (QEMU takes gzip too)
+    return image, modules
 
 
 # --- device tree ----------------------------------------------------------------------------------------
@@ -358,11 +297,11 @@ def dts_additions(dts: str) -> str:
     """Our clocks, OPP tables and devfreq node, written against QEMU's own (decompiled) tree."""
     gpio = re.search(r"^\t([\w,.-]+@[0-9a-f]+) \{\n(?:\t\t[^\n]*\n)*?\t\tcompatible = \"arm,pl061(?:\\0|\")", dts, re.M)
     if gpio is None:
-        raise RuntimeError("QEMU's virt device tree has no arm,pl061 GPIO node to select the clock muxes")
+        raise harness.KernelTestError("QEMU's virt device tree has no arm,pl061 GPIO node to select the clock muxes")
     gpio_path = "/" + gpio.group(1)
     cpus = re.findall(r"^\t\t(cpu@[0-9a-f]+) \{", dts, re.M)
     if len(cpus) != SMP:
-        raise RuntimeError(f"QEMU's virt device tree shows {cpus}, expected {SMP} cpu@N nodes")
+        raise harness.KernelTestError(f"QEMU's virt device tree shows {cpus}, expected {SMP} cpu@N nodes")
     root = (
         "/ {\n"
         + _fixed("cpu_clk_lo", "cpu-clk-lo", CPU_OPPS_HZ[0]) + _fixed("cpu_clk_hi", "cpu-clk-hi", CPU_OPPS_HZ[-1])
@@ -382,8 +321,11 @@ def dts_additions(dts: str) -> str:
 
 def _dtb(qemu: str, dtc: str, base: Path) -> Path:
     qemu_version = _run([qemu, "--version"], "qemu --version").splitlines()[0]
-    source = Path(__file__).read_text()  # the additions are written by this file
-    target = base / f"virt-{_key(qemu_version, MACHINE_ARGS_NO_DTB, source)}.dtb"
+    import inspect
+
+    recipe = [inspect.getsource(f) for f in (dts_additions, _opp_table, _mux, _fixed)]
+    recipe += [CPU_OPPS_HZ, CPU_CLOCK_LATENCY_NS, GPU_NODE, GPU_OPPS_HZ, CPU_MUX_GPIO_LINE, GPU_MUX_GPIO_LINE]
+    target = base / f"virt-{_key(qemu_version, MACHINE_ARGS_NO_DTB, recipe)}.dtb"
 
     def build(tmp: Path) -> None:
         args = list(MACHINE_ARGS_NO_DTB)
@@ -437,7 +379,7 @@ def _check_libraries(root: Path) -> None:
     missing = {f"{lib} (for {b.relative_to(root)})" for b in binaries for lib in _elf_needed(b)
                if lib not in available}
     if missing:
-        raise RuntimeError(f"the arm64 root lacks shared libraries: {sorted(missing)[:10]}; add their "
+        raise harness.KernelTestError(f"the arm64 root lacks shared libraries: {sorted(missing)[:10]}; add their "
                            "packages to ROOT_PACKAGES/ROOT_FOLLOW in tests/kernel/arm64.py")
 
 
@@ -448,7 +390,7 @@ def _wheel_versions() -> dict[str, str]:
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError as exc:
-            raise RuntimeError(f"{dist} is not installed here; install the project (pip install -e .)") from exc
+            raise harness.KernelTestError(f"{dist} is not installed here: pip install -e . first") from exc
     return versions
 
 
@@ -495,14 +437,14 @@ def _sysroot(apt: _Arm64Apt, base: Path, project_guest_path: str) -> Path:
         for wheel in _download_wheels(wheels, base / "wheels"):
             with zipfile.ZipFile(wheel) as zf:
                 zf.extractall(site)
-        for so in site.rglob("*.so*"):  # zip extraction drops the execute bit ld.so does not need, but keep it
+        for so in site.rglob("*.so*"):  # zip extraction drops file modes; keep libraries as pip would
             so.chmod(0o755)
         (root / "usr/bin/python3").symlink_to("python3.11")
-        busybox = root / "bin" / "busybox"
-        for applet in ("sh", "cat", "ls", "sleep", "echo", "mkdir", "kill"):
+        if not (root / "bin" / "busybox").exists():
+            raise harness.KernelTestError("busybox-static (arm64) did not unpack /bin/busybox")
+        for applet in ("sh", "cat", "ls", "sleep", "echo", "mkdir", "kill"):  # /bin/sh for the harness
             if not (root / "bin" / applet).exists():
                 (root / "bin" / applet).symlink_to("busybox")
-        assert busybox.exists(), "busybox-static did not unpack /bin/busybox"
         launcher = root / "usr/local/bin/dvfs-gov"
         launcher.parent.mkdir(parents=True, exist_ok=True)
         launcher.write_text(LAUNCHER)
@@ -520,7 +462,7 @@ def _sysroot(apt: _Arm64Apt, base: Path, project_guest_path: str) -> Path:
         # the minor version (the host runs 3.11 too), not on the architecture.
         if sys.version_info[:2] == (3, 11):
             for tree in (root / "usr/lib/python3.11", site):
-                compileall.compile_dir(tree, quiet=2, workers=1, ddir=None)
+                compileall.compile_dir(tree, quiet=2, workers=1)
 
     _build_once(target, build)
     # The checkout is mounted at its host path, so paths mean the same in both guests.
@@ -555,16 +497,16 @@ def _prune(base: Path, prefix: str, keep: Path) -> None:
 def prepare_arm64(cache_dir: Path) -> GuestImage:
     """Everything the harness needs to boot the arm64 guest; cached under ``cache_dir/arm64``."""
     base = Path(cache_dir) / "arm64"
-    qemu = _need_tool("qemu-system-aarch64", "qemu-system-arm")
-    dtc = _need_tool("dtc", "device-tree-compiler")
+    harness.ensure_tools({"qemu-system-aarch64": "qemu-system-arm", "dtc": "device-tree-compiler"})
+    qemu, dtc = shutil.which("qemu-system-aarch64"), shutil.which("dtc")
     apt = _Arm64Apt(base / "apt")
     apt.update()
-    kernel, modules, _release = _kernel(apt, base)
+    kernel, modules = _kernel(apt, base)
     dtb = _dtb(qemu, dtc, base)
     project = str(PROJECT_ROOT)
     root = _sysroot(apt, base, project)
     _precompile_project()
-    for prefix, keep in (("kernel-", kernel.parent), ("virt-", dtb), ("root-", root)):
+    for prefix, keep in (("tree-", kernel.parent.parent), ("virt-", dtb), ("root-", root)):
         _prune(base, prefix, keep)
     return GuestImage(
         arch="arm64",
