@@ -13,4 +13,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
         steps = ", ".join(f"{k.removeprefix('guest_')} {v}" for k, v in t.items() if k.startswith("guest_"))
         terminalreporter.write_line(f"{arch}: boot {t['boot_s']} s, run {t['run_s']} s, wall {t['wall_s']} s"
                                     + (f" (guest steps, s: {steps})" if steps else ""))
+        if t.get("summary"):
+            terminalreporter.write_line(f"{arch}: " + ", ".join(f"{k} {v}" for k, v in t["summary"].items()))
     terminalreporter.write_line(f"reports and consoles: {harness.cache_dir() / 'last-run'}")

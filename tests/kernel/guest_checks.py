@@ -653,6 +653,7 @@ def main() -> int:
     after_step(report, domains, boot, work)
 
     report.data["final_diff"] = diff(domains, boot, settled_snapshot(domains))
+    report.data["summary"] = summary(report.data["steps"])
     report.data["timings_s"]["driver_total"] = round(time.monotonic() - report.t0, 2)
     report.data["done"] = True
     report.save()
@@ -668,6 +669,23 @@ def process_age_s() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def summary(steps: dict) -> dict:
+    """The figures: applies and frames against the kernel's clock, restores against the originals."""
+    api = [v for k, v in steps.items() if k.startswith(("api_", "setpoint_")) and "applies" in v]
+    daemons = [v for k, v in steps.items() if k.startswith("daemon_") and "frames" in v]
+    restores = [v for v in steps.values() if "restore_diff" in v]
+    return {
+        "applies": sum(v["applies"] for v in api),
+        "apply_mismatches": sum(len(v["mismatches"]) for v in api),
+        "false_caps": sum(len(v.get("false_caps", [])) for v in api),
+        "frames": sum(v["frames"] for v in daemons),
+        "frame_pair_mismatches": sum(len(v["pair_mismatches"]) for v in daemons),
+        "restores_checked": len(restores),
+        "restores_exact": sum(not v["restore_diff"] for v in restores),
+        "steps_failed": sorted(k for k, v in steps.items() if "error" in v),
+    }
 
 
 def state_files() -> list[str]:

@@ -88,6 +88,7 @@ def boot_guest(arch: str, workdir: Path, timeout_s: float = GUEST_TIMEOUT_S) -> 
     timings = {"boot_s": out.run.boot_s, "run_s": out.run.run_s, "wall_s": out.run.wall_s}
     if out.report is not None:
         out.report["host_timings_s"] = timings
+        timings["summary"] = out.report.get("summary")
         timings.update({f"guest_{k}": v for k, v in out.report.get("timings_s", {}).items()})
     harness.TIMINGS[arch] = timings
     # keep the last run's evidence where people (and CI artifacts) can find it
