@@ -215,7 +215,12 @@ def reset_to(domains: dict[str, Domain], reference: dict[str, dict[str, str]]) -
         if gov == "userspace" and ref.get(dom.f_setpoint, "").isdigit():
             steps.append((dom.f_setpoint, ref[dom.f_setpoint]))
         elif gov == "userspace" and ref.get(dom.f_setpoint) == "undefined" and ref.get("cur_freq", "").isdigit():
-            steps.append((dom.f_setpoint, ref["cur_freq"]))  # the same state, see diff()
+            # devfreq's userspace governor forgets its setpoint when it is selected again, and then
+            # keeps the clock it finds: the boot clock first, then away and back
+            other = next((g for g in ref[dom.f_govs].split() if g != "userspace"), None)
+            steps.append((dom.f_setpoint, ref["cur_freq"]))
+            if other:
+                steps += [(dom.f_gov, other), (dom.f_gov, "userspace")]
         for attr, value in steps:
             err = write(dom.f(attr), value)
             done.append(f"{name}: {attr} = {value}" + (f" ({err})" if err else ""))
