@@ -22,7 +22,6 @@ outlying point is down-weighted instead of bending the curve.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import nnls
 
 CPU_COL = 0  # the f_cpu_ref / f_cpu column of design()
 HUBER_K = 1.5  # in units of the robust residual scale
@@ -60,6 +59,10 @@ def design(
 
 def _robust_nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Relative-error NNLS with Huber re-weighting; x (n, k), y (n,) -> coefficients (k,)."""
+    # Imported here: only fitting needs scipy, and importing scipy.optimize is most of the CLI's and
+    # the daemon's start-up time (seconds on a small board, tens of seconds in an emulated guest).
+    from scipy.optimize import nnls
+
     scale = np.maximum(y, MIN_TIME_NS)
     weights = 1.0 / scale
     coef = np.zeros(x.shape[1])

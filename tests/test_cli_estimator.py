@@ -75,3 +75,12 @@ def test_not_an_estimator_file(tmp_path):
     (tmp_path / "x.json").write_text('{"format": "something"}')
     res = sh("estimate", tmp_path / "x.json", "--grid", check=False)
     assert res.returncode == 2 and "not a deadline-dvfs estimator file" in res.stderr
+
+
+def test_cli_daemon_and_backend_imports_leave_scipy_out():
+    """Only fitting needs scipy; the CLI, daemon, client and backends start without importing it
+    (it was most of their start-up time: ~40 s per start in the arm64 real-kernel guest)."""
+    code = ("import sys, governor.cli, governor.daemon, governor.client, sysfs_backends.linux, estimator.model; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy')[:5])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"scipy modules imported at start-up: {out}"

@@ -30,3 +30,4 @@ class GuestImage:
     python: str  # the interpreter inside the chroot
     env: dict[str, str] = field(default_factory=dict)  # environment inside the chroot
     shares: list[Share] = field(default_factory=list)  # further shares, e.g. the project checkout
+    busybox: Path | None = None  # static busybox for the initramfs, of the guest's arch (None: the host's)
