@@ -309,39 +309,38 @@ class Governor:
 
     def _apply(self, point: tuple[int, ...], lat: np.ndarray, energy_mj: np.ndarray, corr: float,
                deadline_ms: float, now: float) -> tuple[tuple[int, ...], list[str]]:
-        self._target = point
-        try:
-            res = self._write(point)
-        except BackendUnavailable as exc:
-            # keep serving: the frame runs at whatever is in force; retried on the next frame
-            return self._cur, [f"not applied: {exc}"]
-        eff = tuple(res.effective.get(d, v) for d, v in zip(self.domains, point, strict=True))
-        notes = list(res.notes)
-        if res.unreachable:
+        """Write ``point``; while the kernel shows a cap or a clock that cannot reach a target,
+        learn it and decide again among the points the hardware allows (at most once per domain
+        and once more: each round rules out at least one frequency or lowers a cap)."""
+        notes: list[str] = []
+        for _ in range(len(self.domains) + 2):
+            self._target = point
+            try:
+                res = self._write(point)
+            except BackendUnavailable as exc:
+                # keep serving: the frame runs at whatever is in force; retried on the next frame
+                return self._cur, notes + [f"not applied: {exc}"]
+            eff = tuple(res.effective.get(d, v) for d, v in zip(self.domains, point, strict=True))
+            notes += res.notes
+            self._cur = eff
             for k, domain in enumerate(self.domains):
                 if domain in res.unreachable:
                     self._reachable &= self.points[:, k] != res.target[domain]
                     log.warning("%s: %s cannot be reached (the clock runs %s); planning without it",
                                 domain, res.target[domain], res.unreachable[domain])
-        if res.capped:  # the kernel's limits hold a domain lower (thermal cap, another agent)
-            self._caps = tuple(e if res.conditions.get(d) == "capped" else math.inf
-                               for d, e in zip(self.domains, eff, strict=True))
-            self._caps_until = now + self.settings.cap_recheck_s
-        if res.capped or res.unreachable:
-            # decide again among the points the hardware allows, with the frequencies in force
-            self._cur = eff
-            idx, _ = self._choose(lat, energy_mj, corr, deadline_ms, now)
-            second = tuple(int(v) for v in self.points[idx])
-            if second != eff:
-                self._target = second
-                res = self._write(second)
-                eff = tuple(res.effective.get(d, v) for d, v in zip(self.domains, second, strict=True))
-                notes += res.notes
-            if res.capped:
+            if res.capped:  # the kernel's limits hold a domain lower (thermal cap, another agent)
+                self._caps = tuple(e if res.conditions.get(d) == "capped" else math.inf
+                                   for d, e in zip(self.domains, eff, strict=True))
+                self._caps_until = now + self.settings.cap_recheck_s
                 log.info("capped: running %s", self._describe(eff))
-        if not res.capped:  # nothing holds the clocks lower: what runs is the target from now on
-            self._target = eff
-        self._cur = eff
+            else:  # nothing holds the clocks lower: what runs is the target from now on
+                self._target = eff
+            if not (res.capped or res.unreachable):
+                break
+            idx, _ = self._choose(lat, energy_mj, corr, deadline_ms, now)
+            point = tuple(int(v) for v in self.points[idx])
+            if point == eff:
+                break
         return eff, notes
 
     def after_frame(self, frame: int, latency_ms: float) -> None:

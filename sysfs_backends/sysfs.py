@@ -187,6 +187,15 @@ class SysfsBackend(Backend):
                     f"board {self.board.name!r}: gpu.kind is kgsl but {KGSL_DIR}/gpuclk is missing"
                 )
             files["gpu"] = _devfreq_files(gpu.node, kgsl)
+        cpu_files = files["cpu"]
+        probe = self._batch([Read(cpu_files.cur)])[0]
+        if not probe.ok:
+            # no clock read-back (acpi-cpufreq on an I/O port, or not root): the last target it is
+            why = ("does not exist" if probe.errno == errno.ENOENT
+                   else "is not readable (cpuinfo_cur_freq is root-only)")
+            self.notes.append(f"cpu: {cpu_files.cur} {why}; scaling_cur_freq (the last target the "
+                              "driver was given, not the clock) is reported as the frequency in force")
+            files["cpu"] = cpu_files.model_copy(update={"cur": cpu_files.last_target})
         self._files = files
         return files
 
@@ -198,21 +207,11 @@ class SysfsBackend(Backend):
         for name, f in files.items():
             cfg_freqs = (self.board.cpu.inference.frequencies_khz if name == "cpu"
                          else self.board.gpu.frequencies_hz)
-            optional = [p for p in (f.frequencies, f.hw_min, f.hw_max, f.transition, f.cpus, f.cur) if p]
+            optional = [p for p in (f.frequencies, f.hw_min, f.hw_max, f.transition, f.cpus) if p]
             res = {r.op.path: r for r in self._batch([Read(p) for p in [f.governors, *optional]])}
             if not res[f.governors].ok:
                 raise SysfsIOError(res[f.governors].errno or errno.EIO, f.governors)
-            cur_source = "hardware"
-            if not res[f.cur].ok:
-                if name != "cpu":
-                    raise SysfsIOError(res[f.cur].errno or errno.EIO, f.cur)
-                # no clock read-back (e.g. acpi-cpufreq on an I/O port, or not root): the last target
-                why = ("does not exist" if res[f.cur].errno == errno.ENOENT
-                       else "is not readable (cpuinfo_cur_freq is root-only)")
-                self.notes.append(f"cpu: {f.cur} {why}; scaling_cur_freq (the last target the "
-                                  "driver was given, not the clock) is reported as the frequency in force")
-                f = files[name] = f.model_copy(update={"cur": f.last_target})
-                cur_source = "last_target"
+            cur_source = "last_target" if f.cur == f.last_target else "hardware"
             governors = res[f.governors].value.split()
             if res[f.frequencies].ok and res[f.frequencies].value:
                 freqs = sorted({int(x) for x in res[f.frequencies].value.split()})

@@ -115,6 +115,7 @@ def test_without_cpuinfo_cur_freq_the_last_target_is_used_and_said(tmp_path):
     vb = VirtualBoard(tmp_path / "b", board("rk3588"))
     (vb.root / CPUFREQ / "policy4" / "cpuinfo_cur_freq").unlink()  # e.g. acpi-cpufreq on SystemIO
     be = vb.backend(state_file=tmp_path / "s.json")
+    assert be.state()["cpu"].cur == 2_400_000  # before discovery too (save() reads state first)
     found = be.discover()
     assert found.domains["cpu"].cur_source == "last_target"
     assert found.domains["gpu"].cur_source == "hardware"
@@ -198,7 +199,7 @@ def test_governor_plans_with_the_frequency_that_runs_not_an_unreachable_one(tmp_
     from governor.app import fit_on_virtual_board
     from governor.core import Governor
 
-    cfg = board("rk3588", unreachable_cpu_khz=[2_400_000, 2_352_000])
+    cfg = board("rk3588", unreachable_cpu_khz=[2_400_000, 2_352_000], unreachable_gpu_hz=[1_000_000_000])
     vb = VirtualBoard(tmp_path / "b", cfg)
     gov = Governor(vb.backend(state_file=tmp_path / "s.json"), vb.board,
                    {"yolo": fit_on_virtual_board(vb.board, "yolo_tiny")})
@@ -207,7 +208,8 @@ def test_governor_plans_with_the_frequency_that_runs_not_an_unreachable_one(tmp_
         for _ in range(5):
             d = gov.before_frame("yolo", 1.0)  # infeasible: asks for the fastest pair
             seen.append(d.cpu_khz)
-            # every answer names a frequency the clock really runs
+            # every answer names frequencies the clocks really run, from the first frame on
             assert d.cpu_khz == truth(vb, f"{CPUFREQ}/policy4/cpuinfo_cur_freq")
+            assert d.gpu_hz == truth(vb, f"{DEVFREQ}/fb000000.gpu/cur_freq") == 900_000_000
             gov.after_frame(d.frame, 30.0)
-        assert seen[-1] == 2_304_000 and gov.status()["capped"] is False
+        assert seen == [2_304_000] * 5 and gov.status()["capped"] is False

@@ -397,6 +397,7 @@ def api_checks(domains: dict[str, Domain], board_cfg: dict, state_file: str) -> 
     board = BoardConfig.model_validate(board_cfg)
     backend = LinuxBackend(board, "/", state_file=state_file)
     out: dict = {"applies": 0, "mismatches": [], "readback_mismatches": [], "false_caps": [],
+                 "unreachable_misnamed": [],
                  "limit_mismatches": [], "unreachable": [], "errors": [], "log": []}
     backend.save()
     plan = [(name, kind, v) for name in domains for kind, v in sweep_values(domains[name].table())]
@@ -422,7 +423,7 @@ def api_checks(domains: dict[str, Domain], board_cfg: dict, state_file: str) -> 
             entry = {"apply": args, "kind": kind, "domain": dom_name, "target": res.target[dom_name],
                      "effective": res.effective[dom_name], "truth": truth, "limits": [lo, hi],
                      "readback": state[dom_name].cur, "readback_limits": [state[dom_name].min, state[dom_name].max],
-                     "capped": res.capped, "notes": res.notes}
+                     "capped": res.capped, "condition": res.conditions.get(dom_name), "notes": res.notes}
             out["log"].append(entry)
             if res.effective[dom_name] != truth:
                 out["mismatches"].append(entry)
@@ -431,11 +432,13 @@ def api_checks(domains: dict[str, Domain], board_cfg: dict, state_file: str) -> 
             if (state[dom_name].min, state[dom_name].max) != (lo, hi):
                 out["limit_mismatches"].append(entry)
             target = res.target[dom_name]
-            if res.effective[dom_name] < target and lo <= target <= hi:
-                # the backend calls it a cap (ApplyResult.capped) though the limits allow the target
+            if res.conditions.get(dom_name) == "capped" and lo <= target <= hi:
+                # the backend calls it a cap though the limits allow the target
                 out["false_caps"].append(entry)
             if truth != target and lo <= target <= hi:
                 out["unreachable"].append(entry)  # a clock that cannot run the OPP: a real case
+                if res.conditions.get(dom_name) != "unreachable":
+                    out["unreachable_misnamed"].append(entry)
     try:
         out["restore"] = backend.restore()
     finally:

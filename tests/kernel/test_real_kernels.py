@@ -145,7 +145,7 @@ def brief(entry: dict, keys: tuple[str, ...]) -> dict:
 
 
 APPLY_KEYS = ("apply", "kind", "domain", "target", "effective", "truth", "limits", "readback",
-              "readback_limits", "capped", "notes")
+              "readback_limits", "capped", "condition", "notes")
 
 
 # ---- the tests -------------------------------------------------------------------------------
@@ -196,6 +196,18 @@ def test_caps_only_when_the_limits_say_so(guest, mechanism):
     assert not s["false_caps"], (
         f"{guest.arch}/{mechanism}: {len(s['false_caps'])} applies called capped although the kernel's "
         f"limits allow the target:\n{show([brief(e, APPLY_KEYS) for e in s['false_caps']])}")
+
+
+@pytest.mark.parametrize("mechanism", ["userspace", "minmax"])
+def test_clock_off_its_target_is_reported_unreachable(guest, mechanism):
+    """A clock that stays off a target its limits allow (an OPP it cannot produce) is reported as
+    ``unreachable`` with the frequency it runs (the arm64 guest's gpio-mux clocks have such OPPs)."""
+    s = step(guest, f"api_{mechanism}")
+    assert not s["unreachable_misnamed"], (
+        f"{guest.arch}/{mechanism}: {len(s['unreachable_misnamed'])} applies whose clock cannot reach the "
+        f"target were not reported unreachable:\n{show([brief(e, APPLY_KEYS) for e in s['unreachable_misnamed']])}")
+    if guest.arch == "arm64":  # the guest does have such OPPs: the check above saw them
+        assert s["unreachable"], "arm64: no apply met an OPP its clock cannot run (the guest lost its muxes?)"
 
 
 @pytest.mark.parametrize("mechanism", ["userspace", "minmax"])
