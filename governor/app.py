@@ -32,13 +32,20 @@ def fit_on_virtual_board(board: BoardConfig, model: str, seed: int = 0) -> Estim
 
 def build_governor(config: GovernorConfig, config_dir: Path) -> Governor:
     board = load_board(config.board)
-    models: dict[str, Estimator] = {}
-    for name, entry in config.models.items():
-        if entry.estimator is not None:
-            path = Path(entry.estimator)
-            models[name] = load_estimator(path if path.is_absolute() else config_dir / path)
-        else:
-            log.info("profiling %s on the virtual %s", entry.simulate, board.name)
-            models[name] = fit_on_virtual_board(board, entry.simulate)
     backend = open_backend(board, config.backend)
+    claim = getattr(backend, "claim", None)
+    if claim is not None:  # one owner per board: refuse now, before anything touches it
+        claim()
+    try:
+        models: dict[str, Estimator] = {}
+        for name, entry in config.models.items():
+            if entry.estimator is not None:
+                path = Path(entry.estimator)
+                models[name] = load_estimator(path if path.is_absolute() else config_dir / path)
+            else:
+                log.info("profiling %s on the virtual %s", entry.simulate, board.name)
+                models[name] = fit_on_virtual_board(board, entry.simulate)
+    except BaseException:
+        backend.close()  # gives the board back
+        raise
     return Governor(backend, board, models, config.governor)

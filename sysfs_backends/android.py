@@ -259,10 +259,12 @@ class AndroidBackend(SysfsBackend):
                                  adb.command_timeout_s)
         super().__init__(board, transport,
                          state_file or saved_state_path(board.name, f"adb_{adb.address or adb.serial}"))
+        self.target = f"phone {adb.address or adb.serial}"
 
     @property
     def connected(self) -> bool:
         return self.transport.connected
 
     def close(self) -> None:
+        self.release()
         self.transport.close()

@@ -25,3 +25,4 @@ class LinuxBackend(SysfsBackend):
             state_file or saved_state_path(board.name, sysfs_root),
         )
         self.sysfs_root = Path(sysfs_root)
+        self.target = f"sysfs tree {self.sysfs_root.resolve()}"
