@@ -45,7 +45,7 @@ def build_governor(config: GovernorConfig, config_dir: Path) -> Governor:
             else:
                 log.info("profiling %s on the virtual %s", entry.simulate, board.name)
                 models[name] = fit_on_virtual_board(board, entry.simulate)
+        return Governor(backend, board, models, config.governor)
     except BaseException:
         backend.close()  # gives the board back
         raise
-    return Governor(backend, board, models, config.governor)

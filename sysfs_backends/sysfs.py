@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import bisect
 import errno
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -40,6 +43,8 @@ from sysfs_backends.state_file import (
     write_state,
 )
 from sysfs_backends.transport import OpResult, Read, SysfsIOError, Transport, Write
+
+log = logging.getLogger(__name__)
 
 CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
 DEVFREQ_DIR = "/sys/class/devfreq"
@@ -283,6 +288,8 @@ class SysfsBackend(Backend):
                 out[name] = _int(r) if r.ok else None
             except SysfsIOError:
                 out[name] = None
+            if out[name] is not None and out[name] <= 0:
+                out[name] = None
             if out[name] is None:
                 self.notes.append(f"{name}: the userspace setpoint ({files[name].setspeed}) is not readable; "
                                   "it cannot be restored")
@@ -294,10 +301,13 @@ class SysfsBackend(Backend):
             # the owner keeps its state file: if someone deleted it, a later SIGKILL would leave
             # the board pinned with nothing to restore from
             if self.state_file and not os.path.lexists(self.state_file):
-                self.notes.append(f"{self.state_file} was deleted while running; written again")
+                log.warning("%s was deleted while running; written again", self.state_file)
                 write_state(self.state_file, self._saved)
             return
-        self.claim()
+        with self._owning():
+            self._save_now()
+
+    def _save_now(self) -> None:
         if self.state_file:
             stale = read_state(self.state_file)
             if stale is not None:
@@ -334,27 +344,23 @@ class SysfsBackend(Backend):
         where = f"{self.state_file}: the state file"
         if saved.board != self.board.name:
             raise StateFileError(f"{where} belongs to board {saved.board!r}, not {self.board.name!r}; "
-                                 "use the right --board/--state-file")
+                                 "use the right --board/--state-file (`dvfs-gov restore --defaults` resets "
+                                 "this board and leaves that file alone)")
         if saved.target and self.target and saved.target != self.target:
             raise StateFileError(f"{where} belongs to {saved.target}, not {self.target}; "
-                                 "use the right --state-file")
+                                 "use the right --state-file (`dvfs-gov restore --defaults` resets this "
+                                 "board and leaves that file alone)")
         unknown = sorted(set(saved.domains) - set(self._domain_files()))
         if unknown:
             raise StateFileError(f"{where} names domain(s) {', '.join(unknown)} that board "
                                  f"{self.board.name!r} does not have (allowed: {', '.join(self._domain_files())})")
 
-    def recover_crashed(self) -> list[str]:
-        self.claim()
-        if self._saved is None and self.load_saved() is not None:
-            return self.restore()
-        return []
-
-    def restore(self, force: bool = False) -> list[str]:
-        """Put the saved settings back. Every domain is attempted; if anything fails,
-        RestoreIncomplete lists each failure and the state file is kept for a later try.
-
-        ``force`` restores under a live owner (``dvfs-gov restore --force``): its state file is
-        left in place, since it is still that owner's."""
+    @contextmanager
+    def _owning(self, force: bool = False) -> Iterator[bool]:
+        """Claim the board for the block; yields True when ``force`` goes on under a live owner.
+        A claim taken here is given back if the block fails before anything was saved (a damaged
+        state file, a refused save), so a failed start does not keep others out."""
+        fresh = self._owner is not None and not self._owner.held
         under_owner = False
         try:
             self.claim()
@@ -362,21 +368,46 @@ class SysfsBackend(Backend):
             if not force:
                 raise
             under_owner = True
-        if self._saved is None and self.load_saved() is None:
-            if not under_owner:
+        try:
+            yield under_owner
+        except RestoreIncomplete:
+            raise  # the saved state is still ours to retry
+        except BaseException:
+            if fresh and self._saved is None:
                 self.release()
-            return []
-        done, failures = self._put_back(self._saved.domains)
-        if failures:
+            raise
+
+    def recover_crashed(self) -> list[str]:
+        with self._owning():
+            if self._saved is None and self.load_saved() is not None:
+                return self.restore(keep_claim=True)  # and go on owning: no gap for another
+        return []
+
+    def restore(self, force: bool = False, keep_claim: bool = False) -> list[str]:
+        """Put the saved settings back. Every domain is attempted; if anything fails,
+        RestoreIncomplete lists each failure and the state file is kept for a later try.
+
+        ``force`` restores under a live owner (``dvfs-gov restore --force``): its state file is
+        left in place, since it is still that owner's."""
+        with self._owning(force) as under_owner:
+            if self._saved is None and self.load_saved() is None:
+                if not under_owner and not keep_claim:
+                    self.release()
+                return []
+            saved = self._saved
             if under_owner:
-                self._saved = None
-            raise RestoreIncomplete(self.board.name, self.state_file, done, failures)
-        self._saved = None
-        if not under_owner:
-            if self.state_file:
-                remove_state(self.state_file)
-            self.release()
-        return done
+                self._saved = None  # the owner's, not ours
+            keep_claim = keep_claim and not under_owner
+            done, failures = self._put_back(saved.domains)
+            if failures:
+                raise RestoreIncomplete(self.board.name, self.state_file, done, failures)
+            self._saved = None
+            if not under_owner:
+                if self.state_file:
+                    remove_state(self.state_file)
+                if not keep_claim:
+                    self.release()
+            return done
 
     def defaults(self) -> dict[str, SavedDomain]:
         """The kernel's defaults: the full hardware range and the board config's default governor."""
@@ -399,23 +430,27 @@ class SysfsBackend(Backend):
 
     def restore_defaults(self, force: bool = False) -> list[str]:
         """Back to the kernel's defaults, without a state file (a damaged or lost one is removed
-        once the board is back). ``force`` as in ``restore``."""
-        under_owner = False
+        once the board is back; another board's is left alone). ``force`` as in ``restore``."""
+        with self._owning(force) as under_owner:
+            done, failures = self._put_back(self.defaults())
+            if failures:
+                raise RestoreIncomplete(self.board.name, self.state_file, done, failures)
+            if not under_owner:
+                self._saved = None
+                if self.state_file and not self._belongs_elsewhere():
+                    remove_state(self.state_file)
+                self.release()
+            return done
+
+    def _belongs_elsewhere(self) -> bool:
+        """The state file is intact and another board's (never delete that one's originals)."""
         try:
-            self.claim()
-        except BoardBusy:
-            if not force:
-                raise
-            under_owner = True
-        done, failures = self._put_back(self.defaults())
-        if failures:
-            raise RestoreIncomplete(self.board.name, self.state_file, done, failures)
-        if not under_owner:
-            self._saved = None
-            if self.state_file:
-                remove_state(self.state_file)
-            self.release()
-        return done
+            saved = read_state(self.state_file)
+            if saved is not None:
+                self._check_ours(saved)
+        except StateFileError as exc:
+            return "belongs to" in str(exc)
+        return False
 
     def _put_back(self, domains: dict[str, SavedDomain]) -> tuple[list[str], list[str]]:
         """Write governors, limits and userspace setpoints back, domain by domain, attempting

@@ -177,6 +177,9 @@ class VirtualKernel:
             if path in state["faults"]:
                 raise OSError(state["faults"][path], os.strerror(state["faults"][path]), path)
             local = self.root / path.lstrip("/")
+            if os.path.realpath(local) != os.path.join(os.path.realpath(self.root), path.lstrip("/")):
+                # a symlink on the way: the real kernel's files are never links to follow out
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
             if not local.exists():
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
             if not local.stat().st_mode & 0o200:
@@ -399,6 +402,8 @@ class VirtualKernel:
 def _force_write(path: Path, value) -> None:
     """Kernel-side update of an attribute file, whatever its mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():  # planted: the kernel's own file replaces it, its target is not touched
+        path.unlink()
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     if not mode & 0o200:
         path.chmod(mode | 0o200)
