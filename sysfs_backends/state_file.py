@@ -201,21 +201,15 @@ def lock_path(state_file: Path) -> Path:
     return state_file.with_name(state_file.name + ".lock")
 
 
-class Ownership:
-    """The flock that makes one process the owner of a board (see the module docstring)."""
+class _Lock:
+    """One flock'ed lock file (see the module docstring)."""
 
-    def __init__(self, state_file: Path) -> None:
-        self.path = lock_path(state_file)
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
+    def __init__(self, path: Path, required: bool) -> None:
+        self.path = path
+        self.required = required  # False: skipped where its directory cannot be written
+        self.fd: int | None = None
 
     def owner(self) -> int | None:
-        """The pid of a live owner other than us, or None if nobody (else) holds the lock."""
-        if self._fd is not None:
-            return None
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
@@ -224,26 +218,18 @@ class Ownership:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                return self._recorded_pid(fd) or -1
+                return _recorded_pid(fd) or -1
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _recorded_pid(fd: int) -> int | None:
-        try:
-            return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
-        except (OSError, ValueError, UnicodeDecodeError):
-            return None
-
     def acquire(self, what: str) -> None:
-        """Become the owner, or raise BoardBusy naming the owner's pid. Idempotent."""
-        if self._fd is not None:
-            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
+            if not self.required:
+                return
             raise StateFileError(f"{self.path.parent}: cannot create the state directory ({exc.strerror}); "
                                  "choose a writable place with --state-file or backend.state_file") from None
         for _ in range(5):
@@ -253,12 +239,14 @@ class Ownership:
                 if exc.errno == errno.ELOOP:
                     raise StateFileError(f"{self.path}: the lock file is a symbolic link; refusing to follow "
                                          "it (remove it if you did not put it there)") from None
+                if not self.required and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    return
                 raise StateFileError(f"{self.path}: cannot open the lock file ({exc.strerror}); choose a "
                                      "writable place with --state-file or backend.state_file") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                pid = self._recorded_pid(fd)
+                pid = _recorded_pid(fd)
                 os.close(fd)
                 who = ("this process (another backend opened on the same board)" if pid == os.getpid()
                        else f"pid {pid}" if pid else "another process")
@@ -276,16 +264,16 @@ class Ownership:
             if same:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-                self._fd = fd
+                self.fd = fd
                 return
             os.close(fd)
         raise StateFileError(f"{self.path}: the lock file keeps changing; is another tool removing it?")
 
     def release(self) -> None:
-        """Give up ownership: the name goes first, then the lock (see ``acquire``)."""
-        if self._fd is None:
+        """The name goes first, then the lock (see ``acquire``)."""
+        if self.fd is None:
             return
-        fd, self._fd = self._fd, None
+        fd, self.fd = self.fd, None
         try:
             if os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
                 os.unlink(self.path)
@@ -294,8 +282,56 @@ class Ownership:
         os.close(fd)
 
     def __del__(self) -> None:
-        if self._fd is not None:
+        if self.fd is not None:
             try:
-                os.close(self._fd)
+                os.close(self.fd)
             except OSError:
                 pass
+
+
+def _recorded_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+class Ownership:
+    """The flocks that make one process the owner of a board: one beside the state file, and
+    one per board (``board_lock``: keyed by the board's tree or phone, in the default state
+    directory) so that runs configured with different state files still exclude each other."""
+
+    def __init__(self, state_file: Path, board_lock: Path | None = None) -> None:
+        self.path = lock_path(state_file)
+        self._locks = [_Lock(self.path, required=True)]
+        if board_lock is not None and board_lock != self.path:
+            self._locks.append(_Lock(board_lock, required=False))
+
+    @property
+    def held(self) -> bool:
+        return self._locks[0].fd is not None
+
+    def owner(self) -> int | None:
+        """The pid of a live owner other than us (-1 if unknown), or None if nobody else owns it."""
+        if self.held:
+            return None
+        for lock in self._locks:
+            pid = lock.owner()
+            if pid is not None:
+                return pid
+        return None
+
+    def acquire(self, what: str) -> None:
+        """Become the owner, or raise BoardBusy naming the owner's pid. Idempotent."""
+        if self.held:
+            return
+        try:
+            for lock in self._locks:
+                lock.acquire(what)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        for lock in reversed(self._locks):
+            lock.release()

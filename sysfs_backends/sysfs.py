@@ -111,7 +111,8 @@ class SysfsBackend(Backend):
     name = "sysfs"
 
     def __init__(
-        self, board: BoardConfig, transport: Transport, state_file: str | Path | None = None
+        self, board: BoardConfig, transport: Transport, state_file: str | Path | None = None,
+        board_lock: Path | None = None,
     ) -> None:
         self.board = board
         self.transport = transport
@@ -125,7 +126,7 @@ class SysfsBackend(Backend):
         self._requested: dict[str, tuple[int, int]] = {}
         self._generation = getattr(transport, "generation", 0)
         self._saved: SavedState | None = None
-        self._owner = Ownership(self.state_file) if self.state_file else None
+        self._owner = Ownership(self.state_file, board_lock) if self.state_file else None
         self.target: str | None = None  # which board this is (tree or phone), checked against state files
         self.notes: list[str] = []
 
@@ -626,9 +627,21 @@ class SysfsBackend(Backend):
             self._batch(undo)
 
 
-def saved_state_path(board: str, root: str | Path) -> Path:
-    """Default state file: $XDG_STATE_HOME/deadline-dvfs/<board>-<root>.json."""
-    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
-    tag = str(Path(root).resolve()).strip("/").replace("/", "_") or "root"
-    return base / "deadline-dvfs" / f"{board}-{tag}.json"
+def _target_tag(root: str | Path, remote: bool) -> str:
+    if remote:  # a phone's address or serial, not a path here
+        return "".join(c if c.isalnum() or c in "._:-" else "_" for c in str(root))
+    return str(Path(root).resolve()).strip("/").replace("/", "_") or "root"
 
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "deadline-dvfs"
+
+
+def saved_state_path(board: str, root: str | Path, remote: bool = False) -> Path:
+    """Default state file: $XDG_STATE_HOME/deadline-dvfs/<board>-<root>.json."""
+    return _state_dir() / f"{board}-{_target_tag(root, remote)}.json"
+
+
+def board_lock_path(root: str | Path, remote: bool = False) -> Path:
+    """The per-board ownership lock, whatever state file a run is configured with."""
+    return _state_dir() / f"board-{_target_tag(root, remote)}.lock"

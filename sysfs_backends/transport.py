@@ -98,7 +98,7 @@ class LocalTransport:
                 continue
             try:
                 if isinstance(op, Read):
-                    fd = os.open(self._local(op.path), os.O_RDONLY)
+                    fd = os.open(self._local(op.path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                     try:
                         value = os.read(fd, 65536).decode().strip()
                     finally:

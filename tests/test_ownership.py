@@ -80,6 +80,13 @@ def restore_cli(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.fixture(autouse=True)
+def own_state_home(tmp_path, monkeypatch):
+    """Per-board locks live in the default state directory: keep this test's (and its
+    subprocesses') apart from the user's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+
+
 @pytest.fixture
 def owner(tmp_path):
     """A running daemon that has pinned the board."""
@@ -148,6 +155,34 @@ def test_restore_never_touches_a_live_owners_board_unless_forced(owner):
     assert "restored cpu: scaling_max_freq = 2841600" in out.stdout
     assert settings(tmp / "vb") == BOOT
     assert not (tmp / "saved.json").exists()
+
+
+def test_restore_with_another_state_file_still_sees_the_owner(owner):
+    proc, tmp = owner
+    pinned = settings(tmp / "vb")
+    base = [*CLI, "restore", "--board", "sd888_phone", "--virtual-root", str(tmp / "vb")]
+    for extra in ([], ["--defaults"], ["--state-file", str(tmp / "elsewhere.json")]):
+        out = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, (extra, out.stdout, out.stderr)
+        assert f"pid {proc.pid}" in out.stderr
+    assert settings(tmp / "vb") == pinned
+    assert (tmp / "saved.json").exists()
+
+
+def test_sigterm_with_a_failing_restore_exits_nonzero_and_keeps_state_file(owner):
+    proc, tmp = owner
+    vb = VirtualBoard(tmp / "vb")
+    vb.kernel.inject_fault(f"/{GPU}/max_freq", errno.EBUSY)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    err = proc.stderr.read()
+    assert "restore incomplete" in err and "EBUSY" in err and "Traceback" not in err
+    assert settings(tmp / "vb")["cpu"] == BOOT["cpu"]
+    assert (tmp / "saved.json").exists()
+    vb.kernel.inject_fault(f"/{GPU}/max_freq", None)
+    out = restore_cli(tmp)
+    assert out.returncode == 0, out.stderr
+    assert settings(tmp / "vb") == BOOT
 
 
 def test_in_process_governor_and_lifecycle_refused_while_daemon_owns_board(owner):
