@@ -98,6 +98,17 @@ def _devfreq_files(node: str, kgsl: bool) -> _Files:
     )
 
 
+def _governor_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live dvfs-gov/governor process on this machine (a state file's writer
+    from before ownership locks existed); a reused pid of anything else does not count."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return b"dvfs-gov" in cmdline or b"governor.cli" in cmdline
+
+
 def _int(result: OpResult) -> int:
     try:
         return int(str(result.value).split()[0])
@@ -337,6 +348,11 @@ class SysfsBackend(Backend):
             saved = read_state(self.state_file)
             if saved is not None:
                 self._check_ours(saved)
+                owning = self._owner is not None and self._owner.held  # not under --force
+                if owning and saved.pid != os.getpid() and _governor_alive(saved.pid):
+                    raise BoardBusy(f"{self.state_file}: written by pid {saved.pid}, a governor that is still "
+                                    "running without holding the board's lock (an older version?); stop it "
+                                    "first", saved.pid)
             self._saved = saved
         return self._saved
 
@@ -359,9 +375,8 @@ class SysfsBackend(Backend):
     @contextmanager
     def _owning(self, force: bool = False) -> Iterator[bool]:
         """Claim the board for the block; yields True when ``force`` goes on under a live owner.
-        A claim taken here is given back if the block fails before anything was saved (a damaged
-        state file, a refused save), so a failed start does not keep others out."""
-        fresh = self._owner is not None and not self._owner.held
+        The claim is given back if the block fails with nothing saved (a damaged state file, a
+        refused save), so a failed start does not keep others out."""
         under_owner = False
         try:
             self.claim()
@@ -374,7 +389,7 @@ class SysfsBackend(Backend):
         except RestoreIncomplete:
             raise  # the saved state is still ours to retry
         except BaseException:
-            if fresh and self._saved is None:
+            if self._saved is None and not under_owner:  # nothing of ours to protect
                 self.release()
             raise
 

@@ -525,3 +525,21 @@ def test_restore_incomplete_exception_lists_every_failure(tmp_path):
     be.restore()  # a later try, same process, still the owner
     assert settings(tmp_path / "vb") == BOOT
     assert not (tmp_path / "s.json").exists()
+
+
+def test_state_file_of_a_live_governor_without_lock_is_not_taken(tmp_path):
+    """A governor from before the ownership lock (or one whose lock file was deleted) still runs:
+    its recorded pid is alive, so its state file is neither restored nor deleted."""
+    VirtualBoard(tmp_path / "vb", load_board("sd888_phone"))
+    legacy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "dvfs-gov", "run"])
+    try:
+        (tmp_path / "saved.json").write_text(json.dumps({**GOOD, "pid": legacy.pid}))
+        out = restore_cli(tmp_path)
+        assert out.returncode == 2 and f"pid {legacy.pid}" in out.stderr, out.stderr
+        assert (tmp_path / "saved.json").exists()
+    finally:
+        legacy.kill()
+        legacy.wait()
+    out = restore_cli(tmp_path)  # gone now: its originals are put back
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "saved.json").exists()
