@@ -172,14 +172,14 @@ def test_restore_with_another_state_file_still_sees_the_owner(owner):
 def test_sigterm_with_a_failing_restore_exits_nonzero_and_keeps_state_file(owner):
     proc, tmp = owner
     vb = VirtualBoard(tmp / "vb")
-    vb.kernel.inject_fault(f"/{GPU}/max_freq", errno.EBUSY)
+    vb.kernel.inject_fault(f"/{CPU}/scaling_max_freq", errno.EBUSY)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) != 0
     err = proc.stderr.read()
     assert "restore incomplete" in err and "EBUSY" in err and "Traceback" not in err
-    assert settings(tmp / "vb")["cpu"] == BOOT["cpu"]
+    assert settings(tmp / "vb")["gpu"] == BOOT["gpu"]  # the CPU's failure did not abandon the GPU
     assert (tmp / "saved.json").exists()
-    vb.kernel.inject_fault(f"/{GPU}/max_freq", None)
+    vb.kernel.inject_fault(f"/{CPU}/scaling_max_freq", None)
     out = restore_cli(tmp)
     assert out.returncode == 0, out.stderr
     assert settings(tmp / "vb") == BOOT
@@ -543,3 +543,25 @@ def test_state_file_of_a_live_governor_without_lock_is_not_taken(tmp_path):
     out = restore_cli(tmp_path)  # gone now: its originals are put back
     assert out.returncode == 0, out.stderr
     assert not (tmp_path / "saved.json").exists()
+
+
+def test_daemon_refuses_to_start_on_a_damaged_state_file(tmp_path):
+    VirtualBoard(tmp_path / "vb", load_board("sd888_phone"))
+    (tmp_path / "saved.json").write_text(json.dumps(GOOD)[:70])
+    out = subprocess.run([*CLI, "run", "--config", str(write_config(tmp_path))],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{tmp_path / 'saved.json'}: the state file is not valid JSON" in out.stderr
+    assert (tmp_path / "saved.json").read_text() == json.dumps(GOOD)[:70]
+    assert not (tmp_path / "gov.sock").exists()
+
+
+def test_daemon_on_its_way_out_removes_only_its_own_socket(owner):
+    proc, tmp = owner
+    sock = tmp / "gov.sock"
+    sock.rename(tmp / "moved.sock")
+    sock.write_text("someone else's file\n")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert sock.read_text() == "someone else's file\n"
+    assert settings(tmp / "vb") == BOOT
