@@ -302,6 +302,8 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
                       "`dvfs-gov simulate`, or use --backend linux/android on real hardware")
             cfg, backend = open_board_backend(board, backend_kind, sysfs_root, virtual_root, state_file,
                                               adb_address)
+            if not no_dvfs and hasattr(backend, "claim"):
+                backend.claim()  # one owner per board: refuse before building kernels
         if no_dvfs or backend is None:
             if backend is not None:
                 st = backend.state()

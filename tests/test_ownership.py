@@ -565,3 +565,15 @@ def test_daemon_on_its_way_out_removes_only_its_own_socket(owner):
     assert proc.wait(timeout=30) == 0
     assert sock.read_text() == "someone else's file\n"
     assert settings(tmp / "vb") == BOOT
+
+
+def test_profile_refused_while_a_daemon_owns_the_board(owner):
+    """`profile` drives the same tree through the linux backend with its default state file: the
+    per-board lock still names the owner."""
+    proc, tmp = owner
+    pinned = settings(tmp / "vb")
+    out = subprocess.run([*CLI, "profile", "--model", "yolo_tiny", "--board", "sd888_phone", "--backend", "linux",
+                          "--sysfs-root", str(tmp / "vb"), "-o", str(tmp / "p.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"pid {proc.pid}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert settings(tmp / "vb") == pinned and not (tmp / "p.json").exists()
