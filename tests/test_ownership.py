@@ -577,3 +577,18 @@ def test_profile_refused_while_a_daemon_owns_the_board(owner):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and f"pid {proc.pid}" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert settings(tmp / "vb") == pinned and not (tmp / "p.json").exists()
+
+
+def test_default_virtual_root_planted_as_a_symlink_is_refused(tmp_path, monkeypatch):
+    from sysfs_backends.registry import default_virtual_root
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    board = "test-planted-board"
+    root = default_virtual_root(board)  # free: ours to make
+    assert not root.exists()
+    root.symlink_to(tmp_path)
+    try:
+        with pytest.raises(PermissionError, match="not a directory of ours"):
+            default_virtual_root(board)
+    finally:
+        root.unlink()
