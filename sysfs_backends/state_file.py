@@ -65,7 +65,7 @@ class SavedDomain(BaseModel):
     because the kernel keeps it as part of that governor's state."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    governor: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    governor: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     min: int = Field(gt=0)
     max: int = Field(gt=0)
     setpoint: int | None = Field(None, gt=0)
@@ -281,12 +281,11 @@ class _Lock:
             pass
         os.close(fd)
 
-    def __del__(self) -> None:
-        if self.fd is not None:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
+    def __del__(self) -> None:  # an owner dropped without close(): give the board back
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
 
 def _recorded_pid(fd: int) -> int | None:

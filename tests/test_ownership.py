@@ -80,13 +80,6 @@ def restore_cli(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture(autouse=True)
-def own_state_home(tmp_path, monkeypatch):
-    """Per-board locks live in the default state directory: keep this test's (and its
-    subprocesses') apart from the user's."""
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-
-
 @pytest.fixture
 def owner(tmp_path):
     """A running daemon that has pinned the board."""
