@@ -32,12 +32,19 @@ def fit_on_virtual_board(board: BoardConfig, model: str, seed: int = 0) -> Estim
 
 def build_governor(config: GovernorConfig, config_dir: Path) -> Governor:
     board = load_board(config.board)
-    models: dict[str, Estimator] = {}
-    for name, entry in config.models.items():
-        if entry.estimator is not None:
-            models[name] = load_estimator(estimator_path(config_dir, entry.estimator))
-        else:
-            log.info("profiling %s on the virtual %s", entry.simulate, board.name)
-            models[name] = fit_on_virtual_board(board, entry.simulate)
     backend = open_backend(board, config.backend)
-    return Governor(backend, board, models, config.governor)
+    claim = getattr(backend, "claim", None)
+    if claim is not None:  # one owner per board: refuse now, before anything touches it
+        claim()
+    try:
+        models: dict[str, Estimator] = {}
+        for name, entry in config.models.items():
+            if entry.estimator is not None:
+                models[name] = load_estimator(estimator_path(config_dir, entry.estimator))
+            else:
+                log.info("profiling %s on the virtual %s", entry.simulate, board.name)
+                models[name] = fit_on_virtual_board(board, entry.simulate)
+        return Governor(backend, board, models, config.governor)
+    except BaseException:
+        backend.close()  # gives the board back
+        raise

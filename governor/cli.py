@@ -541,6 +541,8 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
                 _fail(f"board {cfg.name!r} has no GPU: the OpenCL profiler times accelerator kernels; "
                       "write a CPU-only profile (frequencies.gpu_hz: [], runs[].gpu_hz: null, kind "
                       "'cpu' layers) from your runtime's own timings, see docs/profile-format.md")
+            if not no_dvfs and hasattr(backend, "claim"):
+                backend.claim()  # one owner per board: refuse before building kernels
         if no_dvfs or backend is None:
             if backend is not None:
                 st = backend.state()
@@ -769,19 +771,57 @@ def status(board: str | None, socket_path: str | None, backend_kind: str, sysfs_
 @main.command()
 @click.option("--board", required=True, help="board name or YAML path")
 @backend_options
+@click.option("--defaults", is_flag=True,
+              help="no state file needed: back to the kernel's defaults (full hardware range, the board "
+                   "config's default governor); removes a damaged state file")
+@click.option("--force", is_flag=True,
+              help="restore even though a running governor owns the board (it keeps running)")
 def restore(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | None,
-            state_file: str | None, adb_address: str | None) -> None:
-    """Put back the governors and limits saved by a run that did not stop cleanly."""
+            state_file: str | None, adb_address: str | None, defaults: bool, force: bool) -> None:
+    """Put back the governors and limits saved by a run that did not stop cleanly.
+
+    Exits 1 if anything could not be restored (each failure is listed; the state file is kept for
+    another try) and 2 if nothing was attempted (a live owner, a damaged state file, a bad option)."""
+    from sysfs_backends.state_file import RestoreIncomplete
     from sysfs_backends.sysfs import BackendError
 
     try:
         _, backend = open_board_backend(board, backend_kind, sysfs_root, virtual_root, state_file,
                                         adb_address)
-        done = backend.restore()
+        owner = backend.owner_pid() if hasattr(backend, "owner_pid") else None
+        if owner is not None:
+            who = f"pid {owner}" if owner > 0 else "another process"
+            if not force:
+                _fail(f"board {board!r} is owned by a running governor ({who}); it restores the board itself "
+                      f"when it stops (kill -TERM {owner if owner > 0 else '<pid>'}). Nothing was changed; "
+                      "--force restores under it")
+            click.echo(f"WARNING: --force: restoring board {board!r} while the governor {who} that owns it is "
+                       "running; it may pin the frequencies again, and its state file is left in place", err=True)
+        if defaults:
+            if not hasattr(backend, "restore_defaults"):
+                _fail(f"backend {backend_kind!r} cannot restore kernel defaults")
+            done = backend.restore_defaults(force=force)
+            for line in done:
+                click.echo(f"restored {line}")
+            click.echo(f"board {board!r} is back to the kernel's defaults (not to a saved state)")
+            return
+        done = backend.restore(force=force) if owner is not None else backend.restore()
+        if not done:
+            drift = backend.differs_from_defaults() if hasattr(backend, "differs_from_defaults") else []
+            where = f" at {backend.state_file}" if getattr(backend, "state_file", None) else ""
+            if drift:
+                click.echo(f"nothing saved{where} to restore, but the board is not at the kernel's defaults: "
+                           + "; ".join(drift) + ". If a run left that (its state file lost), "
+                           f"`dvfs-gov restore --board {board} --defaults` resets it")
+            else:
+                click.echo("nothing to restore (no saved state, or settings already original)")
+    except RestoreIncomplete as exc:
+        for line in exc.done:
+            click.echo(f"restored {line}")
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except (ConfigError, BackendError, OSError, ValueError) as exc:
         _fail(describe_error(exc))
-    if not done:
-        click.echo("nothing to restore (no saved state, or settings already original)")
     for line in done:
         click.echo(f"restored {line}")
 

@@ -14,6 +14,8 @@ import logging
 import os
 import signal
 import socket
+import stat
+import struct
 from pathlib import Path
 
 from governor.core import Governor, GovernorError
@@ -36,18 +38,50 @@ class SocketInUse(RuntimeError):
 
 
 def _claim_socket(path: Path) -> None:
-    """Refuse if a live daemon answers on ``path``; remove a stale socket file."""
-    if not path.exists() and not path.is_symlink():
+    """Refuse if a live daemon answers on ``path``; remove a stale socket file, and nothing else.
+
+    A regular file, a directory, a symlink (even to a socket) or a socket we may not connect to
+    at that path is not ours to delete: refuse with a message saying what is there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return
+    what = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+            else "a regular file" if stat.S_ISREG(st.st_mode) else None if stat.S_ISSOCK(st.st_mode)
+            else "not a socket")
+    if what is not None:
+        raise SocketInUse(f"{path}: {what} is in the way of the governor's socket; it is not ours, so it is "
+                          "left alone: remove it yourself or choose another --socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
     try:
         probe.connect(str(path))
-    except OSError:
-        path.unlink()
+    except ConnectionRefusedError:  # nobody listens: a socket left by a killed run
+        try:
+            again = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if (again.st_ino, again.st_dev) == (st.st_ino, st.st_dev):
+            os.unlink(path)
         return
+    except OSError as exc:
+        raise SocketInUse(f"{path}: a socket we cannot probe ({exc.strerror or exc}); it is left alone: "
+                          "remove it yourself or choose another --socket") from None
+    else:
+        pid = _peer_pid(probe)
     finally:
         probe.close()
-    raise SocketInUse(f"{path}: another governor is already serving this socket")
+    who = f" (pid {pid})" if pid else ""
+    raise SocketInUse(f"{path}: another governor{who} is already serving this socket")
+
+
+def _peer_pid(sock: socket.socket) -> int | None:
+    """The pid of the process listening on a connected Unix socket (SO_PEERCRED), if known."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[0] or None
+    except (OSError, AttributeError):
+        return None
 
 
 def _socket_gid(group: str | None) -> int:
@@ -173,6 +207,7 @@ class Daemon:
             server.close()
             self.socket_path.unlink(missing_ok=True)
             raise
+        ours = os.lstat(self.socket_path)
         log.info("serving %s", self.socket_path)
         if ready is not None:
             ready.set()
@@ -180,7 +215,12 @@ class Daemon:
             await self._stop.wait()
         finally:
             server.close()
-            self.socket_path.unlink(missing_ok=True)
+            try:  # only the socket we made: something else may have taken the name since
+                now = os.lstat(self.socket_path)
+                if (now.st_ino, now.st_dev) == (ours.st_ino, ours.st_dev):
+                    self.socket_path.unlink()
+            except FileNotFoundError:
+                pass
             log.info("stopping")
 
     def stop(self) -> None:

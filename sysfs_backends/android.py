@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sysfs_backends.base import BackendUnavailable
 from sysfs_backends.board import BoardConfig
-from sysfs_backends.sysfs import BackendError, SysfsBackend, saved_state_path
+from sysfs_backends.sysfs import BackendError, SysfsBackend, board_lock_path, saved_state_path
 from sysfs_backends.transport import Op, OpResult, Read, Write
 
 log = logging.getLogger(__name__)
@@ -262,11 +262,14 @@ class AndroidBackend(SysfsBackend):
         transport = AdbTransport(adb.address, adb.serial, adb.key_path, adb.connect_timeout_s,
                                  adb.command_timeout_s)
         super().__init__(board, transport,
-                         state_file or saved_state_path(board.name, f"adb_{adb.address or adb.serial}"))
+                         state_file or saved_state_path(board.name, f"adb_{adb.address or adb.serial}", remote=True),
+                         board_lock_path(f"adb_{adb.address or adb.serial}", remote=True))
+        self.target = f"phone {adb.address or adb.serial}"
 
     @property
     def connected(self) -> bool:
         return self.transport.connected
 
     def close(self) -> None:
+        self.release()
         self.transport.close()

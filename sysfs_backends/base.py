@@ -15,6 +15,10 @@ from pydantic import BaseModel
 DomainName = Literal["cpu", "gpu"]
 
 
+class BackendError(RuntimeError):
+    """Discovery or configuration problem a person has to fix; the message says how."""
+
+
 class BackendUnavailable(ConnectionError):
     """The hardware cannot be reached right now (phone unplugged, adbd restarting); the backend
     keeps trying to reconnect in the background and nothing was changed."""

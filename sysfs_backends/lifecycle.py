@@ -32,15 +32,21 @@ def restoring(backend: Backend, handle_signals: bool = True) -> Iterator[Backend
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _raise_stop)
     try:
-        for line in backend.recover_crashed():
-            log.warning("restored settings left by a killed run: %s", line)
-        backend.save()
-        yield backend
-    finally:
         try:
-            for line in backend.restore():
-                log.info("restored %s", line)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for line in backend.recover_crashed():
+                log.warning("restored settings left by a killed run: %s", line)
+            backend.save()
+        except BaseException:  # not the owner, or nothing saved: nothing of ours to put back
             backend.close()
+            raise
+        try:
+            yield backend
+        finally:
+            try:
+                for line in backend.restore():
+                    log.info("restored %s", line)
+            finally:
+                backend.close()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

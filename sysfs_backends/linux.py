@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sysfs_backends.board import BoardConfig
-from sysfs_backends.sysfs import SysfsBackend, saved_state_path
+from sysfs_backends.sysfs import SysfsBackend, board_lock_path, saved_state_path
 from sysfs_backends.transport import LocalTransport, WriteHook
 
 
@@ -23,5 +23,7 @@ class LinuxBackend(SysfsBackend):
             board,
             LocalTransport(sysfs_root, hook),
             state_file or saved_state_path(board.name, sysfs_root),
+            board_lock_path(sysfs_root),
         )
         self.sysfs_root = Path(sysfs_root)
+        self.target = f"sysfs tree {self.sysfs_root.resolve()}"

@@ -11,6 +11,7 @@ return a ``sysfs_backends.base.Backend``::
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -55,7 +56,17 @@ def default_virtual_root(board: str) -> Path:
     """In memory where possible (/dev/shm), like the real sysfs."""
     shm = Path("/dev/shm")
     base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-    return base / f"deadline-dvfs-virtual-{board}"
+    root = base / f"deadline-dvfs-virtual-{board}"
+    # a shared, world-writable place: a tree someone else made (or a symlink planted there) would
+    # have us write where they choose, or run on a "kernel" state they control
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return root
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise PermissionError(f"{root}: the default virtual board tree is not a directory of ours (a symlink, "
+                              "a file, or another user's); give --virtual-root (backend.virtual_root) instead")
+    return root
 
 
 def open_backend(board: BoardConfig, spec: BackendSpec) -> Backend:

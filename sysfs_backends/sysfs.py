@@ -30,16 +30,31 @@ from __future__ import annotations
 
 import bisect
 import errno
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from sysfs_backends.base import ApplyResult, Backend, Discovery, DomainInfo, DomainState
+from sysfs_backends.base import ApplyResult, Backend, BackendError, Discovery, DomainInfo, DomainState
 from sysfs_backends.board import BoardConfig
+from sysfs_backends.state_file import (
+    BoardBusy,
+    Ownership,
+    RestoreIncomplete,
+    SavedDomain,
+    SavedState,
+    StateFileError,
+    read_state,
+    remove_state,
+    write_state,
+)
 from sysfs_backends.transport import OpResult, Read, SysfsIOError, Transport, Write
+
+log = logging.getLogger(__name__)
 
 CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
 DEVFREQ_DIR = "/sys/class/devfreq"
@@ -50,10 +65,6 @@ SETTLE_POLL_NS = (100_000, 2_000_000)  # first and longest wait between re-reads
 
 class _StaleLimits(Exception):
     """An EINVAL that a fresh read of the limits may explain."""
-
-
-class BackendError(RuntimeError):
-    """Discovery or configuration problem a person has to fix; the message says how."""
 
 
 def round_to_table(value: int, table: list[int]) -> int:
@@ -102,20 +113,15 @@ def _devfreq_files(node: str, kgsl: bool) -> _Files:
     )
 
 
-class SavedDomain(BaseModel):
-    governor: str
-    min: int
-    max: int
-
-
-class SavedState(BaseModel):
-    """The state file: what to put back, even after a crash (``dvfs-gov restore``)."""
-
-    format: str = "deadline-dvfs.saved/1"
-    board: str
-    backend: str
-    pid: int
-    domains: dict[str, SavedDomain]
+def _governor_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live dvfs-gov/governor process on this machine (a state file's writer
+    from before ownership locks existed); a reused pid of anything else does not count."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return b"dvfs-gov" in cmdline or b"governor.cli" in cmdline
 
 
 def _int(result: OpResult) -> int:
@@ -131,7 +137,8 @@ class SysfsBackend(Backend):
     name = "sysfs"
 
     def __init__(
-        self, board: BoardConfig, transport: Transport, state_file: str | Path | None = None
+        self, board: BoardConfig, transport: Transport, state_file: str | Path | None = None,
+        board_lock: Path | None = None,
     ) -> None:
         self.board = board
         self.transport = transport
@@ -148,6 +155,8 @@ class SysfsBackend(Backend):
         self._setpoint: dict[str, int] = {}
         self._generation = getattr(transport, "generation", 0)
         self._saved: SavedState | None = None
+        self._owner = Ownership(self.state_file, board_lock) if self.state_file else None
+        self.target: str | None = None  # which board this is (tree or phone), checked against state files
         self.notes: list[str] = []
 
     # ---- transport helpers ----------------------------------------------------------
@@ -187,6 +196,7 @@ class SysfsBackend(Backend):
                     f"board {self.board.name!r}: gpu.kind is kgsl but {KGSL_DIR}/gpuclk is missing"
                 )
             files["gpu"] = _devfreq_files(gpu.node, kgsl)
+        files = {name: self._resolved(f) for name, f in files.items()}
         cpu_files = files["cpu"]
         probe = self._batch([Read(cpu_files.cur)])[0]
         if not probe.ok:
@@ -198,6 +208,27 @@ class SysfsBackend(Backend):
             files["cpu"] = cpu_files.model_copy(update={"cur": cpu_files.last_target})
         self._files = files
         return files
+
+    def _resolved(self, f: _Files) -> _Files:
+        """The domain's directory resolved once (on a real kernel /sys/class/devfreq/<node> is a
+        symlink into /sys/devices): it must lie inside the tree's /sys, and every write goes to
+        an attribute of that real directory, so no later symlink can redirect it."""
+        resolve = getattr(self.transport, "resolve_dir", None)
+        if resolve is None:
+            return f
+        try:
+            real, where = resolve(f.dir)
+        except OSError as exc:
+            raise SysfsIOError(exc.errno or errno.EIO, f.dir) from None
+        if real != "/sys" and not real.startswith("/sys/"):
+            raise BackendError(f"{f.dir}: resolves to {where}, outside the sysfs tree; refusing to "
+                               "write there (a symlink planted in the tree?)")
+        if real == f.dir:
+            return f
+        moved = {k: real + v[len(f.dir):] if isinstance(v, str) and v.startswith(f.dir + "/") else v
+                 for k, v in f.model_dump().items()}
+        moved["dir"] = real
+        return _Files(**moved)
 
     def domains(self) -> dict[str, DomainInfo]:
         if self._info is not None:
@@ -268,66 +299,262 @@ class SysfsBackend(Backend):
             self._requested.setdefault(k, (v.min, v.max))
         return out
 
-    # ---- save / restore -------------------------------------------------------------
+    # ---- ownership, save / restore ---------------------------------------------------
+    def claim(self) -> None:
+        """Become the board's only owner before touching it or its state file (BoardBusy names
+        a live owner's pid); see sysfs_backends.state_file. Idempotent."""
+        if self._owner is not None:
+            self._owner.acquire(f"{self.board.name!r} ({self.target or self.state_file})")
+
+    def owner_pid(self) -> int | None:
+        """The pid of another live process owning this board, or None."""
+        return self._owner.owner() if self._owner is not None else None
+
+    def release(self) -> None:
+        if self._owner is not None:
+            self._owner.release()
+
+    def close(self) -> None:
+        self.release()
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            close()
+
+    def _setpoints(self, current: dict[str, DomainState]) -> dict[str, int]:
+        """The userspace governor's target of domains running it: part of their original state."""
+        files = self._domain_files()
+        names = [n for n, s in current.items() if s.governor == "userspace"]
+        out = {}
+        for name, r in zip(names, self._batch([Read(files[n].setspeed) for n in names]), strict=True):
+            try:
+                out[name] = _int(r) if r.ok else None
+            except SysfsIOError:
+                out[name] = None
+            if out[name] is not None and out[name] <= 0:
+                out[name] = None
+            if out[name] is None:
+                self.notes.append(f"{name}: the userspace setpoint ({files[name].setspeed}) is not readable; "
+                                  "it cannot be restored")
+                del out[name]
+        return out
+
     def save(self) -> None:
         if self._saved is not None:
+            # the owner keeps its state file: if someone deleted it, a later SIGKILL would leave
+            # the board pinned with nothing to restore from
+            if self.state_file and not os.path.lexists(self.state_file):
+                log.warning("%s was deleted while running; written again", self.state_file)
+                write_state(self.state_file, self._saved)
             return
-        if self.state_file and self.state_file.exists():
-            stale = SavedState.model_validate_json(self.state_file.read_text())
-            raise BackendError(
-                f"{self.state_file}: settings saved by an earlier run (pid {stale.pid}) were never "
-                "restored; run `dvfs-gov restore` first so the true originals are not lost"
-            )
-        current = self.state()
-        self._saved = SavedState(
-            board=self.board.name, backend=self.name, pid=os.getpid(),
-            domains={d: SavedDomain(governor=s.governor, min=s.min, max=s.max) for d, s in current.items()},
-        )
+        with self._owning():
+            self._save_now()
+
+    def _save_now(self) -> None:
         if self.state_file:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(self._saved.model_dump_json(indent=1))
-            os.replace(tmp, self.state_file)
+            stale = read_state(self.state_file)
+            if stale is not None:
+                raise BackendError(
+                    f"{self.state_file}: settings saved by an earlier run (pid {stale.pid}) were never "
+                    "restored; run `dvfs-gov restore` first so the true originals are not lost"
+                )
+        current = self.state()
+        setpoints = self._setpoints(current)
+        try:
+            saved = SavedState(
+                board=self.board.name, backend=self.name, target=self.target, pid=os.getpid(),
+                domains={d: SavedDomain(governor=s.governor, min=s.min, max=s.max, setpoint=setpoints.get(d))
+                         for d, s in current.items()},
+            )
+        except ValueError as exc:
+            raise BackendError(f"board {self.board.name!r}: the current settings cannot be saved as "
+                               f"originals ({exc}); nothing was changed") from None
+        if self.state_file:
+            write_state(self.state_file, saved)
+        self._saved = saved
 
     def load_saved(self) -> SavedState | None:
         """Adopt a state file left by a run that did not restore (crash, SIGKILL)."""
-        if self.state_file and self.state_file.exists():
-            self._saved = SavedState.model_validate_json(self.state_file.read_text())
+        if self._saved is None and self.state_file:
+            saved = read_state(self.state_file)
+            if saved is not None:
+                self._check_ours(saved)
+                owning = self._owner is not None and self._owner.held  # not under --force
+                if owning and saved.pid != os.getpid() and _governor_alive(saved.pid):
+                    raise BoardBusy(f"{self.state_file}: written by pid {saved.pid}, a governor that is still "
+                                    "running without holding the board's lock (an older version?); stop it "
+                                    "first", saved.pid)
+            self._saved = saved
         return self._saved
 
+    def _check_ours(self, saved: SavedState) -> None:
+        """A state file written for another board (or another tree/phone) is never applied here."""
+        where = f"{self.state_file}: the state file"
+        if saved.board != self.board.name:
+            raise StateFileError(f"{where} belongs to board {saved.board!r}, not {self.board.name!r}; "
+                                 "use the right --board/--state-file (`dvfs-gov restore --defaults` resets "
+                                 "this board and leaves that file alone)")
+        if saved.target and self.target and saved.target != self.target:
+            raise StateFileError(f"{where} belongs to {saved.target}, not {self.target}; "
+                                 "use the right --state-file (`dvfs-gov restore --defaults` resets this "
+                                 "board and leaves that file alone)")
+        unknown = sorted(set(saved.domains) - set(self._domain_files()))
+        if unknown:
+            raise StateFileError(f"{where} names domain(s) {', '.join(unknown)} that board "
+                                 f"{self.board.name!r} does not have (allowed: {', '.join(self._domain_files())})")
+
+    @contextmanager
+    def _owning(self, force: bool = False) -> Iterator[bool]:
+        """Claim the board for the block; yields True when ``force`` goes on under a live owner.
+        The claim is given back if the block fails with nothing saved (a damaged state file, a
+        refused save), so a failed start does not keep others out."""
+        under_owner = False
+        try:
+            self.claim()
+        except BoardBusy:
+            if not force:
+                raise
+            under_owner = True
+        try:
+            yield under_owner
+        except RestoreIncomplete:
+            raise  # the saved state is still ours to retry
+        except BaseException:
+            if self._saved is None and not under_owner:  # nothing of ours to protect
+                self.release()
+            raise
+
     def recover_crashed(self) -> list[str]:
-        if self._saved is None and self.load_saved() is not None:
-            return self.restore()
+        with self._owning():
+            if self._saved is None and self.load_saved() is not None:
+                return self.restore(keep_claim=True)  # and go on owning: no gap for another
         return []
 
-    def restore(self) -> list[str]:
-        if self._saved is None and self.load_saved() is None:
-            return []
-        files = self._domain_files()
-        requested = dict(self._requested)
+    def restore(self, force: bool = False, keep_claim: bool = False) -> list[str]:
+        """Put the saved settings back. Every domain is attempted; if anything fails,
+        RestoreIncomplete lists each failure and the state file is kept for a later try.
+
+        ``force`` restores under a live owner (``dvfs-gov restore --force``): its state file is
+        left in place, since it is still that owner's."""
+        with self._owning(force) as under_owner:
+            if self._saved is None and self.load_saved() is None:
+                if not under_owner and not keep_claim:
+                    self.release()
+                return []
+            saved = self._saved
+            if under_owner:
+                self._saved = None  # the owner's, not ours
+            keep_claim = keep_claim and not under_owner
+            done, failures = self._put_back(saved.domains)
+            if failures:
+                raise RestoreIncomplete(self.board.name, self.state_file, done, failures)
+            self._saved = None
+            if not under_owner:
+                if self.state_file:
+                    remove_state(self.state_file)
+                if not keep_claim:
+                    self.release()
+            return done
+
+    def defaults(self) -> dict[str, SavedDomain]:
+        """The kernel's defaults: the full hardware range and the board config's default governor."""
+        info = self.domains()
+        govs = {"cpu": self.board.cpu.inference.default_governor}
+        if self.board.gpu is not None:
+            govs["gpu"] = self.board.gpu.default_governor
+        return {name: SavedDomain(governor=govs[name], min=d.hw_min, max=d.hw_max) for name, d in info.items()}
+
+    def differs_from_defaults(self) -> list[str]:
+        """What is not at the kernel's defaults now, for people (empty when all is)."""
+        out = []
         current = self.state()
+        for name, d in self.defaults().items():
+            s = current[name]
+            if (s.governor, s.min, s.max) != (d.governor, d.min, d.max):
+                out.append(f"{name}: governor {s.governor}, limits {s.min}..{s.max} "
+                           f"(defaults: {d.governor}, {d.min}..{d.max})")
+        return out
+
+    def restore_defaults(self, force: bool = False) -> list[str]:
+        """Back to the kernel's defaults, without a state file (a damaged or lost one is removed
+        once the board is back; another board's is left alone). ``force`` as in ``restore``."""
+        with self._owning(force) as under_owner:
+            done, failures = self._put_back(self.defaults())
+            if failures:
+                raise RestoreIncomplete(self.board.name, self.state_file, done, failures)
+            if not under_owner:
+                self._saved = None
+                if self.state_file and not self._belongs_elsewhere():
+                    remove_state(self.state_file)
+                self.release()
+            return done
+
+    def _belongs_elsewhere(self) -> bool:
+        """The state file is intact and another board's (never delete that one's originals)."""
+        try:
+            saved = read_state(self.state_file)
+            if saved is not None:
+                self._check_ours(saved)
+        except StateFileError as exc:
+            return "belongs to" in str(exc)
+        return False
+
+    def _put_back(self, domains: dict[str, SavedDomain]) -> tuple[list[str], list[str]]:
+        """Write governors, limits and userspace setpoints back, domain by domain, attempting
+        everything; returns (what was done, what failed)."""
+        files = self._domain_files()
         done: list[str] = []
-        for name, saved in self._saved.domains.items():
-            f, cur = files[name], current[name]
-            lo, hi = requested.get(name, (cur.min, cur.max))
-            ops: list[Write] = []
-            if cur.governor != saved.governor:
-                ops.append(Write(f.governor, saved.governor))
-            limits = self._limit_writes(f, lo, hi, saved.min, saved.max)
+        failures: list[str] = []
+
+        def attempt(name: str, writes: list[Write]) -> SysfsIOError | None:
             try:
-                self._run_writes(ops + limits)
+                self._run_writes(writes)
+            except SysfsIOError as exc:  # a batch stops at the failed write: those before it are done
+                paths = [w.path for w in writes]
+                ok = writes[:paths.index(exc.path)] if exc.path in paths else []
+                done.extend(f"{name}: {w.path.rsplit('/', 1)[-1]} = {w.value}" for w in ok)
+                return exc
+            done.extend(f"{name}: {w.path.rsplit('/', 1)[-1]} = {w.value}" for w in writes)
+            return None
+
+        for name, saved in domains.items():
+            f = files[name]
+            try:
+                gov, lo_now, hi_now = self._read_many([f.governor, f.min, f.max])
+                lo, hi = self._requested.get(name, (_int(lo_now), _int(hi_now)))
             except SysfsIOError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
+                failures.append(f"{name}: {exc}")
+                continue
+            gov_ok = True
+            if gov.value != saved.governor:
+                exc = attempt(name, [Write(f.governor, saved.governor)])
+                if exc is not None:
+                    failures.append(f"{name}: governor {saved.governor!r} not restored: {exc}")
+                    gov_ok = False
+            exc = attempt(name, self._limit_writes(f, lo, hi, saved.min, saved.max))
+            if exc is not None and exc.errno == errno.EINVAL:
                 # the kernel's requests were not what we thought: the other order must work
-                limits = self._limit_writes(f, lo, hi, saved.min, saved.max, flip=True)
-                self._run_writes(limits)
-            done += [f"{name}: {op.path.rsplit('/', 1)[-1]} = {op.value}" for op in ops + limits]
-        self._saved = None
-        if self.state_file:
-            self.state_file.unlink(missing_ok=True)
-        self.state()
-        return done
+                exc = attempt(name, self._limit_writes(f, lo, hi, saved.min, saved.max, flip=True))
+            if exc is not None:
+                failures.append(f"{name}: limits {saved.min}..{saved.max} not restored: {exc}")
+            else:
+                self._requested[name] = (saved.min, saved.max)
+            if gov_ok and saved.governor == "userspace" and saved.setpoint is not None:
+                exc = attempt(name, [Write(f.setspeed, str(saved.setpoint))])
+                if exc is not None:
+                    failures.append(f"{name}: userspace setpoint {saved.setpoint} not restored: {exc}")
+            if gov_ok:
+                try:
+                    now = self._read_many([f.governor])[0].value
+                except SysfsIOError as exc:
+                    failures.append(f"{name}: {exc}")
+                    continue
+                if now != saved.governor:
+                    failures.append(f"{name}: {f.governor} reads {now!r} after writing {saved.governor!r}")
+        try:
+            self.state()
+        except SysfsIOError as exc:
+            failures.append(str(exc))
+        return done, failures
 
     # ---- applying -------------------------------------------------------------------
     @staticmethod
@@ -380,8 +607,7 @@ class SysfsBackend(Backend):
 
     def _apply_once(self, cpu_khz: int | None, gpu_hz: int | None, final: bool) -> ApplyResult:
         info = self.domains()
-        if self._saved is None:
-            self.save()
+        self.save()  # first apply: save the originals; later: the state file is still there
         generation = getattr(self.transport, "generation", 0)
         if not self._known or generation != self._generation:
             # first apply, or the connection was re-made (the phone may have rebooted): re-read
@@ -516,9 +742,21 @@ class SysfsBackend(Backend):
             self._settle({n: (lambda r, lim=expected[n]: lim is None or r[1:] == lim) for n in touched})
 
 
-def saved_state_path(board: str, root: str | Path) -> Path:
-    """Default state file: $XDG_STATE_HOME/deadline-dvfs/<board>-<root>.json."""
-    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
-    tag = str(Path(root).resolve()).strip("/").replace("/", "_") or "root"
-    return base / "deadline-dvfs" / f"{board}-{tag}.json"
+def _target_tag(root: str | Path, remote: bool) -> str:
+    if remote:  # a phone's address or serial, not a path here
+        return "".join(c if c.isalnum() or c in "._:-" else "_" for c in str(root))
+    return str(Path(root).resolve()).strip("/").replace("/", "_") or "root"
 
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "deadline-dvfs"
+
+
+def saved_state_path(board: str, root: str | Path, remote: bool = False) -> Path:
+    """Default state file: $XDG_STATE_HOME/deadline-dvfs/<board>-<root>.json."""
+    return _state_dir() / f"{board}-{_target_tag(root, remote)}.json"
+
+
+def board_lock_path(root: str | Path, remote: bool = False) -> Path:
+    """The per-board ownership lock, whatever state file a run is configured with."""
+    return _state_dir() / f"board-{_target_tag(root, remote)}.lock"

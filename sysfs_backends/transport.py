@@ -86,6 +86,7 @@ class LocalTransport:
         self.hook = hook
         self.round_trips = 0
         self.writes = 0
+        self._dirs: dict[str, int] = {}  # directory in the tree -> fd (see _open_attr)
 
     def _local(self, path: str) -> str:
         return os.path.join(self._root, path.lstrip("/"))
@@ -103,7 +104,7 @@ class LocalTransport:
                     if self.hook is not None:
                         value = self.hook.read(op.path).strip()
                     else:
-                        fd = os.open(self._local(op.path), os.O_RDONLY)
+                        fd = os.open(self._local(op.path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                         try:
                             value = os.read(fd, 65536).decode().strip()
                         finally:
@@ -114,7 +115,7 @@ class LocalTransport:
                     if self.hook is not None:
                         self.hook.write(op.path, op.value)
                     else:  # one open + one write(2), as `echo v > attr` does
-                        fd = os.open(self._local(op.path), os.O_WRONLY | os.O_TRUNC)
+                        fd = self._open_attr(op.path)
                         try:
                             os.write(fd, op.value.encode())
                         finally:
@@ -124,6 +125,64 @@ class LocalTransport:
                 results.append(OpResult(op, ok=False, errno=exc.errno or errno.EIO))
                 failed = isinstance(op, Write)
         return results
+
+    def _dir_fd(self, directory: str) -> int:
+        """A directory fd reached from the root without following any symlink (cached)."""
+        fd = self._dirs.get(directory)
+        if fd is not None:
+            return fd
+        parts = [p for p in directory.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise OSError(errno.EINVAL, "not a plain path", directory)
+        fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+        except OSError:
+            os.close(fd)
+            raise
+        self._dirs[directory] = fd
+        return fd
+
+    def _open_attr(self, path: str) -> int:
+        """Open an attribute for writing with no symlink anywhere on the way (O_NOFOLLOW on every
+        component below the root): a planted link can never redirect a write out of the tree.
+        Discovery hands us paths already resolved (``resolve_dir``)."""
+        directory, name = path.rsplit("/", 1)
+        flags = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        cached = directory in self._dirs
+        try:
+            return os.open(name, flags, dir_fd=self._dir_fd(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            if not cached:
+                raise
+            # the directory was removed and made again (devfreq's userspace/): walk afresh
+            os.close(self._dirs.pop(directory))
+            return os.open(name, flags, dir_fd=self._dir_fd(directory))
+
+    def resolve_dir(self, path: str) -> tuple[str, str]:
+        """``path`` with every symlink resolved, as a path in the tree (``/sys/...``; it starts
+        with ``/..`` if it leaves the tree), and the real path on this machine, for messages."""
+        real = os.path.realpath(self._local(path))
+        root = os.path.realpath(self._root)
+        if not os.path.isdir(real):
+            raise OSError(errno.ENOTDIR if os.path.exists(real) else errno.ENOENT, "not a directory", path)
+        rel = os.path.relpath(real, root)
+        return ("/" if rel == "." else "/" + rel), real
+
+    def close(self) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_dirs", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def listdir(self, path: str) -> list[str]:
         try:

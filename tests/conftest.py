@@ -14,6 +14,12 @@ def cpu(name, cs, ce):
     return {"name": name, "kind": "cpu", "cpu_start_ns": cs, "cpu_end_ns": ce}
 
 
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory, monkeypatch):
+    """Per-board ownership locks go to $XDG_STATE_HOME: never the user's during tests."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
+
+
 @pytest.fixture
 def valid_profile() -> dict:
     """The example of docs/profile-format.md, with two runs."""

@@ -158,11 +158,13 @@ def test_status_command_queries_the_daemon(daemon):
 
 
 def test_socket_mode_and_second_daemon_refused(daemon):
-    _, tmp = daemon
+    proc, tmp = daemon
     assert stat.S_IMODE(os.stat(tmp / "gov.sock").st_mode) == 0o660
     second = subprocess.run([*CLI, "run", "--config", str(tmp / "gov.yaml")],
                             capture_output=True, text=True, timeout=60)
-    assert second.returncode == 2 and "already serving" in second.stderr
+    assert second.returncode == 2
+    assert f"owned by a running governor (pid {proc.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
     assert (tmp / "gov.sock").exists()
 
 

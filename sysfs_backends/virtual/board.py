@@ -207,9 +207,7 @@ class VirtualKernel:
     def read(self, path: str) -> str:
         """What reading ``path`` returns now (after any asynchronous work that is due)."""
         local = self.root / path.lstrip("/")
-        state = self.catch_up()
-        if path in state["faults"]:
-            raise OSError(state["faults"][path], os.strerror(state["faults"][path]), path)
+        self.catch_up()  # injected faults are for writes: reads always answer, as sysfs does
         fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             return os.read(fd, 65536).decode()
@@ -222,7 +220,10 @@ class VirtualKernel:
             if path in state["faults"]:
                 raise OSError(state["faults"][path], os.strerror(state["faults"][path]), path)
             local = self.root / path.lstrip("/")
-            if local.is_symlink() or not local.exists():
+            if os.path.realpath(local) != os.path.join(os.path.realpath(self.root), path.lstrip("/")):
+                # a symlink on the way: the real kernel's files are never links to follow out
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+            if not local.exists():
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
             if not local.stat().st_mode & 0o200:
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
@@ -449,6 +450,8 @@ class VirtualKernel:
 def _force_write(path: Path, value) -> None:
     """Kernel-side update of an attribute file, whatever its mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():  # planted: the kernel's own file replaces it, its target is not touched
+        path.unlink()
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     _atomic_write(path, f"{value}\n", mode)
 
