@@ -333,9 +333,12 @@ class SysfsBackend(Backend):
             if out[name] is not None and out[name] <= 0:
                 out[name] = None
             if out[name] is None:
-                self.notes.append(f"{name}: the userspace setpoint ({files[name].setspeed}) is not readable; "
-                                  "it cannot be restored")
-                del out[name]
+                # devfreq's userspace governor reads "undefined" until a request is written, and keeps
+                # the frequency it had: that frequency is what must come back, so it is the request
+                # restore writes (no write can make the file say "undefined" again)
+                out[name] = current[name].cur
+                self.notes.append(f"{name}: the userspace setpoint ({files[name].setspeed}) holds no request; "
+                                  f"restore will request the frequency running now, {current[name].cur}")
         return out
 
     def save(self) -> None:

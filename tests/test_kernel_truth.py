@@ -213,3 +213,23 @@ def test_governor_plans_with_the_frequency_that_runs_not_an_unreachable_one(tmp_
             assert d.gpu_hz == truth(vb, f"{DEVFREQ}/fb000000.gpu/cur_freq") == 900_000_000
             gov.after_frame(d.frame, 30.0)
         assert seen == [2_304_000] * 5 and gov.status()["capped"] is False
+
+
+@pytest.mark.parametrize("mechanism", ["userspace", "minmax"])
+def test_devfreq_userspace_without_a_request_comes_back_at_its_frequency(tmp_path, mechanism):
+    """The arm64 guest's devfreq device boots under userspace with set_freq 'undefined': restore
+    must bring its clock back (a written request for the frequency it ran, since no write can make
+    the file say 'undefined' again)."""
+    cfg = board("rk3588")
+    cfg.gpu.default_governor = "userspace"
+    cfg.gpu.mechanism = mechanism
+    vb = VirtualBoard(tmp_path / "b", cfg)
+    gpu = f"{DEVFREQ}/fb000000.gpu"
+    assert vb.kernel.read(f"/{gpu}/userspace/set_freq").strip() == "undefined"
+    assert truth(vb, f"{gpu}/cur_freq") == 1_000_000_000
+    be = vb.backend(state_file=tmp_path / "s.json")
+    be.apply(None, 400_000_000)
+    assert truth(vb, f"{gpu}/cur_freq") == 400_000_000
+    be.restore()
+    assert truth(vb, f"{gpu}/cur_freq") == 1_000_000_000
+    assert vb.kernel.read(f"/{gpu}/governor").strip() == "userspace"
