@@ -47,6 +47,8 @@ class GovernorSettings(BaseModel):
                                        "beyond this is dropped")
     outlier_ratio: float = Field(10.0, gt=1, description="a latency over this x max(prediction, deadline) "
                                  "counts as late but is not learned from")
+    backend_wait_s: float = Field(0.25, gt=0, description="longest a frame waits for a backend write; a "
+                                  "stalled backend (a phone over ADB) gets the answer with a note meanwhile")
     max_clients: int = Field(256, ge=1, description="connections served at once; more are refused")
     client_write_timeout_s: float = Field(10.0, gt=0, description="a client that reads none of its replies "
                                           "for this long is disconnected")

@@ -19,6 +19,7 @@ client that opened them, and the number of apps and of frames per client is boun
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import math
@@ -136,6 +137,8 @@ class Governor:
         self._grids: OrderedDict[tuple[str, int | None], _Grid] = OrderedDict()
         self._started = False
         self._released = False  # domains handed back while idle; taken again by the next frame
+        self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.inline_refresh = True  # the daemon re-reads on its own schedule instead
         self.last_frame_at = time.monotonic()
         self._check_tables()
 
@@ -263,8 +266,8 @@ class Governor:
             raise GovernorError("bad_field", f"context_len must be a non-negative integer, got {context_len!r}")
         grid = self._grid(model, context_len)
         now = time.monotonic()
-        if now >= self._next_refresh and not self._released:
-            self._refresh(now)
+        if self.inline_refresh and now >= self._next_refresh and not self._released:
+            self.refresh()
         self._lock.acquire()
         while self._released:  # idle: take the domains again (an idle release may race this frame)
             self._lock.release()
@@ -289,10 +292,13 @@ class Governor:
         notes: list[str] = []
         if changed:
             if self._io.acquire(blocking=False):
+                job = self._io_thread().submit(self._io_job, self._apply, cpu, gpu, lat, energy, corr,
+                                               deadline_ms, now)
                 try:
-                    cpu, gpu, notes = self._apply(cpu, gpu, lat, energy, corr, deadline_ms, now)
-                finally:
-                    self._io.release()
+                    cpu, gpu, notes = job.result(timeout=self.settings.backend_wait_s)
+                except concurrent.futures.TimeoutError:  # a stalled backend: answer, write when it can
+                    notes = [f"not applied yet: the backend has not answered within "
+                             f"{self.settings.backend_wait_s:g} s; the pair is written when it does"]
             else:  # another write is under way (a slow or stalled backend): do not queue behind it
                 notes = ["not applied yet: the backend is busy with an earlier write; the pair is "
                          "written once it answers"]
@@ -378,18 +384,37 @@ class Governor:
             return 0, 0
         return max(f.cpu for f in self._frames.values()), max(f.gpu for f in self._frames.values())
 
-    def _refresh(self, now: float) -> None:
-        """Re-read the frequencies in force: a cap or another agent may have moved them without
-        any write of ours. Skipped (not waited for) while another backend operation runs."""
-        if not self._io.acquire(blocking=False):
-            return
+    def _io_thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._io_pool is None:
+            self._io_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="backend-io")
+        return self._io_pool
+
+    def _io_job(self, fn, *args):
+        """Run on the I/O thread holding ``_io`` (acquired by the caller), release it when done."""
         try:
-            self._next_refresh = now + self.settings.state_refresh_s
+            return fn(*args)
+        finally:
+            self._io.release()
+
+    def refresh(self) -> None:
+        """Re-read the frequencies in force: a cap or another agent may have moved them without
+        any write of ours. Skipped while another backend operation runs; waited for at most
+        ``backend_wait_s`` (a stalled backend finishes it in the background)."""
+        if self._released or not self._started or not self._io.acquire(blocking=False):
+            return
+        now = time.monotonic()
+        self._next_refresh = now + self.settings.state_refresh_s
+        job = self._io_thread().submit(self._io_job, self._refresh, now)
+        try:
+            job.result(timeout=self.settings.backend_wait_s)
+        except concurrent.futures.TimeoutError:
+            pass
+
+    def _refresh(self, now: float) -> None:
+        try:
             state = self.backend.state()
         except BackendUnavailable:
             return
-        finally:
-            self._io.release()
         eff = (state["cpu"].cur, state["gpu"].cur if "gpu" in state else 0)
         with self._lock:
             if eff != self._cur:

@@ -291,6 +291,17 @@ class Daemon:
                     why = f"no frame for {s.idle_release_s:g} s" if quiet else "every app disconnected"
                     log.info("idle (%s): domains handed back", why)
 
+    async def _refresh_loop(self) -> None:
+        """Re-read the frequencies in force every ``state_refresh_s`` (caps, other agents) on a
+        decision thread, so no client's request pays for it."""
+        while not self._stop.is_set():
+            try:
+                await _within(self._stop.wait(), self.settings.state_refresh_s)
+            except TimeoutError:
+                pass
+            if not self._stop.is_set():
+                await self._call(self.governor.refresh)
+
     # ---- serving ---------------------------------------------------------------------------
     def _grid_worker_started(self, fut: concurrent.futures.Future) -> None:
         if fut.cancelled() or fut.exception() is not None:
@@ -331,7 +342,9 @@ class Daemon:
             os.umask(old_umask)
         os.chmod(self.socket_path, 0o660)
         log.info("serving %s", self.socket_path)
+        self.governor.inline_refresh = False  # re-read on the schedule below, not in a client's request
         idle = asyncio.create_task(self._idle_watch())
+        refresh = asyncio.create_task(self._refresh_loop())
         if ready is not None:
             ready.set()
         try:
@@ -340,7 +353,8 @@ class Daemon:
             log.info("stopping (%d clients connected)", len(self._clients))
             server.close()
             idle.cancel()
-            await asyncio.gather(idle, return_exceptions=True)
+            refresh.cancel()
+            await asyncio.gather(idle, refresh, return_exceptions=True)
             await self._close_clients()
             self.socket_path.unlink(missing_ok=True)
             self._threads.shutdown(wait=False, cancel_futures=True)
