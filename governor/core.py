@@ -177,10 +177,10 @@ class Governor:
         if not self._started:
             return []
         self._started = False
-        if self._released:
-            return []
         try:
-            with self._io:
+            with self._io:  # after any write under way; none starts once _started is False
+                if self._released:
+                    return []
                 return self.backend.restore()
         except BackendUnavailable as exc:
             log.error("cannot restore now (%s); the saved settings stay in the state file and are "
@@ -268,32 +268,27 @@ class Governor:
         now = time.monotonic()
         if self.inline_refresh and now >= self._next_refresh and not self._released:
             self.refresh()
-        self._lock.acquire()
-        while self._released:  # idle: take the domains again (an idle release may race this frame)
-            self._lock.release()
-            self._resume()
-            self._lock.acquire()
-        try:
+        with self._lock:
             self.last_frame_at = now
             stats = self._app(app, owner, now)
             self._expire(now)
+            # handed back while idle: take the domains again, on the I/O thread like any write
+            resume = self._released
             correction = self._correction(stats, model)
             level, corr = correction.level, correction.factor
             lat, energy = grid.latency_ms[level], grid.energy_mj[level]
             idx, feasible = self._choose(lat, energy, corr, deadline_ms, now)
             cpu, gpu = int(self.pair_cpu[idx]), int(self.pair_gpu[idx])
-            changed = (cpu, gpu) != self._cur
+            changed = resume or (cpu, gpu) != self._cur
             frame = next(self._ids)
             # registered before the write, so decisions made meanwhile keep this frame's floor
             self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], cpu, gpu, now, owner)
             self._limit_frames(owner, app)
-        finally:
-            self._lock.release()
         notes: list[str] = []
         if changed:
             if self._io.acquire(blocking=False):
-                job = self._io_thread().submit(self._io_job, self._apply, cpu, gpu, lat, energy, corr,
-                                               deadline_ms, now)
+                job = self._io_thread().submit(self._io_job, self._resume_and_apply, cpu, gpu, lat, energy,
+                                               corr, deadline_ms, now)
                 try:
                     cpu, gpu, notes = job.result(timeout=self.settings.backend_wait_s)
                 except concurrent.futures.TimeoutError:  # a stalled backend: answer, write when it can
@@ -555,17 +550,25 @@ class Governor:
             log.info("idle: domains handed back (%s)", "; ".join(done) or "nothing to change")
             return done
 
-    def _resume(self) -> None:
-        with self._io:
-            if not self._released:
-                return
-            self.backend.save()
-            state = self.backend.state()
+    def _resume_and_apply(self, cpu: int, gpu: int, *args) -> tuple[int, int, list[str]]:
+        """On the I/O thread holding ``_io``: after an idle release, save the settings in force
+        (the originals again) before the first write."""
+        if not self._started:  # stopped meanwhile: nothing may be written any more
+            return self._cur[0], self._cur[1], ["not applied: the governor is stopping"]
+        if self._released:
+            try:
+                self.backend.save()
+                state = self.backend.state()
+            except BackendUnavailable as exc:
+                return self._cur[0], self._cur[1], [f"not applied: {exc}"]
             with self._lock:
                 self._cur = (state["cpu"].cur, state["gpu"].cur if "gpu" in state else 0)
                 self._target = self._cur
                 self._released = False
             log.info("resuming: domains taken again")
+            if (cpu, gpu) == self._cur:
+                return cpu, gpu, []
+        return self._apply(cpu, gpu, *args)
 
     @contextmanager
     def frame(self, model: str, deadline_ms: float, context_len: int | None = None,
