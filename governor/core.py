@@ -139,6 +139,10 @@ class Governor:
         self._released = False  # domains handed back while idle; taken again by the next frame
         self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.inline_refresh = True  # the daemon re-reads on its own schedule instead
+        # longest a frame waits for its write (None: until done). The daemon sets it from
+        # settings.backend_wait_s so that a stalled phone cannot hold its clients; in process the
+        # caller waits, as a plain function call would.
+        self.write_wait_s: float | None = None
         self.last_frame_at = time.monotonic()
         self._check_tables()
 
@@ -290,10 +294,10 @@ class Governor:
                 job = self._io_thread().submit(self._io_job, self._resume_and_apply, cpu, gpu, lat, energy,
                                                corr, deadline_ms, now)
                 try:
-                    cpu, gpu, notes = job.result(timeout=self.settings.backend_wait_s)
+                    cpu, gpu, notes = job.result(timeout=self.write_wait_s)
                 except concurrent.futures.TimeoutError:  # a stalled backend: answer, write when it can
                     notes = [f"not applied yet: the backend has not answered within "
-                             f"{self.settings.backend_wait_s:g} s; the pair is written when it does"]
+                             f"{self.write_wait_s:g} s; the pair is written when it does"]
             else:  # another write is under way (a slow or stalled backend): do not queue behind it
                 notes = ["not applied yet: the backend is busy with an earlier write; the pair is "
                          "written once it answers"]
@@ -401,7 +405,7 @@ class Governor:
         self._next_refresh = now + self.settings.state_refresh_s
         job = self._io_thread().submit(self._io_job, self._refresh, now)
         try:
-            job.result(timeout=self.settings.backend_wait_s)
+            job.result(timeout=self.write_wait_s)
         except concurrent.futures.TimeoutError:
             pass
 

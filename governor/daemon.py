@@ -343,6 +343,7 @@ class Daemon:
         os.chmod(self.socket_path, 0o660)
         log.info("serving %s", self.socket_path)
         self.governor.inline_refresh = False  # re-read on the schedule below, not in a client's request
+        self.governor.write_wait_s = self.settings.backend_wait_s  # a stalled phone holds no client long
         idle = asyncio.create_task(self._idle_watch())
         refresh = asyncio.create_task(self._refresh_loop())
         if ready is not None:
