@@ -408,6 +408,40 @@ def test_connections_are_capped(run):
     assert ask(again, fa, {"op": "status"})["ok"]
 
 
+def test_thousands_of_connections_are_capped_and_others_still_served(run):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    _, tmp = run(governor={"max_clients": 64})
+    good, fg = raw(tmp / "gov.sock")
+    conns = []
+    try:
+        for _ in range(3000):
+            c = socket.socket(socket.AF_UNIX)
+            c.setblocking(False)
+            try:
+                c.connect(str(tmp / "gov.sock"))
+                conns.append(c)
+            except OSError:  # the listen backlog is full: the kernel refuses, as it should
+                c.close()
+        t0 = time.perf_counter()
+        assert ask(good, fg, {"op": "before_frame", "model": "yolo", "deadline_ms": 30})["ok"]
+        assert time.perf_counter() - t0 < 2.0
+        assert ask(good, fg, {"op": "status"})["clients"] <= 64
+    finally:
+        for c in conns:
+            c.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    for _ in range(100):
+        if ask(good, fg, {"op": "status"})["clients"] == 1:
+            break
+        time.sleep(0.05)
+    assert ask(good, fg, {"op": "status"})["clients"] == 1
+    log = (tmp / "daemon.log").read_text()
+    assert "Traceback" not in log and "ERROR" not in log
+
+
 def test_client_that_never_reads_is_disconnected_and_others_served(run):
     _, tmp = run(governor={"client_write_timeout_s": 1.0})
     lazy, _ = raw(tmp / "gov.sock")
