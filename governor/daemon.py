@@ -69,7 +69,10 @@ _worker_job: tuple | None = None
 
 
 def _grid_worker_init(job: tuple) -> None:
+    """In the worker: Ctrl-C in a terminal reaches the whole process group; the daemon stops the
+    worker itself, so the worker ignores it (no KeyboardInterrupt traceback on the way out)."""
     global _worker_job
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_job = job
 
 

@@ -488,6 +488,33 @@ def test_shutdown_with_clients_connected_logs_no_traceback(run):
     assert read(tmp, "scaling_max_freq") == "2841600"
 
 
+def test_ctrl_c_to_the_process_group_stops_quietly(tmp_path):
+    """Ctrl-C in a terminal signals the daemon and its grid worker process alike."""
+    import os
+
+    proc = subprocess.Popen([*CLI, "run", "--config", str(write_config(tmp_path, llm=True))],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"),
+                            start_new_session=True)
+    try:
+        for _ in range(1200):
+            if (tmp_path / "gov.sock").exists():
+                break
+            time.sleep(0.05)
+        s, f = raw(tmp_path / "gov.sock")
+        for ctx in (300, 900, 1500):  # grids from the worker process (or a thread while it starts)
+            assert ask(s, f, {"op": "before_frame", "model": "llm", "deadline_ms": 30, "context_len": ctx})["ok"]
+        time.sleep(1.5)
+        assert ask(s, f, {"op": "before_frame", "model": "llm", "deadline_ms": 30, "context_len": 5000})["ok"]
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "daemon.log").read_text()
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
+    assert (tmp_path / "vb" / POLICY / "scaling_max_freq").read_text().strip() == "2841600"
+
+
 # ---- the client library ---------------------------------------------------------------------
 def test_client_without_daemon_names_the_socket_and_what_to_run(tmp_path):
     with pytest.raises(GovernorUnavailable) as info:
