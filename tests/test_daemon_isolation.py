@@ -364,6 +364,11 @@ def test_stalled_phone_does_not_freeze_other_apps(tmp_path, estimator_json):
             b, fb = raw(tmp_path / "gov.sock")
             d = ask(b, fb, {"op": "before_frame", "model": "yolo", "deadline_ms": 200, "app": "b"})
             ask(b, fb, {"op": "after_frame", "frame": d["frame"], "latency_ms": 20})
+            for _ in range(200):  # b's write is done (a slow write completes after its answer)
+                if (vb.root / POLICY / "scaling_cur_freq").read_text().strip() == str(d["cpu_khz"]):
+                    break
+                time.sleep(0.05)
+            time.sleep(0.6)  # and so is the daemon's next re-read of the state
             dev.stall_s = 3.0  # the phone stops answering for 3 s per command
             t0 = time.monotonic()
             a.sendall(json.dumps({"op": "before_frame", "model": "yolo", "deadline_ms": 9, "app": "a"}).encode()
@@ -379,7 +384,8 @@ def test_stalled_phone_does_not_freeze_other_apps(tmp_path, estimator_json):
             assert st["ok"] and worst < 1.0, f"slowest round trip during the stall {worst:.2f} s"
             reply = json.loads(fa.readline())  # a itself is answered, with a note, within the bound
             assert reply["ok"] and time.monotonic() - t0 < 2.5
-            assert any("not applied yet" in n for n in reply.get("notes", []))
+            # not in force yet (stalled), or not applied at all if the phone dropped meanwhile
+            assert any("not applied" in n for n in reply.get("notes", [])), reply
             dev.stall_s = 0.0
         finally:
             dev.stall_s = 0.0
