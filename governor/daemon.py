@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -70,10 +71,19 @@ _worker_job: tuple | None = None
 
 def _grid_worker_init(job: tuple) -> None:
     """In the worker: Ctrl-C in a terminal reaches the whole process group; the daemon stops the
-    worker itself, so the worker ignores it (no KeyboardInterrupt traceback on the way out)."""
+    worker itself, so the worker ignores it (no KeyboardInterrupt traceback on the way out). If the
+    daemon is killed outright the worker notices it was orphaned and exits."""
     global _worker_job
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_job = job
+    parent = os.getppid()
+
+    def _orphaned() -> None:  # the daemon was SIGKILLed: nothing of ours may stay behind
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=_orphaned, name="orphan-watch", daemon=True).start()
 
 
 def _grid_worker_ping() -> bool:

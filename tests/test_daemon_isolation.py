@@ -521,6 +521,37 @@ def test_ctrl_c_to_the_process_group_stops_quietly(tmp_path):
     assert (tmp_path / "vb" / POLICY / "scaling_max_freq").read_text().strip() == "2841600"
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_sigkill_leaves_no_worker_process_behind(run):
+    proc, tmp = run(llm=True)
+    s, f = raw(tmp / "gov.sock")
+    for _ in range(100):  # until the grid worker process is up
+        if _children(proc.pid):
+            break
+        time.sleep(0.05)
+    assert ask(s, f, {"op": "before_frame", "model": "llm", "deadline_ms": 30, "context_len": 700})["ok"]
+    kids = _children(proc.pid)
+    assert kids
+    proc.kill()
+    proc.wait()
+    for _ in range(100):
+        if not any(Path(f"/proc/{k}").exists() for k in kids):
+            break
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{k}").exists() for k in kids), "worker processes outlived the daemon"
+
+
 # ---- the client library ---------------------------------------------------------------------
 def test_client_without_daemon_names_the_socket_and_what_to_run(tmp_path):
     with pytest.raises(GovernorUnavailable) as info:
