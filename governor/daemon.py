@@ -69,17 +69,15 @@ async def _within(aw, timeout_s: float):
 _worker_job: tuple | None = None
 
 
-def _grid_worker_init(job: tuple) -> None:
+def _grid_worker_init(job: tuple, daemon_pid: int) -> None:
     """In the worker: Ctrl-C in a terminal reaches the whole process group; the daemon stops the
     worker itself, so the worker ignores it (no KeyboardInterrupt traceback on the way out). If the
     daemon is killed outright the worker notices it was orphaned and exits."""
     global _worker_job
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_job = job
-    parent = os.getppid()
-
     def _orphaned() -> None:  # the daemon was SIGKILLed: nothing of ours may stay behind
-        while os.getppid() == parent:
+        while os.getppid() == daemon_pid:  # (killed before this ran: already reparented)
             time.sleep(0.5)
         os._exit(0)
 
@@ -327,7 +325,7 @@ class Daemon:
             ctx = multiprocessing.get_context("spawn")
             job = self.governor.grid_inputs()
             self._grids = concurrent.futures.ProcessPoolExecutor(
-                1, mp_context=ctx, initializer=_grid_worker_init, initargs=(job,))
+                1, mp_context=ctx, initializer=_grid_worker_init, initargs=(job, os.getpid()))
             # the worker takes a second or more to start: until it answers, grids are computed in
             # a thread (slower for others, but no frame waits for a process to start)
             warm = self._grids.submit(_grid_worker_ping)
