@@ -6,6 +6,7 @@ where the bytes live.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -58,6 +59,58 @@ class EstimatorFile(BaseModel):
     @property
     def refs(self) -> list[float]:
         return [self.cpu_ref_khz, self.gpu_ref_hz] if self.gpu_hz else [self.cpu_ref_khz]
+
+    def problems(self) -> list[str]:
+        """What makes this file unusable, each naming its field: shapes that disagree, NaN or
+        infinite numbers, negative times, unsorted tables. Checked on load, because a NaN
+        coefficient makes every prediction NaN (the governor then picks the slowest pair) and a
+        ragged array fails only at the first frame."""
+        out: list[str] = []
+        tables = {"cpu_khz": self.cpu_khz, "gpu_hz": self.gpu_hz}
+        if not self.cpu_khz:
+            out.append("field 'cpu_khz': empty frequency table")
+        for name, table in tables.items():  # an empty gpu_hz: a board without a GPU
+            if any(f <= 0 for f in table) or any(b <= a for a, b in zip(table, table[1:], strict=False)):
+                out.append(f"field '{name}': frequencies must be positive and strictly increasing")
+        refs = ("cpu_ref_khz", "gpu_ref_hz", "context_scale") if self.gpu_hz else ("cpu_ref_khz", "context_scale")
+        for name in refs:
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                out.append(f"field '{name}': must be a positive finite number, got {v!r}")
+        if self.queue_depth is not None and self.queue_depth < 1:
+            out.append(f"field 'queue_depth': must be >= 1, got {self.queue_depth}")
+        if any(c < 0 for c in self.profiled_context_len):
+            out.append("field 'profiled_context_len': context lengths cannot be negative")
+        layers = len(self.layer_names)
+        if layers == 0:
+            out.append("field 'layer_names': no layers")
+        k = len(self.domains) + 1  # columns of estimator.fit.domain_design()
+        if self.context_scale is not None:
+            k *= 2
+        if len(self.layer_is_gpu) != layers:
+            out.append(f"field 'layer_is_gpu': {len(self.layer_is_gpu)} entries for {layers} layers")
+        arrays = {"host": self.host, "dispatch": self.dispatch, "exec": self.exec}
+        if self.host_idle is not None:
+            arrays["host_idle"] = self.host_idle
+        for name, rows in arrays.items():
+            if len(rows) != layers:
+                out.append(f"field '{name}': {len(rows)} rows for {layers} layers")
+            for i, row in enumerate(rows):
+                if len(row) != k:
+                    out.append(f"field '{name}[{i}]': {len(row)} coefficients, expected {k}")
+                    break
+        if len(self.tail) != k:
+            out.append(f"field 'tail': {len(self.tail)} coefficients, expected {k}")
+        for name, rows in [*arrays.items(), ("tail", [self.tail])]:
+            for i, row in enumerate(rows):
+                bad = [j for j, v in enumerate(row) if not math.isfinite(v) or v < 0]
+                if bad:
+                    where = name if name == "tail" else f"{name}[{i}]"
+                    v = row[bad[0]]
+                    what = "negative time" if math.isfinite(v) else "not a finite number"
+                    out.append(f"field '{where}[{bad[0]}]': {what} ({v!r}); coefficients are ns >= 0")
+                    break
+        return out
 
 
 @dataclass(frozen=True)
@@ -184,7 +237,13 @@ class Estimator:
 
     @classmethod
     def from_json(cls, text: str) -> Estimator:
-        return cls(EstimatorFile.model_validate_json(text))
+        """Parse and check an estimator file; ValueError naming the first bad field."""
+        data = EstimatorFile.model_validate_json(text)
+        problems = data.problems()
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ValueError(f"{problems[0]}{more}")
+        return cls(data)
 
     def to_json(self) -> str:
         return self.data.model_dump_json(indent=1)

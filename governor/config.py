@@ -62,6 +62,23 @@ class GovernorSettings(BaseModel):
     cap_recheck_s: float = Field(1.0, gt=0, description="how long a learned thermal cap is trusted")
     state_refresh_s: float = Field(0.5, gt=0, description="how often frequencies in force are re-read")
     frame_timeout_s: float = Field(5.0, gt=0, description="a frame in flight longer than this is dropped")
+    # isolation and bounds: what one app or client may cost the others
+    max_apps: int = Field(256, ge=1, description="app names remembered at once; apps no client uses are evicted")
+    max_apps_per_client: int = Field(8, ge=1, description="distinct app names one connection may use")
+    max_frames_per_client: int = Field(16, ge=1, description="frames in flight per connection; the oldest "
+                                       "beyond this is dropped")
+    outlier_ratio: float = Field(10.0, gt=1, description="a latency over this x max(prediction, deadline) "
+                                 "counts as late but is not learned from")
+    backend_wait_s: float = Field(0.25, gt=0, description="longest a frame waits for a backend write; a "
+                                  "stalled backend (a phone over ADB) gets the answer with a note meanwhile")
+    max_clients: int = Field(256, ge=1, description="connections served at once; more are refused")
+    client_write_timeout_s: float = Field(10.0, gt=0, description="a client that reads none of its replies "
+                                          "for this long is disconnected")
+    # idle release: hand the domains back instead of holding the last pair pinned
+    idle_policy: Literal["restore", "keep"] = Field(
+        "restore", description="restore: put the original settings back while idle; keep: hold the last pair")
+    idle_release_s: float = Field(10.0, gt=0, description="release after this long with no frame asked for; "
+                                  "also as soon as every client that asked for frames has disconnected")
 
 
 class GovernorConfig(BaseModel):

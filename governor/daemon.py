@@ -1,24 +1,43 @@
 """The governor daemon: serves the socket protocol on a Unix socket until SIGTERM/SIGINT.
 
-One asyncio loop: requests from all clients are handled one at a time, in arrival order per
-connection, so decisions never race each other. Lines longer than ``MAX_LINE_BYTES`` are answered
-with an error and skipped; the connection stays usable. On the way out the original governors and
-limits are restored and the socket is removed.
+The asyncio loop only parses lines and moves bytes; it never waits for anything slow, so one client
+cannot hold up another:
+
+* decisions run on a small thread pool (the governor keeps its own lock for bookkeeping and does
+  backend I/O outside it, one operation at a time, so a stalled phone delays only the frame that
+  asked for the write);
+* a grid for a new context length (~20 ms of numpy) is computed in a worker process, so a burst of
+  them cannot take the interpreter lock from the loop;
+* requests on one connection are answered one at a time, in order, so a client flooding pipelined
+  requests gets its turn among the others, not ahead of them;
+* connections, apps and frames per client are bounded; a client that reads none of its replies is
+  disconnected, and a client that goes away takes its frames in flight (and their floors) with it.
+
+Lines longer than ``MAX_LINE_BYTES`` are answered with an error and skipped; the connection stays
+usable. When no frame was asked for for ``idle_release_s``, or every client that asked for frames
+has gone, the domains are handed back (``idle_policy``) and taken again by the next frame. On the
+way out the original governors and limits are restored and the socket is removed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import grp
+import itertools
 import logging
+import multiprocessing
 import os
 import signal
 import socket
 import stat
 import struct
+import threading
+import time
 from pathlib import Path
 
-from governor.core import Governor, GovernorError
+from governor.core import Governor, GovernorError, compute_grid
 from governor.protocol import (
     MAX_LINE_BYTES,
     PROTOCOL_VERSION,
@@ -29,10 +48,52 @@ from governor.protocol import (
     error,
     parse_request,
 )
+from sysfs_backends.sysfs import BackendError
 
 log = logging.getLogger(__name__)
+DECISION_THREADS = 4
+SHUTDOWN_GRACE_S = 2.0
+
+async def _within(aw, timeout_s: float):
+    """``aw`` or TimeoutError after ``timeout_s``. Unlike ``asyncio.wait_for`` on Python 3.11 it
+    never swallows a cancellation that races the result (which once hung shutdown)."""
+    task = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    finally:
+        if not task.done():
+            task.cancel()
+    if not done:
+        raise TimeoutError
+    return task.result()
 
 
+# ---- the grid worker process -------------------------------------------------------------
+_worker_job: tuple | None = None
+
+
+def _grid_worker_init(job: tuple, daemon_pid: int) -> None:
+    """In the worker: Ctrl-C in a terminal reaches the whole process group; the daemon stops the
+    worker itself, so the worker ignores it (no KeyboardInterrupt traceback on the way out). If the
+    daemon is killed outright the worker notices it was orphaned and exits."""
+    global _worker_job
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_job = job
+    def _orphaned() -> None:  # the daemon was SIGKILLed: nothing of ours may stay behind
+        while os.getppid() == daemon_pid:  # (killed before this ran: already reparented)
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=_orphaned, name="orphan-watch", daemon=True).start()
+
+
+def _grid_worker_ping() -> bool:
+    return _worker_job is not None
+
+
+def _grid_worker(key: tuple[str, int | None]):
+    models, board, freq_rank = _worker_job
+    return compute_grid(models[key[0]], board, freq_rank, key[1])
 class SocketInUse(RuntimeError):
     pass
 
@@ -118,40 +179,124 @@ def _set_socket_permissions(path: Path, mode: int, gid: int) -> None:
     os.chmod(path, mode)
 
 
+class _Client:
+    """One connection: the governor's ``owner`` of the frames it opens."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.id = next(self._ids)
+        self.writer = writer
+        self.asked_frames = False
+
+    def __repr__(self) -> str:
+        return f"client#{self.id}"
+
+
 class Daemon:
     def __init__(self, governor: Governor, socket_path: str | Path, socket_mode: int = 0o660,
                  socket_group: str | None = None) -> None:
         self.governor = governor
+        self.settings = governor.settings
         self.socket_path = Path(socket_path)
         self.socket_mode = socket_mode
         self.socket_group = socket_group
         self._stop: asyncio.Event | None = None
+        self._threads = concurrent.futures.ThreadPoolExecutor(DECISION_THREADS, thread_name_prefix="decide")
+        self._grids: concurrent.futures.Executor | None = None
+        self._grid_worker_ready = False
+        self._grid_pending: dict[tuple, asyncio.Future] = {}
+        self._clients: dict[_Client, asyncio.Task] = {}
+        self._any_asked = False  # some client has asked for a frame
+        self._idle_event: asyncio.Event | None = None
 
-    def handle(self, line: bytes) -> dict:
+    # ---- requests ------------------------------------------------------------------------
+    async def _call(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
+
+    async def _ensure_grid(self, key: tuple) -> None:
+        """Compute a missing grid off the loop (in the worker process), once per key however many
+        requests want it at the same time."""
+        pending = self._grid_pending.get(key)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        pending = asyncio.get_running_loop().create_future()
+        self._grid_pending[key] = pending
+        try:
+            self.governor.add_grid(key, await self._compute_grid(key))
+            pending.set_result(None)
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except Exception as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: the waiters (if any) get it too
+            raise
+        finally:
+            self._grid_pending.pop(key, None)
+
+    async def _compute_grid(self, key: tuple):
+        loop = asyncio.get_running_loop()
+        if self._grids is not None and self._grid_worker_ready:
+            try:
+                return await loop.run_in_executor(self._grids, _grid_worker, key)
+            except concurrent.futures.process.BrokenProcessPool:
+                log.warning("the grid worker process died; computing grids in a thread from now on")
+                self._grids = None
+        return await loop.run_in_executor(self._threads, compute_grid, *self.governor.grid_job(key))
+
+    async def handle(self, line: bytes, client: _Client | None = None) -> dict:
         try:
             req = parse_request(line)
             if isinstance(req, BeforeFrame):
-                d = self.governor.before_frame(req.model, req.deadline_ms, req.context_len, req.app)
+                key = self.governor.grid_key(req.model, req.context_len)
+                if not self.governor.has_grid(key):
+                    await self._ensure_grid(key)
+                if client is not None:
+                    client.asked_frames = self._any_asked = True
+                d = await self._call(self.governor.before_frame, req.model, req.deadline_ms, req.context_len,
+                                     req.app, owner=client)
                 out = {"ok": True, "frame": d.frame, "cpu_khz": d.cpu_khz, "gpu_hz": d.gpu_hz,
                        "predicted_ms": d.predicted_ms, "feasible": d.feasible}
                 if d.notes:
                     out["notes"] = list(d.notes)
                 return out
             if isinstance(req, AfterFrame):
-                self.governor.after_frame(req.frame, req.latency_ms)
-                return {"ok": True}
-            return {"ok": True, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
-                    **self.governor.status()}
+                done = await self._call(self.governor.after_frame, req.frame, req.latency_ms, owner=client,
+                                        failed=req.failed)
+                return {"ok": True, **done}
+            st = await self._call(self.governor.status)
+            return {"ok": True, "protocol": PROTOCOL_VERSION, "pid": os.getpid(), "clients": len(self._clients),
+                    **st}
         except (ProtocolError, GovernorError) as exc:
             return error(exc.code, str(exc))
-        except OSError as exc:  # the backend could not write: report, keep serving
+        except (OSError, BackendError) as exc:  # the backend could not write: report, keep serving
             log.error("backend: %s", exc)
             return error("backend_error", str(exc))
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # never let one request take the daemon down
             log.exception("internal error")
             return error("internal", f"{type(exc).__name__}: {exc}")
 
+    # ---- connections -----------------------------------------------------------------------
+    async def _send(self, client: _Client, msg: dict) -> None:
+        client.writer.write(encode(msg))
+        await _within(client.writer.drain(), self.settings.client_write_timeout_s)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _Client(writer)
+        if len(self._clients) >= self.settings.max_clients:
+            try:
+                writer.write(encode(error("too_many_clients", f"{len(self._clients)} clients are connected, "
+                                          "the most allowed (settings.max_clients)")))
+                writer.close()
+            except OSError:
+                pass
+            return
+        self._clients[client] = asyncio.current_task()
         buf = b""
         discarding = False
         try:
@@ -165,8 +310,8 @@ class Daemon:
                     if nl < 0:
                         if len(buf) > MAX_LINE_BYTES:
                             if not discarding:
-                                writer.write(encode(error(
-                                    "line_too_long", f"a request line is at most {MAX_LINE_BYTES} bytes")))
+                                await self._send(client, error(
+                                    "line_too_long", f"a request line is at most {MAX_LINE_BYTES} bytes"))
                                 discarding = True
                             buf = b""
                         break
@@ -175,26 +320,105 @@ class Daemon:
                         discarding = False
                         continue
                     if len(line) > MAX_LINE_BYTES:
-                        writer.write(encode(error(
-                            "line_too_long", f"a request line is at most {MAX_LINE_BYTES} bytes")))
+                        await self._send(client, error(
+                            "line_too_long", f"a request line is at most {MAX_LINE_BYTES} bytes"))
                         continue
                     if not line.strip():
                         continue
-                    writer.write(encode(self.handle(line)))
-                await writer.drain()
-        except (ConnectionResetError, BrokenPipeError):
-            pass
+                    await self._send(client, await self.handle(line, client))
+        except (ConnectionError, TimeoutError):
+            log.info("%s: disconnected (reset, or not reading its replies)", client)
+        except asyncio.CancelledError:
+            pass  # shutting down: the connection is closed below, quietly
         finally:
-            writer.close()
+            self._clients.pop(client, None)
+            try:
+                writer.close()
+            except Exception:  # noqa: S110 - the transport is already gone
+                pass
+            try:
+                dropped = self.governor.drop_client(client)
+            except Exception:  # noqa: BLE001 - must not fail a disconnect
+                log.exception("dropping %s", client)
+                dropped = 0
+            if dropped:
+                log.info("%s went away: %d frames in flight dropped", client, dropped)
+            if client.asked_frames and not any(c.asked_frames for c in self._clients):
+                self._wake_idle()
+
+    # ---- idle release ----------------------------------------------------------------------
+    def _wake_idle(self) -> None:
+        if self._idle_event is not None:
+            self._idle_event.set()
+
+    async def _idle_watch(self) -> None:
+        """Hand the domains back when nothing needs them: no frame for ``idle_release_s``, or
+        every client that asked for frames has disconnected."""
+        gov, s = self.governor, self.settings
+        if s.idle_policy == "keep":
+            return
+        period = min(1.0, s.idle_release_s / 4)
+        while not self._stop.is_set():
+            try:
+                await _within(self._idle_event.wait(), period)
+            except TimeoutError:
+                pass
+            self._idle_event.clear()
+            if gov.released:
+                continue
+            quiet = time.monotonic() - gov.last_frame_at >= s.idle_release_s
+            nobody = self._any_asked and not any(c.asked_frames for c in self._clients)
+            if quiet or nobody:
+                done = await self._call(gov.release_idle)
+                if done is not None:
+                    why = f"no frame for {s.idle_release_s:g} s" if quiet else "every app disconnected"
+                    log.info("idle (%s): domains handed back", why)
+
+    async def _refresh_loop(self) -> None:
+        """Re-read the frequencies in force every ``state_refresh_s`` (caps, other agents) on a
+        decision thread, so no client's request pays for it."""
+        while not self._stop.is_set():
+            try:
+                await _within(self._stop.wait(), self.settings.state_refresh_s)
+            except TimeoutError:
+                pass
+            if not self._stop.is_set():
+                await self._call(self.governor.refresh)
+
+    # ---- serving ---------------------------------------------------------------------------
+    def _grid_worker_started(self, fut: concurrent.futures.Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            log.warning("the grid worker process did not start; grids are computed in a thread")
+            return
+        self._grid_worker_ready = True
+
+    def _start_grid_worker(self) -> None:
+        try:
+            ctx = multiprocessing.get_context("spawn")
+            job = self.governor.grid_inputs()
+            self._grids = concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=ctx, initializer=_grid_worker_init, initargs=(job, os.getpid()))
+            # the worker takes a second or more to start: until it answers, grids are computed in
+            # a thread (slower for others, but no frame waits for a process to start)
+            warm = self._grids.submit(_grid_worker_ping)
+            warm.add_done_callback(self._grid_worker_started)
+        except (OSError, ValueError) as exc:
+            log.warning("no grid worker process (%s): grids are computed in a thread", exc)
+            self._grids = None
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         self._stop = asyncio.Event()
+        self._idle_event = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         gid = _socket_gid(self.socket_group)
         _claim_socket(self.socket_path)
         _make_socket_folder(self.socket_path)
+        for name, est in self.governor.models.items():  # fixed-shape models: one grid each, now
+            if not est.is_language_model:
+                self.governor.before_start_grid(name)
+        self._start_grid_worker()
         # created with no more than socket_mode allows, so it is never looser, even for an instant
         old_umask = os.umask(0o777 & ~self.socket_mode)
         try:
@@ -209,19 +433,45 @@ class Daemon:
             raise
         ours = os.lstat(self.socket_path)
         log.info("serving %s", self.socket_path)
+        self.governor.inline_refresh = False  # re-read on the schedule below, not in a client's request
+        self.governor.write_wait_s = self.settings.backend_wait_s  # a stalled phone holds no client long
+        idle = asyncio.create_task(self._idle_watch())
+        refresh = asyncio.create_task(self._refresh_loop())
         if ready is not None:
             ready.set()
         try:
             await self._stop.wait()
         finally:
+            log.info("stopping (%d clients connected)", len(self._clients))
             server.close()
+            idle.cancel()
+            refresh.cancel()
+            await asyncio.gather(idle, refresh, return_exceptions=True)
+            await self._close_clients()
             try:  # only the socket we made: something else may have taken the name since
                 now = os.lstat(self.socket_path)
                 if (now.st_ino, now.st_dev) == (ours.st_ino, ours.st_dev):
                     self.socket_path.unlink()
             except FileNotFoundError:
                 pass
-            log.info("stopping")
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            if self._grids is not None:
+                self._grids.shutdown(wait=False, cancel_futures=True)
+
+    async def _close_clients(self) -> None:
+        """Close every connection and let its task finish (no tracebacks on the way out)."""
+        tasks = list(self._clients.values())
+        for client in list(self._clients):
+            try:
+                client.writer.close()
+            except Exception:  # noqa: S110 - already gone
+                pass
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
+        for t in pending:  # waiting on a stalled backend: stop waiting
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def stop(self) -> None:
         if self._stop is not None:

@@ -61,8 +61,8 @@ def load_estimator(path: str | Path) -> Estimator:
         raise ValueError(
             f"{path}: not a deadline-dvfs estimator file (key '{key}': {first['msg']}{more})"
         ) from None
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    except ValueError as exc:  # parsed, but the numbers or shapes are unusable
+        raise ValueError(f"{path}: unusable estimator: {exc}") from None
 
 
 def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:

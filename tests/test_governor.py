@@ -50,7 +50,7 @@ def brute_force_choice(gov: Governor, est, deadline_ms: float, factor: float):
 def test_first_decision_is_cheapest_feasible_pair(setup, estimators):
     gov, vb, _ = setup
     d = gov.before_frame("yolo", 22.0, app="cam")
-    expected = brute_force_choice(gov, estimators["yolo"], 22.0, gov._corrections["yolo"].factor)
+    expected = brute_force_choice(gov, estimators["yolo"], 22.0, gov.correction("cam", "yolo").factor)
     assert (d.cpu_khz, d.gpu_hz) == expected[1:]
     assert d.feasible and d.changed and d.predicted_ms <= 22.0
     # the pair is what the kernel now has in force
@@ -181,7 +181,7 @@ def test_without_power_tables_lowest_frequencies_on_the_feasible_front(tmp_path,
     with Governor(vb.backend(tmp_path / "np.json"), board, {"yolo": estimators["yolo"]}) as gov:
         d = gov.before_frame("yolo", 22.0)
         grid = estimators["yolo"].grid(with_overlap=False)
-        factor = gov._corrections["yolo"].factor
+        factor = gov.correction("cam", "yolo").factor
         ok = grid.latency_ms * factor + 0.2 <= 22.0
         c, g = grid.cpu_khz[ok], grid.gpu_hz[ok]
         # nothing feasible is lower in both domains: the choice is on the Pareto front
