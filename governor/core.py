@@ -618,7 +618,10 @@ class Governor:
                     return None
                 self._released = True
             try:
-                done = self.backend.restore()
+                # the domains go back, the board stays ours: the next frame takes them again, so
+                # another governor must still be refused meanwhile
+                done = (self.backend.restore(keep_claim=True) if hasattr(self.backend, "claim")
+                        else self.backend.restore())
             except (BackendUnavailable, OSError) as exc:
                 with self._lock:
                     self._released = False

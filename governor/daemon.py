@@ -413,8 +413,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         gid = _socket_gid(self.socket_group)
-        _claim_socket(self.socket_path)
         _make_socket_folder(self.socket_path)
+        _claim_socket(self.socket_path)
         for name, est in self.governor.models.items():  # fixed-shape models: one grid each, now
             if not est.is_language_model:
                 self.governor.before_start_grid(name)

@@ -69,9 +69,12 @@ def start(tmp: Path, sock: str = "gov.sock") -> subprocess.Popen:
     raise AssertionError("daemon did not start")
 
 
-def pin(tmp: Path, sock: str = "gov.sock") -> None:
-    with GovernorClient(str(tmp / sock)) as c:
-        c.before_frame("yolo", 40.0)
+def pin(tmp: Path, sock: str = "gov.sock") -> GovernorClient:
+    """An app that asked for a frame and stays connected (with every app gone the daemon hands
+    the domains back: see the daemon's idle release)."""
+    c = GovernorClient(str(tmp / sock))
+    c.before_frame("yolo", 40.0)
+    return c
 
 
 def restore_cli(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -84,9 +87,10 @@ def restore_cli(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
 def owner(tmp_path):
     """A running daemon that has pinned the board."""
     proc = start(tmp_path)
-    pin(tmp_path)
+    app = pin(tmp_path)
     assert settings(tmp_path / "vb") != BOOT
     yield proc, tmp_path
+    app.close()
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -585,3 +589,26 @@ def test_default_virtual_root_planted_as_a_symlink_is_refused(tmp_path, monkeypa
             default_virtual_root(board)
     finally:
         root.unlink()
+
+
+def test_idle_release_hands_the_domains_back_but_keeps_the_board(tmp_path):
+    """With every app gone the daemon hands the domains back, yet still owns the board: it takes
+    them again on the next frame, so a second governor is still refused meanwhile."""
+    proc = start(tmp_path)
+    try:
+        pin(tmp_path).close()  # the only app leaves
+        for _ in range(200):
+            if settings(tmp_path / "vb") == BOOT:
+                break
+            time.sleep(0.05)
+        assert settings(tmp_path / "vb") == BOOT
+        second = subprocess.run([*CLI, "run", "--config", str(write_config(tmp_path, "other.sock"))],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode != 0 and f"pid {proc.pid}" in second.stderr, second.stderr
+        app = pin(tmp_path)  # the next frame takes the domains again
+        assert settings(tmp_path / "vb") != BOOT
+        app.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert settings(tmp_path / "vb") == BOOT
