@@ -38,6 +38,11 @@ import time
 import traceback
 from pathlib import Path
 
+try:  # run as a script in the guest (its folder on sys.path), or imported from the tests
+    from write_sequence import run_sequence
+except ImportError:
+    from tests.kernel.write_sequence import run_sequence
+
 CPUFREQ = "/sys/devices/system/cpu/cpufreq"
 DEVFREQ = "/sys/class/devfreq"
 SETTLE_S = 0.05  # the kernel's truth is read this long after an apply
@@ -481,7 +486,9 @@ def wait_for_socket(path: str, proc: subprocess.Popen, timeout_s: float) -> floa
 def start_daemon(work: Path, tag: str, board_path: Path, estimator: Path) -> tuple[subprocess.Popen, dict]:
     sock = str(work / f"{tag}.sock")
     cfg = {"board": str(board_path), "backend": {"kind": "linux", "sysfs_root": "/"}, "socket": sock,
-           "models": {"synthetic": {"estimator": str(estimator)}}, "log_level": "info"}
+           "models": {"synthetic": {"estimator": str(estimator)}}, "log_level": "info",
+           # a write under TCG takes ~50x a real board's: let a frame wait for it, as on hardware
+           "governor": {"backend_wait_s": 5.0}}
     cfg_path = work / f"{tag}.governor.yaml"
     cfg_path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
     log = open(work / f"{tag}.log", "w")
@@ -620,6 +627,22 @@ def main() -> int:
             s["restore_diff"] = diff(domains, originals, settled_snapshot(domains))
             s["back_to_boot"] = reset_to(domains, boot)  # planned: the originals were ours
         after_step(report, domains, boot, work)
+
+    with report.step("write_sequence") as s:
+        # one fixed sequence of raw writes, also run against the virtual kernel on the host
+        # (tests/kernel/test_real_kernels.py compares the two step by step)
+        def raw_write(path: str, value: str) -> None:
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+
+        seq_domains = [{"kind": d.kind, "dir": d.path, "table": d.table(), "governors": d.get(d.f_govs).split()}
+                       for d in domains.values()]
+        s["domains"] = seq_domains
+        s["records"] = run_sequence(read, raw_write, seq_domains)
+    after_step(report, domains, boot, work)
 
     with report.step("fit") as s:
         stdout, _ = fit_proc.communicate(timeout=600)

@@ -270,3 +270,53 @@ def test_sigkill_then_restore_cli(guest):
         f"{guest.arch}: after SIGKILL + dvfs-gov restore ({r['stdout'].strip()}) these attributes differ from "
         f"boot:\n{show(s['restore_diff'], 20)}")
     assert not s["state_files_left"], f"{guest.arch}: state files left: {s['state_files_left']}"
+
+
+def mirror_board(guest: GuestResult):
+    """A virtual board laid out like the guest: its tables, governors and boot governors, the OPPs
+    its clocks were seen unable to run, and no cpuinfo_cur_freq where the guest has none."""
+    from sysfs_backends.board import BoardConfig
+
+    report, doms = guest.report, guest.report["domains"]
+    boot = report["boot_snapshot"]
+    unreachable = {"cpu": set(), "gpu": set()}
+    for name in ("api_userspace", "api_minmax"):
+        for e in report["steps"].get(name, {}).get("unreachable", []):
+            unreachable[e["domain"]].add(e["target"])
+    cpu = doms["cpu"]
+    cfg = {"name": f"mirror_{guest.arch}",
+           "cpu": {"inference_policy": "policy0", "mechanism": "minmax", "policies": {"policy0": {
+               "cpus": cpu["cpus"], "frequencies_khz": cpu["table"], "governors": cpu["governors"],
+               "default_governor": boot["cpu"]["scaling_governor"],
+               "transition_latency_ns": cpu["transition_latency_ns"]}}},
+           "simulation": {"unreachable_cpu_khz": sorted(unreachable["cpu"])}}
+    if "gpu" in doms:
+        gpu = doms["gpu"]
+        cfg["gpu"] = {"kind": "devfreq", "node": gpu["node"], "frequencies_hz": gpu["table"],
+                      "governors": gpu["governors"], "default_governor": boot["gpu"]["governor"]}
+        cfg["simulation"].update(gpu_flops_per_cycle=128, gpu_dram_gbps=8,
+                                 unreachable_gpu_hz=sorted(unreachable["gpu"]))
+    return BoardConfig.model_validate(cfg), cpu["truth_file"] == "cpuinfo_cur_freq"
+
+
+def test_virtual_kernel_follows_the_real_one(guest, tmp_path):
+    """The same sequence of raw writes (tests/kernel/write_sequence.py) against the real kernel and
+    against the virtual board's kernel: every write accepted or refused alike, every attribute
+    the same once settled. Where they disagree the real kernel is right and the virtual one is
+    fixed."""
+    from sysfs_backends.virtual.board import VirtualBoard
+    from tests.kernel.write_sequence import differences, run_sequence
+
+    real = step(guest, "write_sequence")
+    board, has_clock_reading = mirror_board(guest)
+    vb = VirtualBoard(tmp_path / "vb", board)
+    policy = "/sys/devices/system/cpu/cpufreq/policy0"
+    if not has_clock_reading:
+        (vb.root / policy.lstrip("/") / "cpuinfo_cur_freq").unlink()
+    dirs = {"cpufreq": policy}
+    if board.gpu is not None:
+        dirs["devfreq"] = f"/sys/class/devfreq/{board.gpu.node}"
+    domains = [{**d, "dir": dirs[d["kind"]]} for d in real["domains"]]
+    virtual = run_sequence(vb.kernel.read, vb.kernel.write, domains)
+    found = differences(real["records"], virtual)
+    assert not found, f"{guest.arch}: the virtual kernel differs from the real one:\n" + "\n".join(found[:30])
