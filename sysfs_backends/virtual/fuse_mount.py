@@ -93,6 +93,10 @@ def _make_operations(root: Path, store_log: Path | None):
             self._next_fh = 1
             self._lock = threading.Lock()
             self._log = open(store_log, "a", buffering=1) if store_log else None  # noqa: SIM115
+            self.started = False
+
+        def init(self, path):
+            self.started = True  # mounted and serving: a non-zero end of the loop is then a signal
 
         # ---- names -----------------------------------------------------------------------
         def _local(self, path: str) -> str:
@@ -246,7 +250,13 @@ def serve(root: str | Path, mountpoint: str | Path, store_log: str | Path | None
                "attr_timeout": 0, "entry_timeout": 0, "negative_timeout": 0, "fsname": "virtual-sysfs"}
     if os.geteuid() == 0:
         options["allow_other"] = True  # the tree's modes apply to every user, as on /sys
-    fuse.FUSE(ops, str(mountpoint), **options)
+    try:
+        fuse.FUSE(ops, str(mountpoint), **options)
+    except RuntimeError:
+        # libfuse 3 ends its loop on SIGINT/SIGTERM with a non-zero status after unmounting; only a
+        # failure before serving (the mount itself) is an error
+        if not ops.started:
+            raise FuseUnavailable(f"could not mount the virtual board at {mountpoint}") from None
 
 
 def is_mounted(mountpoint: str | Path) -> bool:
