@@ -7,8 +7,8 @@ What runs:
   thermal caps) and logs each store with the cap in force at that moment;
 * the governor **daemon as a real subprocess** (`dvfs-gov run`) with the **Linux backend** on that
   mount (no in-process hook), estimators fitted beforehand on the same virtual board;
-* apps as clients over the daemon's socket (`GovernorClient`, one connection per app, each app in
-  a thread of this process so their frames overlap in real time): ask before each frame, run it with
+* apps as client processes over the daemon's socket (`GovernorClient`, one process and connection
+  per app, so their frames overlap in real time): ask before each frame, run it with
   ``VirtualKernel.run_frame`` (so what runs is the frequency really in force, including a change
   still in its transition latency), hold the device for the frame's duration, report the latency.
 
@@ -40,7 +40,8 @@ frames: an optimistic bound there. Energy is each frame's own (busy power + idle
 
 Reported per case, per phase and per app: frames, misses (and whether within the target oracle's
 misses + 1% of frames), energy ratio to each oracle, decision round-trip p50/p99 (before_frame over
-the socket); per phase: stores to the mount and stores above an active cap (from the FUSE store log).
+the socket), overall and for the decisions during which no store reached the mount; per phase:
+stores to the mount and stores above an active cap (from the FUSE store log).
 
     python benchmarks/governor_dynamics.py --quick      # one board, two cases, < 2 min
     python benchmarks/governor_dynamics.py              # everything (saved to benchmarks/results/)
@@ -50,12 +51,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -183,11 +184,13 @@ class Harness:
         self.deadlines = [round(factor * (lat + sum(g for j, (_, g) in enumerate(fast) if j != k)), 3)
                           for k, (lat, _) in enumerate(fast)]
         self.periods_s = [len(models) * d / 1e3 for d in self.deadlines]
-        self.lock = threading.Lock()
-        self.gpu_free_s = 0.0  # when the GPU work in flight ends (monotonic seconds)
-        self.phase = PHASES[0]
-        self.phase_start_ns: dict[str, int] = {}
-        self.done = threading.Event()
+        # shared by the app processes (forked): the GPU queue, the phase in force and when it began
+        mp = multiprocessing.get_context("fork")
+        self.lock = mp.Lock()
+        self.gpu_free_s = mp.Value("d", 0.0, lock=False)  # when the GPU work in flight ends (monotonic s)
+        self.phase_idx = mp.Value("i", 0, lock=False)
+        self.phase_start_ns = mp.Array("q", [0] * len(PHASES), lock=False)
+        self.done = mp.Event()
         self.frames: list[list[dict]] = [[] for _ in models]
         self.errors: list[str] = []
 
@@ -195,11 +198,14 @@ class Harness:
         kernel.set_background_load(BACKGROUND_LOAD if name == "load" else 0.0)
         kernel.force_thermal_cap(name == "cap")
         with self.lock:
-            self.phase = name
-            self.phase_start_ns[name] = time.monotonic_ns()
+            self.phase_idx.value = PHASES.index(name)
+            self.phase_start_ns[PHASES.index(name)] = time.monotonic_ns()
 
-    def _app(self, k: int, sock: Path, vb: VirtualBoard) -> None:
+    def _app(self, k: int, sock: Path, vroot: Path) -> None:
+        """One app, in a process of its own: its frames go to ``app<k>.jsonl`` in the case folder."""
         model, deadline = self.models[k], self.deadlines[k]
+        vb = VirtualBoard(vroot)
+        out = open(self.work / f"app{k}.jsonl", "w")  # noqa: SIM115
         sim = vb.simulator(load_model_spec(model))
         ctx0 = MODELS[model]
         total = self.per_phase * len(PHASES)
@@ -214,17 +220,20 @@ class Harness:
                     if n % self.per_phase == 0:
                         self._set_phase(vb.kernel, PHASES[n // self.per_phase])
                 ctx = None if ctx0 is None else ctx0 + (n * 7) % CONTEXT_GROWTH
+                logged = os.stat(self.work / "stores.jsonl").st_size
                 t0 = time.perf_counter()
                 decision = client.before_frame(model, deadline, ctx)
                 rt_us = (time.perf_counter() - t0) * 1e6
+                # a store reached the mount during this round trip (ours, or one it queued behind)
+                stored = os.stat(self.work / "stores.jsonl").st_size != logged
                 seed = 1_000_003 * (k + 1) + n
                 fr = vb.kernel.run_frame(sim, ctx, np.random.default_rng(seed), self.periods_s[k])
                 with self.lock:
-                    phase = self.phase
+                    phase = PHASES[self.phase_idx.value]
                     now = time.monotonic()
-                    wait_s = max(0.0, self.gpu_free_s - now) if len(self.models) > 1 else 0.0
-                    in_phase_s = (time.monotonic_ns() - self.phase_start_ns[phase]) / 1e9
-                    self.gpu_free_s = now + wait_s + fr.gpu_busy_ns / 1e9
+                    wait_s = max(0.0, self.gpu_free_s.value - now) if len(self.models) > 1 else 0.0
+                    in_phase_s = (time.monotonic_ns() - self.phase_start_ns[self.phase_idx.value]) / 1e9
+                    self.gpu_free_s.value = now + wait_s + fr.gpu_busy_ns / 1e9
                 burst = 1.0
                 if phase == "burst" and int(in_phase_s / (self.per_phase * self.periods_s[0] / 6)) % 2 == 1:
                     burst = BURST_FACTOR
@@ -232,26 +241,27 @@ class Harness:
                 latency_ms = run_ms * burst + wait_s * 1e3
                 time.sleep(latency_ms / 1e3)  # the frame occupies the device for its duration
                 client.after_frame(decision["frame"], latency_ms)
-                self.frames[k].append({
+                out.write(json.dumps({
                     "phase": phase, "ctx": ctx, "load": fr.background_load, "capped": fr.capped,
                     "burst": burst, "wait_ms": wait_s * 1e3, "run_ms": run_ms * burst,
                     "transition_ms": fr.transition_ns / 1e6 * burst, "latency_ms": latency_ms,
                     "deadline_ms": deadline, "cpu_khz": fr.cpu_khz, "gpu_hz": fr.gpu_hz,
-                    "energy_j": fr.energy_j, "rt_us": rt_us})
+                    "energy_j": fr.energy_j, "rt_us": rt_us, "stored": stored}) + "\n")
                 n += 1
                 next_start += self.periods_s[k]
                 time.sleep(max(0.0, next_start - time.monotonic()))
         except Exception as exc:  # noqa: BLE001 - reported in the results, the case goes on
-            self.errors.append(f"app{k} {model}: {type(exc).__name__}: {exc}")
+            (self.work / f"app{k}.err").write_text(f"app{k} {model}: {type(exc).__name__}: {exc}")
         finally:
             client.close()
+            out.close()
             if k == 0:
                 self.done.set()
 
     def run(self) -> dict:
         vroot, sock, log = self.work / "board", self.work / "gov.sock", self.work / "stores.jsonl"
         cfg = self.board.model_copy(deep=True)
-        vb = VirtualBoard(vroot, cfg)
+        VirtualBoard(vroot, cfg)
         with mounted(vroot, self.work / "sys", store_log=log) as mp:
             gov_cfg = {"board": self.board.name, "socket": str(sock), "log_level": "warning",
                        "backend": {"kind": "linux", "sysfs_root": str(mp), "state_file": str(self.work / "saved.json")},
@@ -262,12 +272,20 @@ class Harness:
             try:
                 _wait_for_socket(sock, daemon)
                 log.write_text("")  # count the governor's stores from the first frame on
-                threads = [threading.Thread(target=self._app, args=(k, sock, vb)) for k in range(len(self.models))]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
+                ctx = multiprocessing.get_context("fork")
+                apps = [ctx.Process(target=self._app, args=(k, sock, vroot)) for k in range(len(self.models))]
+                for p in apps:
+                    p.start()
+                for p in apps:
+                    p.join()
                 end_ns = time.monotonic_ns()
+                for k in range(len(self.models)):
+                    lines = (self.work / f"app{k}.jsonl").read_text().splitlines()
+                    self.frames[k] = [json.loads(line) for line in lines]
+                    if (self.work / f"app{k}.err").exists():
+                        self.errors.append((self.work / f"app{k}.err").read_text())
+                    elif apps[k].exitcode:
+                        self.errors.append(f"app{k} exited with status {apps[k].exitcode}")
             finally:
                 daemon.send_signal(signal.SIGTERM)
                 try:
@@ -279,7 +297,8 @@ class Harness:
         return self._report(stores, end_ns, (err or "").strip().splitlines()[-3:])
 
     def _report(self, stores: list[dict], end_ns: int, daemon_err: list[str]) -> dict:
-        starts = sorted(self.phase_start_ns.items(), key=lambda kv: kv[1])
+        starts = sorted(((name, t) for name, t in zip(PHASES, self.phase_start_ns, strict=True) if t),
+                        key=lambda kv: kv[1])
         windows = {name: (t, starts[i + 1][1] if i + 1 < len(starts) else end_ns) for i, (name, t) in enumerate(starts)}
         out = {"board": self.board.name, "apps": self.models, "deadline": self.kind,
                "deadlines_ms": self.deadlines, "errors": self.errors + [f"daemon: {e}" for e in daemon_err if e][:3],
@@ -313,6 +332,7 @@ def _summary(model: str, rows: list[tuple[dict, dict]]) -> dict:
     o_e, t_e = sum(r["oracle_j"] for _, r in rows), sum(r["target_j"] for _, r in rows)
     t_miss = sum(r["target_miss"] for _, r in rows)
     rt = np.array([f["rt_us"] for f, _ in rows])
+    quiet = np.array([f["rt_us"] for f, _ in rows if not f["stored"]] or [np.nan])
     return {"model": model, "frames": n, "capped_frames": sum(f["capped"] for f, _ in rows),
             "waited_frames": sum(f["wait_ms"] > 0 for f, _ in rows),
             "misses": int(misses), "miss_rate": round(misses / n, 4),
@@ -321,7 +341,10 @@ def _summary(model: str, rows: list[tuple[dict, dict]]) -> dict:
             "energy_j": round(energy, 5), "energy_vs_oracle": round(energy / o_e, 4),
             "energy_vs_oracle_target": round(energy / t_e, 4),
             "decision_rt_us_p50": round(float(np.percentile(rt, 50)), 1),
-            "decision_rt_us_p99": round(float(np.percentile(rt, 99)), 1)}
+            "decision_rt_us_p99": round(float(np.percentile(rt, 99)), 1),
+            "decisions_with_store": sum(f["stored"] for f, _ in rows),
+            "decision_rt_us_p50_no_store": round(float(np.percentile(quiet, 50)), 1),
+            "decision_rt_us_p99_no_store": round(float(np.percentile(quiet, 99)), 1)}
 
 
 def _wait_for_socket(path: Path, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
@@ -418,6 +441,7 @@ def _overall(results: list[dict]) -> dict:
     rows = [a for r in results for p in r["phases"].values() for a in p["apps"] if a.get("frames")]
     rt99 = [a["decision_rt_us_p99"] for r in results for a in r["apps_total"] if a.get("frames")]
     rt50 = [a["decision_rt_us_p50"] for r in results for a in r["apps_total"] if a.get("frames")]
+    quiet99 = [a["decision_rt_us_p99_no_store"] for r in results for a in r["apps_total"] if a.get("frames")]
     if not rows:
         return {}
     ratios = [a["energy_vs_oracle_target"] for a in rows]
@@ -428,6 +452,8 @@ def _overall(results: list[dict]) -> dict:
             "writes": sum(r["writes"] for r in results),
             "writes_above_cap": sum(r["writes_above_cap"] for r in results),
             "decision_rt_us_p50_median": float(np.median(rt50)), "decision_rt_us_p99_max": max(rt99),
+            "decision_rt_us_p99_no_store_median": float(np.nanmedian(quiet99)),
+            "decision_rt_us_p99_no_store_max": float(np.nanmax(quiet99)),
             "errors": sum(len(r["errors"]) for r in results)}
 
 
