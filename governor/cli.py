@@ -462,6 +462,37 @@ def virtual_adb(board: str, port: int, virtual_root: str | None, not_root: bool,
         _fail(describe_error(exc))
 
 
+@main.command("virtual-mount")
+@click.option("--board", default="sd888_phone", show_default=True, help="virtual board to mount")
+@click.option("--virtual-root", type=click.Path(file_okay=False), help="the board's tree (created if missing)")
+@click.option("--store-log", type=click.Path(dir_okay=False),
+              help="append every store as a JSON line, with the thermal cap in force at that moment")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+def virtual_mount(board: str, virtual_root: str | None, store_log: str | None, mountpoint: str) -> None:
+    """Mount a virtual board's kernel at MOUNTPOINT (FUSE), in the foreground until Ctrl-C or SIGTERM.
+
+    Then `--backend linux --sysfs-root MOUNTPOINT` (or any program: cat, echo V > F) drives the
+    virtual board exactly as a real /sys, with the kernel's rules and errors."""
+    from sysfs_backends.registry import default_virtual_root
+    from sysfs_backends.virtual.board import VirtualBoard
+    from sysfs_backends.virtual.fuse_mount import FuseUnavailable, fuse_unavailable, serve
+
+    reason = fuse_unavailable()
+    if reason:
+        _fail(f"{reason}; the in-process virtual backend (--backend virtual) works without it")
+    if not Path(mountpoint).is_dir():
+        _fail(f"{mountpoint}: the mount point must be an existing directory")
+    try:
+        cfg = load_board(board)
+        root = Path(virtual_root) if virtual_root else default_virtual_root(cfg.name)
+        VirtualBoard(root, cfg)
+        click.echo(f"virtual {cfg.name} (tree {root}) mounted at {mountpoint}; Ctrl-C to unmount")
+        serve(root, mountpoint, store_log)
+        click.echo("virtual-mount: unmounted")
+    except (ConfigError, FuseUnavailable, OSError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
 # ---- profiling ----------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,7 @@ from governor.client import GovernorClient
 from governor.configs import load_board, load_model_spec
 from sysfs_backends.virtual.adb_device import VirtualAdbDevice
 from sysfs_backends.virtual.board import VirtualBoard
+from sysfs_backends.virtual.fuse_mount import FuseUnavailable, mounted
 from sysfs_backends.virtual.simulator import Simulator
 
 APPS = [
@@ -63,18 +65,27 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
     procs: list[subprocess.Popen] = []
     daemon = None
     phone = None
+    stack = ExitStack()  # the FUSE mount, unmounted after the daemon has restored and stopped
     try:
         sock = work / "gov.sock"
         vroot = work / "board"
         VirtualBoard(vroot, board)
         backend_cfg = {"kind": "virtual", "virtual_root": str(vroot), "state_file": str(work / "saved.json")}
+        sysfs = "in-process hook"
+        if backend == "virtual":  # the kernel mounted as a file system: the daemon sees a real /sys
+            try:
+                mount = stack.enter_context(mounted(vroot, work / "sys"))
+                backend_cfg = {"kind": "linux", "sysfs_root": str(mount), "state_file": str(work / "saved.json")}
+                sysfs = f"FUSE mount at {mount}"
+            except FuseUnavailable as exc:
+                say(f"{exc}; the daemon uses the in-process hook instead")
         if backend == "android":  # the same board, but driven over ADB through a virtual phone
             phone = VirtualAdbDevice(vroot).__enter__()
             backend_cfg = {"kind": "android", "state_file": str(work / "saved.json"),
                            "adb": {"address": phone.address, "key_path": str(work / "adbkey")}}
             say(f"virtual phone serving ADB on {phone.address}")
         models = {a["model"]: {"simulate": a["model"]} for a in APPS}
-        if backend == "android":  # `simulate` needs the virtual backend: fit here, pass the files
+        if backend_cfg["kind"] != "virtual":  # `simulate` needs the virtual backend: fit here, pass the files
             from governor.app import fit_on_virtual_board
 
             for name in models:
@@ -88,7 +99,7 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
             "log_level": "warning",
         }
         (work / "governor.yaml").write_text(yaml.safe_dump(cfg))
-        say(f"virtual board {board_name} at {vroot}; starting the governor daemon "
+        say(f"virtual board {board_name} at {vroot} ({sysfs}); starting the governor daemon "
             "(profiling and fitting the models on the virtual board)")
         record_args = ["--record", str(Path(record).resolve())] if record else []
         daemon = subprocess.Popen([sys.executable, "-m", "governor.cli", "run", "--config",
@@ -129,8 +140,8 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
         restored = not (work / "saved.json").exists()
         say("governor stopped, original settings restored" if restored else "restore FAILED")
         say("replaying the workload under performance, ondemand and the oracle")
-        out = {"board": board_name, "backend": backend, "duration_s": duration_s, "restored": restored,
-               "apps": []}
+        out = {"board": board_name, "backend": backend, "sysfs": sysfs, "duration_s": duration_s,
+               "restored": restored, "apps": []}
         for a in APPS:
             frames = [FrameTrace.model_validate_json(line)
                       for line in (work / f"{a['app']}.jsonl").read_text().splitlines()]
@@ -152,6 +163,7 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
             daemon.wait(timeout=30)
         if phone is not None:
             phone.close()
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

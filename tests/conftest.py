@@ -37,3 +37,29 @@ def valid_profile() -> dict:
                         "gpu_hz": [250000000, 450000000, 625000000]},
         "runs": [run, slow],
     }
+
+
+@pytest.fixture(params=["hook", "mount"])
+def drive(request, tmp_path):
+    """How a test's backend reaches a virtual board: the in-process hook, or the Linux backend, with
+    no hook, on the board's kernel mounted as a file system (FUSE), as on a real board. The mount
+    variant is skipped, with the reason, where FUSE is unavailable."""
+    from contextlib import ExitStack
+
+    from sysfs_backends.linux import LinuxBackend
+
+    stack = ExitStack()
+
+    def backend(vb, state_file):
+        if request.param == "hook":
+            return vb.backend(state_file=state_file)
+        from sysfs_backends.virtual.fuse_mount import fuse_unavailable, mounted
+
+        reason = fuse_unavailable()
+        if reason:
+            pytest.skip(reason)
+        mountpoint = stack.enter_context(mounted(vb.root, tmp_path / f"mnt-{vb.root.name}"))
+        return LinuxBackend(vb.board, mountpoint, state_file=state_file)
+
+    yield backend
+    stack.close()

@@ -30,10 +30,10 @@ def read(root: Path, rel: str) -> str:
 
 
 @pytest.fixture
-def board_at(tmp_path):
+def board_at(tmp_path, drive):
     def make(name: str):
         vb = VirtualBoard(tmp_path / name, load_board(name))
-        return vb, vb.backend(state_file=tmp_path / f"{name}.state.json")
+        return vb, drive(vb, tmp_path / f"{name}.state.json")
     return make
 
 

@@ -234,3 +234,9 @@ def test_demo_json_end_to_end():
             assert b["frames"] == a["frames"] and b["energy_j"] > 0
         assert a["energy_j"] < a["baselines"]["performance"]["energy_j"]
     assert "background load" in out.stderr  # progress went to stderr
+    from sysfs_backends.virtual.fuse_mount import fuse_unavailable
+
+    if fuse_unavailable() is None:  # the daemon drove the board as a real one: Linux backend on the mount
+        assert result["sysfs"].startswith("FUSE mount at ")
+    else:
+        assert result["sysfs"] == "in-process hook" and fuse_unavailable() in out.stderr

@@ -46,7 +46,7 @@ def test_limit_writes_show_late_as_on_a_real_kernel(tmp_path):
     assert vb.kernel.read(f"{pol}/cpuinfo_cur_freq").strip() == "1305600"
 
 
-def test_apply_reports_the_settled_frequency_not_the_stale_read(tmp_path):
+def test_apply_reports_the_settled_frequency_not_the_stale_read(tmp_path, drive):
     """Issue: a read-back in the same batch as the writes was taken as the truth, so the old
     frequency was reported as in force and called a thermal cap."""
     # a slow work item (0.15 s: longer than four writes take even on a loaded machine), within the
@@ -54,7 +54,7 @@ def test_apply_reports_the_settled_frequency_not_the_stale_read(tmp_path):
     cfg = board("sd888_phone", limit_apply_delay_ns=150_000_000)
     cfg.cpu.policies["policy7"].transition_latency_ns = 300_000_000
     vb = VirtualBoard(tmp_path / "b", cfg)
-    be = vb.backend(state_file=tmp_path / "s.json")
+    be = drive(vb, tmp_path / "s.json")
     pairs = [(1_305_600, 443_000_000), (2_841_600, 840_000_000), (844_800, 315_000_000),
              (2_035_200, 607_000_000), (1_305_600, 840_000_000)]
     for cpu, gpu in pairs:
@@ -68,9 +68,9 @@ def test_apply_reports_the_settled_frequency_not_the_stale_read(tmp_path):
     be.restore()
 
 
-def test_kernel_slower_than_the_settle_time_is_reported_as_pending_not_capped(tmp_path):
+def test_kernel_slower_than_the_settle_time_is_reported_as_pending_not_capped(tmp_path, drive):
     vb = VirtualBoard(tmp_path / "b", board("sd888_phone", limit_apply_delay_ns=200_000_000))
-    be = vb.backend(state_file=tmp_path / "s.json")
+    be = drive(vb, tmp_path / "s.json")
     be.apply(1_305_600, None)
     time.sleep(0.25)
     res = be.apply(2_035_200, None)
@@ -81,10 +81,10 @@ def test_kernel_slower_than_the_settle_time_is_reported_as_pending_not_capped(tm
     be.restore()
 
 
-def test_clock_that_cannot_reach_an_opp_is_unreachable_not_capped(tmp_path):
+def test_clock_that_cannot_reach_an_opp_is_unreachable_not_capped(tmp_path, drive):
     vb = VirtualBoard(tmp_path / "b", board("rk3588", unreachable_cpu_khz=[1_416_000],
                                             unreachable_gpu_hz=[600_000_000]))
-    be = vb.backend(state_file=tmp_path / "s.json")
+    be = drive(vb, tmp_path / "s.json")
     res = be.apply(1_416_000, 600_000_000)
     pol = f"{CPUFREQ}/policy4"
     # the last target says 1416000; the clock's own reading is the truth
@@ -101,9 +101,9 @@ def test_clock_that_cannot_reach_an_opp_is_unreachable_not_capped(tmp_path):
     be.restore()
 
 
-def test_thermal_cap_is_capped_with_the_kernel_limits(tmp_path):
+def test_thermal_cap_is_capped_with_the_kernel_limits(tmp_path, drive):
     vb = VirtualBoard(tmp_path / "b", board("pixel6_phone"))
-    be = vb.backend(state_file=tmp_path / "s.json")
+    be = drive(vb, tmp_path / "s.json")
     vb.kernel.force_thermal_cap(True)
     res = be.apply(2_802_000, 848_000_000)
     assert res.conditions == {"cpu": "capped", "gpu": "capped"} and res.capped
@@ -111,10 +111,10 @@ def test_thermal_cap_is_capped_with_the_kernel_limits(tmp_path):
     be.restore()
 
 
-def test_without_cpuinfo_cur_freq_the_last_target_is_used_and_said(tmp_path):
+def test_without_cpuinfo_cur_freq_the_last_target_is_used_and_said(tmp_path, drive):
     vb = VirtualBoard(tmp_path / "b", board("rk3588"))
     (vb.root / CPUFREQ / "policy4" / "cpuinfo_cur_freq").unlink()  # e.g. acpi-cpufreq on SystemIO
-    be = vb.backend(state_file=tmp_path / "s.json")
+    be = drive(vb, tmp_path / "s.json")
     assert be.state()["cpu"].cur == 2_400_000  # before discovery too (save() reads state first)
     found = be.discover()
     assert found.domains["cpu"].cur_source == "last_target"
@@ -138,9 +138,9 @@ def test_modern_kernel_resolves_a_min_above_the_max(tmp_path):
     assert info.value.errno == errno.EINVAL
 
 
-def test_legacy_kernel_refuses_crossing_limits_and_the_backend_never_crosses(tmp_path):
+def test_legacy_kernel_refuses_crossing_limits_and_the_backend_never_crosses(tmp_path, drive):
     vb = VirtualBoard(tmp_path / "b", board("sd888_phone", legacy_limits=True))
-    be = vb.backend(state_file=tmp_path / "s.json")
+    be = drive(vb, tmp_path / "s.json")
     be.apply(1_305_600, None)
     with pytest.raises(OSError) as info:
         vb.kernel.write(f"/{CPUFREQ}/policy7/scaling_min_freq", "2841600")

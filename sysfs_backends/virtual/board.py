@@ -373,6 +373,15 @@ class VirtualKernel:
             cap = sim.thermal_cap_cpu_khz if dom["kind"] == "cpufreq" else sim.thermal_cap_gpu_hz
         return _resolve_down(cap, dom["table"]) if cap else dom["table"][-1]
 
+    def thermal_cap_of(self, directory: str) -> int | None:
+        """The thermal cap in force on the domain at ``directory`` now, or None (not capped, or not
+        a domain): what an observer (the FUSE store log) judges a store against."""
+        state = self.read_state()
+        dom = state["domains"].get(directory)
+        if dom is None or not state["thermal"]["capped"]:
+            return None
+        return self._thermal_cap(state, dom)
+
     # ---- knobs for tests and the demo ----------------------------------------------------
     def inject_fault(self, path: str, err: int | None) -> None:
         with self._locked() as state:
