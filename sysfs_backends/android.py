@@ -39,11 +39,15 @@ MESSAGES = {
     "Read-only file system": errno.EROFS,
     "nonexistent directory": errno.ENOENT,
     "I/O error": errno.EIO,
+    "symbolic link": errno.ELOOP,
 }
 PRELUDE = (
-    # r INDEX PATH: print the value; w INDEX PATH VALUE: write, print the error and stop on failure
+    # r INDEX PATH: print the value; w INDEX PATH VALUE: write, print the error and stop on failure.
+    # A write never goes through a symbolic link (sysfs attributes are never links: one planted
+    # there would lead the write out of the domain).
     f'r() {{ v=$(cat "$2" 2>&1) && echo "{TAG} $1 R0 $v" || echo "{TAG} $1 R1 $v"; }}\n'
-    f'w() {{ e=$( {{ echo "$3" > "$2"; }} 2>&1 ) && echo "{TAG} $1 W0" || {{ echo "{TAG} $1 W1 $e"; exit 0; }}; }}\n'
+    f'w() {{ [ -L "$2" ] && {{ echo "{TAG} $1 W1 $2: is a symbolic link"; exit 0; }}; '
+    f'e=$( {{ echo "$3" > "$2"; }} 2>&1 ) && echo "{TAG} $1 W0" || {{ echo "{TAG} $1 W1 $e"; exit 0; }}; }}\n'
 )
 SAFE = re.compile(r"^[A-Za-z0-9_./,:+-]+$")
 

@@ -676,3 +676,21 @@ def test_phone_shell_output_and_work_are_bounded(tmp_path):
     out, status = ps.run_command(phone, grow)
     assert status == 2 and time.monotonic() - t0 < 30
     assert len(out) <= ps.MAX_OUTPUT + 4096 and out.rstrip().endswith(b"commands")
+
+
+def test_backend_never_writes_through_a_planted_symlink_on_the_phone(phone, tmp_path):
+    """A symlink planted at an attribute would lead the write elsewhere (here: another policy's
+    limit); the backend's shell refuses to write through it and names the file."""
+    vb, dev = phone
+    be = connect(dev, tmp_path)
+    be.discover()
+    victim = vb.root / "sys/devices/system/cpu/cpufreq/policy0/scaling_max_freq"
+    before = victim.read_text()
+    attr = vb.root / POLICY / "scaling_max_freq"
+    attr.unlink()
+    attr.symlink_to("../policy0/scaling_max_freq")
+    with pytest.raises(SysfsIOError) as info:
+        be.apply(1_305_600, None)
+    assert info.value.errno == errno.ELOOP and "scaling_max_freq" in str(info.value)
+    assert victim.read_text() == before
+    be.close()
