@@ -126,6 +126,12 @@ class Simulation(BaseModel):
     # OPPs in the table that the clock cannot produce (it stays at the highest rate below)
     unreachable_cpu_khz: list[PositiveInt] = []
     unreachable_gpu_hz: list[PositiveInt] = []
+    # whether cpufreq can read the clock back (cpuinfo_cur_freq): not acpi-cpufreq on an I/O port
+    cpu_clock_readback: bool = True
+    # the frequency each clock runs at boot (default: the highest); it stays while a userspace
+    # governor holds no request
+    boot_cpu_khz: PositiveInt | None = None
+    boot_gpu_hz: PositiveInt | None = None
 
 
 class BoardConfig(BaseModel):

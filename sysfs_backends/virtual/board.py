@@ -54,7 +54,7 @@ def _resolve_down(value: int, table: list[int]) -> int:
 
 
 def _domain_state(kind: str, table: list[int], governors: list[str], governor: str, latency_ns: int,
-                  unreachable: list[int]) -> dict:
+                  unreachable: list[int], boot: int | None = None) -> dict:
     """A domain as the virtual kernel keeps it: the user's limit requests, the limits applied
     (cpufreq applies new requests later, from a work item), the governor's target and the clock."""
     dom = {"kind": kind, "table": table, "governors": governors, "governor": governor,
@@ -62,7 +62,9 @@ def _domain_state(kind: str, table: list[int], governors: list[str], governor: s
            "pending_ns": None, "setspeed": table[-1], "target": table[-1], "cur": table[-1],
            "unreachable": [f for f in unreachable if f in table], "latency_ns": latency_ns,
            "changed_ns": 0}
-    dom["cur"] = VirtualKernel._clock(dom, table[-1])
+    if boot is not None:
+        dom["target"] = dom["setspeed"] = _resolve_up(boot, table)
+    dom["cur"] = VirtualKernel._clock(dom, dom["target"])
     return dom
 
 
@@ -88,17 +90,20 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
               "scaling_max_freq": freqs[-1],
               "scaling_setspeed": freqs[-1] if pol.default_governor == "userspace" else "<unsupported>"}
         _write_files(root, d, ro, rw)
-        _write_files(root, d, {}, {}, {"cpuinfo_cur_freq": freqs[-1]})  # root-only, as on ARM boards
+        if sim is None or sim.cpu_clock_readback:  # root-only, as on ARM boards
+            _write_files(root, d, {}, {}, {"cpuinfo_cur_freq": freqs[-1]})
         for cpu in pol.cpus:
             link = root / f"sys/devices/system/cpu/cpu{cpu}/cpufreq"
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.exists():
                 link.symlink_to(f"../cpufreq/{name}")
         domains[d] = _domain_state("cpufreq", freqs, pol.governors, pol.default_governor,
-                                   pol.transition_latency_ns, sim.unreachable_cpu_khz if sim else [])
+                                   pol.transition_latency_ns, sim.unreachable_cpu_khz if sim else [],
+                                   sim.boot_cpu_khz if sim else None)
+        domains[d]["clock_readback"] = sim is None or sim.cpu_clock_readback
     gpu = board.gpu
     if gpu is not None:  # a board without a GPU has no devfreq device at all
-        _build_gpu(root, gpu, domains, sim.unreachable_gpu_hz if sim else [])
+        _build_gpu(root, gpu, domains, sim.unreachable_gpu_hz if sim else [], sim.boot_gpu_hz if sim else None)
     (root / BOARD).write_text(board.model_dump_json())
     options = {"limit_apply_delay_ns": sim.limit_apply_delay_ns if sim else 0,
                "legacy_limits": sim.legacy_limits if sim else False}
@@ -114,7 +119,7 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
     return root
 
 
-def _build_gpu(root: Path, gpu, domains: dict, unreachable: list[int]) -> None:
+def _build_gpu(root: Path, gpu, domains: dict, unreachable: list[int], boot: int | None) -> None:
     d = f"{DEVFREQ_DIR}/{gpu.node}"
     freqs = gpu.frequencies_hz
     ro = {"available_frequencies": " ".join(map(str, freqs)),
@@ -126,7 +131,7 @@ def _build_gpu(root: Path, gpu, domains: dict, unreachable: list[int]) -> None:
     if gpu.default_governor == "userspace":  # the governor's directory exists only while selected
         _write_files(root, f"{d}/userspace", {}, {"set_freq": "undefined"})
     domains[d] = _domain_state("devfreq", freqs, gpu.governors, gpu.default_governor,
-                               gpu.transition_latency_ns, unreachable)
+                               gpu.transition_latency_ns, unreachable, boot)
     domains[d]["setspeed"] = None  # devfreq's userspace governor has no request until one is written
     if gpu.kind == "kgsl":
         _write_files(root, KGSL_DIR, {"gpuclk": freqs[-1], "max_gpuclk": freqs[-1],
@@ -255,6 +260,8 @@ class VirtualKernel:
         if attr in ("scaling_governor", "governor"):
             if value not in dom["governors"]:
                 raise einval
+            if value == dom["governor"]:  # the same governor again: the kernel changes nothing
+                return
             dom["governor"] = value
             if value == "userspace":
                 # cpufreq's userspace governor starts from the frequency in force; devfreq's has no
@@ -351,6 +358,8 @@ class VirtualKernel:
             files = {"scaling_governor": gov, "scaling_min_freq": eff_min, "scaling_max_freq": eff_max,
                      "scaling_cur_freq": target, "cpuinfo_cur_freq": cur,
                      "scaling_setspeed": target if gov == "userspace" else "<unsupported>"}
+            if not dom.get("clock_readback", True):
+                del files["cpuinfo_cur_freq"]
         else:
             files = {"governor": gov, "min_freq": eff_min, "max_freq": eff_max, "cur_freq": cur,
                      "target_freq": target}

@@ -289,14 +289,17 @@ def mirror_board(guest: GuestResult):
                "cpus": cpu["cpus"], "frequencies_khz": cpu["table"], "governors": cpu["governors"],
                "default_governor": boot["cpu"]["scaling_governor"],
                "transition_latency_ns": cpu["transition_latency_ns"]}}},
-           "simulation": {"unreachable_cpu_khz": sorted(unreachable["cpu"])}}
+           "simulation": {"unreachable_cpu_khz": sorted(unreachable["cpu"]),
+                          "cpu_clock_readback": cpu["truth_file"] == "cpuinfo_cur_freq",
+                          "boot_cpu_khz": int(boot["cpu"][cpu["truth_file"]])}}
     if "gpu" in doms:
         gpu = doms["gpu"]
         cfg["gpu"] = {"kind": "devfreq", "node": gpu["node"], "frequencies_hz": gpu["table"],
                       "governors": gpu["governors"], "default_governor": boot["gpu"]["governor"]}
         cfg["simulation"].update(gpu_flops_per_cycle=128, gpu_dram_gbps=8,
-                                 unreachable_gpu_hz=sorted(unreachable["gpu"]))
-    return BoardConfig.model_validate(cfg), cpu["truth_file"] == "cpuinfo_cur_freq"
+                                 unreachable_gpu_hz=sorted(unreachable["gpu"]),
+                                 boot_gpu_hz=int(boot["gpu"]["cur_freq"]))
+    return BoardConfig.model_validate(cfg)
 
 
 def test_virtual_kernel_follows_the_real_one(guest, tmp_path):
@@ -308,12 +311,9 @@ def test_virtual_kernel_follows_the_real_one(guest, tmp_path):
     from tests.kernel.write_sequence import differences, run_sequence
 
     real = step(guest, "write_sequence")
-    board, has_clock_reading = mirror_board(guest)
+    board = mirror_board(guest)
     vb = VirtualBoard(tmp_path / "vb", board)
-    policy = "/sys/devices/system/cpu/cpufreq/policy0"
-    if not has_clock_reading:
-        (vb.root / policy.lstrip("/") / "cpuinfo_cur_freq").unlink()
-    dirs = {"cpufreq": policy}
+    dirs = {"cpufreq": "/sys/devices/system/cpu/cpufreq/policy0"}
     if board.gpu is not None:
         dirs["devfreq"] = f"/sys/class/devfreq/{board.gpu.node}"
     domains = [{**d, "dir": dirs[d["kind"]]} for d in real["domains"]]
