@@ -45,6 +45,10 @@ MAX_CACHED_GRIDS = 256
 APPLY_ARGUMENT = {"cpu": "cpu_khz", "gpu": "gpu_hz"}  # Backend.apply's keyword for each domain
 
 
+class NeedsBackend(Exception):
+    """This decision needs backend I/O: call ``before_frame`` again where it may block."""
+
+
 class GovernorError(ValueError):
     """A request the governor cannot serve; ``code`` is the protocol's error code."""
 
@@ -282,16 +286,20 @@ class Governor:
 
     # ---- the decision ------------------------------------------------------------------
     def before_frame(self, model: str, deadline_ms: float, context_len: int | None = None,
-                     app: str = "default", owner: object = None) -> Decision:
+                     app: str = "default", owner: object = None, may_block: bool = True) -> Decision:
         """Choose and put in force the pair for one frame. ``owner`` identifies the client (the
         daemon passes its connection): only it may report the frame, and its frames are dropped
-        with it."""
+        with it. ``may_block=False`` (the daemon's event loop) raises ``NeedsBackend``, with nothing
+        recorded, when the decision needs a grid not yet computed or a write: the common frame
+        (same pair) is then answered without leaving the loop."""
         if not self._started:
             raise GovernorError("not_started", "the governor is not running")
         if not (isinstance(deadline_ms, int | float) and math.isfinite(deadline_ms) and deadline_ms > 0):
             raise GovernorError("bad_field", f"deadline_ms must be a positive number, got {deadline_ms!r}")
         if context_len is not None and (not isinstance(context_len, int) or context_len < 0):
             raise GovernorError("bad_field", f"context_len must be a non-negative integer, got {context_len!r}")
+        if not may_block and not self.has_grid(self.grid_key(model, context_len)):
+            raise NeedsBackend  # computing a grid takes ~20 ms: not on the caller's loop
         grid = self._grid(model, context_len)
         now = time.monotonic()
         if self.inline_refresh and now >= self._next_refresh and not self._released:
@@ -308,6 +316,8 @@ class Governor:
             idx, feasible = self._choose(lat, energy, corr, deadline_ms, now)
             point = tuple(int(v) for v in self.points[idx])
             changed = resume or point != self._cur
+            if changed and not may_block:
+                raise NeedsBackend
             frame = next(self._ids)
             # registered before the write, so decisions made meanwhile keep this frame's floor
             self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner)

@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from governor.core import Governor, GovernorError, compute_grid
+from governor.core import Governor, GovernorError, NeedsBackend, compute_grid
 from governor.protocol import (
     MAX_LINE_BYTES,
     PROTOCOL_VERSION,
@@ -256,18 +256,22 @@ class Daemon:
                     await self._ensure_grid(key)
                 if client is not None:
                     client.asked_frames = self._any_asked = True
-                d = await self._call(self.governor.before_frame, req.model, req.deadline_ms, req.context_len,
-                                     req.app, owner=client)
+                try:  # the common frame (grid cached, same pair) is answered right here, on the loop
+                    d = self.governor.before_frame(req.model, req.deadline_ms, req.context_len, req.app,
+                                                   owner=client, may_block=False)
+                except NeedsBackend:  # a write: on a decision thread, so a slow backend blocks no one
+                    d = await self._call(self.governor.before_frame, req.model, req.deadline_ms,
+                                         req.context_len, req.app, owner=client)
                 out = {"ok": True, "frame": d.frame, "cpu_khz": d.cpu_khz, "gpu_hz": d.gpu_hz,
                        "predicted_ms": d.predicted_ms, "feasible": d.feasible}
                 if d.notes:
                     out["notes"] = list(d.notes)
                 return out
             if isinstance(req, AfterFrame):
-                done = await self._call(self.governor.after_frame, req.frame, req.latency_ms, owner=client,
-                                        failed=req.failed)
+                # bookkeeping only (never backend I/O): answered on the loop
+                done = self.governor.after_frame(req.frame, req.latency_ms, owner=client, failed=req.failed)
                 return {"ok": True, **done}
-            st = await self._call(self.governor.status)
+            st = self.governor.status()
             return {"ok": True, "protocol": PROTOCOL_VERSION, "pid": os.getpid(), "clients": len(self._clients),
                     **st}
         except (ProtocolError, GovernorError) as exc:
