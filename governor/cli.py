@@ -37,6 +37,7 @@ USER_ERROR_CLASSES = (
     ("governor.daemon", "SocketInUse"),
     ("governor.client", "GovernorClientError"),
     ("governor.core", "GovernorError"),
+    ("governor.managers", "OtherManagersActive"),
 )
 
 
@@ -353,24 +354,43 @@ def simulate(board: str, model_name: str, points: int, repeats: int,
 
 # ---- governor -----------------------------------------------------------------------------
 @main.command()
-@click.option("--config", "config_path", required=True, help="governor YAML (name or path)")
+@click.option("--config", "config_path", help="governor YAML (name or path; default "
+              "/etc/deadline-dvfs/governor.yaml)")
 @click.option("--socket", "socket_path", help="override the config's socket path")
 @click.option("--virtual-root", help="override the virtual board's tree (virtual backend)")
 @click.option("--record", "record_path", type=click.Path(dir_okay=False),
               help="write a run record (JSONL: every frame's decision and latency) for `plot run`/`export-trace`")
-def run(config_path: str, socket_path: str | None, virtual_root: str | None, record_path: str | None) -> None:
-    """Run the governor daemon until SIGTERM/SIGINT; restores the original settings on exit."""
+@click.option("--allow-other-managers", is_flag=True,
+              help="take the board although another frequency manager (tuned, thermald, ...) is active")
+def run(config_path: str | None, socket_path: str | None, virtual_root: str | None, record_path: str | None,
+        allow_other_managers: bool) -> None:
+    """Run the governor daemon until SIGTERM/SIGINT; restores the original settings on exit.
+
+    Without --config it uses /etc/deadline-dvfs/governor.yaml (where `install-service` puts it).
+
+    Example: dvfs-gov run --config virtual_phone --record run.jsonl
+    """
     import logging
 
     from governor.app import build_governor
     from governor.config import load_governor_config
     from governor.daemon import SocketInUse, run_daemon
+    from governor.managers import OtherManagersActive
+    from governor.service import ETC_CONFIG
     from sysfs_backends.sysfs import BackendError
 
+    if config_path is None:
+        if not Path(ETC_CONFIG).is_file():
+            _fail(f"no --config given and no {ETC_CONFIG}: give --config FILE or a bundled name "
+                  f"({', '.join(available('governor'))}), or install one with `dvfs-gov install-service`")
+        click.echo(f"using {ETC_CONFIG} (no --config given)", err=True)
+        config_path = ETC_CONFIG
     try:
         cfg, cfg_dir = load_governor_config(config_path)
         if virtual_root:
             cfg.backend.virtual_root = virtual_root
+        if allow_other_managers:
+            cfg.allow_other_managers = True
         logging.basicConfig(level=cfg.log_level.upper(),
                             format="%(asctime)s dvfs-gov[%(process)d] %(levelname)s %(message)s")
         gov = build_governor(cfg, cfg_dir)
@@ -383,7 +403,7 @@ def run(config_path: str, socket_path: str | None, virtual_root: str | None, rec
         finally:
             if gov.recorder is not None:
                 gov.recorder.close()
-    except (ConfigError, BackendError, SocketInUse, ValueError, OSError) as exc:
+    except (ConfigError, BackendError, SocketInUse, OtherManagersActive, ValueError, OSError) as exc:
         _fail(describe_error(exc))
 
 
@@ -493,6 +513,41 @@ def virtual_mount(board: str, virtual_root: str | None, store_log: str | None, m
         _fail(str(exc))
 
 
+@main.command("install-service")
+@click.option("--config", "config_path", help="governor YAML to install as /etc/deadline-dvfs/governor.yaml "
+              "(kept if that file exists already)")
+@click.option("--prefix", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="install under this root instead of / (a staging tree, an image)")
+@click.option("--dry-run", is_flag=True, help="print what would be written, write nothing")
+@click.option("--enable", is_flag=True, help="also run `systemctl daemon-reload && systemctl enable --now`")
+def install_service(config_path: str | None, prefix: str, dry_run: bool, enable: bool) -> None:
+    """Install the governor as a systemd service: the unit (with this interpreter's path) and the
+    config under /etc/deadline-dvfs/; prints the systemctl steps (runs them with --enable).
+
+    Example: sudo dvfs-gov install-service --config my_board.yaml
+    """
+    from governor import service
+
+    plan = service.plan_install(config_path, prefix)
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
+    if dry_run:
+        click.echo(f"would write {plan.unit_path}:")
+        click.echo(plan.unit_text)
+        if plan.config_text is not None:
+            click.echo(f"would write {plan.config_path} (from {plan.config_source})")
+        return
+    for line in service.write_install(plan):
+        click.echo(line)
+    if enable:
+        if prefix != "/":
+            _fail("--enable starts the service on this machine: it goes with --prefix / only")
+        service.enable()
+        click.echo("enabled and started: systemctl status deadline-dvfs; dvfs-gov top")
+        return
+    click.echo("then: sudo " + " && sudo ".join(service.ENABLE_STEPS))
+
+
 # ---- profiling ----------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
@@ -532,12 +587,15 @@ def devices(as_json: bool) -> None:
 @click.option("--local-device-for-remote", is_flag=True,
               help="with --backend android: time kernels on THIS machine's OpenCL device although the "
                    "frequencies are set on the phone (for testing the plumbing only)")
+@click.option("--allow-other-managers", is_flag=True,
+              help="change frequencies although another frequency manager (tuned, thermald, ...) is active")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @mode_option
 def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: str, virtual_root: str | None,
             state_file: str | None, adb_address: str | None, no_dvfs: bool, cpu_khz: int | None,
             gpu_hz: int | None, points: int, repeats: int, warmup: int, context_lens: tuple[int, ...],
-            device_pref: str | None, local_device_for_remote: bool, output: str, file_mode: int) -> None:
+            device_pref: str | None, local_device_for_remote: bool, allow_other_managers: bool, output: str,
+            file_mode: int) -> None:
     """Profile MODEL as real OpenCL kernels at the planned frequency pairs; writes the profile format.
 
     The kernels run on an OpenCL device of the machine running this command, so the board whose
@@ -572,6 +630,12 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
                 _fail(f"board {cfg.name!r} has no GPU: the OpenCL profiler times accelerator kernels; "
                       "write a CPU-only profile (frequencies.gpu_hz: [], runs[].gpu_hz: null, kind "
                       "'cpu' layers) from your runtime's own timings, see docs/profile-format.md")
+            if not no_dvfs and not allow_other_managers:
+                from governor.managers import find_other_managers, refusal
+
+                found = find_other_managers(backend)
+                if found:
+                    _fail(refusal(found, f"board {cfg.name!r}"))
             if not no_dvfs and hasattr(backend, "claim"):
                 backend.claim()  # one owner per board: refuse before building kernels
         if no_dvfs or backend is None:
@@ -749,16 +813,27 @@ def boards(as_json: bool) -> None:
 @click.option("--socket", "socket_path", help="a running governor's socket: its status")
 @backend_options
 @click.option("--json", "as_json", is_flag=True)
-def status(board: str | None, socket_path: str | None, backend_kind: str, sysfs_root: str,
-           virtual_root: str | None, state_file: str | None, adb_address: str | None, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="keep refreshing the daemon's status (same as `dvfs-gov top`)")
+@click.pass_context
+def status(ctx: click.Context, board: str | None, socket_path: str | None, backend_kind: str, sysfs_root: str,
+           virtual_root: str | None, state_file: str | None, adb_address: str | None, as_json: bool,
+           watch: bool) -> None:
     """What the backend discovers on BOARD (domains, tables, governors, current frequencies), or
-    what the governor daemon on SOCKET is doing (frequencies, models, per-app frames and misses)."""
+    what the governor daemon on SOCKET is doing (frequencies, models, per-app frames and misses).
+
+    Example: dvfs-gov status --socket /run/deadline-dvfs/governor.sock --json
+    """
     from sysfs_backends.sysfs import BackendError
 
+    if watch:
+        if board:
+            _fail("--watch follows a running governor: give --socket, not --board")
+        ctx.invoke(top, socket_path=socket_path, interval_s=1.0, count=None, as_json=as_json)
+        return
     if socket_path or not board:
         from governor.client import GovernorClient
 
-        path = socket_path or "/tmp/deadline-dvfs.sock"
+        path = socket_path or default_socket()
         try:
             with GovernorClient(path) as client:
                 st = client.status()
@@ -797,6 +872,51 @@ def status(board: str | None, socket_path: str | None, backend_kind: str, sysfs_
         click.echo(f"    table ({len(d.frequencies)}): {' '.join(map(str, d.frequencies))}")
     for note in found.notes:
         click.echo(f"  note: {note}")
+
+
+def default_socket() -> str:
+    """The socket of the installed service's config when there is one, else the bundled configs' default."""
+    from governor.service import ETC_CONFIG
+
+    try:
+        found = yaml.safe_load(Path(ETC_CONFIG).read_text(encoding="utf-8"))
+        if isinstance(found, dict) and isinstance(found.get("socket"), str):
+            return found["socket"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        pass
+    return "/tmp/deadline-dvfs.sock"
+
+
+@main.command()
+@click.option("--socket", "socket_path", help="the governor's socket (default: the installed config's, "
+              "else /tmp/deadline-dvfs.sock)")
+@click.option("--interval", "interval_s", default=1.0, show_default=True,
+              type=click.FloatRange(min=0.05), help="seconds between refreshes")
+@click.option("--count", type=click.IntRange(min=1), help="stop after N refreshes (for scripts)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per refresh")
+def top(socket_path: str | None, interval_s: float, count: int | None, as_json: bool) -> None:
+    """Live view of a running governor: frequencies per domain, caps, each app's fps, misses,
+    infeasible and failed frames, the correction per model. Redraws in place in a terminal (plain
+    ANSI, works over SSH); one line per refresh when piped.
+
+    Example: dvfs-gov top --socket /run/deadline-dvfs/governor.sock
+    """
+    from governor.client import GovernorClient
+    from governor.top import watch
+
+    path = socket_path or default_socket()
+    try:
+        client = GovernorClient(path)
+    except OSError as exc:
+        _fail(f"no governor answers on {path}: {exc.strerror or exc} (start one with `dvfs-gov run`)")
+    mode = "json" if as_json else ("tty" if sys.stdout.isatty() else "plain")
+    try:
+        with client:
+            watch(client.status, lambda text: click.echo(text), path, interval_s, count, mode)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        _fail(f"the governor on {path} went away: {exc.strerror or exc}")
 
 
 @main.command()
