@@ -85,14 +85,41 @@ def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> No
         ctx.find_root().params["verbose"] = True
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMAT = "%(asctime)s dvfs-gov[%(process)d] %(levelname)s %(message)s"
+
+
+def _set_log_level(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """--log-level on the group or on any command: the library's log messages to stderr at that level
+    (`run` uses it over the config's log_level)."""
+    if value is None:
+        return
+    import logging
+
+    ctx.find_root().meta["log_level"] = value
+    logging.basicConfig(level=value.upper(), format=LOG_FORMAT, force=True)
+
+
+def log_level_option(expose: bool = False) -> click.Option:
+    return click.Option(["--log-level"], type=click.Choice(LOG_LEVELS, case_sensitive=False), expose_value=expose,
+                        callback=_set_log_level, is_eager=True, help="log messages at this level and above to stderr")
+
+
 class DvfsGroup(click.Group):
     """The command group: turns user errors from any command into one line and exit status 2."""
 
+    group_class = type  # subgroups (models, plot) are DvfsGroups too, so their commands get the options
+
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        """Every command takes -v too (`dvfs-gov fit -v ...` as well as `dvfs-gov -v fit ...`)."""
+        """Every command takes -v and --log-level too (`dvfs-gov fit -v ...` as well as `dvfs-gov -v fit ...`)."""
         if not any("-v" in p.opts or "--verbose" in p.opts for p in cmd.params):
             cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False,
                                            callback=_set_verbose, help="show the traceback behind an error"))
+        if not any("--log-level" in p.opts for p in cmd.params):
+            cmd.params.append(log_level_option())
+        example = EXAMPLES.get(cmd.name or "")
+        if example and "Example:" not in (cmd.help or "") and not cmd.epilog:
+            cmd.epilog = f"Example: {example}"
         super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
@@ -101,7 +128,7 @@ class DvfsGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
-            verbose = bool(ctx.params.get("verbose"))
+            verbose = bool(ctx.find_root().params.get("verbose"))
             if isinstance(exc, _user_error_types()):
                 if verbose:
                     traceback.print_exc()
@@ -112,6 +139,27 @@ class DvfsGroup(click.Group):
             click.echo(f"error: unexpected {type(exc).__name__}: {describe_error(exc)} (a bug in dvfs-gov; "
                        f"`dvfs-gov -v {ctx.invoked_subcommand or ''} ...` shows the traceback)", err=True)
             ctx.exit(1)
+
+
+# One example per command, shown at the end of its --help (commands whose docstring has its own
+# "Example:" line keep that one).
+EXAMPLES = {
+    "fit": "dvfs-gov fit yolo.profile.json -o yolo.est.json --json",
+    "estimate": "dvfs-gov estimate yolo.est.json --cpu-khz 1800000 --gpu-hz 600000000",
+    "plan": "dvfs-gov plan --board rk3588 -n 5 --json",
+    "simulate": "dvfs-gov simulate --board sd888_phone --model yolo_tiny -o yolo.profile.json",
+    "demo": "dvfs-gov demo --duration 10 --record demo.jsonl",
+    "virtual-adb": "dvfs-gov virtual-adb --board sd888_phone --port 5555",
+    "virtual-mount": "dvfs-gov virtual-mount --board sd888_phone /tmp/vsys",
+    "devices": "dvfs-gov devices --json",
+    "profile": "sudo dvfs-gov profile --model my_model.onnx --board rk3588 --backend linux -o my.profile.json",
+    "import-trace": "dvfs-gov import-trace t1.json@1800000,600000000 t2.json@816000,200000000 "
+                    "--model yolo --device mali -o yolo.profile.json",
+    "boards": "dvfs-gov boards --json",
+    "restore": "sudo dvfs-gov restore --board rk3588 --backend linux",
+    "models": "dvfs-gov models --json",
+    "plot": "dvfs-gov plot run demo.jsonl -o run.svg",
+}
 
 
 class FileMode(click.ParamType):
@@ -158,9 +206,12 @@ def open_board_backend(board: str, backend_kind: str, sysfs_root: str, virtual_r
     return cfg, open_backend(cfg, spec)
 
 
-@click.group(cls=DvfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DvfsGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Example: dvfs-gov demo --duration 10")
 @click.version_option(package_name="deadline-dvfs")
 @click.option("-v", "--verbose", is_flag=True, help="show the traceback behind an error")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), expose_value=False,
+              callback=_set_log_level, is_eager=True, help="log messages at this level and above to stderr")
 def main(verbose: bool) -> None:
     """Deadline-aware CPU/GPU DVFS for DNN and small-language-model inference."""
 
@@ -212,7 +263,8 @@ def identifiability_warnings(prof) -> list[str]:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="where to write the fitted estimator (JSON)")
 @mode_option
-def fit(profile: str, output: str, file_mode: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def fit(profile: str, output: str, file_mode: int, as_json: bool) -> None:
     """Fit the latency estimator to PROFILE (format deadline-dvfs.profile/1)."""
     from estimator.model import Estimator
 
@@ -225,6 +277,11 @@ def fit(profile: str, output: str, file_mode: int) -> None:
         click.echo(f"warning: {profile}: {warning}", err=True)
     storage.write_atomic(output, est.to_json(), file_mode)
     t = est.data.training
+    if as_json:
+        click.echo(json.dumps({"model": prof.model, "device": prof.device, "layers": len(est.data.layer_names),
+                               "runs": t["runs"], "points": len(t["points"]), "fit_mape_pct": t["fit_mape_pct"],
+                               "cpu_only": not est.data.gpu_hz, "output": output}))
+        return
     click.echo(
         f"fitted {prof.model} on {prof.device}: {len(est.data.layer_names)} layers, "
         f"{t['runs']} runs at {len(t['points'])} frequency {'pairs' if est.data.gpu_hz else 'points (CPU only)'}, "
@@ -330,8 +387,9 @@ def plan(board: str, points: int, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @mode_option
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def simulate(board: str, model_name: str, points: int, repeats: int,
-             context_lens: tuple[int, ...], seed: int, output: str, file_mode: int) -> None:
+             context_lens: tuple[int, ...], seed: int, output: str, file_mode: int, as_json: bool) -> None:
     """Profile MODEL on the virtual BOARD (the simulator), writing the shared profile format."""
     from sysfs_backends.virtual.simulator import Simulator
 
@@ -348,6 +406,10 @@ def simulate(board: str, model_name: str, points: int, repeats: int,
     pairs = plan_grid(list(cfg.domain_tables.values()), points)
     prof = sim.profile(pairs, repeats, ctx, np.random.default_rng(seed))
     storage.write_atomic(output, json.dumps(prof), file_mode)
+    if as_json:
+        click.echo(json.dumps({"model": spec.name, "board": cfg.name, "runs": len(prof["runs"]),
+                               "points": len(pairs), "output": output}))
+        return
     click.echo(f"profiled {spec.name} on virtual {cfg.name}: {len(prof['runs'])} runs at "
                f"{len(pairs)} {'pairs' if cfg.gpu else 'CPU frequencies'} -> {output}")
 
@@ -391,8 +453,8 @@ def run(config_path: str | None, socket_path: str | None, virtual_root: str | No
             cfg.backend.virtual_root = virtual_root
         if allow_other_managers:
             cfg.allow_other_managers = True
-        logging.basicConfig(level=cfg.log_level.upper(),
-                            format="%(asctime)s dvfs-gov[%(process)d] %(levelname)s %(message)s")
+        level = click.get_current_context().find_root().meta.get("log_level") or cfg.log_level
+        logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
         gov = build_governor(cfg, cfg_dir)
         if record_path:
             from governor.recording import RunRecorder, header_for
@@ -686,8 +748,9 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
 @click.option("--step", help="regex for the record_function names that mark one inference")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @mode_option
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu_table: str | None,
-                 gpu_table: str | None, step: str | None, output: str, file_mode: int) -> None:
+                 gpu_table: str | None, step: str | None, output: str, file_mode: int, as_json: bool) -> None:
     """Turn PyTorch-profiler (Chrome JSON) traces into one profile.
 
     Each TRACE is FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the trace recorded at that frequency pair.
@@ -721,6 +784,10 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu
         _fail(describe_error(exc))
     storage.write_atomic(output, json.dumps(prof), file_mode)
     n_layers = len(prof["runs"][0]["layers"])
+    if as_json:
+        click.echo(json.dumps({"runs": len(prof["runs"]), "layers": n_layers, "traces": len(traces),
+                               "output": output}))
+        return
     click.echo(f"{len(prof['runs'])} runs of {n_layers} layers from {len(traces)} trace(s) -> {output}")
 
 
@@ -733,8 +800,9 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu
 @click.option("--gpu-table", help="every GPU frequency of the board, Hz, comma-separated")
 @click.option("--warmup", default=0, show_default=True, help="runs to drop at the start of each file")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def import_ort_cmd(profiles: tuple[str, ...], model_name: str, device_name: str | None, cpu_table: str | None,
-                   gpu_table: str | None, warmup: int, output: str) -> None:
+                   gpu_table: str | None, warmup: int, output: str, as_json: bool) -> None:
     """Turn ONNX Runtime profiling files (SessionOptions.enable_profiling) into one profile.
 
     Each PROFILE is FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the file written at that frequency pair.
@@ -770,6 +838,10 @@ def import_ort_cmd(profiles: tuple[str, ...], model_name: str, device_name: str 
         _fail(str(exc))
     storage.write_atomic(output, json.dumps(prof))
     kinds = [x["kind"] for x in prof["runs"][0]["layers"]]
+    if as_json:
+        click.echo(json.dumps({"runs": len(prof["runs"]), "layers": len(kinds), "device_layers": kinds.count("gpu"),
+                               "host_layers": kinds.count("cpu"), "files": len(profiles), "output": output}))
+        return
     click.echo(f"{len(prof['runs'])} runs of {len(kinds)} layers ({kinds.count('gpu')} on the device, "
                f"{kinds.count('cpu')} on the host) from {len(profiles)} file(s) -> {output}")
 
@@ -978,19 +1050,29 @@ def restore(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | 
 
 
 @main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="print the list as JSON")
 @click.pass_context
-def models(ctx: click.Context) -> None:
+def models(ctx: click.Context, as_json: bool) -> None:
     """List the model configs; `models describe MODEL` shows one model's layers."""
     if ctx.invoked_subcommand is not None:
         return
+    out = []
     for name, path in available("models").items():
         try:
             spec = load_model_spec(path)
         except ConfigError as exc:
-            click.echo(f"{name:14s} INVALID: {exc}")
+            out.append({"name": name, "path": str(path), "error": str(exc)})
             continue
-        n = len(spec.flat_layers())
-        click.echo(f"{name:14s} {spec.kind:15s} {n:4d} layers  {spec.description}")
+        out.append({"name": name, "path": str(path), "kind": spec.kind, "layers": len(spec.flat_layers()),
+                    "description": spec.description})
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    for m in out:
+        if "error" in m:
+            click.echo(f"{m['name']:14s} INVALID: {m['error']}")
+            continue
+        click.echo(f"{m['name']:14s} {m['kind']:15s} {m['layers']:4d} layers  {m['description']}")
 
 
 
