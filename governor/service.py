@@ -55,7 +55,9 @@ def plan_install(config: str | None, prefix: str = "/", python: str | None = Non
     """Work out the unit and the config to write; raises ConfigError for a config that is not usable."""
     from governor.config import load_governor_config
 
-    interpreter = str(Path(python or sys.executable).resolve())
+    # absolute but not resolved: a virtual environment's python is a symlink to the base interpreter,
+    # and only through the link does it find the environment's site-packages
+    interpreter = str(Path(python or sys.executable).absolute())
     root = Path(prefix)
     notes: list[str] = []
     target = _under(root, ETC_CONFIG)
@@ -70,10 +72,10 @@ def plan_install(config: str | None, prefix: str = "/", python: str | None = Non
             raise ConfigError(f"no config at {target}: give --config FILE (e.g. a copy of the bundled "
                               "configs/governor/rk3588_linux.yaml set up for your board)")
         cfg, _ = load_governor_config(config)  # refuse a broken config before installing anything
-        source = str(Path(config).resolve()) if Path(config).exists() else config
         from governor.configs import resolve
 
-        source_text = resolve("governor", config).read_text(encoding="utf-8")
+        found = resolve("governor", config)
+        source, source_text = str(found.resolve()), found.read_text(encoding="utf-8")
         if not cfg.socket.startswith("/run/deadline-dvfs/"):
             new_text, n = re.subn(r"(?m)^socket:.*$", f"socket: {SERVICE_SOCKET}", source_text)
             source_text = new_text if n else source_text.rstrip("\n") + f"\nsocket: {SERVICE_SOCKET}\n"
