@@ -55,13 +55,32 @@ class ManagerFinding(BaseModel):
 
 
 def _match(word: str) -> str | None:
+    """The known manager a program name is: exactly, or with a HAL's version suffix (@2.0-service)."""
     base = os.path.basename(word)
     for key in KNOWN:
-        # comm is cut at 15 characters; a HAL's name carries a version suffix (@2.0-service)
-        if base == key or (len(base) == 15 and key.startswith(base)) or base.startswith(key + "@") \
-                or base.startswith(key + "-service"):
+        if base == key or base.startswith(key + "@") or base.startswith(key + "-service"):
             return key
     return None
+
+
+def _match_truncated(comm: str) -> str | None:
+    """A 15-character comm is the kernel's cut of a longer name: accept it only when it is the start
+    of exactly one known name (``android.hardwar`` starts every Android HAL's name, so it is not)."""
+    if len(comm) != 15:
+        return None
+    keys = [k for k in KNOWN if k.startswith(comm)]
+    return keys[0] if len(keys) == 1 and not comm.startswith("android.hardwar") else None
+
+
+def _identify(comm: str, cmdline: str | None) -> str | None:
+    argv = [a for a in (cmdline or "").split("\0") if a]
+    if argv and os.path.basename(argv[0]).rstrip("0123456789.") in INTERPRETERS:
+        argv = [a for a in argv[1:] if not a.startswith("-")][:1]  # the script an interpreter runs
+    if argv and (key := _match(argv[0])):
+        return key
+    if comm and (key := _match(comm)):
+        return key
+    return _match_truncated(comm) if not argv else None
 
 
 def _read(path: Path) -> str | None:
@@ -82,13 +101,7 @@ def running_managers(proc_root: str | Path = "/proc") -> list[ManagerFinding]:
     for entry in sorted(entries, key=lambda e: int(e.name)):
         if int(entry.name) == os.getpid() and str(root) == "/proc":
             continue
-        comm = (_read(entry / "comm") or "").strip()
-        key = _match(comm) if comm else None
-        if key is None:
-            argv = [a for a in (_read(entry / "cmdline") or "").split("\0") if a]
-            if argv and os.path.basename(argv[0]).rstrip("0123456789.") in INTERPRETERS:
-                argv = [a for a in argv[1:] if not a.startswith("-")][:1]
-            key = _match(argv[0]) if argv else None
+        key = _identify((_read(entry / "comm") or "").strip(), _read(entry / "cmdline"))
         if key is not None and key not in found:
             name, effect = KNOWN[key]
             found[key] = ManagerFinding(name=name, evidence=f"running as pid {entry.name}", effect=effect)
@@ -100,7 +113,7 @@ def active_units(run_root: str | Path = "/run") -> list[ManagerFinding]:
     units = Path(run_root) / "systemd" / "units"
     out = []
     for unit in UNITS:
-        if (units / f"invocation:{unit}").exists():
+        if os.path.lexists(units / f"invocation:{unit}"):  # a dangling symlink to the invocation id
             key = unit.removesuffix(".service")
             name, effect = KNOWN.get(key, (key, "manages frequencies"))
             out.append(ManagerFinding(name=name, evidence=f"systemd unit {unit} active", effect=effect))
