@@ -692,14 +692,15 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
                 _fail(f"board {cfg.name!r} has no GPU: the OpenCL profiler times accelerator kernels; "
                       "write a CPU-only profile (frequencies.gpu_hz: [], runs[].gpu_hz: null, kind "
                       "'cpu' layers) from your runtime's own timings, see docs/profile-format.md")
-            if not no_dvfs and not allow_other_managers:
+            if not no_dvfs and hasattr(backend, "claim"):
+                backend.claim()  # one owner per board: refuse before building kernels
+            if not no_dvfs and not allow_other_managers:  # after the claim: a governor of ours is named as such
                 from governor.managers import find_other_managers, refusal
 
                 found = find_other_managers(backend)
                 if found:
+                    backend.close()
                     _fail(refusal(found, f"board {cfg.name!r}"))
-            if not no_dvfs and hasattr(backend, "claim"):
-                backend.claim()  # one owner per board: refuse before building kernels
         if no_dvfs or backend is None:
             if backend is not None:
                 st = backend.state()

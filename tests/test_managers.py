@@ -143,3 +143,13 @@ def test_run_refuses_a_held_board_unless_told_to_proceed(tmp_path):
 def test_config_key_allows_other_managers(tmp_path):
     _held_board(tmp_path)
     _starts(tmp_path, _config(tmp_path, allow_other_managers=True))
+
+
+def test_profile_refuses_a_pinned_board_before_building_kernels(tmp_path):
+    _held_board(tmp_path)
+    out = subprocess.run([*CLI, "profile", "--model", "yolo_tiny", "--board", "sd888_phone", "--backend", "linux",
+                          "--sysfs-root", str(tmp_path / "vb"), "--state-file", str(tmp_path / "s.json"),
+                          "-o", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "limits pinned on the cpu domain" in out.stderr and "--allow-other-managers" in out.stderr
+    assert "profiling" not in out.stderr and not (tmp_path / "p.json").exists()
