@@ -146,10 +146,13 @@ def test_config_key_allows_other_managers(tmp_path):
 
 
 def test_profile_refuses_a_pinned_board_before_building_kernels(tmp_path):
-    _held_board(tmp_path)
+    VirtualBoard(tmp_path / "vb", load_board("sd888_phone"))
+    # a plain tree driven by the linux backend: its files are the truth, pinned by writing them
+    policy = tmp_path / "vb" / POLICY
+    (policy / "scaling_max_freq").write_text((policy / "scaling_min_freq").read_text())
     out = subprocess.run([*CLI, "profile", "--model", "yolo_tiny", "--board", "sd888_phone", "--backend", "linux",
                           "--sysfs-root", str(tmp_path / "vb"), "--state-file", str(tmp_path / "s.json"),
-                          "-o", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=120)
+                          "-o", str(tmp_path / "p.json")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr
     assert "limits pinned on the cpu domain" in out.stderr and "--allow-other-managers" in out.stderr
     assert "profiling" not in out.stderr and not (tmp_path / "p.json").exists()
