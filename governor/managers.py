@@ -135,8 +135,8 @@ def domain_findings(states: dict, ours_saved: bool) -> list[ManagerFinding]:
                                       effect="sets the frequency itself and may set it back"))
         elif st.min == st.max and st.governor != "userspace":
             out.append(ManagerFinding(name=f"limits pinned on the {name} domain",
-                                      evidence=f"min = max = {st.min} (what jetson_clocks or a "
-                                      "performance script leaves)", effect="the frequency cannot move"))
+                                      evidence=f"min = max = {st.min}, as jetson_clocks or a "
+                                      "performance script leaves them", effect="the frequency cannot move"))
     return out
 
 

@@ -42,6 +42,7 @@ def test_install_writes_unit_and_config_under_prefix(tmp_path):
     assert int(svc["TimeoutStopSec"]) >= 30 and svc["RuntimeDirectory"] == "deadline-dvfs"
     assert svc.get("ProtectKernelTunables", "no") == "no"  # it must still write /sys
     assert unit_sections(unit)["Install"]["WantedBy"] == "multi-user.target"
+    assert "Conflicts" not in unit_sections(unit)["Unit"]  # other managers are refused by the daemon, not stopped
     # the interpreter in ExecStart really runs the governor package
     ran = subprocess.run([argv[0], "-m", "governor", "--version"], capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0 and ran.stdout.startswith("dvfs-gov, version")
