@@ -37,6 +37,12 @@ def build_governor(config: GovernorConfig, config_dir: Path) -> Governor:
     if claim is not None:  # one owner per board: refuse now, before anything touches it
         claim()
     try:
+        if not config.allow_other_managers:
+            from governor.managers import OtherManagersActive, find_other_managers, refusal
+
+            found = find_other_managers(backend)
+            if found:
+                raise OtherManagersActive(refusal(found, f"board {board.name!r}"))
         models: dict[str, Estimator] = {}
         for name, entry in config.models.items():
             if entry.estimator is not None:

@@ -37,6 +37,7 @@ USER_ERROR_CLASSES = (
     ("governor.daemon", "SocketInUse"),
     ("governor.client", "GovernorClientError"),
     ("governor.core", "GovernorError"),
+    ("governor.managers", "OtherManagersActive"),
 )
 
 
@@ -84,14 +85,41 @@ def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> No
         ctx.find_root().params["verbose"] = True
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMAT = "%(asctime)s dvfs-gov[%(process)d] %(levelname)s %(message)s"
+
+
+def _set_log_level(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """--log-level on the group or on any command: the library's log messages to stderr at that level
+    (`run` uses it over the config's log_level)."""
+    if value is None:
+        return
+    import logging
+
+    ctx.find_root().meta["log_level"] = value
+    logging.basicConfig(level=value.upper(), format=LOG_FORMAT, force=True)
+
+
+def log_level_option(expose: bool = False) -> click.Option:
+    return click.Option(["--log-level"], type=click.Choice(LOG_LEVELS, case_sensitive=False), expose_value=expose,
+                        callback=_set_log_level, is_eager=True, help="log messages at this level and above to stderr")
+
+
 class DvfsGroup(click.Group):
     """The command group: turns user errors from any command into one line and exit status 2."""
 
+    group_class = type  # subgroups (models, plot) are DvfsGroups too, so their commands get the options
+
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        """Every command takes -v too (`dvfs-gov fit -v ...` as well as `dvfs-gov -v fit ...`)."""
+        """Every command takes -v and --log-level too (`dvfs-gov fit -v ...` as well as `dvfs-gov -v fit ...`)."""
         if not any("-v" in p.opts or "--verbose" in p.opts for p in cmd.params):
             cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False,
                                            callback=_set_verbose, help="show the traceback behind an error"))
+        if not any("--log-level" in p.opts for p in cmd.params):
+            cmd.params.append(log_level_option())
+        example = EXAMPLES.get(cmd.name or "")
+        if example and "Example:" not in (cmd.help or "") and not cmd.epilog:
+            cmd.epilog = f"Example: {example}"
         super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
@@ -100,7 +128,7 @@ class DvfsGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
-            verbose = bool(ctx.params.get("verbose"))
+            verbose = bool(ctx.find_root().params.get("verbose"))
             if isinstance(exc, _user_error_types()):
                 if verbose:
                     traceback.print_exc()
@@ -111,6 +139,27 @@ class DvfsGroup(click.Group):
             click.echo(f"error: unexpected {type(exc).__name__}: {describe_error(exc)} (a bug in dvfs-gov; "
                        f"`dvfs-gov -v {ctx.invoked_subcommand or ''} ...` shows the traceback)", err=True)
             ctx.exit(1)
+
+
+# One example per command, shown at the end of its --help (commands whose docstring has its own
+# "Example:" line keep that one).
+EXAMPLES = {
+    "fit": "dvfs-gov fit yolo.profile.json -o yolo.est.json --json",
+    "estimate": "dvfs-gov estimate yolo.est.json --cpu-khz 1800000 --gpu-hz 600000000",
+    "plan": "dvfs-gov plan --board rk3588 -n 5 --json",
+    "simulate": "dvfs-gov simulate --board sd888_phone --model yolo_tiny -o yolo.profile.json",
+    "demo": "dvfs-gov demo --duration 10 --record demo.jsonl",
+    "virtual-adb": "dvfs-gov virtual-adb --board sd888_phone --port 5555",
+    "virtual-mount": "dvfs-gov virtual-mount --board sd888_phone /tmp/vsys",
+    "devices": "dvfs-gov devices --json",
+    "profile": "sudo dvfs-gov profile --model my_model.onnx --board rk3588 --backend linux -o my.profile.json",
+    "import-trace": "dvfs-gov import-trace t1.json@1800000,600000000 t2.json@816000,200000000 "
+                    "--model yolo --device mali -o yolo.profile.json",
+    "boards": "dvfs-gov boards --json",
+    "restore": "sudo dvfs-gov restore --board rk3588 --backend linux",
+    "models": "dvfs-gov models --json",
+    "plot": "dvfs-gov plot run demo.jsonl -o run.svg",
+}
 
 
 class FileMode(click.ParamType):
@@ -157,9 +206,12 @@ def open_board_backend(board: str, backend_kind: str, sysfs_root: str, virtual_r
     return cfg, open_backend(cfg, spec)
 
 
-@click.group(cls=DvfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DvfsGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Example: dvfs-gov demo --duration 10")
 @click.version_option(package_name="deadline-dvfs")
 @click.option("-v", "--verbose", is_flag=True, help="show the traceback behind an error")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), expose_value=False,
+              callback=_set_log_level, is_eager=True, help="log messages at this level and above to stderr")
 def main(verbose: bool) -> None:
     """Deadline-aware CPU/GPU DVFS for DNN and small-language-model inference."""
 
@@ -211,7 +263,8 @@ def identifiability_warnings(prof) -> list[str]:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="where to write the fitted estimator (JSON)")
 @mode_option
-def fit(profile: str, output: str, file_mode: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def fit(profile: str, output: str, file_mode: int, as_json: bool) -> None:
     """Fit the latency estimator to PROFILE (format deadline-dvfs.profile/1)."""
     from estimator.model import Estimator
 
@@ -224,6 +277,11 @@ def fit(profile: str, output: str, file_mode: int) -> None:
         click.echo(f"warning: {profile}: {warning}", err=True)
     storage.write_atomic(output, est.to_json(), file_mode)
     t = est.data.training
+    if as_json:
+        click.echo(json.dumps({"model": prof.model, "device": prof.device, "layers": len(est.data.layer_names),
+                               "runs": t["runs"], "points": len(t["points"]), "fit_mape_pct": t["fit_mape_pct"],
+                               "cpu_only": not est.data.gpu_hz, "output": output}))
+        return
     click.echo(
         f"fitted {prof.model} on {prof.device}: {len(est.data.layer_names)} layers, "
         f"{t['runs']} runs at {len(t['points'])} frequency {'pairs' if est.data.gpu_hz else 'points (CPU only)'}, "
@@ -329,8 +387,9 @@ def plan(board: str, points: int, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @mode_option
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def simulate(board: str, model_name: str, points: int, repeats: int,
-             context_lens: tuple[int, ...], seed: int, output: str, file_mode: int) -> None:
+             context_lens: tuple[int, ...], seed: int, output: str, file_mode: int, as_json: bool) -> None:
     """Profile MODEL on the virtual BOARD (the simulator), writing the shared profile format."""
     from sysfs_backends.virtual.simulator import Simulator
 
@@ -347,32 +406,55 @@ def simulate(board: str, model_name: str, points: int, repeats: int,
     pairs = plan_grid(list(cfg.domain_tables.values()), points)
     prof = sim.profile(pairs, repeats, ctx, np.random.default_rng(seed))
     storage.write_atomic(output, json.dumps(prof), file_mode)
+    if as_json:
+        click.echo(json.dumps({"model": spec.name, "board": cfg.name, "runs": len(prof["runs"]),
+                               "points": len(pairs), "output": output}))
+        return
     click.echo(f"profiled {spec.name} on virtual {cfg.name}: {len(prof['runs'])} runs at "
                f"{len(pairs)} {'pairs' if cfg.gpu else 'CPU frequencies'} -> {output}")
 
 
 # ---- governor -----------------------------------------------------------------------------
 @main.command()
-@click.option("--config", "config_path", required=True, help="governor YAML (name or path)")
+@click.option("--config", "config_path", help="governor YAML (name or path; default "
+              "/etc/deadline-dvfs/governor.yaml)")
 @click.option("--socket", "socket_path", help="override the config's socket path")
 @click.option("--virtual-root", help="override the virtual board's tree (virtual backend)")
 @click.option("--record", "record_path", type=click.Path(dir_okay=False),
               help="write a run record (JSONL: every frame's decision and latency) for `plot run`/`export-trace`")
-def run(config_path: str, socket_path: str | None, virtual_root: str | None, record_path: str | None) -> None:
-    """Run the governor daemon until SIGTERM/SIGINT; restores the original settings on exit."""
+@click.option("--allow-other-managers", is_flag=True,
+              help="take the board although another frequency manager (tuned, thermald, ...) is active")
+def run(config_path: str | None, socket_path: str | None, virtual_root: str | None, record_path: str | None,
+        allow_other_managers: bool) -> None:
+    """Run the governor daemon until SIGTERM/SIGINT; restores the original settings on exit.
+
+    Without --config it uses /etc/deadline-dvfs/governor.yaml (where `install-service` puts it).
+
+    Example: dvfs-gov run --config virtual_phone --record run.jsonl
+    """
     import logging
 
     from governor.app import build_governor
     from governor.config import load_governor_config
     from governor.daemon import SocketInUse, run_daemon
+    from governor.managers import OtherManagersActive
+    from governor.service import ETC_CONFIG
     from sysfs_backends.sysfs import BackendError
 
+    if config_path is None:
+        if not Path(ETC_CONFIG).is_file():
+            _fail(f"no --config given and no {ETC_CONFIG}: give --config FILE or a bundled name "
+                  f"({', '.join(available('governor'))}), or install one with `dvfs-gov install-service`")
+        click.echo(f"using {ETC_CONFIG} (no --config given)", err=True)
+        config_path = ETC_CONFIG
     try:
         cfg, cfg_dir = load_governor_config(config_path)
         if virtual_root:
             cfg.backend.virtual_root = virtual_root
-        logging.basicConfig(level=cfg.log_level.upper(),
-                            format="%(asctime)s dvfs-gov[%(process)d] %(levelname)s %(message)s")
+        if allow_other_managers:
+            cfg.allow_other_managers = True
+        level = click.get_current_context().find_root().meta.get("log_level") or cfg.log_level
+        logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
         gov = build_governor(cfg, cfg_dir)
         if record_path:
             from governor.recording import RunRecorder, header_for
@@ -383,7 +465,7 @@ def run(config_path: str, socket_path: str | None, virtual_root: str | None, rec
         finally:
             if gov.recorder is not None:
                 gov.recorder.close()
-    except (ConfigError, BackendError, SocketInUse, ValueError, OSError) as exc:
+    except (ConfigError, BackendError, SocketInUse, OtherManagersActive, ValueError, OSError) as exc:
         _fail(describe_error(exc))
 
 
@@ -493,6 +575,41 @@ def virtual_mount(board: str, virtual_root: str | None, store_log: str | None, m
         _fail(str(exc))
 
 
+@main.command("install-service")
+@click.option("--config", "config_path", help="governor YAML to install as /etc/deadline-dvfs/governor.yaml "
+              "(kept if that file exists already)")
+@click.option("--prefix", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="install under this root instead of / (a staging tree, an image)")
+@click.option("--dry-run", is_flag=True, help="print what would be written, write nothing")
+@click.option("--enable", is_flag=True, help="also run `systemctl daemon-reload && systemctl enable --now`")
+def install_service(config_path: str | None, prefix: str, dry_run: bool, enable: bool) -> None:
+    """Install the governor as a systemd service: the unit (with this interpreter's path) and the
+    config under /etc/deadline-dvfs/; prints the systemctl steps (runs them with --enable).
+
+    Example: sudo dvfs-gov install-service --config my_board.yaml
+    """
+    from governor import service
+
+    plan = service.plan_install(config_path, prefix)
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
+    if dry_run:
+        click.echo(f"would write {plan.unit_path}:")
+        click.echo(plan.unit_text)
+        if plan.config_text is not None:
+            click.echo(f"would write {plan.config_path} (from {plan.config_source})")
+        return
+    for line in service.write_install(plan):
+        click.echo(line)
+    if enable:
+        if prefix != "/":
+            _fail("--enable starts the service on this machine: it goes with --prefix / only")
+        service.enable()
+        click.echo("enabled and started: systemctl status deadline-dvfs; dvfs-gov top")
+        return
+    click.echo("then: sudo " + " && sudo ".join(service.ENABLE_STEPS))
+
+
 # ---- profiling ----------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
@@ -532,12 +649,15 @@ def devices(as_json: bool) -> None:
 @click.option("--local-device-for-remote", is_flag=True,
               help="with --backend android: time kernels on THIS machine's OpenCL device although the "
                    "frequencies are set on the phone (for testing the plumbing only)")
+@click.option("--allow-other-managers", is_flag=True,
+              help="change frequencies although another frequency manager (tuned, thermald, ...) is active")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @mode_option
 def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: str, virtual_root: str | None,
             state_file: str | None, adb_address: str | None, no_dvfs: bool, cpu_khz: int | None,
             gpu_hz: int | None, points: int, repeats: int, warmup: int, context_lens: tuple[int, ...],
-            device_pref: str | None, local_device_for_remote: bool, output: str, file_mode: int) -> None:
+            device_pref: str | None, local_device_for_remote: bool, allow_other_managers: bool, output: str,
+            file_mode: int) -> None:
     """Profile MODEL as real OpenCL kernels at the planned frequency pairs; writes the profile format.
 
     The kernels run on an OpenCL device of the machine running this command, so the board whose
@@ -574,6 +694,13 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
                       "'cpu' layers) from your runtime's own timings, see docs/profile-format.md")
             if not no_dvfs and hasattr(backend, "claim"):
                 backend.claim()  # one owner per board: refuse before building kernels
+            if not no_dvfs and not allow_other_managers:  # after the claim: a governor of ours is named as such
+                from governor.managers import find_other_managers, refusal
+
+                found = find_other_managers(backend)
+                if found:
+                    backend.close()
+                    _fail(refusal(found, f"board {cfg.name!r}"))
         if no_dvfs or backend is None:
             if backend is not None:
                 st = backend.state()
@@ -622,8 +749,9 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
 @click.option("--step", help="regex for the record_function names that mark one inference")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @mode_option
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu_table: str | None,
-                 gpu_table: str | None, step: str | None, output: str, file_mode: int) -> None:
+                 gpu_table: str | None, step: str | None, output: str, file_mode: int, as_json: bool) -> None:
     """Turn PyTorch-profiler (Chrome JSON) traces into one profile.
 
     Each TRACE is FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the trace recorded at that frequency pair.
@@ -657,6 +785,10 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu
         _fail(describe_error(exc))
     storage.write_atomic(output, json.dumps(prof), file_mode)
     n_layers = len(prof["runs"][0]["layers"])
+    if as_json:
+        click.echo(json.dumps({"runs": len(prof["runs"]), "layers": n_layers, "traces": len(traces),
+                               "output": output}))
+        return
     click.echo(f"{len(prof['runs'])} runs of {n_layers} layers from {len(traces)} trace(s) -> {output}")
 
 
@@ -669,8 +801,9 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu
 @click.option("--gpu-table", help="every GPU frequency of the board, Hz, comma-separated")
 @click.option("--warmup", default=0, show_default=True, help="runs to drop at the start of each file")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def import_ort_cmd(profiles: tuple[str, ...], model_name: str, device_name: str | None, cpu_table: str | None,
-                   gpu_table: str | None, warmup: int, output: str) -> None:
+                   gpu_table: str | None, warmup: int, output: str, as_json: bool) -> None:
     """Turn ONNX Runtime profiling files (SessionOptions.enable_profiling) into one profile.
 
     Each PROFILE is FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the file written at that frequency pair.
@@ -706,6 +839,10 @@ def import_ort_cmd(profiles: tuple[str, ...], model_name: str, device_name: str 
         _fail(str(exc))
     storage.write_atomic(output, json.dumps(prof))
     kinds = [x["kind"] for x in prof["runs"][0]["layers"]]
+    if as_json:
+        click.echo(json.dumps({"runs": len(prof["runs"]), "layers": len(kinds), "device_layers": kinds.count("gpu"),
+                               "host_layers": kinds.count("cpu"), "files": len(profiles), "output": output}))
+        return
     click.echo(f"{len(prof['runs'])} runs of {len(kinds)} layers ({kinds.count('gpu')} on the device, "
                f"{kinds.count('cpu')} on the host) from {len(profiles)} file(s) -> {output}")
 
@@ -749,16 +886,27 @@ def boards(as_json: bool) -> None:
 @click.option("--socket", "socket_path", help="a running governor's socket: its status")
 @backend_options
 @click.option("--json", "as_json", is_flag=True)
-def status(board: str | None, socket_path: str | None, backend_kind: str, sysfs_root: str,
-           virtual_root: str | None, state_file: str | None, adb_address: str | None, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="keep refreshing the daemon's status (same as `dvfs-gov top`)")
+@click.pass_context
+def status(ctx: click.Context, board: str | None, socket_path: str | None, backend_kind: str, sysfs_root: str,
+           virtual_root: str | None, state_file: str | None, adb_address: str | None, as_json: bool,
+           watch: bool) -> None:
     """What the backend discovers on BOARD (domains, tables, governors, current frequencies), or
-    what the governor daemon on SOCKET is doing (frequencies, models, per-app frames and misses)."""
+    what the governor daemon on SOCKET is doing (frequencies, models, per-app frames and misses).
+
+    Example: dvfs-gov status --socket /run/deadline-dvfs/governor.sock --json
+    """
     from sysfs_backends.sysfs import BackendError
 
+    if watch:
+        if board:
+            _fail("--watch follows a running governor: give --socket, not --board")
+        ctx.invoke(top, socket_path=socket_path, interval_s=1.0, count=None, as_json=as_json)
+        return
     if socket_path or not board:
         from governor.client import GovernorClient
 
-        path = socket_path or "/tmp/deadline-dvfs.sock"
+        path = socket_path or default_socket()
         try:
             with GovernorClient(path) as client:
                 st = client.status()
@@ -797,6 +945,51 @@ def status(board: str | None, socket_path: str | None, backend_kind: str, sysfs_
         click.echo(f"    table ({len(d.frequencies)}): {' '.join(map(str, d.frequencies))}")
     for note in found.notes:
         click.echo(f"  note: {note}")
+
+
+def default_socket() -> str:
+    """The socket of the installed service's config when there is one, else the bundled configs' default."""
+    from governor.service import ETC_CONFIG
+
+    try:
+        found = yaml.safe_load(Path(ETC_CONFIG).read_text(encoding="utf-8"))
+        if isinstance(found, dict) and isinstance(found.get("socket"), str):
+            return found["socket"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        pass
+    return "/tmp/deadline-dvfs.sock"
+
+
+@main.command()
+@click.option("--socket", "socket_path", help="the governor's socket (default: the installed config's, "
+              "else /tmp/deadline-dvfs.sock)")
+@click.option("--interval", "interval_s", default=1.0, show_default=True,
+              type=click.FloatRange(min=0.05), help="seconds between refreshes")
+@click.option("--count", type=click.IntRange(min=1), help="stop after N refreshes (for scripts)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per refresh")
+def top(socket_path: str | None, interval_s: float, count: int | None, as_json: bool) -> None:
+    """Live view of a running governor: frequencies per domain, caps, each app's fps, misses,
+    infeasible and failed frames, the correction per model. Redraws in place in a terminal (plain
+    ANSI, works over SSH); one line per refresh when piped.
+
+    Example: dvfs-gov top --socket /run/deadline-dvfs/governor.sock
+    """
+    from governor.client import GovernorClient
+    from governor.top import watch
+
+    path = socket_path or default_socket()
+    try:
+        client = GovernorClient(path)
+    except OSError as exc:
+        _fail(f"no governor answers on {path}: {exc.strerror or exc} (start one with `dvfs-gov run`)")
+    mode = "json" if as_json else ("tty" if sys.stdout.isatty() else "plain")
+    try:
+        with client:
+            watch(client.status, lambda text: click.echo(text), path, interval_s, count, mode)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        _fail(f"the governor on {path} went away: {exc.strerror or exc}")
 
 
 @main.command()
@@ -858,19 +1051,29 @@ def restore(board: str, backend_kind: str, sysfs_root: str, virtual_root: str | 
 
 
 @main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="print the list as JSON")
 @click.pass_context
-def models(ctx: click.Context) -> None:
+def models(ctx: click.Context, as_json: bool) -> None:
     """List the model configs; `models describe MODEL` shows one model's layers."""
     if ctx.invoked_subcommand is not None:
         return
+    out = []
     for name, path in available("models").items():
         try:
             spec = load_model_spec(path)
         except ConfigError as exc:
-            click.echo(f"{name:14s} INVALID: {exc}")
+            out.append({"name": name, "path": str(path), "error": str(exc)})
             continue
-        n = len(spec.flat_layers())
-        click.echo(f"{name:14s} {spec.kind:15s} {n:4d} layers  {spec.description}")
+        out.append({"name": name, "path": str(path), "kind": spec.kind, "layers": len(spec.flat_layers()),
+                    "description": spec.description})
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    for m in out:
+        if "error" in m:
+            click.echo(f"{m['name']:14s} INVALID: {m['error']}")
+            continue
+        click.echo(f"{m['name']:14s} {m['kind']:15s} {m['layers']:4d} layers  {m['description']}")
 
 
 

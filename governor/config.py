@@ -92,6 +92,8 @@ class GovernorConfig(BaseModel):
     models: dict[str, ModelEntry] = Field(min_length=1)
     governor: GovernorSettings = GovernorSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    allow_other_managers: bool = Field(
+        False, description="take the board although another frequency manager (tuned, thermald, ...) is active")
 
     @field_validator("socket_mode", mode="before")
     @classmethod

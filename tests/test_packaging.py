@@ -28,7 +28,7 @@ def checkout_files() -> set[str]:
             if "__pycache__" not in path.parts:
                 want.add(path.relative_to(ROOT).as_posix())
     want.add("dvfs_configs/__init__.py")
-    for path in (ROOT / "configs").glob("*/*.yaml"):
+    for path in [*(ROOT / "configs").glob("*/*.yaml"), *(ROOT / "configs").glob("systemd/*.service")]:
         want.add("dvfs_configs/" + path.relative_to(ROOT / "configs").as_posix())
     return want
 
