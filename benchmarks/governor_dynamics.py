@@ -64,7 +64,7 @@ import numpy as np
 import yaml
 
 from governor.app import fit_on_virtual_board
-from governor.client import GovernorClient
+from governor.client import GovernorClient, wait_for_daemon
 from governor.configs import available, load_board, load_model_spec
 from sysfs_backends.virtual.board import VirtualBoard
 from sysfs_backends.virtual.fuse_mount import fuse_unavailable, mounted
@@ -270,7 +270,7 @@ class Harness:
             daemon = subprocess.Popen([sys.executable, "-m", "governor.cli", "run", "--config",
                                        str(self.work / "governor.yaml")], stderr=subprocess.PIPE, text=True)
             try:
-                _wait_for_socket(sock, daemon)
+                wait_for_daemon(sock, daemon, timeout_s=120.0)
                 log.write_text("")  # count the governor's stores from the first frame on
                 ctx = multiprocessing.get_context("fork")
                 apps = [ctx.Process(target=self._app, args=(k, sock, vroot)) for k in range(len(self.models))]
@@ -345,21 +345,6 @@ def _summary(model: str, rows: list[tuple[dict, dict]]) -> dict:
             "decisions_with_store": sum(f["stored"] for f, _ in rows),
             "decision_rt_us_p50_no_store": round(float(np.percentile(quiet, 50)), 1),
             "decision_rt_us_p99_no_store": round(float(np.percentile(quiet, 99)), 1)}
-
-
-def _wait_for_socket(path: Path, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the governor daemon exited early: {proc.stderr.read().strip()[-400:]}")
-        if path.exists():
-            try:
-                GovernorClient(str(path)).close()
-                return
-            except OSError:
-                pass
-        time.sleep(0.05)
-    raise RuntimeError("the governor daemon did not open its socket in time")
 
 
 # ---- the run -------------------------------------------------------------------------------------

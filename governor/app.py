@@ -38,9 +38,9 @@ def build_governor(config: GovernorConfig, config_dir: Path) -> Governor:
         claim()
     try:
         if not config.allow_other_managers:
-            from governor.managers import OtherManagersActive, find_other_managers, refusal
+            from governor.managers import OtherManagersActive, certain, find_other_managers, refusal
 
-            found = find_other_managers(backend)
+            found = certain(find_other_managers(backend), f"board {board.name!r}")
             if found:
                 raise OtherManagersActive(refusal(found, f"board {board.name!r}"))
         models: dict[str, Estimator] = {}

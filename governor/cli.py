@@ -695,9 +695,9 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
             if not no_dvfs and hasattr(backend, "claim"):
                 backend.claim()  # one owner per board: refuse before building kernels
             if not no_dvfs and not allow_other_managers:  # after the claim: a governor of ours is named as such
-                from governor.managers import find_other_managers, refusal
+                from governor.managers import certain, find_other_managers, refusal
 
-                found = find_other_managers(backend)
+                found = certain(find_other_managers(backend), f"board {cfg.name!r}")
                 if found:
                     backend.close()
                     _fail(refusal(found, f"board {cfg.name!r}"))

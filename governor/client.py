@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 RECONNECT_FIRST_S = 0.1
@@ -182,3 +183,22 @@ class GovernorClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def wait_for_daemon(path: str | Path, proc, timeout_s: float = 60.0) -> None:
+    """Wait until the daemon started as ``proc`` (a subprocess.Popen) answers on ``path``; raise
+    RuntimeError, with what it printed on stderr where that was captured, if it exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            said = proc.stderr.read().strip()[-400:] if getattr(proc, "stderr", None) else ""
+            raise RuntimeError(f"the governor daemon exited early (status {proc.returncode})"
+                               + (f": {said}" if said else ""))
+        if Path(path).exists():
+            try:
+                GovernorClient(str(path)).close()
+                return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError("the governor daemon did not open its socket in time")

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from governor.baselines import FrameTrace, all_baselines
-from governor.client import GovernorClient
+from governor.client import GovernorClient, wait_for_daemon
 from governor.configs import load_board, load_model_spec
 from sysfs_backends.virtual.adb_device import VirtualAdbDevice
 from sysfs_backends.virtual.board import VirtualBoard
@@ -37,21 +37,6 @@ APPS = [
 LOAD_PHASE = (0.30, 0.55)  # fractions of the run with background load on the host
 THERMAL_PHASE = (0.50, 0.75)  # fractions of the run with the thermal cap forced
 BACKGROUND_LOAD = 0.6
-
-
-def _wait_for_socket(path: Path, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the governor daemon exited early (status {proc.returncode})")
-        if path.exists():
-            try:
-                GovernorClient(str(path)).close()
-                return
-            except OSError:
-                pass
-        time.sleep(0.1)
-    raise RuntimeError("the governor daemon did not open its socket in time")
 
 
 def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
@@ -104,7 +89,7 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
         record_args = ["--record", str(Path(record).resolve())] if record else []
         daemon = subprocess.Popen([sys.executable, "-m", "governor.cli", "run", "--config",
                                    str(work / "governor.yaml"), *record_args], stderr=subprocess.PIPE, text=True)
-        _wait_for_socket(sock, daemon)
+        wait_for_daemon(sock, daemon)
         for i, a in enumerate(APPS):
             cmd = [sys.executable, "-m", "governor.demo_app", "--socket", str(sock),
                    "--virtual-root", str(vroot), "--app", a["app"], "--model", a["model"],

@@ -16,6 +16,7 @@ The roots are parameters so that the tests lay out a fake ``/proc`` and ``/run``
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from pydantic import BaseModel
 
 # name as seen in comm (truncated by the kernel to 15 characters) or as a script's file name
 # -> (what it is, what it does to frequencies)
+log = logging.getLogger(__name__)
+
 KNOWN: dict[str, tuple[str, str]] = {
     "power-profiles-daemon": ("power-profiles-daemon", "switches CPU energy preferences and boost"),
     "tuned": ("tuned", "applies tuning profiles that set cpufreq governors and limits"),
@@ -49,6 +52,9 @@ class ManagerFinding(BaseModel):
     name: str
     evidence: str
     effect: str
+    # False for a sign that can also be a kernel or board default (a 'userspace' governor at boot,
+    # e.g. a devfreq driver that selects it itself): said as a warning, never a reason to refuse
+    certain: bool = True
 
     def line(self) -> str:
         return f"{self.name} ({self.evidence}): {self.effect}"
@@ -130,9 +136,10 @@ def domain_findings(states: dict, ours_saved: bool) -> list[ManagerFinding]:
     out = []
     for name, st in states.items():
         if st.governor == "userspace":
-            out.append(ManagerFinding(name=f"a program holding the {name} domain", evidence=f"{name} governor is "
-                                      "'userspace' with a setpoint, which no kernel default is",
-                                      effect="sets the frequency itself and may set it back"))
+            out.append(ManagerFinding(name=f"maybe a program holding the {name} domain",
+                                      evidence=f"{name} governor is 'userspace' (a program's setpoint, or the "
+                                      "driver's own default)", effect="it may set the frequency back",
+                                      certain=False))
         elif st.min == st.max and st.governor != "userspace":
             out.append(ManagerFinding(name=f"limits pinned on the {name} domain",
                                       evidence=f"min = max = {st.min}, as jetson_clocks or a "
@@ -170,6 +177,14 @@ def find_other_managers(backend=None, proc_root: str | Path = "/proc", run_root:
         ours = bool(state_file) and Path(state_file).exists()
         found += domain_findings(backend.state(), ours)
     return found
+
+
+def certain(found: list[ManagerFinding], where: str) -> list[ManagerFinding]:
+    """The findings to refuse for; the uncertain ones are logged as warnings here."""
+    for f in found:
+        if not f.certain:
+            log.warning("%s: %s", where, f.line())
+    return [f for f in found if f.certain]
 
 
 def refusal(found: list[ManagerFinding], where: str) -> str:

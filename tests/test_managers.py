@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from governor.configs import load_board
-from governor.managers import active_units, domain_findings, find_other_managers, running_managers
+from governor.managers import active_units, certain, domain_findings, find_other_managers, running_managers
 from sysfs_backends.virtual.board import VirtualBoard
 
 CLI = [sys.executable, "-m", "governor"]
@@ -78,7 +78,9 @@ def test_domain_held_by_another_program_seen_through_the_backend(tmp_path):
     assert find_other_managers(backend, local=False) == []  # kernel defaults: nothing
     board.kernel.write("/sys/devices/system/cpu/cpufreq/policy4/scaling_governor", "userspace")  # someone else
     found = find_other_managers(backend, local=False)
-    assert [f.name for f in found] == ["a program holding the cpu domain"]
+    assert [f.name for f in found] == ["maybe a program holding the cpu domain"]
+    # a driver may select userspace itself (the arm64 guest's imx-bus devfreq does): a warning, not a refusal
+    assert not found[0].certain and certain(found, "board 'rk3588'") == []
     # a run of ours that was killed leaves the same sign, with our state file: not another manager
     assert domain_findings(backend.state(), ours_saved=True) == []
 
