@@ -495,7 +495,10 @@ def start_daemon(work: Path, tag: str, board_path: Path, estimator: Path) -> tup
     proc = subprocess.Popen([*dvfs_gov(), "run", "--config", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT)
     log.close()
     info = {"config": cfg, "socket": sock, "pid": proc.pid}
-    info["ready_s"] = wait_for_socket(sock, proc, 240)
+    try:
+        info["ready_s"] = wait_for_socket(sock, proc, 240)
+    except RuntimeError as exc:  # say why: what the daemon printed
+        raise RuntimeError(f"{exc}; its log:\n{log_tail(work / f'{tag}.log')}") from None
     return proc, info
 
 
