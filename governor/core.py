@@ -148,7 +148,9 @@ class Governor:
         self._released = False  # domains handed back while idle; taken again by the next frame
         self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.inline_refresh = True  # the daemon re-reads on its own schedule instead
-        self._refreshing = False  # the backend I/O under way is a re-read of the state (short)
+        # what holds ``_io`` now: "write" (a frame's write, maybe to a stalled phone: frames do not
+        # queue behind it) or anything else (a re-read of the state, short: frames wait for it)
+        self._io_holder: str | None = None
         # longest a frame waits for its write (None: until done). The daemon sets it from
         # settings.backend_wait_s so that a stalled phone cannot hold its clients; in process the
         # caller waits, as a plain function call would.
@@ -328,8 +330,13 @@ class Governor:
             # a re-read of the state may hold the backend for a moment: wait for it (as long as a
             # frame may wait for its own write), so no frame is left unwritten behind a refresh;
             # behind another frame's write (a slow or stalled phone) do not queue
-            wait = -1 if self.write_wait_s is None else self.write_wait_s if self._refreshing else 0
-            if self._io.acquire(timeout=wait):
+            if self.write_wait_s is None:
+                got = self._io.acquire()
+            else:
+                got = self._io.acquire(blocking=False) or (
+                    self._io_holder != "write" and self._io.acquire(timeout=self.write_wait_s))
+            if got:
+                self._io_holder = "write"
                 job = self._io_thread().submit(self._io_job, self._resume_and_apply, point, lat, energy,
                                                corr, deadline_ms, now)
                 try:
@@ -444,6 +451,7 @@ class Governor:
         try:
             return fn(*args)
         finally:
+            self._io_holder = None
             self._io.release()
 
     def refresh(self) -> None:
@@ -452,6 +460,7 @@ class Governor:
         ``backend_wait_s`` (a stalled backend finishes it in the background)."""
         if self._released or not self._started or not self._io.acquire(blocking=False):
             return
+        self._io_holder = "refresh"
         now = time.monotonic()
         self._next_refresh = now + self.settings.state_refresh_s
         job = self._io_thread().submit(self._io_job, self._refresh, now)
@@ -461,13 +470,10 @@ class Governor:
             pass
 
     def _refresh(self, now: float) -> None:
-        self._refreshing = True
         try:
             state = self.backend.state()
         except BackendUnavailable:
             return
-        finally:
-            self._refreshing = False
         eff = self._read_point(state)
         with self._lock:
             if eff != self._cur:
