@@ -31,6 +31,7 @@ from estimator.workload import ModelSpec
 from sysfs_backends.board import BoardConfig
 from sysfs_backends.linux import LinuxBackend
 from sysfs_backends.sysfs import CPUFREQ_DIR, DEVFREQ_DIR, KGSL_DIR
+from sysfs_backends.sysfs import round_to_table as _resolve_up  # the one rounding rule: lowest >= value
 from sysfs_backends.virtual.simulator import Simulator
 
 STATE = ".virtual/state.json"
@@ -41,11 +42,6 @@ THERMAL_TRIP_C = 80.0
 THERMAL_CLEAR_C = 70.0
 THERMAL_R_C_PER_W = 9.0  # steady-state rise per watt
 THERMAL_TAU_S = 20.0
-
-
-def _resolve_up(value: int, table: list[int]) -> int:
-    i = bisect.bisect_left(table, value)
-    return table[min(i, len(table) - 1)]
 
 
 def _resolve_down(value: int, table: list[int]) -> int:
