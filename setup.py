@@ -10,7 +10,7 @@ against the checkout.
 
 from setuptools import find_namespace_packages, setup
 
-CODE_PACKAGES = ("governor", "estimator", "sysfs_backends")
+CODE_PACKAGES = ("dvfs_schema", "governor", "estimator", "sysfs_backends")
 
 setup(
     packages=[

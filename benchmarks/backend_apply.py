@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from governor.configs import load_board
+from dvfs_schema.loading import load_board
 from sysfs_backends.android import AndroidBackend
 from sysfs_backends.base import Backend
 from sysfs_backends.linux import LinuxBackend

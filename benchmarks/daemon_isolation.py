@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from dvfs_schema.loading import load_board
 from governor.app import fit_on_virtual_board
-from governor.configs import load_board
 from sysfs_backends.virtual.adb_device import VirtualAdbDevice
 from sysfs_backends.virtual.board import VirtualBoard
 

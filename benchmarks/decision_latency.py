@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from dvfs_schema.loading import load_board
 from governor.app import fit_on_virtual_board
 from governor.client import GovernorClient
-from governor.configs import load_board
 from governor.core import Governor
 from sysfs_backends.virtual.board import VirtualBoard
 

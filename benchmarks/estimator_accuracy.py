@@ -26,11 +26,11 @@ import time
 
 import numpy as np
 
+from dvfs_schema.loading import available, load_board, load_model_spec
 from estimator.baselines import naive_scaling
 from estimator.model import Estimator
 from estimator.planner import plan_grid
 from estimator.profile import parse_profile
-from governor.configs import available, load_board, load_model_spec
 from sysfs_backends.virtual.simulator import Simulator
 
 MODELS = ["mobilenet_v2", "yolo_tiny", "smollm_135m"]

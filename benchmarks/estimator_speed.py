@@ -12,11 +12,11 @@ import time
 
 import numpy as np
 
+from dvfs_schema.loading import load_board
+from dvfs_schema.workload import ModelSpec
 from estimator.model import Estimator
 from estimator.planner import plan_points
 from estimator.profile import parse_profile
-from estimator.workload import ModelSpec
-from governor.configs import load_board
 from sysfs_backends.virtual.simulator import Simulator
 
 

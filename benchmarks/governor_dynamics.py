@@ -63,9 +63,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from dvfs_schema.domains import highest_at_most
+from dvfs_schema.loading import available, load_board, load_model_spec
 from governor.app import fit_on_virtual_board
 from governor.client import GovernorClient, wait_for_daemon
-from governor.configs import available, load_board, load_model_spec
 from sysfs_backends.virtual.board import VirtualBoard
 from sysfs_backends.virtual.fuse_mount import fuse_unavailable, mounted
 from sysfs_backends.virtual.simulator import Simulator
@@ -131,7 +132,7 @@ class Truth:
 
 
 def _resolve_down(cap: int | None, table: list[int]) -> int:
-    return max(f for f in table if f <= cap) if cap else table[-1]
+    return highest_at_most(cap, table) if cap else table[-1]
 
 
 def _pick(ok: np.ndarray, allowed: np.ndarray, energy: np.ndarray, latency: np.ndarray) -> int:

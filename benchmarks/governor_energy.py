@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dvfs_schema.loading import available, load_board, load_model_spec
 from governor.app import fit_on_virtual_board
 from governor.baselines import FrameTrace, all_baselines
-from governor.configs import available, load_board, load_model_spec
 from governor.core import Governor
 from sysfs_backends.virtual.board import VirtualBoard
 from sysfs_backends.virtual.simulator import Simulator

@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dvfs_schema.loading import load_model_spec  # noqa: E402
 from estimator.baselines import naive_scaling  # noqa: E402
 from estimator.model import Estimator  # noqa: E402
 from estimator.planner import plan_points  # noqa: E402
@@ -41,7 +42,6 @@ from estimator.profile import (
     FORMAT,  # noqa: E402
     parse_profile,  # noqa: E402
 )
-from governor.configs import load_model_spec  # noqa: E402
 from governor.profiler.runner import ModelRunner, select_device  # noqa: E402
 from governor.profiler.sweep import run_record  # noqa: E402
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from dvfs_schema.board import BoardConfig
+from dvfs_schema.loading import load_board, load_model_spec
 from estimator.model import Estimator
 from estimator.planner import plan_grid
 from estimator.profile import parse_profile
 from governor.config import GovernorConfig, estimator_path
-from governor.configs import load_board, load_model_spec
 from governor.core import Governor
 from governor.storage import load_estimator
-from sysfs_backends.board import BoardConfig
 from sysfs_backends.registry import open_backend
 from sysfs_backends.virtual.simulator import Simulator
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel
 
-from sysfs_backends.board import BoardConfig
+from dvfs_schema.board import BoardConfig
 from sysfs_backends.virtual.simulator import Simulator
 
 

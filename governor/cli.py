@@ -18,17 +18,17 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
+from dvfs_schema.loading import ConfigError, available, load_board, load_model_spec
 from estimator.planner import plan_grid, plan_points
 from estimator.profile import ProfileError
 from governor import storage
 from governor.config import parse_file_mode
-from governor.configs import ConfigError, available, load_board, load_model_spec
 
 # Errors that mean "what the user gave cannot be used": (module, class). Looked up in sys.modules
 # when an error arrives, so that the OpenCL profiler is not imported for every command; a class
 # whose module was never imported cannot have been raised.
 USER_ERROR_CLASSES = (
-    ("governor.configs", "ConfigError"),
+    ("dvfs_schema.loading", "ConfigError"),
     ("estimator.profile", "ProfileError"),
     ("sysfs_backends.sysfs", "BackendError"),
     ("sysfs_backends.base", "BackendUnavailable"),
@@ -1088,7 +1088,7 @@ def models_describe(model: str, as_json: bool) -> None:
     Example: dvfs-gov models describe my_model.onnx
     """
     if model.lower().endswith(".onnx"):
-        from governor.onnx_model import OnnxModelError, describe, load_onnx
+        from dvfs_schema.onnx_model import OnnxModelError, describe, load_onnx
 
         try:
             imported = load_onnx(model)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from governor.configs import ConfigError, load_yaml_model, resolve
+from dvfs_schema.loading import ConfigError, load_yaml_model, resolve
 from sysfs_backends.registry import BackendSpec
 
 _OCTAL = re.compile(r"^(0o|0)?([0-7]{1,4})$")

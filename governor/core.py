@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dvfs_schema.board import BoardConfig
 from estimator.model import Estimator
 from governor.config import GovernorSettings
 from governor.correction import HOST_LEVELS, Correction
 from governor.recording import FrameRecord, RunRecorder
 from sysfs_backends.base import Backend, BackendUnavailable
-from sysfs_backends.board import BoardConfig
 
 log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
+from dvfs_schema.loading import load_board, load_model_spec
 from governor.baselines import FrameTrace, all_baselines
 from governor.client import GovernorClient, wait_for_daemon
-from governor.configs import load_board, load_model_spec
 from sysfs_backends.virtual.adb_device import VirtualAdbDevice
 from sysfs_backends.virtual.board import VirtualBoard
 from sysfs_backends.virtual.fuse_mount import FuseUnavailable, mounted

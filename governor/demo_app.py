@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
+from dvfs_schema.loading import load_model_spec
 from governor.baselines import FrameTrace
 from governor.client import GovernorClient
-from governor.configs import load_model_spec
 from sysfs_backends.virtual.board import VirtualBoard
 
 

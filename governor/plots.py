@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dvfs_schema.board import BoardConfig
 from estimator.model import Estimator
 from estimator.profile import Profile
 from governor.recording import RunRecord
-from sysfs_backends.board import BoardConfig
 
 INSTALL_HINT = "pip install 'deadline-dvfs[plot]'"
 FORMATS = ("png", "svg")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from governor.configs import ConfigError
+from dvfs_schema.loading import ConfigError
 
 ETC_CONFIG = "/etc/deadline-dvfs/governor.yaml"
 UNIT_NAME = "deadline-dvfs.service"
@@ -72,7 +72,7 @@ def plan_install(config: str | None, prefix: str = "/", python: str | None = Non
             raise ConfigError(f"no config at {target}: give --config FILE (e.g. a copy of the bundled "
                               "configs/governor/rk3588_linux.yaml set up for your board)")
         cfg, _ = load_governor_config(config)  # refuse a broken config before installing anything
-        from governor.configs import resolve
+        from dvfs_schema.loading import resolve
 
         found = resolve("governor", config)
         source, source_text = str(found.resolve()), found.read_text(encoding="utf-8")

@@ -22,8 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from dvfs_schema.board import BoardConfig
 from sysfs_backends.base import BackendUnavailable
-from sysfs_backends.board import BoardConfig
 from sysfs_backends.sysfs import BackendError, SysfsBackend, board_lock_path, saved_state_path
 from sysfs_backends.transport import Op, OpResult, Read, Write
 

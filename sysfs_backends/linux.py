@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sysfs_backends.board import BoardConfig
+from dvfs_schema.board import BoardConfig
 from sysfs_backends.sysfs import SysfsBackend, board_lock_path, saved_state_path
 from sysfs_backends.transport import LocalTransport, WriteHook
 

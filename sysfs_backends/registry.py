@@ -19,8 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dvfs_schema.board import BoardConfig
 from sysfs_backends.base import Backend
-from sysfs_backends.board import BoardConfig
 
 ENTRY_POINT_GROUP = "deadline_dvfs.backends"
 

@@ -28,7 +28,6 @@ Writes only ever go to files inside the domain directories found by discovery.
 
 from __future__ import annotations
 
-import bisect
 import errno
 import logging
 import os
@@ -39,8 +38,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from dvfs_schema.board import BoardConfig
+from dvfs_schema.domains import round_to_table
 from sysfs_backends.base import ApplyResult, Backend, BackendError, Discovery, DomainInfo, DomainState
-from sysfs_backends.board import BoardConfig
 from sysfs_backends.state_file import (
     BoardBusy,
     Ownership,
@@ -65,12 +65,6 @@ SETTLE_POLL_NS = (100_000, 2_000_000)  # first and longest wait between re-reads
 
 class _StaleLimits(Exception):
     """An EINVAL that a fresh read of the limits may explain."""
-
-
-def round_to_table(value: int, table: list[int]) -> int:
-    """The kernel's resolution of a request: lowest supported >= value, else the highest."""
-    i = bisect.bisect_left(table, value)
-    return table[min(i, len(table) - 1)]
 
 
 class _Files(BaseModel):

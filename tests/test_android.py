@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from dvfs_schema.loading import load_board
 from governor.app import fit_on_virtual_board
-from governor.configs import load_board
 from governor.core import Governor
 from sysfs_backends.android import AndroidBackend
 from sysfs_backends.base import BackendUnavailable

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from governor.configs import ConfigError, load_board, load_yaml_model
-from sysfs_backends.board import BoardConfig
+from dvfs_schema.board import BoardConfig
+from dvfs_schema.loading import ConfigError, load_board, load_yaml_model
 from sysfs_backends.lifecycle import restoring
 from sysfs_backends.linux import LinuxBackend
 from sysfs_backends.sysfs import BackendError
@@ -204,7 +204,7 @@ def test_save_writes_state_file_before_first_write_and_restore_removes_it(board_
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from governor.configs import load_board
+    from dvfs_schema.loading import load_board
     from sysfs_backends.lifecycle import restoring
     from sysfs_backends.virtual.board import VirtualBoard
     vb = VirtualBoard(sys.argv[1], load_board("rk3588"))

@@ -25,9 +25,9 @@ import governor.app  # noqa: F401
 import governor.daemon  # noqa: F401
 import governor.profiler.trace_import  # noqa: F401
 import sysfs_backends.sysfs  # noqa: F401
+from dvfs_schema.loading import ConfigError
 from governor.cli import main
 from governor.config import estimator_path, load_governor_config
-from governor.configs import ConfigError
 
 NOBODY = 65534
 

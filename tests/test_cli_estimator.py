@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from governor.configs import load_board
+from dvfs_schema.loading import load_board
 
 DVFS = [sys.executable, "-m", "governor.cli"]
 

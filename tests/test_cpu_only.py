@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import yaml
 
+from dvfs_schema.loading import load_board, load_model_spec
 from estimator.model import Estimator
 from estimator.planner import plan_grid
 from estimator.profile import ProfileError, parse_profile
 from governor.app import fit_on_virtual_board
 from governor.client import GovernorClient
 from governor.config import GovernorSettings
-from governor.configs import load_board, load_model_spec
 from governor.core import Governor, GovernorError
 from sysfs_backends.virtual.board import VirtualBoard, build_tree
 from sysfs_backends.virtual.simulator import Simulator

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dvfs_schema.loading import load_board
 from governor.app import fit_on_virtual_board
 from governor.client import GovernorClient, GovernorUnavailable
-from governor.configs import load_board
 from governor.storage import load_estimator
 
 CLI = [sys.executable, "-m", "governor.cli"]

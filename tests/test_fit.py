@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dvfs_schema.loading import load_board, load_model_spec
 from estimator.fit import design, fit_columns
 from estimator.model import Estimator
 from estimator.planner import plan_points
 from estimator.profile import parse_profile
-from governor.configs import load_board, load_model_spec
 from sysfs_backends.virtual.simulator import Simulator
 
 CPU = np.array([800e3, 800e3, 2400e3, 2400e3, 1600e3])

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from governor.configs import load_board
+from dvfs_schema.loading import load_board
 from sysfs_backends.virtual.board import VirtualBoard
 from sysfs_backends.virtual.fuse_mount import FuseUnavailable, fuse_unavailable, is_mounted, mounted
 

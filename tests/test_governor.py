@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dvfs_schema.loading import load_board, load_model_spec
 from governor.app import fit_on_virtual_board
 from governor.config import GovernorSettings
-from governor.configs import load_board, load_model_spec
 from governor.core import Governor, GovernorError
 from sysfs_backends.virtual.board import VirtualBoard
 

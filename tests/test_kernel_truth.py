@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from governor.configs import load_board
+from dvfs_schema.loading import load_board
 from sysfs_backends.virtual.board import VirtualBoard
 
 CPUFREQ = "sys/devices/system/cpu/cpufreq"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from governor.configs import load_board
+from dvfs_schema.loading import load_board
 from governor.managers import active_units, certain, domain_findings, find_other_managers, running_managers
 from sysfs_backends.virtual.board import VirtualBoard
 

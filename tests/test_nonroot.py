@@ -25,9 +25,9 @@ import yaml
 from click.testing import CliRunner
 
 import estimator.model  # noqa: F401 - imported before a child drops privileges (see run_as)
+from dvfs_schema.loading import ConfigError
 from governor.cli import main
 from governor.config import load_governor_config
-from governor.configs import ConfigError
 
 NOBODY = 65534
 CLI = [sys.executable, "-m", "governor.cli"]

@@ -14,11 +14,11 @@ pytest.importorskip("onnx")
 
 from onnx_builders import detector_with_nms, quantized_conv, tiny_cnn, tiny_transformer  # noqa: E402
 
+from dvfs_schema.loading import ConfigError, load_model_spec  # noqa: E402
+from dvfs_schema.onnx_model import OnnxModelError, load_onnx  # noqa: E402
+from dvfs_schema.workload import layer_work  # noqa: E402
 from estimator.model import Estimator  # noqa: E402
 from estimator.profile import parse_profile  # noqa: E402
-from estimator.workload import layer_work  # noqa: E402
-from governor.configs import ConfigError, load_model_spec  # noqa: E402
-from governor.onnx_model import OnnxModelError, load_onnx  # noqa: E402
 from governor.profiler.ort_import import runs_from_ort  # noqa: E402
 from governor.profiler.trace_import import TraceError  # noqa: E402
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dvfs_schema.loading import load_board
 from governor.client import GovernorClient
-from governor.configs import load_board
 from governor.daemon import SocketInUse, _claim_socket
 from sysfs_backends.lifecycle import restoring
 from sysfs_backends.linux import LinuxBackend

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_PACKAGES = ("governor", "estimator", "sysfs_backends")
+CODE_PACKAGES = ("dvfs_schema", "governor", "estimator", "sysfs_backends")
 NOT_SOURCE = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__",
                                     ".pytest_cache", ".ruff_cache", ".whl")
 

@@ -14,10 +14,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from dvfs_schema.loading import load_board, load_model_spec  # noqa: E402
 from estimator.model import Estimator  # noqa: E402
 from estimator.planner import plan_points  # noqa: E402
 from estimator.profile import parse_profile  # noqa: E402
-from governor.configs import load_board, load_model_spec  # noqa: E402
 from governor.plots import PlotError, bubbles_ns, governor_pick, plot_grid  # noqa: E402
 from governor.recording import FrameRecord, RunRecorder, header_for  # noqa: E402
 from sysfs_backends.virtual.simulator import Simulator  # noqa: E402

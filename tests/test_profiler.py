@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dvfs_schema.workload import ModelSpec
 from estimator.model import Estimator
 from estimator.profile import parse_profile
-from estimator.workload import ModelSpec
 from governor.profiler import kernels
 from governor.profiler.runner import DeviceError, ModelRunner, select_device
 from governor.profiler.sweep import Point, sweep
@@ -174,7 +174,7 @@ def write_spec(tmp_path: Path, spec: dict) -> Path:
 def phone(tmp_path):
     """A virtual phone over ADB: the sweep's frequency changes go through the Android backend and
     the virtual kernel, as on a real rooted phone."""
-    from governor.configs import load_board
+    from dvfs_schema.loading import load_board
     from sysfs_backends.virtual.adb_device import VirtualAdbDevice
     from sysfs_backends.virtual.board import VirtualBoard
 

@@ -12,9 +12,9 @@ import time
 import pytest
 import yaml
 
+from dvfs_schema.loading import load_board
 from governor.app import fit_on_virtual_board
 from governor.client import GovernorClient
-from governor.configs import load_board
 from governor.core import Governor
 from governor.recording import FrameRecord, RecordError, RunRecorder, header_for, read_run
 from sysfs_backends.virtual.board import VirtualBoard

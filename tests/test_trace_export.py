@@ -14,10 +14,10 @@ import pytest
 
 jsonschema = pytest.importorskip("jsonschema")
 
+from dvfs_schema.loading import load_board, load_model_spec  # noqa: E402
 from estimator.model import Estimator  # noqa: E402
 from estimator.planner import plan_points  # noqa: E402
 from estimator.profile import parse_profile  # noqa: E402
-from governor.configs import load_board, load_model_spec  # noqa: E402
 from governor.plots import bubbles_ns  # noqa: E402
 from governor.recording import FrameRecord, RunRecorder, header_for, read_run  # noqa: E402
 from governor.trace_export import profile_trace, run_trace  # noqa: E402

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyopencl as cl
 
-from estimator.workload import (
+from dvfs_schema.workload import (
     Attention,
     Conv,
     DepthwiseConv,

@@ -15,7 +15,6 @@ the apps and the demo driver, each in its own process, share one board.
 
 from __future__ import annotations
 
-import bisect
 import errno
 import fcntl
 import json
@@ -27,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from estimator.workload import ModelSpec
-from sysfs_backends.board import BoardConfig
+from dvfs_schema.board import BoardConfig
+from dvfs_schema.domains import highest_at_most as _resolve_down
+from dvfs_schema.domains import round_to_table as _resolve_up
+from dvfs_schema.workload import ModelSpec
 from sysfs_backends.linux import LinuxBackend
 from sysfs_backends.sysfs import CPUFREQ_DIR, DEVFREQ_DIR, KGSL_DIR
-from sysfs_backends.sysfs import round_to_table as _resolve_up  # the one rounding rule: lowest >= value
 from sysfs_backends.virtual.simulator import Simulator
 
 STATE = ".virtual/state.json"
@@ -42,11 +42,6 @@ THERMAL_TRIP_C = 80.0
 THERMAL_CLEAR_C = 70.0
 THERMAL_R_C_PER_W = 9.0  # steady-state rise per watt
 THERMAL_TAU_S = 20.0
-
-
-def _resolve_down(value: int, table: list[int]) -> int:
-    i = bisect.bisect_right(table, value)
-    return table[max(i - 1, 0)]
 
 
 def _domain_state(kind: str, table: list[int], governors: list[str], governor: str, latency_ns: int,

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dvfs_schema.board import BoardConfig, Simulation
+from dvfs_schema.workload import ModelSpec, layer_work
 from estimator.profile import FORMAT
-from estimator.workload import ModelSpec, layer_work
-from sysfs_backends.board import BoardConfig, Simulation
 
 
 @dataclass(frozen=True)

@@ -396,7 +396,7 @@ def sweep_values(table: list[int]) -> list[tuple[str, int]]:
 
 def api_checks(domains: dict[str, Domain], board_cfg: dict, state_file: str) -> dict:
     """The backend API against the kernel: save, many applies, read-back, restore."""
-    from sysfs_backends.board import BoardConfig
+    from dvfs_schema.board import BoardConfig
     from sysfs_backends.linux import LinuxBackend
 
     board = BoardConfig.model_validate(board_cfg)

@@ -275,7 +275,7 @@ def test_sigkill_then_restore_cli(guest):
 def mirror_board(guest: GuestResult):
     """A virtual board laid out like the guest: its tables, governors and boot governors, the OPPs
     its clocks were seen unable to run, and no cpuinfo_cur_freq where the guest has none."""
-    from sysfs_backends.board import BoardConfig
+    from dvfs_schema.board import BoardConfig
 
     report, doms = guest.report, guest.report["domains"]
     boot = report["boot_snapshot"]

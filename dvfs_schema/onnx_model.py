@@ -1,4 +1,4 @@
-"""Bring your own model: an ONNX graph into our model description (``estimator.workload.ModelSpec``).
+"""Bring your own model: an ONNX graph into our model description (``dvfs_schema.workload.ModelSpec``).
 
 The graph is read with the ``onnx`` package and its shape inference, so every layer gets the real
 shapes the runtime would see. Each node becomes the layer kind whose arithmetic and memory traffic
@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from estimator.workload import (
+from dvfs_schema.workload import (
     Attention,
     Conv,
     DepthwiseConv,

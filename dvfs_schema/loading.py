@@ -14,8 +14,8 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from estimator.workload import ModelSpec
-from sysfs_backends.board import BoardConfig
+from dvfs_schema.board import BoardConfig
+from dvfs_schema.workload import ModelSpec
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -93,9 +93,9 @@ def load_board(name_or_path: str | Path) -> BoardConfig:
 
 
 def load_model_spec(name_or_path: str | Path) -> ModelSpec:
-    """A model by name, YAML path, or ONNX file (read through its graph, see governor.onnx_model)."""
+    """A model by name, YAML path, or ONNX file (read through its graph, see dvfs_schema.onnx_model)."""
     if str(name_or_path).lower().endswith(".onnx"):
-        from governor.onnx_model import OnnxModelError, load_onnx
+        from dvfs_schema.onnx_model import OnnxModelError, load_onnx
 
         try:
             return load_onnx(name_or_path).spec

@@ -1,17 +1,24 @@
 """Board descriptions (``configs/boards/*.yaml``), validated by pydantic.
 
-A board says which CPU policy runs the inference thread, which GPU node it has and how each domain
-is driven (``userspace`` governor or pinned ``min == max`` limits), with per-OPP power tables like
-the kernel's energy model. Boards with a ``simulation`` section can also run as a virtual board.
+A board says which CPU policy runs the inference thread, which GPU node it has, which memory
+domain (a devfreq DDR/bus node or Jetson's EMC clock) and how each domain is driven (``userspace``
+governor, pinned ``min == max`` limits, or a locked clock rate), with per-OPP power tables like the
+kernel's energy model. ``BoardConfig.domains`` turns the sections into the ordered list of
+``DomainSpec`` objects everything else iterates over. Boards with a ``simulation`` section can also
+run as a virtual board.
 """
 
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from dvfs_schema.domains import DomainSpec
+from dvfs_schema.energy import EnergyModel
 
 Mechanism = Literal["userspace", "minmax"]
 
@@ -27,6 +34,8 @@ class CpuPolicy(BaseModel):
     frequencies_khz: list[PositiveInt] = Field(min_length=1)
     power_mw: list[PositiveFloat] | None = None
     transition_latency_ns: int = 50_000
+    # from the write until the new frequency runs; default: the transition latency
+    actuation_latency_ns: int | None = Field(None, ge=0)
     governors: list[str] = ["ondemand", "userspace", "powersave", "performance", "schedutil"]
     default_governor: str = "schedutil"
 
@@ -76,6 +85,7 @@ class GpuDomain(BaseModel):
     frequencies_hz: list[PositiveInt] = Field(min_length=1)
     power_mw: list[PositiveFloat] | None = None
     transition_latency_ns: int = 100_000
+    actuation_latency_ns: int | None = Field(None, ge=0)
     governors: list[str] = ["simple_ondemand", "performance", "powersave", "userspace"]
     default_governor: str = "simple_ondemand"
 
@@ -88,6 +98,43 @@ class GpuDomain(BaseModel):
             raise ValueError(f"default_governor must be one of {self.governors}")
         if self.mechanism == "userspace" and "userspace" not in self.governors:
             raise ValueError("mechanism 'userspace' needs 'userspace' among governors")
+        return self
+
+
+class MemoryDomain(BaseModel):
+    """The memory clock: a devfreq node (RK3588 ``dmc``, Exynos ``mif``, a Qualcomm bus-bandwidth
+    voter whose "frequencies" are MB/s: ``unit: MB/s``, used as is) or Jetson's EMC clock through
+    the BPMP debugfs interface (``kind: bpmp_emc``, ``node: emc``: a rate written to ``rate`` and
+    held with ``mrq_rate_locked``; only the listed lockable rates are used)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["devfreq", "bpmp_emc"]
+    node: str = Field(pattern=NODE_PATTERN)
+    mechanism: Literal["userspace", "minmax", "locked"] = "minmax"
+    unit: Literal["Hz", "MB/s"] = "Hz"
+    frequencies_hz: list[PositiveInt] = Field(min_length=1)
+    power_mw: list[PositiveFloat] | None = None
+    transition_latency_ns: int = 1_000_000
+    actuation_latency_ns: int | None = Field(None, ge=0)
+    governors: list[str] = ["simple_ondemand", "performance", "powersave", "userspace"]
+    default_governor: str | None = "simple_ondemand"
+
+    @model_validator(mode="after")
+    def _check(self) -> MemoryDomain:
+        _ascending(self.frequencies_hz, "frequencies_hz")
+        if self.power_mw is not None and len(self.power_mw) != len(self.frequencies_hz):
+            raise ValueError("power_mw needs one entry per frequency in frequencies_hz")
+        if self.kind == "bpmp_emc":
+            if self.mechanism != "locked":
+                raise ValueError("kind 'bpmp_emc' is driven by locking its rate: mechanism must be 'locked'")
+        else:
+            if self.mechanism == "locked":
+                raise ValueError("mechanism 'locked' is for kind 'bpmp_emc'; a devfreq node uses "
+                                 "'userspace' or 'minmax'")
+            if self.default_governor not in self.governors:
+                raise ValueError(f"default_governor must be one of {self.governors}")
+            if self.mechanism == "userspace" and "userspace" not in self.governors:
+                raise ValueError("mechanism 'userspace' needs 'userspace' among governors")
         return self
 
 
@@ -140,6 +187,7 @@ class BoardConfig(BaseModel):
     description: str = ""
     cpu: CpuDomain
     gpu: GpuDomain | None = None
+    memory: MemoryDomain | None = None
     idle_power_mw: float = 200.0
     simulation: Simulation | None = None
 
@@ -157,34 +205,71 @@ class BoardConfig(BaseModel):
                 raise ValueError(f"simulation: {', '.join(extra)} given but the board has no gpu section")
         return self
 
+    @cached_property
+    def domains(self) -> list[DomainSpec]:
+        """The board's frequency domains in order: CPU (the inference policy), GPU, memory."""
+        pol = self.cpu.inference
+        out = [DomainSpec(
+            name="cpu", kind="cpufreq", node=self.cpu.inference_policy, unit="kHz",
+            frequencies=tuple(pol.frequencies_khz), power_mw=_tuple(pol.power_mw),
+            mechanism=self.cpu.mechanism, governors=tuple(pol.governors),
+            default_governor=pol.default_governor, transition_latency_ns=pol.transition_latency_ns,
+            actuation_latency_ns=_actuation(pol.actuation_latency_ns, pol.transition_latency_ns),
+            busy_with="host", cpus=tuple(pol.cpus),
+        )]
+        if self.gpu is not None:
+            g = self.gpu
+            out.append(DomainSpec(
+                name="gpu", kind=g.kind, node=g.node, unit="Hz", frequencies=tuple(g.frequencies_hz),
+                power_mw=_tuple(g.power_mw), mechanism=g.mechanism, governors=tuple(g.governors),
+                default_governor=g.default_governor, transition_latency_ns=g.transition_latency_ns,
+                actuation_latency_ns=_actuation(g.actuation_latency_ns, g.transition_latency_ns),
+                busy_with="device",
+            ))
+        if self.memory is not None:
+            m = self.memory
+            out.append(DomainSpec(
+                name="mem", kind=m.kind, node=m.node, unit=m.unit, frequencies=tuple(m.frequencies_hz),
+                power_mw=_tuple(m.power_mw), mechanism=m.mechanism, governors=tuple(m.governors),
+                default_governor=m.default_governor, transition_latency_ns=m.transition_latency_ns,
+                actuation_latency_ns=_actuation(m.actuation_latency_ns, m.transition_latency_ns),
+                busy_with="frame",
+            ))
+        return out
+
+    def domain(self, name: str) -> DomainSpec:
+        for d in self.domains:
+            if d.name == name:
+                return d
+        raise KeyError(f"board {self.name!r} has no {name} domain (it has {[d.name for d in self.domains]})")
+
     @property
     def domain_tables(self) -> dict[str, list[int]]:
-        """The frequency domains the board has, in order (CPU first), each with its table in the
-        kernel's unit; the estimator's grid and the governor's choices are over these."""
-        tables = {"cpu": list(self.cpu.inference.frequencies_khz)}
-        if self.gpu is not None:
-            tables["gpu"] = list(self.gpu.frequencies_hz)
-        return tables
+        """The frequency domains the board has, in order (CPU, GPU, memory), each with its table in
+        the kernel's unit; the estimator's grid and the governor's choices are over these."""
+        return {d.name: list(d.frequencies) for d in self.domains}
+
+    @cached_property
+    def energy(self) -> EnergyModel:
+        return EnergyModel(self.domains, self.idle_power_mw)
 
     @property
     def has_power_tables(self) -> bool:
-        return self.cpu.inference.power_mw is not None and (
-            self.gpu is None or self.gpu.power_mw is not None
-        )
+        return self.energy.complete
 
     def power_mw(self, domain: str, freq: float | np.ndarray) -> float | np.ndarray:
         """Active power of a domain at ``freq`` (its unit), interpolated between OPPs."""
-        if domain == "cpu":
-            table, power = self.cpu.inference.frequencies_khz, self.cpu.inference.power_mw
-        else:
-            table, power = self.gpu.frequencies_hz, self.gpu.power_mw
-        if power is None:
-            raise ValueError(f"board {self.name!r} has no power table for the {domain}")
-        return np.interp(freq, table, power)
+        return self.domain(domain).power_at(freq)
 
-    def frame_energy_j(self, cpu_khz, gpu_hz, host_busy_ns, gpu_busy_ns, latency_ns):
-        """Energy of one frame: each domain's OPP power while it is busy, plus the board's idle
-        power for the frame's duration. Works on scalars or arrays over frequency pairs."""
-        gpu_mw = self.power_mw("gpu", gpu_hz) if self.gpu is not None else 0.0
-        return (self.power_mw("cpu", cpu_khz) * host_busy_ns + gpu_mw * gpu_busy_ns
-                + self.idle_power_mw * latency_ns) * 1e-12
+    def frame_energy_j(self, cpu_khz, gpu_hz, host_busy_ns, gpu_busy_ns, latency_ns, mem_hz=None):
+        """Energy of one frame (see dvfs_schema.energy): scalars or arrays over grid points."""
+        return self.energy.frame_energy_j({"cpu": cpu_khz, "gpu": gpu_hz, "mem": mem_hz},
+                                          host_busy_ns, gpu_busy_ns, latency_ns)
+
+
+def _tuple(values):
+    return tuple(values) if values is not None else None
+
+
+def _actuation(actuation_ns: int | None, transition_ns: int) -> int:
+    return transition_ns if actuation_ns is None else actuation_ns

@@ -1,0 +1,39 @@
+"""The energy model: the one definition of what a frame costs, over any set of domains.
+
+Each domain draws its OPP power while it is busy with what it serves (``DomainSpec.busy_with``): the
+CPU policy while the inference thread runs (host busy time), the GPU while its kernels run (device
+busy time), the memory controller for the whole frame (DRAM is active while either side works, and
+its power at a lower clock is what a memory-bound model trades against a longer frame). On top, the
+board's idle power for the frame's duration. Works on scalars or on arrays over grid points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from dvfs_schema.domains import DomainSpec
+
+
+class EnergyModel:
+    def __init__(self, domains: list[DomainSpec], idle_power_mw: float) -> None:
+        self.domains = list(domains)
+        self.idle_power_mw = float(idle_power_mw)
+
+    @property
+    def complete(self) -> bool:
+        """Every domain has a power table (otherwise energies cannot be compared across points)."""
+        return all(d.power_mw is not None for d in self.domains)
+
+    def frame_energy_j(self, freqs: Mapping[str, object], host_busy_ns, device_busy_ns, latency_ns):
+        """Joules of one frame run at ``freqs`` (domain name -> frequency, each in its unit). A
+        domain missing from ``freqs`` is taken at none of its power (a board without that domain)."""
+        busy = {"host": host_busy_ns, "device": device_busy_ns, "frame": latency_ns}
+        total = np.multiply(self.idle_power_mw, latency_ns)
+        for d in self.domains:
+            f = freqs.get(d.name)
+            if f is None:
+                continue
+            total = total + d.power_at(f) * np.asarray(busy[d.busy_with], dtype=float)
+        return total * 1e-12
