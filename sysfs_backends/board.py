@@ -132,6 +132,9 @@ class Simulation(BaseModel):
     # governor holds no request
     boot_cpu_khz: PositiveInt | None = None
     boot_gpu_hz: PositiveInt | None = None
+    # what the virtual board's power monitors really follow, relative to this config's tables: a
+    # factor per domain ("cpu", "gpu", "idle"), or one per OPP (sysfs_backends/virtual/power_files.py)
+    true_power_scale: dict[Literal["cpu", "gpu", "idle"], PositiveFloat | list[PositiveFloat]] = {}
 
 
 class BoardConfig(BaseModel):
@@ -155,6 +158,14 @@ class BoardConfig(BaseModel):
                      if getattr(sim, k) is not None]
             if extra:
                 raise ValueError(f"simulation: {', '.join(extra)} given but the board has no gpu section")
+        for name, scale in (sim.true_power_scale if sim else {}).items():
+            table = {"cpu": self.cpu.inference.frequencies_khz, "gpu": self.gpu.frequencies_hz if self.gpu else None,
+                     "idle": None}[name]
+            if name == "gpu" and table is None:
+                raise ValueError("simulation.true_power_scale: gpu given but the board has no gpu section")
+            if isinstance(scale, list) and (table is None or len(scale) != len(table)):
+                raise ValueError(f"simulation.true_power_scale.{name}: one factor per OPP "
+                                 f"({len(table) if table else 'none for idle'}), got {len(scale)}")
         return self
 
     @property
