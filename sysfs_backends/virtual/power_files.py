@@ -26,10 +26,12 @@ while the config keeps the (deliberately wrong) table the governor starts from. 
 the board total (``VDD_IN``, the battery, ``psys``); sub-rails take their domains' active energy
 plus a fixed share of the idle power (``IDLE_SHARE``: the static power of the parts they feed).
 Time with no frame running is not charged: the model has no idle between frames, and what is
-measured must agree with what is modelled. An instantaneous reading (INA3221, battery current) is
-the mean power since the previous frame was charged, at least over the frame's own duration: a
-monitor averaging over its conversion window, so that integrating readings over time gives back the
-energy charged.
+measured must agree with what is modelled. Counters (RAPL ``energy_uj``, the battery's
+``charge_counter``) therefore carry exactly the frames' energy. An instantaneous reading (INA3221,
+the battery's ``current_now``) is the mean power over the latest frame (a monitor whose averaging
+window is the frame), so reading times the frame's latency is its energy; the files are rewritten
+when a frame runs, not while the board idles, so integrating those readings over wall-clock time
+equals the frames' energy only while frames run back to back.
 """
 
 from __future__ import annotations
@@ -168,15 +170,13 @@ def account_frame(root: Path, state: dict, board: BoardConfig, cpu_khz: int, gpu
     total = float(true.frame_energy_j(cpu_khz, gpu_hz, host_busy_ns, gpu_busy_ns, latency_ns))
     idle = total - active["cpu"] - active["gpu"]
     frame_j = {r: sum(active[d] for d in ACTIVE[r]) + IDLE_SHARE[r] * idle for r in power["energy_uj"]}
-    now = time.monotonic_ns()
-    span_ns = latency_ns if power["wall_ns"] is None else max(now - power["wall_ns"], latency_ns)
-    power["wall_ns"] = now
+    power["wall_ns"] = time.monotonic_ns()
     for r, j in frame_j.items():
         power["energy_uj"][r] += j * 1e6
     if power["kind"] == "battery" and power.get("battery_status", "Discharging") == "Discharging":
         volts = _battery_volts(power)
         power["charge_uah"] -= frame_j["battery"] / (volts * 3.6e-3)
-    _show(root, state, {r: j * 1e3 / (span_ns * 1e-9) for r, j in frame_j.items()})
+    _show(root, state, {r: j * 1e3 / (latency_ns * 1e-9) for r, j in frame_j.items()})
 
 
 def _battery_volts(power: dict) -> float:
