@@ -14,6 +14,9 @@ import threading
 
 from sysfs_backends.power_rails import EnergyMeter, MeterSample, energy_between_samples
 
+WINDOW_NS = 2_000_000_000  # energy per frame is taken over at least this much of the recent past
+BASE_EVERY_NS = 500_000_000  # how often a new window start is kept
+
 
 class PowerTracker:
     """Samples an ``EnergyMeter`` and keeps the latest figures for status."""
@@ -22,26 +25,39 @@ class PowerTracker:
         self.meter = meter
         self.rail = meter.primary.name
         self._lock = threading.Lock()
-        self._base: tuple[MeterSample, int] | None = None  # where the current window starts
+        self._bases: list[tuple[MeterSample, int]] = []  # window starts, oldest first
+        self._prev: tuple[MeterSample, int] | None = None
         self._latest: MeterSample | None = None
         self._per_frame_mj: float | None = None
         self._total_uj = 0.0
         self._total_frames = 0
 
     def sample(self, frames_done: int) -> None:
-        """Read the rails now; ``frames_done``: frames finished so far (any monotone count)."""
+        """Read the rails now; ``frames_done``: frames so far (any count that only grows).
+
+        Energy per frame is over the recent past, from the newest kept start at least
+        ``WINDOW_NS`` old (or the oldest while none is): a counter's resolution (a battery's
+        1 uAh is ~14 mJ) and the frames straddling a sample then weigh little."""
         s = self.meter.sample()
         with self._lock:
             self._latest = s
-            if self._base is not None:
-                base, frames_then = self._base
-                frames = frames_done - frames_then
-                energy_uj = energy_between_samples(base, s, self.rail)
-                if frames > 0 and energy_uj is not None:
-                    self._per_frame_mj = energy_uj / frames / 1e3
-                    self._total_uj += energy_uj
-                    self._total_frames += frames
-            self._base = (s, frames_done)
+            if self._prev is not None:
+                prev, frames_then = self._prev
+                step_uj = energy_between_samples(prev, s, self.rail)
+                if step_uj is None or frames_done < frames_then:  # a gap, or apps evicted: start over
+                    self._bases = []
+                elif frames_done > frames_then:  # totals: intervals with frames only (idle is not a frame's)
+                    self._total_uj += step_uj
+                    self._total_frames += frames_done - frames_then
+            self._prev = (s, frames_done)
+            if not self._bases or s.t_ns - self._bases[-1][0].t_ns >= BASE_EVERY_NS:
+                self._bases.append((s, frames_done))
+            while len(self._bases) > 2 and s.t_ns - self._bases[1][0].t_ns >= WINDOW_NS:
+                self._bases.pop(0)
+            base, frames_then = self._bases[0]
+            energy_uj = energy_between_samples(base, s, self.rail)
+            if frames_done > frames_then and energy_uj is not None:
+                self._per_frame_mj = energy_uj / (frames_done - frames_then) / 1e3
 
     def status(self) -> dict:
         """``power_mw`` of the board rail, ``energy_per_frame_mj`` over the last window with frames,

@@ -127,8 +127,13 @@ def fit_power_tables(samples: list[EnergySample], tables: dict[str, PowerTable],
         s1[present], _ = nnls((Xr @ group)[:, present], yr)
     domain_scale = dict(zip(names, (float(v) for v in s1), strict=True))
     # stage 2: per OPP, with the prior rows sqrt(w) * (s_k - s_domain) = 0
-    prior = np.sqrt(prior_weight) * np.eye(len(cols))
-    target = np.sqrt(prior_weight) * np.array([domain_scale[d] for d, _ in cols])
+    # each prior row weighs like ``prior_weight`` typical samples of its column: in the units of a
+    # sample's relative error, a column's share of the frame energy where it appears
+    seen = Xr > 0
+    share = np.where(seen.any(axis=0), Xr.sum(axis=0) / np.maximum(seen.sum(axis=0), 1), Xr.max(initial=1.0))
+    weight = np.sqrt(prior_weight) * np.maximum(share, 1e-6)
+    prior = np.diag(weight)
+    target = weight * np.array([domain_scale[d] for d, _ in cols])
     s2, _ = nnls(np.vstack([Xr, prior]), np.concatenate([yr, target]))
     scale = {n: np.array([s2[i] for i, (d, _) in enumerate(cols) if d == n]) for n in names}
     counts = {d: (X[:, [i for i, c in enumerate(cols) if c[0] == d]] > 0).sum(axis=0) for d in names}
