@@ -11,7 +11,6 @@ run as a virtual board.
 from __future__ import annotations
 
 import re
-from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -179,6 +178,9 @@ class Simulation(BaseModel):
     # governor holds no request
     boot_cpu_khz: PositiveInt | None = None
     boot_gpu_hz: PositiveInt | None = None
+    # what the virtual board's power monitors really follow, relative to this config's tables: a
+    # factor per domain ("cpu", "gpu", "idle"), or one per OPP (sysfs_backends/virtual/power_files.py)
+    true_power_scale: dict[Literal["cpu", "gpu", "idle"], PositiveFloat | list[PositiveFloat]] = {}
 
 
 class BoardConfig(BaseModel):
@@ -203,11 +205,21 @@ class BoardConfig(BaseModel):
                      if getattr(sim, k) is not None]
             if extra:
                 raise ValueError(f"simulation: {', '.join(extra)} given but the board has no gpu section")
+        for name, scale in (sim.true_power_scale if sim else {}).items():
+            table = {"cpu": self.cpu.inference.frequencies_khz, "gpu": self.gpu.frequencies_hz if self.gpu else None,
+                     "idle": None}[name]
+            if name == "gpu" and table is None:
+                raise ValueError("simulation.true_power_scale: gpu given but the board has no gpu section")
+            if isinstance(scale, list) and (table is None or len(scale) != len(table)):
+                raise ValueError(f"simulation.true_power_scale.{name}: one factor per OPP "
+                                 f"({len(table) if table else 'none for idle'}), got {len(scale)}")
         return self
 
-    @cached_property
+    @property
     def domains(self) -> list[DomainSpec]:
-        """The board's frequency domains in order: CPU (the inference policy), GPU, memory."""
+        """The board's frequency domains in order: CPU (the inference policy), GPU, memory. Built on
+        each call, not cached: a board copied with other tables (``model_copy``) must not keep the
+        original's domains."""
         pol = self.cpu.inference
         out = [DomainSpec(
             name="cpu", kind="cpufreq", node=self.cpu.inference_policy, unit="kHz",
@@ -249,7 +261,7 @@ class BoardConfig(BaseModel):
         the kernel's unit; the estimator's grid and the governor's choices are over these."""
         return {d.name: list(d.frequencies) for d in self.domains}
 
-    @cached_property
+    @property
     def energy(self) -> EnergyModel:
         return EnergyModel(self.domains, self.idle_power_mw)
 

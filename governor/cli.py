@@ -919,6 +919,10 @@ def status(ctx: click.Context, board: str | None, socket_path: str | None, backe
                    f"({'connected' if st['backend_connected'] else 'DISCONNECTED'}), cpu {st['cpu_khz']} kHz, "
                    + (f"gpu {st['gpu_hz']} Hz" if st.get("gpu_hz") is not None else "no gpu")
                    + f"{' (capped)' if st['capped'] else ''}, {st['in_flight']} frames in flight")
+        if st.get("power_rail"):
+            per_frame = st.get("energy_per_frame_mj")
+            click.echo(f"  measured ({st['power_rail']} rail): {st.get('power_mw')} mW"
+                       + (f", {per_frame} mJ per frame" if per_frame is not None else ", no frame measured yet"))
         for name, m in st["models"].items():
             click.echo(f"  model {name}: correction x{m['correction']}, host slowdown x{m['host_slowdown']}")
         for app, a in st["apps"].items():
@@ -943,6 +947,9 @@ def status(ctx: click.Context, board: str | None, socket_path: str | None, backe
         click.echo(f"    current {s.cur} {d.unit}, limits {s.min}..{s.max} {d.unit} "
                    f"(hardware {d.hw_min}..{d.hw_max})")
         click.echo(f"    table ({len(d.frequencies)}): {' '.join(map(str, d.frequencies))}")
+    for r in found.rails:
+        click.echo(f"  power rail {r.name}: {r.kind}, covers {'+'.join(r.covers)}, "
+                   f"{'energy counter' if r.quantity == 'energy' else 'instantaneous power'} ({r.source})")
     for note in found.notes:
         click.echo(f"  note: {note}")
 

@@ -37,6 +37,7 @@ from dvfs_schema.board import BoardConfig
 from estimator.model import Estimator
 from governor.config import GovernorSettings
 from governor.correction import HOST_LEVELS, Correction
+from governor.measured_power import PowerTracker
 from governor.recording import FrameRecord, RunRecorder
 from sysfs_backends.base import Backend, BackendUnavailable
 
@@ -156,6 +157,7 @@ class Governor:
         # caller waits, as a plain function call would.
         self.write_wait_s: float | None = None
         self.last_frame_at = time.monotonic()
+        self._power: PowerTracker | None = None  # the board's power rails, where it has any
         self._check_tables()
 
     # ---- set-up ------------------------------------------------------------------------
@@ -192,6 +194,9 @@ class Governor:
         self._transition_ms = {d: info[d].transition_latency_ns / 1e6 for d in info}
         if list(info["cpu"].frequencies) != self.tables[0].tolist():
             log.warning("the board's CPU table differs from the estimators'; the kernel will round")
+        meter = self.backend.power_meter()
+        self._power = PowerTracker(meter) if meter is not None else None
+        self._sample_power()
         state = self.backend.state()
         self._cur = self._read_point(state)
         self._target = self._cur
@@ -474,6 +479,7 @@ class Governor:
             state = self.backend.state()
         except BackendUnavailable:
             return
+        self._sample_power()
         eff = self._read_point(state)
         with self._lock:
             if eff != self._cur:
@@ -687,6 +693,20 @@ class Governor:
         cpu, gpu = self._as_decision(self._cur)
         return {"cpu_khz": cpu, "gpu_hz": gpu}
 
+    def _sample_power(self) -> None:
+        """Sample the power rails (on the I/O thread, with the state re-read)."""
+        if self._power is None:
+            return
+        try:
+            self._power.sample(sum(st.frames for st in self._apps.values()))
+        except (BackendUnavailable, OSError) as exc:
+            log.debug("power rails not sampled: %s", exc)
+
+    def measured_power(self) -> dict:
+        """Measured power (mW) and energy per frame (mJ) from the board's rails as of the last
+        sample; {} where the board has none. Never does I/O: status must answer at once."""
+        return self._power.status() if self._power is not None else {}
+
     def status(self) -> dict:
         with self._lock:
             models = {}
@@ -707,4 +727,5 @@ class Governor:
                 "in_flight": len(self._frames),
                 "backend": self.backend.name,
                 "backend_connected": self.backend.connected,
+                **self.measured_power(),
             }

@@ -117,6 +117,7 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
             gpu = f"gpu {st['gpu_hz'] // 1_000_000} MHz" if st["gpu_hz"] is not None else "no gpu"
             say(f"[{time.monotonic() - t0:5.1f}s] {phase:28s} cpu {st['cpu_khz']} kHz, {gpu} | {apps}")
             time.sleep(1.0)
+        measured = status_client.status()  # the rails' totals, before the daemon stops
         status_client.close()
         kernel.force_thermal_cap(None)
         kernel.set_background_load(0.0)
@@ -138,6 +139,7 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
                 "energy_j": round(sum(f.energy_j for f in frames), 4),
                 "baselines": all_baselines(board, sim, frames),
             })
+        out["measured"] = measured_vs_modelled(measured, out["apps"])
         return out
     finally:
         for p in procs:
@@ -152,6 +154,19 @@ def run_demo(board_name: str = "sd888_phone", duration_s: float = 20.0,
         shutil.rmtree(work, ignore_errors=True)
 
 
+def measured_vs_modelled(status: dict, apps: list[dict]) -> dict | None:
+    """The board rail's energy per frame over the run (all apps share the board, so one figure),
+    beside the energy model's for the same frames; None where the board has no power rail."""
+    if not status.get("power_rail") or not status.get("measured_frames"):
+        return None
+    modelled_j = sum(a["energy_j"] for a in apps)
+    frames = sum(a["frames"] for a in apps)
+    return {"rail": status["power_rail"],
+            "energy_per_frame_mj": round(status["measured_energy_j"] / status["measured_frames"] * 1e3, 3),
+            "modelled_energy_per_frame_mj": round(modelled_j / max(frames, 1) * 1e3, 3),
+            "frames_measured": status["measured_frames"], "frames": frames}
+
+
 def format_table(result: dict) -> str:
     lines = [f"{'app':10s} {'policy':12s} {'frames':>7s} {'late':>6s} {'miss %':>7s} {'energy J':>9s} {'vs perf':>8s}"]
     for a in result["apps"]:
@@ -162,6 +177,10 @@ def format_table(result: dict) -> str:
             lines.append(f"{a['app']:10s} {name:12s} {frames:7d} {misses:6d} "
                          f"{100 * misses / max(frames, 1):6.2f}% {energy:9.3f} "
                          f"{100 * (energy / perf - 1):+7.1f}%")
+    m = result.get("measured")
+    if m:
+        lines.append(f"measured on the {m['rail']} rail: {m['energy_per_frame_mj']} mJ per frame over "
+                     f"{m['frames_measured']} frames; energy model: {m['modelled_energy_per_frame_mj']} mJ")
     return "\n".join(lines)
 
 

@@ -55,9 +55,20 @@ def snapshot(status: dict[str, Any], fps: dict[str, float | None]) -> dict[str, 
            "in_flight": status.get("in_flight", 0), "apps": apps,
            "models": {m: {"correction": v.get("correction"), "host_slowdown": v.get("host_slowdown"),
                           "samples": v.get("samples")} for m, v in status.get("models", {}).items()}}
-    if status.get("power_mw") is not None:  # no backend measures power yet; shown only when one does
+    if status.get("power_mw") is not None:  # shown only where the board has power rails
         out["power_mw"] = status["power_mw"]
+        out["power_rail"] = status.get("power_rail")
+    if status.get("energy_per_frame_mj") is not None:
+        out["energy_per_frame_mj"] = status["energy_per_frame_mj"]
     return out
+
+
+def _power(snap: dict[str, Any]) -> str:
+    """Measured power (and energy per frame) where the board has rails: '' otherwise."""
+    if "power_mw" not in snap:
+        return ""
+    per_frame = f", {snap['energy_per_frame_mj']} mJ/frame" if "energy_per_frame_mj" in snap else ""
+    return f"power {snap['power_mw']} mW{per_frame}"
 
 
 def _freqs(snap: dict[str, Any]) -> str:
@@ -78,7 +89,7 @@ def plain_line(snap: dict[str, Any]) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
     flags = "".join([" capped" if snap["capped"] else "", " released" if snap["released"] else "",
                      "" if snap["backend_connected"] is not False else " DISCONNECTED"])
-    power = f" power {snap['power_mw']} mW" if "power_mw" in snap else ""
+    power = f" {_power(snap)}" if "power_mw" in snap else ""
     apps = "; ".join(f"{app} fps {_fps(a['fps'])} frames {a['frames']} misses {a['misses']} "
                      f"infeasible {a['infeasible']} failed {a['failed']}" for app, a in snap["apps"].items())
     return f"{stamp} {_freqs(snap)}{flags}{power} | {apps or 'no apps'}"
@@ -90,7 +101,7 @@ def screen(snap: dict[str, Any], source: str) -> str:
              f"{'' if snap['backend_connected'] is not False else ' (DISCONNECTED)'}",
              f"frequencies: {_freqs(snap)}   caps: {'thermal/user cap in force' if snap['capped'] else 'none'}"
              f"{'   (released: domains handed back while idle)' if snap['released'] else ''}"
-             + (f"   power: {snap['power_mw']} mW" if "power_mw" in snap else ""),
+             + (f"   measured {_power(snap)} ({snap.get('power_rail')})" if "power_mw" in snap else ""),
              f"frames in flight: {snap['in_flight']}", "",
              f"{'APP':16s} {'FPS':>7s} {'FRAMES':>8s} {'MISSES':>7s} {'INFEAS':>7s} {'FAILED':>7s}  CORRECTION"]
     for app, a in snap["apps"].items():

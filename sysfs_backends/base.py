@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from sysfs_backends.power_rails import EnergyMeter, RailInfo
+
 DomainName = Literal["cpu", "gpu"]
 
 
@@ -64,6 +66,7 @@ class Discovery(BaseModel):
     board: str
     domains: dict[str, DomainInfo]
     states: dict[str, DomainState]
+    rails: list[RailInfo] = []  # measured power rails (sysfs_backends/power_rails.py), if any
     notes: list[str] = []
 
 
@@ -121,6 +124,10 @@ class Backend(ABC):
     @abstractmethod
     def restore(self) -> list[str]:
         """Put the saved settings back; returns what was done, for people."""
+
+    def power_meter(self) -> EnergyMeter | None:
+        """The board's measured power rails behind one meter; None where it has none."""
+        return None
 
     def recover_crashed(self) -> list[str]:
         """Restore what an earlier run saved but never put back (it was killed); [] if none."""

@@ -41,6 +41,7 @@ from pydantic import BaseModel
 from dvfs_schema.board import BoardConfig
 from dvfs_schema.domains import round_to_table
 from sysfs_backends.base import ApplyResult, Backend, BackendError, Discovery, DomainInfo, DomainState
+from sysfs_backends.power_rails import EnergyMeter, discover_rails
 from sysfs_backends.state_file import (
     BoardBusy,
     Ownership,
@@ -152,6 +153,7 @@ class SysfsBackend(Backend):
         self._owner = Ownership(self.state_file, board_lock) if self.state_file else None
         self.target: str | None = None  # which board this is (tree or phone), checked against state files
         self.notes: list[str] = []
+        self._meter: EnergyMeter | None = None
 
     # ---- transport helpers ----------------------------------------------------------
     def _batch(self, ops: list) -> list[OpResult]:
@@ -276,8 +278,18 @@ class SysfsBackend(Backend):
 
     def discover(self) -> Discovery:
         info = self.domains()
-        return Discovery(backend=self.name, board=self.board.name, domains=info,
-                         states=self.state(), notes=list(self.notes))
+        meter = self.power_meter()
+        return Discovery(backend=self.name, board=self.board.name, domains=info, states=self.state(),
+                         rails=[r.info for r in meter.rails] if meter else [], notes=list(self.notes))
+
+    def power_meter(self) -> EnergyMeter | None:
+        """The power rails the transport's tree shows (INA3221, battery, RAPL), discovered once;
+        None where there are none (the notes say what was found but cannot be read)."""
+        if self._meter is None:
+            rails, notes = discover_rails(self.transport)
+            self.notes.extend(notes)
+            self._meter = EnergyMeter(self.transport, rails)
+        return self._meter if self._meter.rails else None
 
     # ---- reading --------------------------------------------------------------------
     def state(self) -> dict[str, DomainState]:

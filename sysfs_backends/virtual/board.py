@@ -32,6 +32,7 @@ from dvfs_schema.domains import round_to_table as _resolve_up
 from dvfs_schema.workload import ModelSpec
 from sysfs_backends.linux import LinuxBackend
 from sysfs_backends.sysfs import CPUFREQ_DIR, DEVFREQ_DIR, KGSL_DIR
+from sysfs_backends.virtual import power_files
 from sysfs_backends.virtual.simulator import Simulator
 
 STATE = ".virtual/state.json"
@@ -101,6 +102,7 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
     state = {"domains": domains, "faults": {}, "options": options,
              "thermal": {"temp_c": AMBIENT_C, "capped": False, "forced": None},
              "background_load": 0.0}
+    power_files.build(root, board, state)  # the board's power monitors, fed by run_frame
     (root / STATE).write_text(json.dumps(state))
     (root / LOCK).touch()
     kernel = VirtualKernel(root)
@@ -450,6 +452,8 @@ class VirtualKernel:
             res = sim.run(cpu, gpu, context_len, rng, host_slowdown=1.0 + load)
             latency = float(res.latency_ns[0]) + transition
             energy = float(board.frame_energy_j(cpu, gpu, res.host_busy_ns[0], res.gpu_busy_ns[0], latency))
+            power_files.account_frame(self.root, state, board, cpu, gpu, res.host_busy_ns[0], res.gpu_busy_ns[0],
+                                      latency)
             dt = max(period_s or 0.0, latency * 1e-9)
             self._update_thermal(state, energy / dt if dt > 0 else 0.0, dt)
         return FrameResult(latency, energy, cpu, gpu, float(res.host_busy_ns[0]),
