@@ -34,7 +34,8 @@ inline float burn(float v, int extra) {
 inline float traffic(float v, __global const float4* sink, uint mask, uint mem_total, uint mem_off) {
     if (mem_total == 0) return v;
     uint n = (uint)(get_global_size(0) * get_global_size(1) * get_global_size(2));
-    uint lin = (uint)(get_global_id(0) + get_global_size(0) * (get_global_id(1) + get_global_size(1) * get_global_id(2)));
+    uint lin = (uint)(get_global_id(0)
+                      + get_global_size(0) * (get_global_id(1) + get_global_size(1) * get_global_id(2)));
     float4 s = (float4)(0.0f);
     for (uint i = lin; i < mem_total; i += n) s += sink[(mem_off + i) & mask];
     float t = s.x + s.y + s.z + s.w;
