@@ -178,17 +178,21 @@ class ModelRunner:
             return cl.Buffer(self.ctx, MF.READ_ONLY | MF.COPY_HOST_PTR, hostbuf=host), host
         return cl.Buffer(self.ctx, MF.READ_WRITE, size), None
 
-    def _ring(self) -> None:
-        """Allocate the device ring the emulated memory clock reads (see kernels.py), zero-filled
-        once so that its pages are committed before anything is timed."""
-        if self._sink is not None:
-            return
+    def _ring(self, float4s: int = 0) -> None:
+        """Allocate the device ring the emulated memory clock reads (see kernels.py), written once
+        so that its pages are committed before anything is timed. It holds at least twice what one
+        launch reads, so no launch wraps onto lines it has just read (they would hit in cache)."""
         size = SINK_BYTES
-        while size > 2**20 and size > self.device.global_mem_size // 8:
-            size //= 2
-        self._sink = cl.Buffer(self.ctx, MF.READ_WRITE, size)
-        cl.enqueue_fill_buffer(self.queue, self._sink, np.float32(0), 0, size).wait()
+        while size < 32 * float4s:
+            size *= 2
+        size = min(size, max(2**20, 1 << (self.device.global_mem_size // 4).bit_length() - 1))
+        if self._sink is not None and size <= self._sink_floats * 4:
+            return
+        # non-zero contents: a device may compress or short-cut runs of zeros
+        ramp = (np.arange(size // 4, dtype=np.uint32) % 65521).astype(np.float32)
+        self._sink = cl.Buffer(self.ctx, MF.READ_ONLY | MF.COPY_HOST_PTR, hostbuf=ramp)
         self._sink_floats = size // 4
+        self._sink_off = 0
 
     def _launcher(self, name: str, gsize: tuple[int, ...], *args, ctx_arg: int | None = None):
         """A kernel with its arguments bound once (as runtimes do); the call sets only ``extra``,
@@ -217,13 +221,13 @@ class ModelRunner:
             return cl.enqueue_nd_range_kernel(q, kernel, gsize, None)
         return run
 
-    def _mem_traffic(self, floats: int) -> int:
-        """Claim ``floats`` of the device ring for one launch; returns where its reads start. The
+    def _mem_traffic(self, float4s: int) -> int:
+        """Claim ``float4s`` (16 bytes each) of the device ring for one launch; returns where its reads start. The
         offset moves on by what each launch reads, so a launch never finds the previous ones'
         lines in cache (the ring is larger than the caches)."""
-        self._ring()
+        self._ring(float4s)
         off = self._sink_off
-        self._sink_off = (off + floats) % (self._sink_floats // 4)
+        self._sink_off = (off + float4s) % (self._sink_floats // 4)
         return off
 
     def _host_traffic(self, nbytes: float) -> None:
