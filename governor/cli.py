@@ -640,7 +640,12 @@ def devices(as_json: bool) -> None:
               help="with --no-dvfs and no --board: the CPU frequency to record")
 @click.option("--gpu-hz", type=click.IntRange(min=0),
               help="with --no-dvfs and no --board: the GPU frequency to record")
-@click.option("-n", "--points", default=5, show_default=True, type=click.IntRange(min=1), help="planned pairs")
+@click.option("--mem-hz", type=click.IntRange(min=1),
+              help="with --no-dvfs and no --board: the memory level in force to record (adds the memory domain)")
+@click.option("-n", "--points", type=click.IntRange(min=1),
+              help="planned points (default: 5 pairs; 7 triples on a board with a memory domain)")
+@click.option("--end-to-end", is_flag=True,
+              help="time only the whole inference (runs with layers: []), as for a runtime that cannot be traced")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0))
 @click.option("--context-len", "context_lens", type=click.IntRange(min=0), multiple=True,
@@ -655,7 +660,8 @@ def devices(as_json: bool) -> None:
 @mode_option
 def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: str, virtual_root: str | None,
             state_file: str | None, adb_address: str | None, no_dvfs: bool, cpu_khz: int | None,
-            gpu_hz: int | None, points: int, repeats: int, warmup: int, context_lens: tuple[int, ...],
+            gpu_hz: int | None, mem_hz: int | None, points: int | None, end_to_end: bool, repeats: int,
+            warmup: int, context_lens: tuple[int, ...],
             device_pref: str | None, local_device_for_remote: bool, allow_other_managers: bool, output: str,
             file_mode: int) -> None:
     """Profile MODEL as real OpenCL kernels at the planned frequency pairs; writes the profile format.
@@ -664,6 +670,7 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
     frequencies are set must be this machine: a phone driven over ADB would have its frequencies
     recorded against timings that never ran on it.
     """
+    from governor.profiler.plan3 import plan_roofline
     from governor.profiler.runner import DeviceError, ModelRunner, select_device
     from governor.profiler.sweep import Point, sweep
     from sysfs_backends.lifecycle import restoring
@@ -701,17 +708,29 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
                 if found:
                     backend.close()
                     _fail(refusal(found, f"board {cfg.name!r}"))
+        # a memory domain: the board's (BoardConfig.memory, once boards have one) or, without DVFS, --mem-hz
+        memory = getattr(cfg, "memory", None) if board else None
+        mem_table = list(memory.frequencies_hz) if memory is not None else None
         if no_dvfs or backend is None:
             if backend is not None:
                 st = backend.state()
                 cpu_khz, gpu_hz = st["cpu"].cur, st["gpu"].cur if "gpu" in st else 0
+                mem_hz = st["mem"].cur if "mem" in st else mem_hz
             if cpu_khz is None or gpu_hz is None:
                 _fail("without --board, give --no-dvfs with --cpu-khz and --gpu-hz (the frequencies in force)")
-            pairs, cpu_table, gpu_table, backend = [Point(cpu_khz, gpu_hz)], [cpu_khz], [gpu_hz], None
+            pairs, cpu_table, gpu_table, backend = [Point(cpu_khz, gpu_hz, mem_hz=mem_hz)], [cpu_khz], [gpu_hz], None
+            mem_table = [mem_hz] if mem_hz is not None else None
         else:
+            if mem_hz is not None:
+                _fail("--mem-hz records the memory level in force and goes with --no-dvfs; with DVFS the "
+                      "board's memory table (if it has one) is planned")
             cpu_table = cfg.cpu.inference.frequencies_khz
             gpu_table = cfg.gpu.frequencies_hz if cfg.gpu else [0]
-            pairs = [Point(c, g) for c, g in plan_points(cpu_table, gpu_table, points)]
+            if mem_table:
+                pairs = [Point(c, g, mem_hz=m) for c, g, m in plan_roofline(cpu_table, gpu_table, mem_table,
+                                                                           points or 7)]
+            else:
+                pairs = [Point(c, g) for c, g in plan_points(cpu_table, gpu_table, points or 5)]
         dev, skipped = select_device(device_pref)
         for s in skipped:
             click.echo(f"note: skipped OpenCL device {s}", err=True)
@@ -722,10 +741,10 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
             if backend is not None:
                 with restoring(backend):
                     result = sweep(runner, pairs, cpu_table, gpu_table, dev.name.strip(), repeats, warmup,
-                                   ctx, backend, bar.update)
+                                   ctx, backend, bar.update, mem_table, end_to_end)
             else:
                 result = sweep(runner, pairs, cpu_table, gpu_table, dev.name.strip(), repeats, warmup,
-                               ctx, None, bar.update)
+                               ctx, None, bar.update, mem_table, end_to_end)
     except (ConfigError, BackendError, DeviceError, OSError, ValueError) as exc:
         _fail(describe_error(exc))
     for note in result.notes:
@@ -733,9 +752,10 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
     if not result.profile["runs"]:
         _fail("nothing was measured")
     storage.write_atomic(output, json.dumps(result.profile), file_mode)
-    al = result.profile["clock_alignment"]
-    click.echo(f"{len(result.profile['runs'])} runs -> {output} (clock alignment +/- {al['uncertainty_ns']} ns, "
-               f"{al['clamped_intervals']} intervals clamped)")
+    al = result.profile.get("clock_alignment")
+    click.echo(f"{len(result.profile['runs'])} runs -> {output} " + (
+        f"(clock alignment +/- {al['uncertainty_ns']} ns, {al['clamped_intervals']} intervals clamped)" if al
+        else "(end to end: whole-inference latencies only)"))
     if result.interrupted:
         sys.exit(130)
 

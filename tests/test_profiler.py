@@ -16,6 +16,7 @@ from dvfs_schema.workload import ModelSpec
 from estimator.model import Estimator
 from estimator.profile import parse_profile
 from governor.profiler import kernels
+from governor.profiler.plan3 import plan_roofline
 from governor.profiler.runner import DeviceError, ModelRunner, select_device
 from governor.profiler.sweep import Point, sweep
 
@@ -90,10 +91,13 @@ def test_profile_is_valid_and_physically_consistent(device, spec_dict, contexts)
     assert np.all(np.isfinite(grid.latency_ms)) and np.all(grid.latency_ms > 0)
 
 
-def test_every_kernel_matches_numpy(device):
+@pytest.mark.parametrize("scales", [{}, {"gpu_scale": 2.0, "mem_scale": 2.5}], ids=["plain", "emulated"])
+def test_every_kernel_matches_numpy(device, scales):
+    """Results are the model's, with or without emulated clocks (extra arithmetic and traffic
+    never change what a kernel writes)."""
     spec = ModelSpec.model_validate({**LM, "layers": CNN["layers"] + LM["layers"]})
     runner = ModelRunner(spec, device, max_context=48)
-    runner.run(context_len=30)
+    runner.run(context_len=30, **scales)
     layers = spec.flat_layers()
     checked = set()
     for i, (layer, built) in enumerate(zip(layers, runner.layers, strict=True)):
@@ -138,7 +142,7 @@ def test_emulated_slowdowns_stretch_the_right_side(device):
     seen = []
     for layer in runner.layers:
         launch = layer.run
-        layer.run = lambda extra, ctx, launch=launch: (seen.append(extra), launch(extra, ctx))[1]
+        layer.run = lambda extra, ctx, *mem, launch=launch: (seen.append(extra), launch(extra, ctx, *mem))[1]
     runner.run(gpu_scale=4.0)
     assert seen == [int(round(3.0 * 2 * 16 * 9 / 2))] * 20  # (k - 1) x (2 cin k^2) / 2 FMAs
     seen.clear()
@@ -149,6 +153,74 @@ def test_emulated_slowdowns_stretch_the_right_side(device):
         return min(sum(x.cpu_end_ns - x.cpu_start_ns for x in runner.run(**kw).layers) for _ in range(5))
 
     assert host_ns(cpu_scale=3.0) > 1.5 * host_ns()
+
+
+def test_emulated_memory_clock_slows_bandwidth_bound_kernels_more(device):
+    """A memory at f/k: every kernel reads (k - 1) x its own bytes more, with its arithmetic
+    unchanged; a streaming add slows by far more than a convolution doing ~1000 FLOPs per output."""
+    streaming = ModelSpec.model_validate({"name": "bw", "kind": "cnn", "layers": [
+        {"repeat": 4, "layers": [{"name": "add", "op": "elementwise", "n": 1 << 19}]}]})
+    compute = ModelSpec.model_validate({"name": "cb", "kind": "cnn", "layers": [
+        {"repeat": 4, "layers": [{"name": "c", "op": "conv", "h": 8, "w": 8, "cin": 64, "cout": 32, "k": 3}]}]})
+
+    def device_ns(runner, **kw):  # the least noisy of a few runs: total kernel time
+        return min(sum(x.gpu_end_ns - x.gpu_start_ns for x in runner.run(**kw).layers) for _ in range(5))
+
+    slowdown = {}
+    for name, spec in (("streaming", streaming), ("compute", compute)):
+        runner = ModelRunner(spec, device)
+        runner.run(mem_scale=4.0)  # allocate and touch the ring before timing
+        slowdown[name] = device_ns(runner, mem_scale=4.0) / device_ns(runner)
+    assert slowdown["streaming"] > 2.0, slowdown
+    assert slowdown["compute"] < 1.5, slowdown
+    assert slowdown["streaming"] > 2 * slowdown["compute"], slowdown
+
+
+def test_roofline_plan_covers_each_domain_and_the_corners():
+    cpu, gpu, mem = [500_000, 1_000_000, 2_000_000], [100, 200, 300, 400], [1_000, 2_000, 4_000]
+    plan = plan_roofline(cpu, gpu, mem)
+    assert len(plan) == 7 == len(set(plan))
+    assert plan[:6] == [(2_000_000, 400, 4_000), (500_000, 400, 4_000), (2_000_000, 100, 4_000),
+                        (2_000_000, 400, 1_000), (2_000_000, 100, 1_000), (500_000, 100, 1_000)]
+    assert plan[6] == (1_000_000, 300, 2_000)  # the centre
+    assert plan_roofline(cpu, gpu, mem, 8)[7] == (500_000, 400, 1_000)
+    more = plan_roofline(cpu, gpu, mem, 12)
+    assert len(set(more)) == 12 and more[:8] == plan_roofline(cpu, gpu, mem, 8)
+    assert len(plan_roofline([1], [2], [3], 7)) == 1  # one-level tables: one point, no duplicates
+    with pytest.raises(ValueError, match="mem_hz"):
+        plan_roofline(cpu, gpu, [])
+
+
+def test_three_domain_sweep_writes_the_memory_extension(device):
+    """A sweep over (cpu, gpu, mem) with emulated clocks: the profile carries frequencies.mem_hz
+    and every run's mem_hz, and keeps every rule of the two-domain format."""
+    spec = ModelSpec.model_validate(DETECTOR)
+    runner = ModelRunner(spec, device)
+    cpu, gpu, mem = [1_000_000, 2_000_000], [100, 200], [800, 1_600, 3_200]
+    points = [Point(c, g, cpu_scale=cpu[-1] / c, gpu_scale=gpu[-1] / g, mem_hz=m, mem_scale=mem[-1] / m)
+              for c, g, m in plan_roofline(cpu, gpu, mem)]
+    prof = sweep(runner, points, cpu, gpu, "pocl", repeats=2, warmup=1, mem_table=mem).profile
+    prof = json.loads(json.dumps(prof))  # what is written is what is checked
+    assert prof["frequencies"]["mem_hz"] == mem
+    assert len(prof["runs"]) == 2 * 7
+    assert [r["mem_hz"] for r in prof["runs"][::2]] == [p.mem_hz for p in points]
+    assert all(r["mem_hz"] in mem and r["layers"] for r in prof["runs"])
+    parse_profile(prof)  # every other rule of the format holds
+    with pytest.raises(ValueError, match="mem_hz"):
+        sweep(runner, [Point(1_000_000, 100)], cpu, gpu, "pocl", mem_table=mem)
+    with pytest.raises(ValueError, match="memory table"):
+        sweep(runner, points[:1], cpu, gpu, "pocl")
+
+
+def test_end_to_end_sweep_times_whole_inferences_only(device):
+    runner = ModelRunner(ModelSpec.model_validate(DETECTOR), device)
+    prof = sweep(runner, [Point(1_000_000, 100), Point(2_000_000, 200, cpu_scale=3.0)],
+                 [1_000_000, 2_000_000], [100, 200], "pocl", repeats=3, warmup=1, end_to_end=True).profile
+    assert [r["layers"] for r in prof["runs"]] == [[]] * 6
+    assert "clock_alignment" not in prof and "end to end" in prof["timing"]
+    slow = min(r["latency_ns"] for r in prof["runs"][3:])
+    fast = min(r["latency_ns"] for r in prof["runs"][:3])
+    assert slow > 1.5 * fast  # the timer sees the (emulated) slower CPU
 
 
 def run_cli(*args, **kw):
@@ -181,6 +253,20 @@ def phone(tmp_path):
     vb = VirtualBoard(tmp_path / "tree", load_board("sd888_phone"))
     with VirtualAdbDevice(vb.root) as dev:
         yield vb, dev
+
+
+def test_profile_cli_end_to_end_with_memory_level(tmp_path):
+    out = run_cli("profile", "--model", write_spec(tmp_path, DETECTOR), "--no-dvfs", "--cpu-khz", 1_800_000,
+                  "--gpu-hz", 600_000_000, "--mem-hz", 2_133_000_000, "--end-to-end", "--repeats", 3,
+                  "--warmup", 1, "-o", tmp_path / "e2e.json")
+    assert out.returncode == 0, out.stderr
+    assert "end to end" in out.stdout
+    prof = json.loads((tmp_path / "e2e.json").read_text())
+    assert prof["frequencies"] == {"cpu_khz": [1_800_000], "gpu_hz": [600_000_000], "mem_hz": [2_133_000_000]}
+    assert len(prof["runs"]) == 3
+    for run in prof["runs"]:
+        assert run["layers"] == [] and run["latency_ns"] > 0
+        assert (run["cpu_khz"], run["gpu_hz"], run["mem_hz"]) == (1_800_000, 600_000_000, 2_133_000_000)
 
 
 def profile_args(tmp_path, dev, model: Path, repeats: int):

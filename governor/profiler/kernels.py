@@ -1,11 +1,18 @@
 """OpenCL kernels for the layers of configs/models/*.yaml, and numpy references for each.
 
 Straightforward kernels (one work-item per output element), fp32, with real shapes. Every kernel
-takes ``extra``: additional dependent arithmetic per work-item (applied once per work-item, to one
-of its outputs), which the caller makes proportional to the item's own work; memory traffic is
-unchanged. ``extra = 0`` is the plain kernel; the validation on a GPU whose
-clocks may not be touched uses ``extra`` to emulate a slower GPU clock (a GPU at f/k does k times
-the arithmetic time for the same bytes).
+takes two knobs that emulate slower clocks on a device whose clocks may not be touched (the lent
+GPU), each leaving the other side of the roofline alone:
+
+* ``extra``: additional dependent arithmetic per work-item (applied once per work-item, to one of
+  its outputs), which the caller makes proportional to the item's own work; memory traffic is
+  unchanged. A GPU at f/k does k times the arithmetic time for the same bytes.
+* ``mem_total``: additional bytes read (in 16-byte float4s), spread over the work-items and coalesced across them, from
+  ``sink``, a buffer larger than the device's caches, starting at ``mem_off`` (the caller rotates it
+  so that no launch finds the previous one's lines in cache); arithmetic is unchanged. A memory at
+  f/k moves the kernel's bytes k times slower, which costs what moving k times the bytes does.
+
+``extra = 0`` and ``mem_total = 0`` is the plain kernel.
 """
 
 from __future__ import annotations
@@ -20,8 +27,26 @@ inline float burn(float v, int extra) {
     return (extra > 0 && b == 3.0e38f) ? b : v;
 }
 
+// Extra memory traffic that the compiler cannot drop: `mem_total` float4s (16 bytes each) of
+// `sink` (mask + 1 of them, a power of two) read from `mem_off` on, exactly: item i of n takes
+// i, i + n, i + 2n, ... below mem_total, so that neighbours read neighbouring bytes as real kernels
+// do (a GPU coalesces them); returns `v` unchanged.
+inline float traffic(float v, __global const float4* sink, uint mask, uint mem_total, uint mem_off) {
+    if (mem_total == 0) return v;
+    uint n = (uint)(get_global_size(0) * get_global_size(1) * get_global_size(2));
+    uint lin = (uint)(get_global_id(0)
+                      + get_global_size(0) * (get_global_id(1) + get_global_size(1) * get_global_id(2)));
+    float4 s = (float4)(0.0f);
+    for (uint i = lin; i < mem_total; i += n) s += sink[(mem_off + i) & mask];
+    float t = s.x + s.y + s.z + s.w;
+    return (t == 3.0e38f) ? t : v;
+}
+
+#define EMU_ARGS int extra, __global const float4* sink, uint mask, uint mem_total, uint mem_off
+#define FINISH(v) traffic(burn((v), extra), sink, mask, mem_total, mem_off)
+
 __kernel void conv(__global const float* x, __global const float* wt, __global float* y,
-                   int cin, int hin, int win, int cout, int h, int w, int k, int stride, int extra) {
+                   int cin, int hin, int win, int cout, int h, int w, int k, int stride, EMU_ARGS) {
     int ox = get_global_id(0), oy = get_global_id(1), oc = get_global_id(2);
     if (ox >= w || oy >= h || oc >= cout) return;
     int pad = k / 2;
@@ -36,11 +61,11 @@ __kernel void conv(__global const float* x, __global const float* wt, __global f
                 acc += x[(c * hin + iy) * win + ix] * wt[((oc * cin + c) * k + ky) * k + kx];
             }
         }
-    y[(oc * h + oy) * w + ox] = burn(acc, extra);
+    y[(oc * h + oy) * w + ox] = FINISH(acc);
 }
 
 __kernel void dwconv(__global const float* x, __global const float* wt, __global float* y,
-                     int c_, int hin, int win, int h, int w, int k, int stride, int extra) {
+                     int c_, int hin, int win, int h, int w, int k, int stride, EMU_ARGS) {
     int ox = get_global_id(0), oy = get_global_id(1), c = get_global_id(2);
     if (ox >= w || oy >= h || c >= c_) return;
     int pad = k / 2;
@@ -54,30 +79,30 @@ __kernel void dwconv(__global const float* x, __global const float* wt, __global
             acc += x[(c * hin + iy) * win + ix] * wt[(c * k + ky) * k + kx];
         }
     }
-    y[(c * h + oy) * w + ox] = burn(acc, extra);
+    y[(c * h + oy) * w + ox] = FINISH(acc);
 }
 
 __kernel void gemm(__global const float* a, __global const float* b, __global float* y,
-                   int m, int n, int kk, int extra) {
+                   int m, int n, int kk, EMU_ARGS) {
     int col = get_global_id(0), row = get_global_id(1);
     if (col >= n || row >= m) return;
     float acc = 0.0f;
     for (int i = 0; i < kk; i++) acc += a[row * kk + i] * b[i * n + col];
-    y[row * n + col] = burn(acc, extra);
+    y[row * n + col] = FINISH(acc);
 }
 
-__kernel void add2(__global const float* a, __global const float* b, __global float* y, int n, int extra) {
+__kernel void add2(__global const float* a, __global const float* b, __global float* y, int n, EMU_ARGS) {
     int i = get_global_id(0);
-    if (i < n) y[i] = burn(a[i] + b[i], extra);
+    if (i < n) y[i] = FINISH(a[i] + b[i]);
 }
 
-__kernel void silu(__global const float* a, __global float* y, int n, int extra) {
+__kernel void silu(__global const float* a, __global float* y, int n, EMU_ARGS) {
     int i = get_global_id(0);
-    if (i < n) { float v = a[i]; y[i] = burn(v / (1.0f + exp(-v)), extra); }
+    if (i < n) { float v = a[i]; y[i] = FINISH(v / (1.0f + exp(-v))); }
 }
 
 __kernel void maxpool(__global const float* x, __global float* y, int c_, int hin, int win,
-                      int h, int w, int k, int stride, int extra) {
+                      int h, int w, int k, int stride, EMU_ARGS) {
     int ox = get_global_id(0), oy = get_global_id(1), c = get_global_id(2);
     if (ox >= w || oy >= h || c >= c_) return;
     float m = -INFINITY;
@@ -86,33 +111,33 @@ __kernel void maxpool(__global const float* x, __global float* y, int c_, int hi
             int iy = oy * stride + ky, ix = ox * stride + kx;
             if (iy < hin && ix < win) m = fmax(m, x[(c * hin + iy) * win + ix]);
         }
-    y[(c * h + oy) * w + ox] = burn(m, extra);
+    y[(c * h + oy) * w + ox] = FINISH(m);
 }
 
-__kernel void softmax_rows(__global const float* x, __global float* y, int rows, int cols, int extra) {
+__kernel void softmax_rows(__global const float* x, __global float* y, int rows, int cols, EMU_ARGS) {
     int r = get_global_id(0);
     if (r >= rows) return;
     float m = -INFINITY, s = 0.0f;
     for (int i = 0; i < cols; i++) m = fmax(m, x[r * cols + i]);
     for (int i = 0; i < cols; i++) s += exp(x[r * cols + i] - m);
     for (int i = 0; i < cols; i++) y[r * cols + i] = exp(x[r * cols + i] - m) / s;
-    y[r * cols] = burn(y[r * cols], extra);
+    y[r * cols] = FINISH(y[r * cols]);
 }
 
 __kernel void rmsnorm(__global const float* x, __global const float* g, __global float* y,
-                      int rows, int n, int extra) {
+                      int rows, int n, EMU_ARGS) {
     int r = get_global_id(0);
     if (r >= rows) return;
     float ss = 0.0f;
     for (int i = 0; i < n; i++) ss += x[r * n + i] * x[r * n + i];
     float inv = rsqrt(ss / n + 1e-6f);
     for (int i = 0; i < n; i++) y[r * n + i] = x[r * n + i] * inv * g[i];
-    y[r * n] = burn(y[r * n], extra);
+    y[r * n] = FINISH(y[r * n]);
 }
 
 // One decode step of attention for one head: q (heads x d), caches (ctx_max x kv_heads x d).
 __kernel void attention(__global const float* q, __global const float* kc, __global const float* vc,
-                        __global float* y, int heads, int kv_heads, int d, int ctx, int extra) {
+                        __global float* y, int heads, int kv_heads, int d, int ctx, EMU_ARGS) {
     int hh = get_global_id(0);
     if (hh >= heads) return;
     int kvh = hh / (heads / kv_heads);
@@ -133,7 +158,7 @@ __kernel void attention(__global const float* q, __global const float* kc, __glo
         for (int i = 0; i < d; i++) y[hh * d + i] += p * vc[(t * kv_heads + kvh) * d + i];
     }
     for (int i = 0; i < d; i++) y[hh * d + i] = y[hh * d + i] / den;
-    y[hh * d] = burn(y[hh * d], extra);
+    y[hh * d] = FINISH(y[hh * d]);
 }
 """
 

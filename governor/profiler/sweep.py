@@ -1,8 +1,12 @@
-"""The frequency sweep: profile a model at each planned (cpu, gpu) pair and write the profile.
+"""The frequency sweep: profile a model at each planned (cpu, gpu[, mem]) point and write the profile.
 
-For each pair: apply it through the backend, wait out the transition latency, check that it took
+For each point: apply it through the backend, wait out the transition latency, check that it took
 effect, run warm-ups, then the repeats. Ctrl-C (KeyboardInterrupt) stops the sweep; what was
 measured is kept, and the caller's `restoring` block puts the settings back.
+
+With a memory domain (``mem_table``) every run records ``mem_hz`` and the profile's frequencies
+carry ``mem_hz`` (the format's memory extension). ``end_to_end`` times only the whole inference:
+runs with ``layers: []`` and ``latency_ns``, as a runtime that cannot be traced gives them.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from sysfs_backends.lifecycle import Stopped
 
 @dataclass
 class Point:
-    """A pair to profile. ``cpu_scale``/``gpu_scale`` emulate slower clocks (validation only)."""
+    """A point to profile (``mem_hz`` only on a board with a memory domain). The ``*_scale``
+    fields emulate slower clocks (validation on hardware whose clocks may not be touched)."""
 
     cpu_khz: int
     gpu_hz: int
     cpu_scale: float = 1.0
     gpu_scale: float = 1.0
+    mem_hz: int | None = None
+    mem_scale: float = 1.0
 
 
 @dataclass
@@ -36,15 +43,19 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
 
 
-def run_record(t: RunTiming, cpu_khz: int, gpu_hz: int, context_len: int | None) -> dict:
+def run_record(t: RunTiming, cpu_khz: int, gpu_hz: int, context_len: int | None, mem_hz: int | None = None) -> dict:
+    """One run in the profile format; ``mem_hz`` is written only when the board has a memory
+    domain, and an end-to-end timing (no layers) gives ``layers: []``."""
     layers = []
     for x in t.layers:
         layer = {"name": x.name, "kind": x.kind, "cpu_start_ns": x.cpu_start_ns, "cpu_end_ns": x.cpu_end_ns}
         if x.kind == "gpu":
             layer["gpu_start_ns"], layer["gpu_end_ns"] = x.gpu_start_ns, x.gpu_end_ns
         layers.append(layer)
-    return {"cpu_khz": cpu_khz, "gpu_hz": gpu_hz, "context_len": context_len, "latency_ns": t.latency_ns,
-            "layers": layers}
+    record = {"cpu_khz": cpu_khz, "gpu_hz": gpu_hz}
+    if mem_hz is not None:
+        record["mem_hz"] = mem_hz
+    return {**record, "context_len": context_len, "latency_ns": t.latency_ns, "layers": layers}
 
 
 def sweep(
@@ -58,7 +69,13 @@ def sweep(
     context_lens: list[int] | None = None,
     backend: Backend | None = None,
     progress: Callable[[int], None] | None = None,
+    mem_table: list[int] | None = None,
+    end_to_end: bool = False,
 ) -> SweepResult:
+    if mem_table and any(p.mem_hz is None for p in points):
+        raise ValueError("with a memory table every point needs its mem_hz")
+    if not mem_table and any(p.mem_hz is not None for p in points):
+        raise ValueError("a point gives mem_hz but there is no memory table (mem_levels_hz)")
     runs: list[dict] = []
     notes: list[str] = []
     clamped = 0
@@ -66,8 +83,13 @@ def sweep(
     interrupted = False
     try:
         for point in points:
+            mem_hz = point.mem_hz
             if backend is not None:
-                res = backend.apply(point.cpu_khz, point.gpu_hz)
+                if point.mem_hz is None:
+                    res = backend.apply(point.cpu_khz, point.gpu_hz)
+                else:  # a backend with a memory domain takes its level by keyword
+                    res = backend.apply(point.cpu_khz, point.gpu_hz, mem_hz=point.mem_hz)
+                    mem_hz = res.effective.get("mem", point.mem_hz)
                 info = backend.discover().domains
                 time.sleep(max(d.transition_latency_ns for d in info.values()) / 1e9)
                 if res.effective != res.target:
@@ -77,23 +99,28 @@ def sweep(
             else:
                 cpu_khz, gpu_hz = point.cpu_khz, point.gpu_hz
             for ctx in context_lens or [None]:
+                scales = {"cpu_scale": point.cpu_scale, "gpu_scale": point.gpu_scale,
+                          "mem_scale": point.mem_scale, "per_layer": not end_to_end}
                 for _ in range(warmup):
-                    runner.run(ctx, point.cpu_scale, point.gpu_scale)
+                    runner.run(ctx, **scales)
                 for _ in range(repeats):
-                    t = runner.run(ctx, point.cpu_scale, point.gpu_scale)
+                    t = runner.run(ctx, **scales)
                     clamped += t.clamped
                     uncertainties.append(runner.offset_uncertainty_ns)
-                    runs.append(run_record(t, cpu_khz, gpu_hz, ctx))
+                    runs.append(run_record(t, cpu_khz, gpu_hz, ctx, mem_hz))
                     if progress:
                         progress(1)
     except (KeyboardInterrupt, Stopped):
         interrupted = True
         notes.append(f"interrupted after {len(runs)} runs; the profile holds what was measured")
+    frequencies = {"cpu_khz": sorted(set(cpu_table)), "gpu_hz": sorted(set(gpu_table))}
+    if mem_table:
+        frequencies["mem_hz"] = sorted(set(mem_table))
     profile = {
         "format": FORMAT,
         "model": runner.spec.name,
         "device": device_name,
-        "frequencies": {"cpu_khz": sorted(set(cpu_table)), "gpu_hz": sorted(set(gpu_table))},
+        "frequencies": frequencies,
         "runs": runs,
         "clock_alignment": {
             "method": "before each run, marker kernels on an idle queue: the device-host offset is "
@@ -105,4 +132,7 @@ def sweep(
         "opencl_device": runner.device.name.strip(),
         "precision": "fp32 kernels with the model's shapes",
     }
+    if end_to_end:  # no device intervals were put on the host clock
+        del profile["clock_alignment"]
+        profile["timing"] = "end to end: the host clock from the inference call until its result is on the host"
     return SweepResult(profile, interrupted, notes)
