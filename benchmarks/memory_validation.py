@@ -41,9 +41,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dvfs_schema.loading import load_model_spec  # noqa: E402
 from estimator.model import Estimator  # noqa: E402
 from estimator.profile import FORMAT, parse_profile  # noqa: E402
-from governor.configs import load_model_spec  # noqa: E402
 from governor.profiler.plan3 import plan_roofline  # noqa: E402
 from governor.profiler.runner import ModelRunner, select_device  # noqa: E402
 from governor.profiler.sweep import run_record  # noqa: E402
