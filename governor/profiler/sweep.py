@@ -67,7 +67,7 @@ def sweep(
     try:
         for point in points:
             if backend is not None:
-                res = backend.apply(point.cpu_khz, point.gpu_hz)
+                res = backend.apply({"cpu": point.cpu_khz, "gpu": point.gpu_hz})
                 info = backend.discover().domains
                 time.sleep(max(d.transition_latency_ns for d in info.values()) / 1e9)
                 if res.effective != res.target:
