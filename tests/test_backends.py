@@ -157,12 +157,13 @@ def test_governor_without_userspace_is_a_clear_config_error(tmp_path):
 def test_missing_policy_and_device_named_with_what_exists(tmp_path):
     board = load_board("rk3588")
     build_tree(tmp_path, board)
-    wrong = board.model_copy(deep=True)
+    # fresh copies: BoardConfig.domains is computed once per object (a copy carries it along)
+    wrong = load_board("rk3588").model_copy(deep=True)
     wrong.cpu.policies["policy9"] = wrong.cpu.policies["policy4"]
     wrong.cpu.inference_policy = "policy9"
     with pytest.raises(BackendError, match="policy9.*found: policy0, policy4, policy6"):
         LinuxBackend(wrong, tmp_path, tmp_path / "s.json").discover()
-    wrong = board.model_copy(deep=True)
+    wrong = load_board("rk3588").model_copy(deep=True)
     wrong.gpu.node = "ff9a0000.gpu"
     with pytest.raises(BackendError, match="ff9a0000.gpu.*found: fb000000.gpu"):
         LinuxBackend(wrong, tmp_path, tmp_path / "s.json").discover()
