@@ -35,15 +35,15 @@ N = 400
 def measure(backend: Backend, pairs: list[tuple[int, int]], n: int = N) -> dict:
     out = {}
     for label, seq in (("changing", pairs), ("unchanged", [pairs[0]])):
-        backend.apply(*pairs[-1])  # start from a different pair, then warm
-        backend.apply(*seq[0]) if label == "unchanged" else None
+        backend.apply(dict(zip(("cpu", "gpu"), pairs[-1], strict=True)))  # start from a different pair, then warm
+        backend.apply({"cpu": seq[0][0], "gpu": seq[0][1]}) if label == "unchanged" else None
         samples, writes, trips = [], [], []
         transport = backend.transport
         ops_before = transport.round_trips
         for i in range(n):
             c, g = seq[i % len(seq)]
             t0 = time.perf_counter()
-            res = backend.apply(c, g)
+            res = backend.apply({"cpu": c, "gpu": g})
             samples.append(time.perf_counter() - t0)
             writes.append(res.writes)
             trips.append(res.round_trips)

@@ -164,6 +164,7 @@ class Simulation(BaseModel):
     queue_depth: PositiveInt | None = None  # kernels the driver lets the host run ahead (None: no limit)
     thermal_cap_gpu_hz: PositiveInt | None = None
     thermal_cap_cpu_khz: PositiveInt | None = None
+    thermal_cap_mem_hz: PositiveInt | None = None  # in the memory domain's unit (Hz or MB/s)
     # The virtual kernel's behaviour, as real kernels were seen to behave (docs/real-kernels.md):
     # cpufreq applies new limits from a work item, this long after the write (0: at once) ...
     limit_apply_delay_ns: int = Field(1_000_000, ge=0, le=1_000_000_000)

@@ -43,7 +43,6 @@ from sysfs_backends.base import Backend, BackendUnavailable
 
 log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
-APPLY_ARGUMENT = {"cpu": "cpu_khz", "gpu": "gpu_hz"}  # Backend.apply's keyword for each domain
 
 
 class NeedsBackend(Exception):
@@ -502,7 +501,7 @@ class Governor:
 
     def _write(self, point: tuple[int, ...]):
         """Apply a point through the backend, naming only the domains the board has."""
-        return self.backend.apply(**{APPLY_ARGUMENT[d]: v for d, v in zip(self.domains, point, strict=True)})
+        return self.backend.apply(dict(zip(self.domains, point, strict=True)))
 
     def _apply(self, point: tuple[int, ...], lat: np.ndarray, energy_mj: np.ndarray, corr: float,
                deadline_ms: float, now: float) -> tuple[tuple[int, ...], list[str]]:

@@ -58,6 +58,7 @@ def default_key_path() -> Path:
 
 
 ROOT_ONLY = ("/cpuinfo_cur_freq",)  # attributes the kernel lets only root read (mode 0400)
+DEBUGFS = "/sys/kernel/debug/"  # root-only as a whole (the BPMP clock interface lives there)
 
 
 def _quote(text: str) -> str:
@@ -186,7 +187,8 @@ class AdbTransport:
                     raise BackendError(f"refusing to send an unsafe path or value to the shell: {part!r}")
             lines.append(f"r {i} {op.path}\n" if isinstance(op, Read) else f"w {i} {op.path} {op.value}\n")
         script = "".join(lines)
-        privileged = any(isinstance(op, Write) or op.path.endswith(ROOT_ONLY) for op in ops)
+        privileged = any(isinstance(op, Write) or op.path.endswith(ROOT_ONLY) or op.path.startswith(DEBUGFS)
+                         for op in ops)
         if privileged and not self._root:
             script = f"su -c {_quote(script)} || echo '{TAG} su-failed'"
         return script

@@ -1,20 +1,22 @@
 """The backend interface: everything the governor does to hardware goes through it.
 
 One abstraction per hardware domain (``cpu``: the cpufreq policy running the inference thread;
-``gpu``: the devfreq/kgsl/Mali device). Nothing above a backend knows a sysfs path: domains are
-described by the pydantic models below, in the kernel's own units (CPU kHz, GPU Hz).
+``gpu``: the devfreq/kgsl/Mali device; ``mem``: the memory clock, a devfreq DDR/bus node or Jetson's
+EMC behind the BPMP). Nothing above a backend knows a sysfs path: domains are described by the
+pydantic models below, in the kernel's own units (CPU kHz, GPU Hz, memory Hz or a bus node's MB/s).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from numbers import Integral
 from typing import Literal
 
 from pydantic import BaseModel
 
+from dvfs_schema.domains import AXIS_KEY, DomainKind, DomainName
 from sysfs_backends.power_rails import EnergyMeter, RailInfo
-
-DomainName = Literal["cpu", "gpu"]
 
 
 class BackendError(RuntimeError):
@@ -38,13 +40,13 @@ class DomainInfo(BaseModel):
     it, not a measurement)."""
 
     name: DomainName
-    kind: Literal["cpufreq", "devfreq", "kgsl", "mali"]
-    node: str  # policy name or device node, for people (never a path to write to)
-    unit: Literal["kHz", "Hz"]
+    kind: DomainKind
+    node: str  # policy name, device node or BPMP clock, for people (never a path to write to)
+    unit: Literal["kHz", "Hz", "MB/s"]
     cpus: list[int] = []
     frequencies: list[int]
     governors: list[str]
-    mechanism: Literal["userspace", "minmax"]
+    mechanism: Literal["userspace", "minmax", "locked"]
     transition_latency_ns: int
     settle_timeout_ns: int  # how long a change may take to show: transition latency plus a margin
     cur_source: Literal["hardware", "last_target"] = "hardware"
@@ -53,7 +55,10 @@ class DomainInfo(BaseModel):
 
 
 class DomainState(BaseModel):
-    """Current state of one domain; ``cur`` is the effective frequency the hardware reports."""
+    """Current state of one domain; ``cur`` is the effective frequency the hardware reports.
+
+    ``governor`` is what decides the frequency: the cpufreq/devfreq governor, or for a BPMP clock
+    ``locked`` (a rate pinned with ``mrq_rate_locked``) or ``bpmp`` (the firmware's own DVFS)."""
 
     governor: str
     cur: int
@@ -102,6 +107,27 @@ class ApplyResult(BaseModel):
         return {d: self.effective[d] for d, c in self.conditions.items() if c == "unreachable"}
 
 
+def requested_targets(targets: Mapping[str, int] | None, **by_axis: int | None) -> dict[str, int]:
+    """One ``{domain: frequency}`` from ``apply``'s dict and its per-domain keywords (``cpu_khz``,
+    ``gpu_hz``, ``mem_hz``): callers written for pairs keep working, new ones pass a dict."""
+    if targets is not None and not isinstance(targets, Mapping):
+        raise TypeError(f"apply takes a dict of domain -> frequency (e.g. {{'cpu': 1416000, 'gpu': "
+                        f"600000000}}) or cpu_khz=/gpu_hz=/mem_hz= keywords, not {targets!r}")
+    out = {str(k): v for k, v in (targets or {}).items() if v is not None}
+    for name, axis in AXIS_KEY.items():
+        value = by_axis.get(axis)
+        if value is None:
+            continue
+        if name in out and out[name] != value:
+            raise ValueError(f"apply: {name} given twice ({out[name]} in the dict, {axis}={value})")
+        out[name] = value
+    for name, value in out.items():
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise TypeError(f"apply: {name} frequency must be an integer, got {value!r}")
+        out[name] = int(value)  # numpy integers from a grid, too
+    return out
+
+
 class Backend(ABC):
     """Drives one board. Subclasses differ in transport only; see sysfs_backends.sysfs."""
 
@@ -114,8 +140,11 @@ class Backend(ABC):
     def state(self) -> dict[str, DomainState]: ...
 
     @abstractmethod
-    def apply(self, cpu_khz: int | None = None, gpu_hz: int | None = None) -> ApplyResult:
-        """Put one (cpu, gpu) pair in force; ``None`` leaves that domain alone."""
+    def apply(self, targets: Mapping[str, int] | None = None, *, cpu_khz: int | None = None,
+              gpu_hz: int | None = None, mem_hz: int | None = None) -> ApplyResult:
+        """Put one point in force: ``targets`` maps a domain name to its frequency (absent: leave
+        that domain alone); the ``cpu_khz``/``gpu_hz``/``mem_hz`` keywords say the same per
+        domain (``None`` leaves it alone). See ``requested_targets``."""
 
     @abstractmethod
     def save(self) -> None:

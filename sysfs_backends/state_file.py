@@ -25,6 +25,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -32,7 +33,7 @@ from sysfs_backends.base import BackendError
 
 FORMAT = "deadline-dvfs.saved/1"
 MAX_STATE_BYTES = 64 * 1024  # a state file is a few hundred bytes; more is not ours
-KNOWN_DOMAINS = ("cpu", "gpu")
+KNOWN_DOMAINS = ("cpu", "gpu", "mem")
 
 
 class StateFileError(BackendError):
@@ -62,13 +63,20 @@ class RestoreIncomplete(BackendError):
 class SavedDomain(BaseModel):
     """One domain's original settings. ``setpoint`` is the userspace governor's target
     (``scaling_setspeed``/``userspace/set_freq``), kept only when that was the original governor,
-    because the kernel keeps it as part of that governor's state."""
+    because the kernel keeps it as part of that governor's state.
+
+    A Jetson BPMP clock (``kind: bpmp_emc``) is saved in the same fields: ``governor`` is
+    ``locked`` or ``bpmp`` (``mrq_rate_locked`` 1 or 0), ``setpoint`` the ``rate`` running, and
+    min/max the ``min_rate``/``max_rate`` the firmware showed (recorded, never written).
+    ``kind`` (added with the memory domain; absent in older state files, which stay valid) says
+    how the domain was driven, so a file is never applied to a domain of another kind."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     governor: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     min: int = Field(gt=0)
     max: int = Field(gt=0)
     setpoint: int | None = Field(None, gt=0)
+    kind: Literal["cpufreq", "devfreq", "kgsl", "mali", "bpmp_emc"] | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> SavedDomain:

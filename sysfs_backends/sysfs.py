@@ -1,14 +1,12 @@
-"""Shared sysfs logic for cpufreq and devfreq (incl. Adreno kgsl and Mali), over any transport.
+"""Shared sysfs logic for every frequency domain a board has, over any transport.
 
-Follows the kernel's documented ABI (Documentation/admin-guide/pm/cpufreq.rst,
-Documentation/ABI/testing/sysfs-class-devfreq):
+The board config's domains (``BoardConfig.domains``: CPU, GPU, memory) become domain objects
+(sysfs_backends/domain_kinds.py: cpufreq policy, devfreq device, kgsl, Mali, Jetson's BPMP EMC),
+each knowing its files and how it is read, written, saved and restored. This module keeps what is
+common to all of them, following the kernel's documented ABI (Documentation/admin-guide/pm/
+cpufreq.rst, Documentation/ABI/testing/sysfs-class-devfreq):
 
-* cpufreq policy ``/sys/devices/system/cpu/cpufreq/policyN/``, values in kHz; ``scaling_setspeed``
-  only works under the ``userspace`` governor (it reads ``<unsupported>`` otherwise);
-* devfreq ``/sys/class/devfreq/<dev>/``, values in Hz; ``userspace/set_freq`` exists only while
-  the ``userspace`` governor is selected;
-* Adreno: the devfreq node of ``kgsl-3d0`` for limits, ``/sys/class/kgsl/kgsl-3d0/gpuclk`` for the
-  clock really running;
+* one batch of writes and read-backs per apply, whatever the number of domains;
 * a requested frequency that is not in the table is rounded the way the kernel resolves it
   (the lowest supported frequency at or above the request, ``CPUFREQ_RELATION_L`` / devfreq's
   recommended OPP; the highest one if the request is above all) and the result says so;
@@ -32,15 +30,30 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from dvfs_schema.board import BoardConfig
 from dvfs_schema.domains import round_to_table
-from sysfs_backends.base import ApplyResult, Backend, BackendError, Discovery, DomainInfo, DomainState
+from sysfs_backends.base import (
+    ApplyResult,
+    Backend,
+    BackendError,
+    Discovery,
+    DomainInfo,
+    DomainState,
+    requested_targets,
+)
+from sysfs_backends.domain_kinds import (  # noqa: F401 - the paths, re-exported for the virtual kernel
+    BPMP_CLK_DIR,
+    CPUFREQ_DIR,
+    DEVFREQ_DIR,
+    KGSL_DIR,
+    SysfsDomain,
+    locate,
+    to_int,
+)
 from sysfs_backends.power_rails import EnergyMeter, discover_rails
 from sysfs_backends.state_file import (
     BoardBusy,
@@ -57,55 +70,11 @@ from sysfs_backends.transport import OpResult, Read, SysfsIOError, Transport, Wr
 
 log = logging.getLogger(__name__)
 
-CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
-DEVFREQ_DIR = "/sys/class/devfreq"
-KGSL_DIR = "/sys/class/kgsl/kgsl-3d0"
-SETTLE_MARGIN_NS = 5_000_000  # beyond the transition latency, for the kernel's work items to run
 SETTLE_POLL_NS = (100_000, 2_000_000)  # first and longest wait between re-reads
 
 
 class _StaleLimits(Exception):
     """An EINVAL that a fresh read of the limits may explain."""
-
-
-class _Files(BaseModel):
-    """Absolute paths of one domain's attributes (private to this module)."""
-
-    dir: str
-    governor: str
-    governors: str
-    frequencies: str
-    min: str
-    max: str
-    cur: str  # the running frequency: the clock's reading where there is one
-    last_target: str | None = None  # the frequency last asked of the driver (not a measurement)
-    setspeed: str
-    hw_min: str | None = None
-    hw_max: str | None = None
-    transition: str | None = None
-    cpus: str | None = None
-
-
-def _cpufreq_files(policy: str) -> _Files:
-    d = f"{CPUFREQ_DIR}/{policy}"
-    return _Files(
-        dir=d, governor=f"{d}/scaling_governor", governors=f"{d}/scaling_available_governors",
-        frequencies=f"{d}/scaling_available_frequencies", min=f"{d}/scaling_min_freq",
-        max=f"{d}/scaling_max_freq", cur=f"{d}/cpuinfo_cur_freq", last_target=f"{d}/scaling_cur_freq",
-        setspeed=f"{d}/scaling_setspeed",
-        hw_min=f"{d}/cpuinfo_min_freq", hw_max=f"{d}/cpuinfo_max_freq",
-        transition=f"{d}/cpuinfo_transition_latency", cpus=f"{d}/related_cpus",
-    )
-
-
-def _devfreq_files(node: str, kgsl: bool) -> _Files:
-    d = f"{DEVFREQ_DIR}/{node}"
-    return _Files(
-        dir=d, governor=f"{d}/governor", governors=f"{d}/available_governors",
-        frequencies=f"{d}/available_frequencies", min=f"{d}/min_freq", max=f"{d}/max_freq",
-        cur=f"{KGSL_DIR}/gpuclk" if kgsl else f"{d}/cur_freq", last_target=f"{d}/target_freq",
-        setspeed=f"{d}/userspace/set_freq",
-    )
 
 
 def _governor_alive(pid: int) -> bool:
@@ -119,15 +88,11 @@ def _governor_alive(pid: int) -> bool:
     return b"dvfs-gov" in cmdline or b"governor.cli" in cmdline
 
 
-def _int(result: OpResult) -> int:
-    try:
-        return int(str(result.value).split()[0])
-    except (ValueError, IndexError):
-        raise SysfsIOError(errno.EINVAL, result.op.path, detail=f"not a number: {result.value!r}") from None
+_int = to_int
 
 
 class SysfsBackend(Backend):
-    """cpufreq + devfreq over a transport. ``state_file`` makes save/restore survive a crash."""
+    """The board's domains over a transport. ``state_file`` makes save/restore survive a crash."""
 
     name = "sysfs"
 
@@ -138,7 +103,7 @@ class SysfsBackend(Backend):
         self.board = board
         self.transport = transport
         self.state_file = Path(state_file) if state_file else None
-        self._files: dict[str, _Files] = {}
+        self._doms: dict[str, SysfsDomain] = {}
         self._info: dict[str, DomainInfo] | None = None
         self._known: dict[str, DomainState] = {}
         # The limits we last asked for, per domain. Under a thermal cap the files show the
@@ -167,112 +132,47 @@ class SysfsBackend(Backend):
         return results
 
     # ---- discovery ------------------------------------------------------------------
-    def _domain_files(self) -> dict[str, _Files]:
-        if self._files:
-            return self._files
-        cpu = self.board.cpu.inference_policy
-        if not self.transport.exists(f"{CPUFREQ_DIR}/{cpu}"):
-            found = [p for p in self.transport.listdir(CPUFREQ_DIR) if p.startswith("policy")]
-            raise BackendError(
-                f"board {self.board.name!r}: cpufreq policy {cpu!r} not found under {CPUFREQ_DIR} "
-                f"(found: {', '.join(found) or 'none'}); fix cpu.inference_policy in the board config"
-            )
-        files = {"cpu": _cpufreq_files(cpu)}
-        gpu = self.board.gpu
-        if gpu is not None:
-            if not self.transport.exists(f"{DEVFREQ_DIR}/{gpu.node}"):
-                found = self.transport.listdir(DEVFREQ_DIR)
-                raise BackendError(
-                    f"board {self.board.name!r}: devfreq device {gpu.node!r} not found under "
-                    f"{DEVFREQ_DIR} (found: {', '.join(found) or 'none'}); fix gpu.node"
-                )
-            kgsl = gpu.kind == "kgsl"
-            if kgsl and not self.transport.exists(f"{KGSL_DIR}/gpuclk"):
-                raise BackendError(
-                    f"board {self.board.name!r}: gpu.kind is kgsl but {KGSL_DIR}/gpuclk is missing"
-                )
-            files["gpu"] = _devfreq_files(gpu.node, kgsl)
-        files = {name: self._resolved(f) for name, f in files.items()}
-        cpu_files = files["cpu"]
-        probe = self._batch([Read(cpu_files.cur)])[0]
-        if not probe.ok:
-            # no clock read-back (acpi-cpufreq on an I/O port, or not root): the last target it is
-            why = ("does not exist" if probe.errno == errno.ENOENT
-                   else "is not readable (cpuinfo_cur_freq is root-only)")
-            self.notes.append(f"cpu: {cpu_files.cur} {why}; scaling_cur_freq (the last target the "
-                              "driver was given, not the clock) is reported as the frequency in force")
-            files["cpu"] = cpu_files.model_copy(update={"cur": cpu_files.last_target})
-        self._files = files
-        return files
+    def _domain_files(self) -> dict[str, SysfsDomain]:
+        """The board's domain objects, found on this kernel (once), in the config's order."""
+        if self._doms:
+            return self._doms
+        doms = {}
+        for spec in self.board.domains:
+            dom = locate(spec, self.transport, self.board.name)
+            self._resolve(dom)
+            self.notes.extend(dom.probe(self.transport))
+            doms[spec.name] = dom
+        self._doms = doms
+        return doms
 
-    def _resolved(self, f: _Files) -> _Files:
+    def _resolve(self, dom: SysfsDomain) -> None:
         """The domain's directory resolved once (on a real kernel /sys/class/devfreq/<node> is a
-        symlink into /sys/devices): it must lie inside the tree's /sys, and every write goes to
-        an attribute of that real directory, so no later symlink can redirect it."""
+        symlink into /sys/devices): it must lie inside the tree's /sys (debugfs is mounted at
+        /sys/kernel/debug), and every write goes to an attribute of that real directory, so no
+        later symlink can redirect it."""
         resolve = getattr(self.transport, "resolve_dir", None)
         if resolve is None:
-            return f
+            return
+        d = dom.files.dir
         try:
-            real, where = resolve(f.dir)
+            real, where = resolve(d)
         except OSError as exc:
-            raise SysfsIOError(exc.errno or errno.EIO, f.dir) from None
+            raise SysfsIOError(exc.errno or errno.EIO, d) from None
         if real != "/sys" and not real.startswith("/sys/"):
-            raise BackendError(f"{f.dir}: resolves to {where}, outside the sysfs tree; refusing to "
+            raise BackendError(f"{d}: resolves to {where}, outside the sysfs tree; refusing to "
                                "write there (a symlink planted in the tree?)")
-        if real == f.dir:
-            return f
-        moved = {k: real + v[len(f.dir):] if isinstance(v, str) and v.startswith(f.dir + "/") else v
-                 for k, v in f.model_dump().items()}
-        moved["dir"] = real
-        return _Files(**moved)
+        if real != d:
+            dom.moved(real)
 
     def domains(self) -> dict[str, DomainInfo]:
         if self._info is not None:
             return self._info
-        files = self._domain_files()
+        doms = self._domain_files()
         info: dict[str, DomainInfo] = {}
-        for name, f in files.items():
-            cfg_freqs = (self.board.cpu.inference.frequencies_khz if name == "cpu"
-                         else self.board.gpu.frequencies_hz)
-            optional = [p for p in (f.frequencies, f.hw_min, f.hw_max, f.transition, f.cpus) if p]
-            res = {r.op.path: r for r in self._batch([Read(p) for p in [f.governors, *optional]])}
-            if not res[f.governors].ok:
-                raise SysfsIOError(res[f.governors].errno or errno.EIO, f.governors)
-            cur_source = "last_target" if f.cur == f.last_target else "hardware"
-            governors = res[f.governors].value.split()
-            if res[f.frequencies].ok and res[f.frequencies].value:
-                freqs = sorted({int(x) for x in res[f.frequencies].value.split()})
-                if freqs != cfg_freqs:
-                    self.notes.append(f"{name}: the kernel's frequency table differs from the board "
-                                      f"config; using the kernel's ({len(freqs)} entries)")
-            else:
-                freqs = list(cfg_freqs)
-                self.notes.append(f"{name}: {f.frequencies} not readable; using the board config's table")
-            mechanism = self.board.cpu.mechanism if name == "cpu" else self.board.gpu.mechanism
-            if mechanism == "userspace" and "userspace" not in governors:
-                raise BackendError(
-                    f"{f.dir}: mechanism 'userspace' needs the userspace governor, which this kernel "
-                    f"lacks (available: {' '.join(governors)}); set mechanism: minmax for the {name} "
-                    "in the board config"
-                )
-            if f.transition and res[f.transition].ok:
-                latency = int(res[f.transition].value)
-            else:
-                latency = (self.board.cpu.inference.transition_latency_ns if name == "cpu"
-                           else self.board.gpu.transition_latency_ns)
-            cpus: list[int] = []
-            if f.cpus and res[f.cpus].ok:
-                cpus = [int(x) for x in res[f.cpus].value.split()]
-            hw_min = int(res[f.hw_min].value) if f.hw_min and res[f.hw_min].ok else freqs[0]
-            hw_max = int(res[f.hw_max].value) if f.hw_max and res[f.hw_max].ok else freqs[-1]
-            kind = "cpufreq" if name == "cpu" else self.board.gpu.kind
-            node = self.board.cpu.inference_policy if name == "cpu" else self.board.gpu.node
-            info[name] = DomainInfo(
-                name=name, kind=kind, node=node, unit="kHz" if name == "cpu" else "Hz", cpus=cpus,
-                frequencies=freqs, governors=governors, mechanism=mechanism,
-                transition_latency_ns=latency, settle_timeout_ns=latency + SETTLE_MARGIN_NS,
-                cur_source=cur_source, hw_min=hw_min, hw_max=hw_max,
-            )
+        for name, dom in doms.items():
+            paths = dom.info_paths()
+            res = {r.op.path: r for r in self._batch([Read(p) for p in paths])} if paths else {}
+            info[name] = dom.discover(res, self.notes)
         self._info = info
         return info
 
@@ -293,13 +193,9 @@ class SysfsBackend(Backend):
 
     # ---- reading --------------------------------------------------------------------
     def state(self) -> dict[str, DomainState]:
-        files = self._domain_files()
-        paths = [p for f in files.values() for p in (f.governor, f.cur, f.min, f.max)]
-        res = self._read_many(paths)
-        out = {}
-        for k, name in enumerate(files):
-            gov, cur, lo, hi = res[4 * k: 4 * k + 4]
-            out[name] = DomainState(governor=gov.value, cur=_int(cur), min=_int(lo), max=_int(hi))
+        doms = self._domain_files()
+        res = self._read_many([p for d in doms.values() for p in d.state_paths()])
+        out = {name: dom.parse_state(*res[4 * k: 4 * k + 4]) for k, (name, dom) in enumerate(doms.items())}
         self._known = {k: v.model_copy() for k, v in out.items()}
         for k, v in out.items():  # what we have not asked for ourselves, the kernel shows
             self._requested.setdefault(k, (v.min, v.max))
@@ -327,11 +223,13 @@ class SysfsBackend(Backend):
             close()
 
     def _setpoints(self, current: dict[str, DomainState]) -> dict[str, int]:
-        """The userspace governor's target of domains running it: part of their original state."""
-        files = self._domain_files()
-        names = [n for n, s in current.items() if s.governor == "userspace"]
+        """The userspace governor's target of domains running it (a BPMP clock's rate): part of
+        their original state."""
+        doms = self._domain_files()
+        where = {n: doms[n].setpoint_path(s) for n, s in current.items()}
+        names = [n for n, p in where.items() if p]
         out = {}
-        for name, r in zip(names, self._batch([Read(files[n].setspeed) for n in names]), strict=True):
+        for name, r in zip(names, self._batch([Read(where[n]) for n in names]), strict=True):
             try:
                 out[name] = _int(r) if r.ok else None
             except SysfsIOError:
@@ -343,7 +241,7 @@ class SysfsBackend(Backend):
                 # the frequency it had: that frequency is what must come back, so it is the request
                 # restore writes (no write can make the file say "undefined" again)
                 out[name] = current[name].cur
-                self.notes.append(f"{name}: the userspace setpoint ({files[name].setspeed}) holds no request; "
+                self.notes.append(f"{name}: the userspace setpoint ({where[name]}) holds no request; "
                                   f"restore will request the frequency running now, {current[name].cur}")
         return out
 
@@ -371,7 +269,8 @@ class SysfsBackend(Backend):
         try:
             saved = SavedState(
                 board=self.board.name, backend=self.name, target=self.target, pid=os.getpid(),
-                domains={d: SavedDomain(governor=s.governor, min=s.min, max=s.max, setpoint=setpoints.get(d))
+                domains={d: SavedDomain(governor=s.governor, min=s.min, max=s.max, setpoint=setpoints.get(d),
+                                        kind=self._doms[d].kind)
                          for d, s in current.items()},
             )
         except ValueError as exc:
@@ -406,10 +305,15 @@ class SysfsBackend(Backend):
             raise StateFileError(f"{where} belongs to {saved.target}, not {self.target}; "
                                  "use the right --state-file (`dvfs-gov restore --defaults` resets this "
                                  "board and leaves that file alone)")
-        unknown = sorted(set(saved.domains) - set(self._domain_files()))
+        doms = self._domain_files()
+        unknown = sorted(set(saved.domains) - set(doms))
         if unknown:
             raise StateFileError(f"{where} names domain(s) {', '.join(unknown)} that board "
-                                 f"{self.board.name!r} does not have (allowed: {', '.join(self._domain_files())})")
+                                 f"{self.board.name!r} does not have (allowed: {', '.join(doms)})")
+        for name, d in saved.domains.items():
+            if d.kind is not None and d.kind != doms[name].kind:
+                raise StateFileError(f"{where} saved the {name} domain as {d.kind!r}, but board "
+                                     f"{self.board.name!r} drives it as {doms[name].kind!r}")
 
     @contextmanager
     def _owning(self, force: bool = False) -> Iterator[bool]:
@@ -466,11 +370,8 @@ class SysfsBackend(Backend):
 
     def defaults(self) -> dict[str, SavedDomain]:
         """The kernel's defaults: the full hardware range and the board config's default governor."""
-        info = self.domains()
-        govs = {"cpu": self.board.cpu.inference.default_governor}
-        if self.board.gpu is not None:
-            govs["gpu"] = self.board.gpu.default_governor
-        return {name: SavedDomain(governor=govs[name], min=d.hw_min, max=d.hw_max) for name, d in info.items()}
+        self.domains()
+        return {name: dom.defaults() for name, dom in self._doms.items()}
 
     def differs_from_defaults(self) -> list[str]:
         """What is not at the kernel's defaults now, for people (empty when all is)."""
@@ -510,7 +411,8 @@ class SysfsBackend(Backend):
     def _put_back(self, domains: dict[str, SavedDomain]) -> tuple[list[str], list[str]]:
         """Write governors, limits and userspace setpoints back, domain by domain, attempting
         everything; returns (what was done, what failed)."""
-        files = self._domain_files()
+        doms = self._domain_files()
+        self.domains()
         done: list[str] = []
         failures: list[str] = []
 
@@ -526,39 +428,7 @@ class SysfsBackend(Backend):
             return None
 
         for name, saved in domains.items():
-            f = files[name]
-            try:
-                gov, lo_now, hi_now = self._read_many([f.governor, f.min, f.max])
-                lo, hi = self._requested.get(name, (_int(lo_now), _int(hi_now)))
-            except SysfsIOError as exc:
-                failures.append(f"{name}: {exc}")
-                continue
-            gov_ok = True
-            if gov.value != saved.governor:
-                exc = attempt(name, [Write(f.governor, saved.governor)])
-                if exc is not None:
-                    failures.append(f"{name}: governor {saved.governor!r} not restored: {exc}")
-                    gov_ok = False
-            exc = attempt(name, self._limit_writes(f, lo, hi, saved.min, saved.max))
-            if exc is not None and exc.errno == errno.EINVAL:
-                # the kernel's requests were not what we thought: the other order must work
-                exc = attempt(name, self._limit_writes(f, lo, hi, saved.min, saved.max, flip=True))
-            if exc is not None:
-                failures.append(f"{name}: limits {saved.min}..{saved.max} not restored: {exc}")
-            else:
-                self._requested[name] = (saved.min, saved.max)
-            if gov_ok and saved.governor == "userspace" and saved.setpoint is not None:
-                exc = attempt(name, [Write(f.setspeed, str(saved.setpoint))])
-                if exc is not None:
-                    failures.append(f"{name}: userspace setpoint {saved.setpoint} not restored: {exc}")
-            if gov_ok:
-                try:
-                    now = self._read_many([f.governor])[0].value
-                except SysfsIOError as exc:
-                    failures.append(f"{name}: {exc}")
-                    continue
-                if now != saved.governor:
-                    failures.append(f"{name}: {f.governor} reads {now!r} after writing {saved.governor!r}")
+            failures.extend(doms[name].put_back(self, saved, attempt))
         try:
             self.state()
         except SysfsIOError as exc:
@@ -566,39 +436,13 @@ class SysfsBackend(Backend):
         return done, failures
 
     # ---- applying -------------------------------------------------------------------
-    @staticmethod
-    def _limit_writes(f: _Files, cur_min: int, cur_max: int, new_min: int, new_max: int,
-                      flip: bool = False) -> list[Write]:
-        """Writes taking limits to (new_min, new_max) without ever having min > max.
-
-        ``flip`` inverts the order: the last resort when the kernel's view of the limits is not
-        what we could read (see ``_requested``)."""
-        writes = []
-        first_max = (new_min > cur_max) != flip
-        if first_max and new_max != cur_max:
-            writes.append(Write(f.max, str(new_max)))
-        if new_min != cur_min:
-            writes.append(Write(f.min, str(new_min)))
-        if not first_max and new_max != cur_max:
-            writes.append(Write(f.max, str(new_max)))
-        return writes
-
     def _domain_writes(self, name: str, target: int, flip: bool) -> list[Write]:
-        info, f = self.domains()[name], self._files[name]
-        known = self._known[name]
-        if info.mechanism == "minmax":
-            lo, hi = self._requested[name]
-            return self._limit_writes(f, lo, hi, target, target, flip)
-        writes = []
-        if known.governor != "userspace":
-            writes.append(Write(f.governor, "userspace"))
-        if known.governor != "userspace" or self._setpoint.get(name) != target:
-            writes.append(Write(f.setspeed, str(target)))
-        return writes
+        return self._doms[name].target_writes(target, self._known[name], self._requested[name],
+                                              self._setpoint.get(name), flip)
 
     def _run_writes(self, writes: list[Write]) -> list[OpResult]:
         for w in writes:  # a config can never make us write outside the discovered directories
-            if not any(w.path.startswith(f.dir + "/") for f in self._files.values()):
+            if not any(d.owns(w.path) for d in self._doms.values()):
                 raise BackendError(f"refusing to write outside the discovered domains: {w.path}")
         results = self._batch(writes)
         failed = next((r for r in results if not r.ok and not r.skipped), None)
@@ -606,15 +450,17 @@ class SysfsBackend(Backend):
             raise SysfsIOError(failed.errno or errno.EIO, failed.op.path, failed.op.value)
         return results
 
-    def apply(self, cpu_khz: int | None = None, gpu_hz: int | None = None) -> ApplyResult:
+    def apply(self, targets: Mapping[str, int] | None = None, *, cpu_khz: int | None = None,
+              gpu_hz: int | None = None, mem_hz: int | None = None) -> ApplyResult:
+        requested = requested_targets(targets, cpu_khz=cpu_khz, gpu_hz=gpu_hz, mem_hz=mem_hz)
         try:
-            return self._apply_once(cpu_khz, gpu_hz, final=False)
+            return self._apply_once(requested, final=False)
         except _StaleLimits:
             # our picture of the limits was stale (thermal, another process): re-read, retry once
             self.state()
-            return self._apply_once(cpu_khz, gpu_hz, final=True)
+            return self._apply_once(requested, final=True)
 
-    def _apply_once(self, cpu_khz: int | None, gpu_hz: int | None, final: bool) -> ApplyResult:
+    def _apply_once(self, requested: dict[str, int], final: bool) -> ApplyResult:
         info = self.domains()
         self.save()  # first apply: save the originals; later: the state file is still there
         generation = getattr(self.transport, "generation", 0)
@@ -624,12 +470,12 @@ class SysfsBackend(Backend):
             self._setpoint = {}
             self.state()
             self._generation = generation
-        requested = {k: v for k, v in (("cpu", cpu_khz), ("gpu", gpu_hz)) if v is not None}
         notes = []
         target = {}
         for name, value in requested.items():
             if name not in info:
-                raise BackendError(f"board {self.board.name!r} has no {name} domain")
+                raise BackendError(f"board {self.board.name!r} has no {name} domain "
+                                   f"(it has: {', '.join(info)})")
             if value <= 0:
                 raise ValueError(f"{name} frequency must be positive, got {value}")
             table = info[name].frequencies
@@ -640,8 +486,7 @@ class SysfsBackend(Backend):
         trips_before = self.transport.round_trips
         before = {name: self._requested.get(name) for name in target}
         writes = [w for name, t in target.items() for w in self._domain_writes(name, t, flip=final)]
-        readback = [Read(p) for name in target for p in
-                    (self._files[name].cur, self._files[name].min, self._files[name].max)]
+        readback = [Read(p) for name in target for p in self._doms[name].readback_paths()]
         results = self._batch([*writes, *readback])
         failed = next((r for r in results if not r.ok and not r.skipped), None)
         if failed is not None and isinstance(failed.op, Write):
@@ -661,7 +506,7 @@ class SysfsBackend(Backend):
         settle_ns = time.monotonic_ns() - t0
         effective, limits, conditions = {}, {}, {}
         for name, (cur, lo, hi) in reads.items():
-            gov = "userspace" if info[name].mechanism == "userspace" else self._known[name].governor
+            gov = self._doms[name].governor_after(self._known[name])
             self._known[name] = DomainState(governor=gov, cur=cur, min=lo, max=hi)
             effective[name], limits[name] = cur, (lo, hi)
             if info[name].mechanism == "minmax":
@@ -704,9 +549,7 @@ class SysfsBackend(Backend):
     def _shows_request(self, name: str, target: int, cur: int, lo: int, hi: int) -> bool:
         """Whether a read-back shows our request taken up: the target running and, for pinned
         limits, both limits at the target."""
-        if self.domains()[name].mechanism == "minmax" and not lo == hi == target:
-            return False
-        return cur == target
+        return self._doms[name].shows_request(target, cur, lo, hi)
 
     def _settle(self, shows: dict[str, Callable[[tuple[int, int, int]], bool]],
                 reads: dict[str, tuple[int, int, int]] | None = None) -> dict[str, tuple[int, int, int]]:
@@ -728,7 +571,7 @@ class SysfsBackend(Backend):
                 return reads
             time.sleep(wait_ns / 1e9)
             wait_ns = min(2 * wait_ns, SETTLE_POLL_NS[1])
-            paths = [p for n in open_ for p in (self._files[n].cur, self._files[n].min, self._files[n].max)]
+            paths = [p for n in open_ for p in self._doms[n].readback_paths()]
             fresh = self._read_many(paths)
             for k, n in enumerate(open_):
                 reads[n] = tuple(_int(r) for r in fresh[3 * k: 3 * k + 3])
@@ -736,17 +579,16 @@ class SysfsBackend(Backend):
     def _undo(self, done: list[Write]) -> None:
         """Put back what a partly failed apply changed, newest first."""
         before = {}
-        for name, f in self._files.items():
+        for name, dom in self._doms.items():
             k = self._known.get(name)
             if k:
-                lo, hi = self._requested.get(name, (k.min, k.max))
-                before.update({f.governor: k.governor, f.min: str(lo), f.max: str(hi),
-                               f.setspeed: str(self._setpoint.get(name, k.cur))})
+                before.update(dom.undo_values(k, self._requested.get(name, (k.min, k.max)),
+                                              self._setpoint.get(name)))
         undo = [Write(w.path, before[w.path]) for w in reversed(done) if w.path in before]
         if undo:
             self._batch(undo)
             # the kernel takes the old limits up as late as it took the new ones: wait for them
-            touched = {n for n, f in self._files.items() for w in undo if w.path.startswith(f.dir + "/")}
+            touched = {n for n, d in self._doms.items() for w in undo if d.owns(w.path)}
             expected = {n: self._requested.get(n) for n in touched}
             self._settle({n: (lambda r, lim=expected[n]: lim is None or r[1:] == lim) for n in touched})
 

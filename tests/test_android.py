@@ -63,7 +63,7 @@ def test_discovery_and_apply_in_one_round_trip(phone, tmp_path):
     found = be.discover()
     assert found.backend == "android"
     assert found.domains["gpu"].kind == "kgsl" and found.states["cpu"].governor == "schedutil"
-    res = be.apply(1_305_600, 443_000_000)
+    res = be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
     # writes and read-back travel together; a second trip only while cpufreq's asynchronous limit
     # update has not shown yet (the read-back must show the kernel's settled state)
     assert res.round_trips <= 2 and res.writes == 4
@@ -71,10 +71,10 @@ def test_discovery_and_apply_in_one_round_trip(phone, tmp_path):
     assert res.effective == {"cpu": 1_305_600, "gpu": 443_000_000}
     assert read(vb, f"{POLICY}/scaling_cur_freq") == "1305600"  # the kernel applied it
     assert read(vb, "sys/class/kgsl/kgsl-3d0/gpuclk") == "443000000"
-    res = be.apply(1_305_600, 443_000_000)
+    res = be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
     assert res.writes == 0 and res.round_trips == 1
     # going up: max must be written before min, or the kernel would refuse
-    res = be.apply(2_841_600, 840_000_000)
+    res = be.apply(cpu_khz=2_841_600, gpu_hz=840_000_000)
     assert res.effective == {"cpu": 2_841_600, "gpu": 840_000_000}
     be.restore()
     assert read(vb, f"{POLICY}/scaling_min_freq") == "844800"
@@ -86,7 +86,7 @@ def test_not_root_uses_su(phone, tmp_path):
     vb, dev = phone
     dev.root = False
     be = connect(dev, tmp_path)
-    be.apply(1_305_600, 443_000_000)
+    be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
     writing = [c for c in dev.commands if "scaling_max_freq\n" in c and "\nw " in c]
     assert writing and all(c.startswith("su -c ") for c in writing)
     assert read(vb, f"{POLICY}/scaling_max_freq") == "1305600"
@@ -99,7 +99,7 @@ def test_su_denied_or_missing_is_explained(phone, tmp_path, mode, message):
     dev.root, dev.su = False, mode
     be = connect(dev, tmp_path)
     with pytest.raises(PermissionError, match=message):
-        be.apply(1_305_600, 443_000_000)
+        be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
     assert read(vb, f"{POLICY}/scaling_max_freq") == "2841600"
     be.close()
 
@@ -107,11 +107,11 @@ def test_su_denied_or_missing_is_explained(phone, tmp_path, mode, message):
 def test_write_refused_names_file_and_keeps_previous_settings(phone, tmp_path):
     vb, dev = phone
     be = connect(dev, tmp_path)
-    be.apply(1_305_600, 443_000_000)
+    be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
     gmax = f"/{GPU}/max_freq"
     dev.eacces.add(gmax)  # SELinux or a read-only attribute
     with pytest.raises(SysfsIOError) as info:
-        be.apply(2_035_200, 676_000_000)
+        be.apply(cpu_khz=2_035_200, gpu_hz=676_000_000)
     assert info.value.errno == errno.EACCES
     assert gmax in str(info.value) and "676000000" in str(info.value)
     assert "SELinux is Enforcing" in str(info.value)
@@ -119,7 +119,7 @@ def test_write_refused_names_file_and_keeps_previous_settings(phone, tmp_path):
     assert read(vb, f"{POLICY}/scaling_min_freq") == read(vb, f"{POLICY}/scaling_max_freq") == "1305600"
     assert read(vb, f"{GPU}/min_freq") == "443000000"
     dev.eacces.clear()
-    assert be.apply(2_035_200, 676_000_000).effective == {"cpu": 2_035_200, "gpu": 676_000_000}
+    assert be.apply(cpu_khz=2_035_200, gpu_hz=676_000_000).effective == {"cpu": 2_035_200, "gpu": 676_000_000}
     be.close()
 
 
@@ -129,7 +129,7 @@ def test_stall_times_out_then_reconnects(phone, tmp_path):
     be.discover()
     dev.stall_s = 3.0
     with pytest.raises(BackendUnavailable):
-        be.apply(1_305_600, 443_000_000)
+        be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
     assert not be.connected
     dev.stall_s = 0.0
     for _ in range(100):
@@ -137,7 +137,7 @@ def test_stall_times_out_then_reconnects(phone, tmp_path):
             break
         time.sleep(0.1)
     assert be.connected
-    assert be.apply(1_305_600, 443_000_000).effective["cpu"] == 1_305_600
+    assert be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000).effective["cpu"] == 1_305_600
     be.close()
 
 
@@ -357,7 +357,7 @@ def test_serving_changes_no_file_mode_in_the_tree(phone, tmp_path):
     vb, dev = phone
     before = {p: p.lstat().st_mode for p in vb.root.rglob("*")}
     be = connect(dev, tmp_path)
-    be.apply(1_305_600, 443_000_000)
+    be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
     be.restore()
     be.close()
     shell_client(dev, tmp_path / "keys" / "adbkey").shell(f"cat /{POLICY}/scaling_max_freq")
@@ -494,7 +494,7 @@ def test_hostile_protocol_input_is_bounded_and_the_phone_keeps_serving(phone, tm
         assert isinstance(exc, ConnectionResetError), "an idle unauthenticated host was never dropped"
     # the legitimate client still gets in and works
     be = connect(dev, tmp_path)
-    assert be.apply(1_305_600, 443_000_000).effective == {"cpu": 1_305_600, "gpu": 443_000_000}
+    assert be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000).effective == {"cpu": 1_305_600, "gpu": 443_000_000}
     be.close()
 
 
@@ -690,7 +690,7 @@ def test_backend_never_writes_through_a_planted_symlink_on_the_phone(phone, tmp_
     attr.unlink()
     attr.symlink_to("../policy0/scaling_max_freq")
     with pytest.raises(SysfsIOError) as info:
-        be.apply(1_305_600, None)
+        be.apply(cpu_khz=1_305_600)
     assert info.value.errno == errno.ELOOP and "scaling_max_freq" in str(info.value)
     assert victim.read_text() == before
     be.close()

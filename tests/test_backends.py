@@ -56,7 +56,7 @@ def test_userspace_mechanism_cpufreq_and_devfreq(board_at, tmp_path):
     pol, gpu = f"{CPUFREQ}/policy4", f"{DEVFREQ}/fb000000.gpu"
     assert read(root, f"{pol}/scaling_setspeed") == "<unsupported>"
     assert not (root / gpu / "userspace").exists()
-    res = be.apply(1_416_000, 600_000_000)
+    res = be.apply(cpu_khz=1_416_000, gpu_hz=600_000_000)
     assert res.effective == {"cpu": 1_416_000, "gpu": 600_000_000}
     assert read(root, f"{pol}/scaling_governor") == "userspace"
     assert read(root, f"{pol}/scaling_setspeed") == "1416000"
@@ -67,7 +67,7 @@ def test_userspace_mechanism_cpufreq_and_devfreq(board_at, tmp_path):
     assert res.writes == 4 and res.round_trips == 1
     # the limits were never touched under userspace
     assert read(root, f"{pol}/scaling_min_freq") == "408000"
-    res = be.apply(1_416_000, 800_000_000)
+    res = be.apply(cpu_khz=1_416_000, gpu_hz=800_000_000)
     assert res.writes == 1  # only the GPU's set_freq
     be.restore()
     assert read(root, f"{pol}/scaling_governor") == "schedutil"
@@ -79,7 +79,7 @@ def test_minmax_mechanism_pins_limits_and_reads_kgsl_clock(board_at):
     vb, be = board_at("sd888_phone")
     root = vb.root
     pol, gpu = f"{CPUFREQ}/policy7", f"{DEVFREQ}/3d00000.qcom,kgsl-3d0"
-    res = be.apply(1_305_600, 443_000_000)
+    res = be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
     assert read(root, f"{pol}/scaling_min_freq") == read(root, f"{pol}/scaling_max_freq") == "1305600"
     assert read(root, f"{gpu}/min_freq") == read(root, f"{gpu}/max_freq") == "443000000"
     assert read(root, "sys/class/kgsl/kgsl-3d0/gpuclk") == "443000000"
@@ -87,47 +87,47 @@ def test_minmax_mechanism_pins_limits_and_reads_kgsl_clock(board_at):
     assert res.effective == {"cpu": 1_305_600, "gpu": 443_000_000}
     # up and down again: any order mistake would make the kernel refuse (min > max)
     for c, g in [(2_841_600, 840_000_000), (844_800, 315_000_000), (2_035_200, 607_000_000)]:
-        res = be.apply(c, g)
+        res = be.apply(cpu_khz=c, gpu_hz=g)
         assert res.effective == {"cpu": c, "gpu": g}
         assert res.writes == 4  # one per changed limit
 
 
 def test_unsupported_frequency_rounded_by_kernel_rule_and_said(board_at):
     _, be = board_at("rk3588")
-    res = be.apply(1_300_000, 650_000_000)
+    res = be.apply(cpu_khz=1_300_000, gpu_hz=650_000_000)
     assert res.target == {"cpu": 1_416_000, "gpu": 700_000_000}
     assert res.effective == res.target
     assert any("1300000 kHz is not supported" in n and "1416000" in n for n in res.notes)
-    res = be.apply(9_999_999, 50)
+    res = be.apply(cpu_khz=9_999_999, gpu_hz=50)
     assert res.target == {"cpu": 2_400_000, "gpu": 300_000_000}
 
 
 def test_no_write_when_nothing_changes(board_at):
     _, be = board_at("sd888_phone")
-    be.apply(1_555_200, 540_000_000)
+    be.apply(cpu_khz=1_555_200, gpu_hz=540_000_000)
     before = be.transport.writes
-    res = be.apply(1_555_200, 540_000_000)
+    res = be.apply(cpu_khz=1_555_200, gpu_hz=540_000_000)
     assert res.writes == 0 and be.transport.writes == before
 
 
 def test_thermal_cap_shows_as_lower_effective_frequency(board_at):
     vb, be = board_at("pixel6_phone")
     vb.kernel.force_thermal_cap(True)
-    res = be.apply(2_802_000, 848_000_000)
+    res = be.apply(cpu_khz=2_802_000, gpu_hz=848_000_000)
     assert res.effective == {"cpu": 1_826_000, "gpu": 471_000_000}
     assert res.capped and any("thermal cap" in n for n in res.notes)
     vb.kernel.force_thermal_cap(False)
-    assert be.apply(2_802_000, 848_000_000).effective == {"cpu": 2_802_000, "gpu": 848_000_000}
+    assert be.apply(cpu_khz=2_802_000, gpu_hz=848_000_000).effective == {"cpu": 2_802_000, "gpu": 848_000_000}
 
 
 @pytest.mark.parametrize("err", [errno.EACCES, errno.EPERM, errno.EBUSY])
 def test_failed_write_names_file_and_value_and_keeps_previous(board_at, err):
     vb, be = board_at("sd888_phone")
-    be.apply(1_305_600, 443_000_000)
+    be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
     gmax = f"/{DEVFREQ}/3d00000.qcom,kgsl-3d0/max_freq"
     vb.kernel.inject_fault(gmax, err)
     with pytest.raises(SysfsIOError) as info:
-        be.apply(2_035_200, 676_000_000)  # up: the GPU max is written first, and fails
+        be.apply(cpu_khz=2_035_200, gpu_hz=676_000_000)  # up: the GPU max is written first, and fails
     msg = str(info.value)
     assert gmax in msg and "676000000" in msg and errno.errorcode[err] in msg
     assert "previous settings left in place" in msg
@@ -136,7 +136,7 @@ def test_failed_write_names_file_and_value_and_keeps_previous(board_at, err):
     assert read(vb.root, f"{pol}/scaling_min_freq") == read(vb.root, f"{pol}/scaling_max_freq") == "1305600"
     assert read(vb.root, f"{DEVFREQ}/3d00000.qcom,kgsl-3d0/min_freq") == "443000000"
     vb.kernel.inject_fault(gmax, None)
-    assert be.apply(2_035_200, 676_000_000).effective == {"cpu": 2_035_200, "gpu": 676_000_000}
+    assert be.apply(cpu_khz=2_035_200, gpu_hz=676_000_000).effective == {"cpu": 2_035_200, "gpu": 676_000_000}
 
 
 def test_read_only_attribute_is_eacces(board_at):
@@ -151,18 +151,19 @@ def test_governor_without_userspace_is_a_clear_config_error(tmp_path):
     board.cpu.mechanism = "userspace"  # but this kernel's cpufreq lacks the userspace governor
     vb = VirtualBoard(tmp_path / "b", board)
     with pytest.raises(BackendError, match="lacks .*set mechanism: minmax"):
-        vb.backend(state_file=tmp_path / "s.json").apply(1_305_600, None)
+        vb.backend(state_file=tmp_path / "s.json").apply(cpu_khz=1_305_600)
 
 
 def test_missing_policy_and_device_named_with_what_exists(tmp_path):
     board = load_board("rk3588")
     build_tree(tmp_path, board)
-    wrong = board.model_copy(deep=True)
+    # fresh copies: BoardConfig.domains is computed once per object (a copy carries it along)
+    wrong = load_board("rk3588").model_copy(deep=True)
     wrong.cpu.policies["policy9"] = wrong.cpu.policies["policy4"]
     wrong.cpu.inference_policy = "policy9"
     with pytest.raises(BackendError, match="policy9.*found: policy0, policy4, policy6"):
         LinuxBackend(wrong, tmp_path, tmp_path / "s.json").discover()
-    wrong = board.model_copy(deep=True)
+    wrong = load_board("rk3588").model_copy(deep=True)
     wrong.gpu.node = "ff9a0000.gpu"
     with pytest.raises(BackendError, match="ff9a0000.gpu.*found: fb000000.gpu"):
         LinuxBackend(wrong, tmp_path, tmp_path / "s.json").discover()
@@ -177,7 +178,7 @@ def test_plain_tree_without_virtual_kernel_reports_os_errors(tmp_path):
     target.mkdir()  # writing to a directory fails with EISDIR, like a broken attribute
     be = LinuxBackend(board, tmp_path, tmp_path / "s.json")
     with pytest.raises(SysfsIOError, match="scaling_setspeed.*EISDIR"):
-        be.apply(1_416_000, None)
+        be.apply(cpu_khz=1_416_000)
     assert read(tmp_path, f"{CPUFREQ}/policy4/scaling_governor") == "schedutil"  # rolled back
 
 
@@ -187,14 +188,14 @@ def test_permission_denied_on_plain_tree(tmp_path):
     build_tree(tmp_path, board)
     (tmp_path / CPUFREQ / "policy4" / "scaling_governor").chmod(0o444)
     with pytest.raises(SysfsIOError, match="EACCES"):
-        LinuxBackend(board, tmp_path, tmp_path / "s.json").apply(1_416_000, None)
+        LinuxBackend(board, tmp_path, tmp_path / "s.json").apply(cpu_khz=1_416_000)
 
 
 def test_save_writes_state_file_before_first_write_and_restore_removes_it(board_at, tmp_path):
     vb, be = board_at("sd888_phone")
     state = tmp_path / "sd888_phone.state.json"
     with restoring(be, handle_signals=False):
-        be.apply(960_000, 315_000_000)
+        be.apply(cpu_khz=960_000, gpu_hz=315_000_000)
         assert state.exists()
         assert '"min": 844800' in state.read_text()
     assert not state.exists()
@@ -209,7 +210,7 @@ CHILD = textwrap.dedent("""
     from sysfs_backends.virtual.board import VirtualBoard
     vb = VirtualBoard(sys.argv[1], load_board("rk3588"))
     with restoring(vb.backend(state_file=sys.argv[2])) as be:
-        be.apply(600000, 300000000)
+        be.apply(cpu_khz=600000, gpu_hz=300000000)
         print("applied", flush=True)
         time.sleep(60)
 """)
@@ -318,12 +319,12 @@ def test_requests_above_a_thermal_cap_never_trip_the_kernel(board_at):
     """Under a cap the files show effective limits, not the requests the kernel checks writes
     against; ordering must still never leave min > max (regression)."""
     vb, be = board_at("pixel6_phone")
-    be.apply(2_704_000, 848_000_000)
+    be.apply(cpu_khz=2_704_000, gpu_hz=848_000_000)
     vb.kernel.force_thermal_cap(True)
-    res = be.apply(2_507_000, 762_000_000)  # below the old request, above the cap
+    res = be.apply(cpu_khz=2_507_000, gpu_hz=762_000_000)  # below the old request, above the cap
     assert res.effective == {"cpu": 1_826_000, "gpu": 471_000_000}
-    assert be.apply(984_000, 251_000_000).effective == {"cpu": 984_000, "gpu": 251_000_000}
-    be.apply(2_802_000, 848_000_000)
+    assert be.apply(cpu_khz=984_000, gpu_hz=251_000_000).effective == {"cpu": 984_000, "gpu": 251_000_000}
+    be.apply(cpu_khz=2_802_000, gpu_hz=848_000_000)
     done = be.restore()  # still capped
     assert done
     vb.kernel.force_thermal_cap(False)

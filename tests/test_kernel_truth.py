@@ -58,7 +58,7 @@ def test_apply_reports_the_settled_frequency_not_the_stale_read(tmp_path, drive)
     pairs = [(1_305_600, 443_000_000), (2_841_600, 840_000_000), (844_800, 315_000_000),
              (2_035_200, 607_000_000), (1_305_600, 840_000_000)]
     for cpu, gpu in pairs:
-        res = be.apply(cpu, gpu)
+        res = be.apply(cpu_khz=cpu, gpu_hz=gpu)
         time.sleep(0.01)
         kernel = {"cpu": truth(vb, f"{CPUFREQ}/policy7/cpuinfo_cur_freq"),
                   "gpu": truth(vb, "sys/class/kgsl/kgsl-3d0/gpuclk")}
@@ -71,9 +71,9 @@ def test_apply_reports_the_settled_frequency_not_the_stale_read(tmp_path, drive)
 def test_kernel_slower_than_the_settle_time_is_reported_as_pending_not_capped(tmp_path, drive):
     vb = VirtualBoard(tmp_path / "b", board("sd888_phone", limit_apply_delay_ns=200_000_000))
     be = drive(vb, tmp_path / "s.json")
-    be.apply(1_305_600, None)
+    be.apply(cpu_khz=1_305_600)
     time.sleep(0.25)
-    res = be.apply(2_035_200, None)
+    res = be.apply(cpu_khz=2_035_200)
     assert res.effective == {"cpu": 1_305_600}  # what the kernel shows: the old frequency runs
     assert res.conditions == {"cpu": "pending"} and not res.capped
     time.sleep(0.25)
@@ -85,7 +85,7 @@ def test_clock_that_cannot_reach_an_opp_is_unreachable_not_capped(tmp_path, driv
     vb = VirtualBoard(tmp_path / "b", board("rk3588", unreachable_cpu_khz=[1_416_000],
                                             unreachable_gpu_hz=[600_000_000]))
     be = drive(vb, tmp_path / "s.json")
-    res = be.apply(1_416_000, 600_000_000)
+    res = be.apply(cpu_khz=1_416_000, gpu_hz=600_000_000)
     pol = f"{CPUFREQ}/policy4"
     # the last target says 1416000; the clock's own reading is the truth
     assert truth(vb, f"{pol}/scaling_cur_freq") == 1_416_000
@@ -96,7 +96,7 @@ def test_clock_that_cannot_reach_an_opp_is_unreachable_not_capped(tmp_path, driv
     assert res.unreachable == {"cpu": 1_200_000, "gpu": 500_000_000}
     assert any("cannot reach" in n for n in res.notes)
     # asking again writes nothing: the setpoint is already the request
-    assert be.apply(1_416_000, 600_000_000).writes == 0
+    assert be.apply(cpu_khz=1_416_000, gpu_hz=600_000_000).writes == 0
     assert be.state()["cpu"].cur == 1_200_000
     be.restore()
 
@@ -105,7 +105,7 @@ def test_thermal_cap_is_capped_with_the_kernel_limits(tmp_path, drive):
     vb = VirtualBoard(tmp_path / "b", board("pixel6_phone"))
     be = drive(vb, tmp_path / "s.json")
     vb.kernel.force_thermal_cap(True)
-    res = be.apply(2_802_000, 848_000_000)
+    res = be.apply(cpu_khz=2_802_000, gpu_hz=848_000_000)
     assert res.conditions == {"cpu": "capped", "gpu": "capped"} and res.capped
     assert res.limits["cpu"][1] == 1_826_000 and res.limits["gpu"][1] == 471_000_000
     be.restore()
@@ -120,7 +120,7 @@ def test_without_cpuinfo_cur_freq_the_last_target_is_used_and_said(tmp_path, dri
     assert found.domains["cpu"].cur_source == "last_target"
     assert found.domains["gpu"].cur_source == "hardware"
     assert any("scaling_cur_freq" in n and "not the clock" in n for n in found.notes)
-    assert be.apply(1_416_000, None).effective == {"cpu": 1_416_000}
+    assert be.apply(cpu_khz=1_416_000).effective == {"cpu": 1_416_000}
     be.restore()
 
 
@@ -141,13 +141,13 @@ def test_modern_kernel_resolves_a_min_above_the_max(tmp_path):
 def test_legacy_kernel_refuses_crossing_limits_and_the_backend_never_crosses(tmp_path, drive):
     vb = VirtualBoard(tmp_path / "b", board("sd888_phone", legacy_limits=True))
     be = drive(vb, tmp_path / "s.json")
-    be.apply(1_305_600, None)
+    be.apply(cpu_khz=1_305_600)
     with pytest.raises(OSError) as info:
         vb.kernel.write(f"/{CPUFREQ}/policy7/scaling_min_freq", "2841600")
     assert info.value.errno == errno.EINVAL
     for c, g in [(2_841_600, 840_000_000), (844_800, 315_000_000), (2_035_200, 607_000_000),
                  (844_800, 840_000_000), (2_841_600, 315_000_000)]:
-        res = be.apply(c, g)
+        res = be.apply(cpu_khz=c, gpu_hz=g)
         assert res.effective == {"cpu": c, "gpu": g} and res.conditions == {"cpu": "ok", "gpu": "ok"}
     be.restore()
 
@@ -228,7 +228,7 @@ def test_devfreq_userspace_without_a_request_comes_back_at_its_frequency(tmp_pat
     assert vb.kernel.read(f"/{gpu}/userspace/set_freq").strip() == "undefined"
     assert truth(vb, f"{gpu}/cur_freq") == 1_000_000_000
     be = vb.backend(state_file=tmp_path / "s.json")
-    be.apply(None, 400_000_000)
+    be.apply(gpu_hz=400_000_000)
     assert truth(vb, f"{gpu}/cur_freq") == 400_000_000
     be.restore()
     assert truth(vb, f"{gpu}/cur_freq") == 1_000_000_000

@@ -201,17 +201,17 @@ def test_in_process_governor_and_lifecycle_refused_while_daemon_owns_board(owner
 def test_two_backends_in_one_process(tmp_path):
     vb = VirtualBoard(tmp_path / "vb", load_board("sd888_phone"))
     first = vb.backend(tmp_path / "s.json")
-    first.apply(960_000, 315_000_000)
+    first.apply(cpu_khz=960_000, gpu_hz=315_000_000)
     second = vb.backend(tmp_path / "s.json")
     with pytest.raises(BoardBusy, match="this process"):
-        second.apply(2_841_600, None)
+        second.apply(cpu_khz=2_841_600)
     with pytest.raises(BoardBusy):
         second.restore()
     assert json.loads((tmp_path / "s.json").read_text())["domains"]["cpu"]["max"] == 2841600
     first.restore()
     assert settings(tmp_path / "vb") == BOOT
     # the first gave the board back: the second may own it now
-    second.apply(960_000, None)
+    second.apply(cpu_khz=960_000)
     second.restore()
     assert settings(tmp_path / "vb") == BOOT
 
@@ -240,7 +240,7 @@ def test_failed_write_still_attempts_every_domain_and_keeps_state_file(owner):
 def test_refused_governor_name_is_a_failure_not_restored(tmp_path):
     vb = VirtualBoard(tmp_path / "vb", load_board("sd888_phone"))
     be = vb.backend(tmp_path / "saved.json")
-    be.apply(960_000, 315_000_000)
+    be.apply(cpu_khz=960_000, gpu_hz=315_000_000)
     be.close()  # as if killed: the state file stays
     data = json.loads((tmp_path / "saved.json").read_text())
     data["domains"]["cpu"]["governor"] = "interactive"  # not available on this kernel
@@ -285,7 +285,7 @@ def test_damaged_state_file_is_named_never_adopted_and_defaults_is_the_way_out(t
     content, what = DAMAGED[case]
     vb = VirtualBoard(tmp_path / "vb", load_board("sd888_phone"))
     be = vb.backend(tmp_path / "other.json")
-    be.apply(960_000, 315_000_000)  # the board is left pinned...
+    be.apply(cpu_khz=960_000, gpu_hz=315_000_000)  # the board is left pinned...
     be.close()
     state = tmp_path / "saved.json"  # ...and its state file is damaged
     state.write_bytes(content.encode() if isinstance(content, str) else content)
@@ -308,7 +308,7 @@ def test_damaged_state_file_is_named_never_adopted_and_defaults_is_the_way_out(t
 def test_restore_without_state_file_says_the_board_is_not_at_defaults(tmp_path):
     vb = VirtualBoard(tmp_path / "vb", load_board("sd888_phone"))
     be = vb.backend(tmp_path / "saved.json")
-    be.apply(960_000, None)
+    be.apply(cpu_khz=960_000)
     be.close()
     (tmp_path / "saved.json").unlink()  # deleted
     out = restore_cli(tmp_path)
@@ -335,7 +335,7 @@ def test_unwritable_state_dir_is_a_clear_error_and_nothing_changes(tmp_path):
     (tmp_path / "afile").write_text("")
     be = vb.backend(tmp_path / "afile" / "saved.json")  # its parent is not a directory
     with pytest.raises(StateFileError, match="afile"):
-        be.apply(960_000, None)
+        be.apply(cpu_khz=960_000)
     assert settings(tmp_path / "vb") == BOOT
 
 
@@ -357,7 +357,7 @@ def test_original_userspace_setpoint_is_restored(tmp_path, domain):
     be = vb.backend(tmp_path / "s.json")
     with restoring(be, handle_signals=False):
         value = be.domains()[domain].frequencies[-1]
-        be.apply(*((value, None) if domain == "cpu" else (None, value)))
+        be.apply({domain: value})
         assert read(vb.root, attr) == str(value)
         assert json.loads((tmp_path / "s.json").read_text())["domains"][domain]["setpoint"] == setpoint
     assert read(vb.root, attr) == str(setpoint)
@@ -373,20 +373,20 @@ def test_planted_symlink_at_state_file_or_tmp_never_overwrites_its_target(tmp_pa
     state.parent.mkdir()
     (state.parent / "saved.json.tmp").symlink_to(victim)
     be = vb.backend(state)
-    be.apply(960_000, None)  # the .tmp link is replaced by our own file, not written through
+    be.apply(cpu_khz=960_000)  # the .tmp link is replaced by our own file, not written through
     assert victim.read_text() == "precious\n"
     assert not state.is_symlink() and json.loads(state.read_text())["board"] == "sd888_phone"
     be.restore()
     state.symlink_to(victim)  # planted at the state file itself
     with pytest.raises(StateFileError, match="symbolic link"):
-        vb.backend(state).apply(960_000, None)
+        vb.backend(state).apply(cpu_khz=960_000)
     assert victim.read_text() == "precious\n"
     assert settings(tmp_path / "vb") == BOOT
     state.unlink()
     assert not (state.parent / "saved.json.lock").exists()  # the refused start gave the lock back
     (state.parent / "saved.json.lock").symlink_to(victim)  # and at the lock
     with pytest.raises(StateFileError, match="lock file is a symbolic link"):
-        vb.backend(state).apply(960_000, None)
+        vb.backend(state).apply(cpu_khz=960_000)
     assert victim.read_text() == "precious\n"
 
 
@@ -405,7 +405,7 @@ def test_attribute_symlink_is_not_followed(tmp_path):
     attr.unlink()
     attr.symlink_to(victim)
     with pytest.raises(SysfsIOError) as info:
-        be.apply(1_008_000, None)
+        be.apply(cpu_khz=1_008_000)
     assert info.value.errno == errno.ELOOP
     assert victim.read_text() == "precious\n"
 
@@ -418,7 +418,7 @@ def test_domain_directory_symlink_out_of_tree_is_refused(tmp_path):
     node.rename(outside)
     node.symlink_to(outside)
     with pytest.raises(BackendError, match="outside the sysfs tree"):
-        be.apply(None, board.gpu.frequencies_hz[0])
+        be.apply(gpu_hz=board.gpu.frequencies_hz[0])
     assert read(outside, "governor") == board.gpu.default_governor
 
 
@@ -433,7 +433,7 @@ def test_devfreq_directory_as_a_kernel_symlink_is_resolved_and_written_there(tmp
     (real / "governor").write_text("userspace\n")  # a plain tree: no kernel makes userspace/
     (real / "userspace").mkdir()
     (real / "userspace" / "set_freq").write_text("0\n")
-    be.apply(None, board.gpu.frequencies_hz[0])
+    be.apply(gpu_hz=board.gpu.frequencies_hz[0])
     assert read(real, "userspace/set_freq") == str(board.gpu.frequencies_hz[0])
     # a link planted later where the resolved directory was reached cannot redirect writes
     victim_dir = tmp_path / "victim"
@@ -442,7 +442,7 @@ def test_devfreq_directory_as_a_kernel_symlink_is_resolved_and_written_there(tmp
     (victim_dir / "userspace" / "set_freq").write_text("precious\n")
     node.unlink()
     node.symlink_to(victim_dir)
-    be.apply(None, board.gpu.frequencies_hz[1])
+    be.apply(gpu_hz=board.gpu.frequencies_hz[1])
     assert read(victim_dir, "userspace/set_freq") == "precious"
     assert read(real, "userspace/set_freq") == str(board.gpu.frequencies_hz[1])
 
@@ -467,7 +467,7 @@ def test_virtual_kernel_refuses_writes_through_symlinks(tmp_path):
     target.unlink()
     target.symlink_to(victim)
     be = vb.backend(tmp_path / "s.json")
-    be.apply(None, 315_000_000)
+    be.apply(gpu_hz=315_000_000)
     assert victim.read_text() == "precious\n"
     assert not target.is_symlink() and read(tmp_path / "vb", f"{GPU}/target_freq") == "315000000"
     be.restore()
@@ -510,7 +510,7 @@ def test_daemon_refuses_a_regular_file_at_its_socket_path(tmp_path):
 def test_restore_incomplete_exception_lists_every_failure(tmp_path):
     vb = VirtualBoard(tmp_path / "vb", load_board("sd888_phone"))
     be = vb.backend(tmp_path / "s.json")
-    be.apply(960_000, 315_000_000)
+    be.apply(cpu_khz=960_000, gpu_hz=315_000_000)
     vb.kernel.inject_fault(f"/{CPU}/scaling_max_freq", errno.EBUSY)
     vb.kernel.inject_fault(f"/{GPU}/max_freq", errno.EACCES)
     with pytest.raises(RestoreIncomplete) as info:

@@ -85,10 +85,11 @@ def sweep(
         for point in points:
             mem_hz = point.mem_hz
             if backend is not None:
-                if point.mem_hz is None:
-                    res = backend.apply(point.cpu_khz, point.gpu_hz)
-                else:  # a backend with a memory domain takes its level by keyword
-                    res = backend.apply(point.cpu_khz, point.gpu_hz, mem_hz=point.mem_hz)
+                targets = {"cpu": point.cpu_khz, "gpu": point.gpu_hz}
+                if point.mem_hz is not None:
+                    targets["mem"] = point.mem_hz
+                res = backend.apply({d: v for d, v in targets.items() if v is not None})
+                if point.mem_hz is not None:
                     mem_hz = res.effective.get("mem", point.mem_hz)
                 info = backend.discover().domains
                 time.sleep(max(d.transition_latency_ns for d in info.values()) / 1e9)

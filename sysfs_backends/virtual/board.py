@@ -1,13 +1,17 @@
 """The virtual board: a /sys-shaped tree, a small kernel that applies writes, and the simulator.
 
-The tree is laid out exactly like a real board's (cpufreq policies, devfreq devices, kgsl), so the
-Linux backend drives it unchanged. Writes reach the files through ``VirtualKernel.write``, which
-applies the kernel's rules: governors must be available; ``scaling_setspeed`` and
-``userspace/set_freq`` only work under ``userspace`` (the latter only exists then); limits resolve
-to supported frequencies (min up, max down) and are clamped to the hardware range; a min above the
-max or a max below the min is refused with EINVAL; read-only attributes refuse with EACCES; thermal
-capping lowers the effective max (visible in ``scaling_max_freq``/``max_freq``, as with the
-kernel's frequency QoS). Faults (EBUSY, EACCES, EPERM, ...) can be injected per file for tests.
+The tree is laid out exactly like a real board's (cpufreq policies, devfreq devices, kgsl, a memory
+devfreq node or Jetson's BPMP EMC clock in debugfs), so the Linux backend drives it unchanged.
+Writes reach the files through ``VirtualKernel.write``, which applies the kernel's rules: governors
+must be available; ``scaling_setspeed`` and ``userspace/set_freq`` only work under ``userspace``
+(the latter only exists then); limits resolve to supported frequencies (min up, max down) and are
+clamped to the hardware range; a min above the max or a max below the min is refused with EINVAL;
+read-only attributes refuse with EACCES; thermal capping lowers the effective max (visible in
+``scaling_max_freq``/``max_freq``/``max_rate``, as with the kernel's frequency QoS). A BPMP clock
+(``/sys/kernel/debug/bpmp/debug/clk/emc``) runs the firmware's own choice (its highest allowed
+rate) until ``1`` is written to ``mrq_rate_locked``; a rate written to ``rate`` (rounded up to a
+lockable rate, clamped to ``max_rate``) then holds, and writing ``0`` hands the clock back to the
+firmware. Faults (EBUSY, EACCES, EPERM, ...) can be injected per file for tests.
 
 All state lives in the tree (``.virtual/state.json``, guarded by an flock), so the governor daemon,
 the apps and the demo driver, each in its own process, share one board.
@@ -27,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from dvfs_schema.board import BoardConfig
+from dvfs_schema.domains import AXIS_KEY
 from dvfs_schema.domains import highest_at_most as _resolve_down
 from dvfs_schema.domains import round_to_table as _resolve_up
 from dvfs_schema.workload import ModelSpec
 from sysfs_backends.linux import LinuxBackend
-from sysfs_backends.sysfs import CPUFREQ_DIR, DEVFREQ_DIR, KGSL_DIR
+from sysfs_backends.sysfs import BPMP_CLK_DIR, CPUFREQ_DIR, DEVFREQ_DIR, KGSL_DIR
 from sysfs_backends.virtual import power_files
 from sysfs_backends.virtual.simulator import Simulator
 
@@ -46,14 +51,14 @@ THERMAL_TAU_S = 20.0
 
 
 def _domain_state(kind: str, table: list[int], governors: list[str], governor: str, latency_ns: int,
-                  unreachable: list[int], boot: int | None = None) -> dict:
+                  unreachable: list[int], boot: int | None = None, name: str | None = None) -> dict:
     """A domain as the virtual kernel keeps it: the user's limit requests, the limits applied
     (cpufreq applies new requests later, from a work item), the governor's target and the clock."""
     dom = {"kind": kind, "table": table, "governors": governors, "governor": governor,
            "user_min": table[0], "user_max": table[-1], "applied": [table[0], table[-1]],
            "pending_ns": None, "setspeed": table[-1], "target": table[-1], "cur": table[-1],
            "unreachable": [f for f in unreachable if f in table], "latency_ns": latency_ns,
-           "changed_ns": 0}
+           "changed_ns": 0, "name": name or ("cpu" if kind == "cpufreq" else "gpu")}
     if boot is not None:
         dom["target"] = dom["setspeed"] = _resolve_up(boot, table)
     dom["cur"] = VirtualKernel._clock(dom, dom["target"])
@@ -95,7 +100,16 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
         domains[d]["clock_readback"] = sim is None or sim.cpu_clock_readback
     gpu = board.gpu
     if gpu is not None:  # a board without a GPU has no devfreq device at all
-        _build_gpu(root, gpu, domains, sim.unreachable_gpu_hz if sim else [], sim.boot_gpu_hz if sim else None)
+        _build_devfreq(root, board.domain("gpu"), domains, sim.unreachable_gpu_hz if sim else [],
+                       sim.boot_gpu_hz if sim else None)
+    if board.memory is not None:
+        mem = board.domain("mem")
+        unreachable = getattr(sim, "unreachable_mem_hz", None) or []
+        boot = getattr(sim, "boot_mem_hz", None)
+        if mem.kind == "bpmp_emc":
+            _build_bpmp(root, mem, domains, unreachable, boot)
+        else:
+            _build_devfreq(root, mem, domains, unreachable, boot)
     (root / BOARD).write_text(board.model_dump_json())
     options = {"limit_apply_delay_ns": sim.limit_apply_delay_ns if sim else 0,
                "legacy_limits": sim.legacy_limits if sim else False}
@@ -112,24 +126,37 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
     return root
 
 
-def _build_gpu(root: Path, gpu, domains: dict, unreachable: list[int], boot: int | None) -> None:
-    d = f"{DEVFREQ_DIR}/{gpu.node}"
-    freqs = gpu.frequencies_hz
+def _build_devfreq(root: Path, spec, domains: dict, unreachable: list[int], boot: int | None) -> None:
+    """A devfreq device: the GPU, or a memory/bus node (values in Hz, or a bus voter's MB/s)."""
+    d = f"{DEVFREQ_DIR}/{spec.node}"
+    freqs = list(spec.frequencies)
     ro = {"available_frequencies": " ".join(map(str, freqs)),
-          "available_governors": " ".join(gpu.governors), "cur_freq": freqs[-1],
+          "available_governors": " ".join(spec.governors), "cur_freq": freqs[-1],
           "target_freq": freqs[-1], "trans_stat": ""}
-    rw = {"governor": gpu.default_governor, "min_freq": freqs[0], "max_freq": freqs[-1],
+    rw = {"governor": spec.default_governor, "min_freq": freqs[0], "max_freq": freqs[-1],
           "polling_interval": 50}
     _write_files(root, d, ro, rw)
-    if gpu.default_governor == "userspace":  # the governor's directory exists only while selected
+    if spec.default_governor == "userspace":  # the governor's directory exists only while selected
         _write_files(root, f"{d}/userspace", {}, {"set_freq": "undefined"})
-    domains[d] = _domain_state("devfreq", freqs, gpu.governors, gpu.default_governor,
-                               gpu.transition_latency_ns, unreachable, boot)
+    domains[d] = _domain_state("devfreq", freqs, list(spec.governors), spec.default_governor,
+                               spec.transition_latency_ns, unreachable, boot, spec.name)
     domains[d]["setspeed"] = None  # devfreq's userspace governor has no request until one is written
-    if gpu.kind == "kgsl":
+    if spec.kind == "kgsl":
         _write_files(root, KGSL_DIR, {"gpuclk": freqs[-1], "max_gpuclk": freqs[-1],
                                       "gpu_available_frequencies": " ".join(map(str, freqs[::-1]))},
                      {})
+
+
+def _build_bpmp(root: Path, spec, domains: dict, unreachable: list[int], boot: int | None) -> None:
+    """Jetson's EMC through the BPMP debugfs clock interface; unlocked at boot (the firmware's
+    DVFS picks the rate). debugfs files are root-only on a real board; here the tree's user's."""
+    d = f"{BPMP_CLK_DIR}/{spec.node}"
+    freqs = list(spec.frequencies)
+    _write_files(root, d, {"min_rate": freqs[0], "max_rate": freqs[-1], "parent": "pllm"},
+                 {"rate": freqs[-1], "mrq_rate_locked": 0})
+    domains[d] = _domain_state("bpmp_emc", freqs, ["bpmp", "locked"], "bpmp", spec.transition_latency_ns,
+                               unreachable, boot, spec.name)
+    domains[d]["setspeed"] = None  # no rate asked from Linux yet
 
 
 def _write_files(root: Path, d: str, ro: dict, rw: dict, root_only: dict | None = None) -> None:
@@ -151,6 +178,7 @@ class FrameResult:
     transition_ns: float
     background_load: float = 0.0
     capped: bool = False
+    mem_hz: int | None = None  # the memory clock in force (its unit); None on a board without one
 
 
 class VirtualKernel:
@@ -272,6 +300,13 @@ class VirtualKernel:
             if dom["governor"] != "userspace":
                 raise einval
             dom["setspeed"] = self._number(value)
+        elif dom["kind"] == "bpmp_emc" and attr == "mrq_rate_locked":
+            if value not in ("0", "1"):
+                raise einval
+            dom["governor"] = "locked" if value == "1" else "bpmp"
+        elif dom["kind"] == "bpmp_emc" and attr == "rate":
+            # the request is kept while unlocked too; it holds only once the rate is locked
+            dom["setspeed"] = self._number(value)
         elif attr in ("scaling_min_freq", "min_freq", "scaling_max_freq", "max_freq"):
             v = self._number(value)
             is_min = "min" in attr
@@ -333,7 +368,7 @@ class VirtualKernel:
         table = dom["table"]
         eff_min, eff_max = self._effective_limits(state, dom)
         gov = dom["governor"]
-        if gov == "userspace":
+        if gov in ("userspace", "locked"):
             wanted = dom["target"] if dom["setspeed"] is None else dom["setspeed"]
             target = _resolve_up(min(max(wanted, eff_min), eff_max), table)
             if target > eff_max:
@@ -347,7 +382,10 @@ class VirtualKernel:
             dom["changed_ns"] = time.monotonic_ns()
         dom["cur"], dom["target"] = cur, target
         base = self.root / directory.lstrip("/")
-        if dom["kind"] == "cpufreq":
+        if dom["kind"] == "bpmp_emc":
+            files = {"rate": cur, "min_rate": eff_min, "max_rate": eff_max,
+                     "mrq_rate_locked": 1 if gov == "locked" else 0}
+        elif dom["kind"] == "cpufreq":
             files = {"scaling_governor": gov, "scaling_min_freq": eff_min, "scaling_max_freq": eff_max,
                      "scaling_cur_freq": target, "cpuinfo_cur_freq": cur,
                      "scaling_setspeed": target if gov == "userspace" else "<unsupported>"}
@@ -359,7 +397,7 @@ class VirtualKernel:
             if gov == "userspace":
                 files["userspace/set_freq"] = "undefined" if dom["setspeed"] is None else dom["setspeed"]
             kgsl = self.root / KGSL_DIR.lstrip("/")
-            if kgsl.exists():
+            if dom.get("name", "gpu") == "gpu" and kgsl.exists():  # kgsl shows the GPU's clock only
                 _force_write(kgsl / "gpuclk", cur)
         for name, value in files.items():
             if dom.get("shown", {}).get(name) != value:
@@ -370,9 +408,8 @@ class VirtualKernel:
         if not state["thermal"]["capped"]:
             return dom["table"][-1]
         sim = self.board.simulation
-        cap = None
-        if sim is not None:
-            cap = sim.thermal_cap_cpu_khz if dom["kind"] == "cpufreq" else sim.thermal_cap_gpu_hz
+        name = dom.get("name") or ("cpu" if dom["kind"] == "cpufreq" else "gpu")
+        cap = getattr(sim, f"thermal_cap_{AXIS_KEY[name]}", None) if sim is not None else None
         return _resolve_down(cap, dom["table"]) if cap else dom["table"][-1]
 
     def thermal_cap_of(self, directory: str) -> int | None:
@@ -439,25 +476,34 @@ class VirtualKernel:
             board = self.board
             cpu_dir = f"{CPUFREQ_DIR}/{board.cpu.inference_policy}"
             gpu_dir = f"{DEVFREQ_DIR}/{board.gpu.node}" if board.gpu is not None else None
+            mem_dir = _domain_dir(board.domain("mem")) if board.memory is not None else None
             now = time.monotonic_ns()
             transition = 0.0
-            for d in (cpu_dir, gpu_dir)[: 2 if gpu_dir else 1]:
-                dom = state["domains"][d]
-                transition = max(transition, dom["changed_ns"] + dom["latency_ns"] - now)
+            for d in (cpu_dir, gpu_dir, mem_dir):
+                if d is not None:
+                    dom = state["domains"][d]
+                    transition = max(transition, dom["changed_ns"] + dom["latency_ns"] - now)
             transition = max(transition, 0.0)
             cpu = state["domains"][cpu_dir]["cur"]
             gpu = state["domains"][gpu_dir]["cur"] if gpu_dir else None
+            mem = state["domains"][mem_dir]["cur"] if mem_dir else None
             load = state["background_load"]
             capped = state["thermal"]["capped"]
-            res = sim.run(cpu, gpu, context_len, rng, host_slowdown=1.0 + load)
+            res = sim.run(cpu, gpu, context_len, rng, host_slowdown=1.0 + load)  # TODO(merge estmem): add mem_hz=mem
             latency = float(res.latency_ns[0]) + transition
-            energy = float(board.frame_energy_j(cpu, gpu, res.host_busy_ns[0], res.gpu_busy_ns[0], latency))
+            energy = float(board.frame_energy_j(cpu, gpu, res.host_busy_ns[0], res.gpu_busy_ns[0], latency,
+                                                mem_hz=mem))
             power_files.account_frame(self.root, state, board, cpu, gpu, res.host_busy_ns[0], res.gpu_busy_ns[0],
-                                      latency)
+                                      latency, mem_hz=mem)
             dt = max(period_s or 0.0, latency * 1e-9)
             self._update_thermal(state, energy / dt if dt > 0 else 0.0, dt)
         return FrameResult(latency, energy, cpu, gpu, float(res.host_busy_ns[0]),
-                           float(res.gpu_busy_ns[0]), transition, load, capped)
+                           float(res.gpu_busy_ns[0]), transition, load, capped, mem)
+
+
+def _domain_dir(spec) -> str:
+    """Where the virtual kernel keeps a (non-CPU) domain: its devfreq or BPMP clock directory."""
+    return f"{BPMP_CLK_DIR}/{spec.node}" if spec.kind == "bpmp_emc" else f"{DEVFREQ_DIR}/{spec.node}"
 
 
 def _force_write(path: Path, value) -> None:

@@ -159,15 +159,16 @@ def _true_board(board: BoardConfig) -> BoardConfig:
 
 
 def account_frame(root: Path, state: dict, board: BoardConfig, cpu_khz: int, gpu_hz: int | None,
-                  host_busy_ns: float, gpu_busy_ns: float, latency_ns: float) -> None:
-    """Charge one frame to every rail and rewrite the monitor's files (inside the kernel's lock)."""
+                  host_busy_ns: float, gpu_busy_ns: float, latency_ns: float, mem_hz: int | None = None) -> None:
+    """Charge one frame to every rail and rewrite the monitor's files (inside the kernel's lock).
+    The memory domain's power is shared out like the idle power (it sits on the SoC/board rails)."""
     power = state.get("power")
     if power is None or not board.has_power_tables:
         return
     true = _true_board(board)
     active = {"cpu": float(true.power_mw("cpu", cpu_khz)) * host_busy_ns * 1e-12,
               "gpu": float(true.power_mw("gpu", gpu_hz)) * gpu_busy_ns * 1e-12 if gpu_hz is not None else 0.0}
-    total = float(true.frame_energy_j(cpu_khz, gpu_hz, host_busy_ns, gpu_busy_ns, latency_ns))
+    total = float(true.frame_energy_j(cpu_khz, gpu_hz, host_busy_ns, gpu_busy_ns, latency_ns, mem_hz=mem_hz))
     idle = total - active["cpu"] - active["gpu"]
     frame_j = {r: sum(active[d] for d in ACTIVE[r]) + IDLE_SHARE[r] * idle for r in power["energy_uj"]}
     power["wall_ns"] = time.monotonic_ns()
