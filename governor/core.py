@@ -66,6 +66,7 @@ class Decision:
     feasible: bool
     changed: bool
     notes: tuple[str, ...] = ()
+    mem_hz: int | None = None  # the memory level, on a board with a memory domain
 
 
 @dataclass
@@ -108,12 +109,14 @@ def compute_grid(est: Estimator, board: BoardConfig, freq_rank: np.ndarray | Non
     A module-level function of picklable arguments, so the daemon can run it in a worker process:
     it takes ~20 ms and a burst of new context lengths must not hold up other apps."""
     lat, energy = [], []
+    # each domain's frequency at every grid point (the estimator's grid order), for the energy model
+    freqs = dict(zip(est.domains, est.grid_points.T, strict=True))
     for s in HOST_LEVELS:
         br = est.grid(context_len, with_overlap=False, host_scale=float(s))
         lat.append(br.latency_ms)
-        if freq_rank is None:  # mJ; without a GPU the energy model has no GPU term
-            energy.append(board.frame_energy_j(br.cpu_khz, br.gpu_hz, br.host_busy_ms * 1e6,
-                                               br.gpu_busy_ms * 1e6, br.latency_ms * 1e6) * 1e3)
+        if freq_rank is None:  # mJ, over whichever domains the board has (dvfs_schema.energy)
+            energy.append(board.energy.frame_energy_j(freqs, br.host_busy_ms * 1e6, br.gpu_busy_ms * 1e6,
+                                                      br.latency_ms * 1e6) * 1e3)
         else:
             energy.append(freq_rank)
     return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy))
@@ -286,9 +289,10 @@ class Governor:
             index = index * len(table) + min(int(np.searchsorted(table, value)), len(table) - 1)
         return index
 
-    def _as_decision(self, point: tuple[int, ...]) -> tuple[int, int | None]:
+    def _as_decision(self, point: tuple[int, ...]) -> tuple[int, int | None, int | None]:
+        """(cpu_khz, gpu_hz, mem_hz) of a point; None for a domain the board does not have."""
         by_domain = dict(zip(self.domains, point, strict=True))
-        return int(by_domain["cpu"]), (int(by_domain["gpu"]) if "gpu" in by_domain else None)
+        return (int(by_domain["cpu"]), *(int(by_domain[d]) if d in by_domain else None for d in ("gpu", "mem")))
 
     # ---- the decision ------------------------------------------------------------------
     def before_frame(self, model: str, deadline_ms: float, context_len: int | None = None,
@@ -366,8 +370,8 @@ class Governor:
             stats.frames += 1
             feasible = feasible and predicted <= deadline_ms
             stats.infeasible += not feasible
-            cpu, gpu = self._as_decision(point)
-            decision = Decision(frame, cpu, gpu, round(predicted, 4), bool(feasible), changed, tuple(notes))
+            cpu, gpu, mem = self._as_decision(point)
+            decision = Decision(frame, cpu, gpu, round(predicted, 4), bool(feasible), changed, tuple(notes), mem)
             if self.recorder is not None:
                 held = [d for d, c in zip(self.domains, self._caps, strict=True) if now < self._caps_until
                         and math.isfinite(c)]
@@ -598,7 +602,7 @@ class Governor:
         self.recorder.frame(FrameRecord(
             frame=frame, t_s=round(self.recorder.elapsed_s(decided_at), 6), app=f.app, model=f.model,
             deadline_ms=f.deadline_ms, context_len=context_len, cpu_khz=d.cpu_khz,
-            gpu_hz=d.gpu_hz if self.board.gpu else None, predicted_ms=d.predicted_ms,
+            gpu_hz=d.gpu_hz if self.board.gpu else None, mem_hz=d.mem_hz, predicted_ms=d.predicted_ms,
             latency_ms=round(float(latency_ms), 4), missed=latency_ms > f.deadline_ms, feasible=d.feasible,
             changed=d.changed, capped=bool(held), conditions=dict.fromkeys(held, "capped")))
 
@@ -688,9 +692,9 @@ class Governor:
     def _status_frequencies(self) -> dict:
         """``cpu_khz``/``gpu_hz`` in force; ``gpu_hz`` is null on a board without a GPU."""
         if not self._started:
-            return {"cpu_khz": None, "gpu_hz": None}
-        cpu, gpu = self._as_decision(self._cur)
-        return {"cpu_khz": cpu, "gpu_hz": gpu}
+            return {"cpu_khz": None, "gpu_hz": None} | ({"mem_hz": None} if "mem" in self.domains else {})
+        cpu, gpu, mem = self._as_decision(self._cur)
+        return {"cpu_khz": cpu, "gpu_hz": gpu} | ({"mem_hz": mem} if "mem" in self.domains else {})
 
     def _sample_power(self) -> None:
         """Sample the power rails (on the I/O thread, with the state re-read)."""

@@ -264,6 +264,8 @@ class Daemon:
                                          req.context_len, req.app, owner=client)
                 out = {"ok": True, "frame": d.frame, "cpu_khz": d.cpu_khz, "gpu_hz": d.gpu_hz,
                        "predicted_ms": d.predicted_ms, "feasible": d.feasible}
+                if d.mem_hz is not None:
+                    out["mem_hz"] = d.mem_hz
                 if d.notes:
                     out["notes"] = list(d.notes)
                 return out

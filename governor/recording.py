@@ -58,6 +58,7 @@ class FrameRecord(BaseModel):
     context_len: int | None = None
     cpu_khz: int
     gpu_hz: int | None = None
+    mem_hz: int | None = None  # on a board with a memory domain
     predicted_ms: float
     latency_ms: float
     missed: bool
