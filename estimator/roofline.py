@@ -1,0 +1,166 @@
+"""Segment times that depend on the memory clock: a roofline, not a sum of ``1/f`` terms.
+
+A GPU kernel is compute-bound (its time follows the GPU clock) or memory-bound (it follows the
+memory clock), and it moves between the two as the clocks change: at a high GPU clock and a low
+memory clock a convolution waits on DRAM; at a low GPU clock the same convolution is compute-bound
+again. A sum ``a / f_gpu + m / f_mem`` charges both at once and was what public Orin measurements
+showed failing (tens of % off at another EMC clock). So, with ``x_d = f_ref / f_d`` for each domain:
+
+    t = a * R_p(x_own, theta * x_mem) + s * x_own + b        R normalised so that R(1, 1) = 1
+    R_p(u, v) = ((u^p + v^p) / (1 + theta^p)) ^ (1/p)        a soft maximum (p-norm)
+
+``own`` is the clock the work runs on (the GPU for a kernel, the CPU for host work: launches, host
+operators, synchronisation, whose memory traffic is the CPU's). ``theta`` is the memory part's size
+against the compute part at the highest clocks, ``p`` the sharpness of the transition (``p = 1``: the
+two add, as a host operator's compute and its DRAM read-back do; large ``p``: a hard ``max``).
+``s * x_own`` is work on the own clock that no memory access hides (kernel set-up cycles, a launch's
+CPU work) and ``b`` what no clock here moves (driver, interrupt latency). Language models add the
+same amplitude and constant times the normalised context length (``a_ctx``, ``b_ctx``).
+
+Fitting: ``(theta, p)`` are searched on a grid shared by every segment (the designs depend only on
+the profiled points, so one batch of tiny least-squares problems ranks every candidate for every
+segment at once); the best few per segment are solved exactly with non-negative least squares on
+relative error and the winner refitted with Huber weights (estimator.fit._robust_nnls), so one
+outlying point is down-weighted instead of bending the curve. Repeats at a point are reduced to
+their median first. A segment seen at too few points to identify this (fewer than its columns + 2)
+keeps ``p = 2`` and searches ``theta`` alone.
+
+Evaluation is cheap over a grid: ``R`` depends only on the pair (own, memory) frequency, so it is
+computed once per distinct pair of the two tables and gathered to the grid's points.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from estimator.fit import _robust_nnls
+
+P_CANDIDATES = np.array([1.0, 1.5, 2.0, 3.0, 4.0, 8.0])
+THETA_CANDIDATES = np.logspace(-2.5, 2.5, 31)  # memory part / compute part at the highest clocks
+SHORTLIST = 5  # candidates per segment solved exactly (non-negative) after the batched ranking
+FALLBACK_P = 2.0
+ROOF_WIDTH = 4  # a row of roofline parameters: amplitude, amplitude per context, theta, p
+
+
+def roofline(xu: np.ndarray, xm: np.ndarray, theta, p) -> np.ndarray:
+    """R_p(x_own, theta * x_mem), 1 at the highest clocks; broadcasts."""
+    tp = np.power(theta, p)
+    return np.power((np.power(xu, p) + tp * np.power(xm, p)) / (1.0 + tp), 1.0 / p)
+
+
+def _candidates(few_points: bool) -> tuple[np.ndarray, np.ndarray]:
+    ps = np.array([FALLBACK_P]) if few_points else P_CANDIDATES
+    th, pp = np.meshgrid(THETA_CANDIDATES, ps, indexing="ij")
+    return th.ravel(), pp.ravel()
+
+
+def fit_roofline_columns(
+    features: np.ndarray,
+    lin_cols: list[int],
+    xu: np.ndarray,
+    xm: np.ndarray,
+    ell: np.ndarray | None,
+    y: np.ndarray,
+    sparse: str = "constant",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit every column of ``y`` (runs, segments; NaN = unobserved) with the model above.
+
+    ``features`` is estimator.fit.domain_design's matrix (runs, k); ``lin_cols`` the columns of it
+    the segment may use linearly (its own clock's ``x`` and the constant, and their context copies).
+    ``xu``/``xm`` are the runs' own-clock and memory ``x``; ``ell`` the normalised context (None
+    without one). Returns (coefficients (segments, k) over all of ``features``' columns, zero where
+    unused, and roofline rows (segments, ROOF_WIDTH)); NaN rows where a column was never observed.
+    A column seen at no more distinct points than the model has columns cannot pin any of this
+    down: it falls back to its median as a constant (``sparse="constant"``) or to pure scaling
+    with the own clock (``sparse="own"``, for host work seen only at some points).
+    """
+    from scipy.optimize import nnls  # only fitting needs scipy (see estimator.fit)
+
+    y = y[:, None] if y.ndim == 1 else y
+    n_seg = y.shape[1]
+    ctx = np.zeros(len(xu)) if ell is None else np.asarray(ell, float)
+    keys_all = np.column_stack([features, xu, xm, ctx])
+    keys, group = np.unique(keys_all, axis=0, return_inverse=True)
+    group = group.ravel()
+    n_groups = len(keys)
+    med = np.full((n_groups, n_seg), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a segment never seen at a point: NaN
+        for g in range(n_groups):
+            med[g] = np.nanmedian(y[group == g], axis=0)
+    kf = features.shape[1]
+    lin = keys[:, lin_cols]
+    gu, gm, gl = keys[:, kf], keys[:, kf + 1], keys[:, kf + 2]
+    n_roof = 1 if ell is None else 2
+    k = n_roof + len(lin_cols)
+    coef_out = np.full((n_seg, kf), np.nan)
+    roof_out = np.full((n_seg, ROOF_WIDTH), np.nan)
+    observed = ~np.isnan(med)
+    counts = observed.sum(axis=0)
+    for s in np.flatnonzero((counts >= 1) & (counts <= k)):
+        seen = observed[:, s]
+        roof_out[s] = [0.0, 0.0, 1.0, 1.0]
+        coef_out[s] = 0.0
+        if sparse == "own":
+            own_col = lin_cols[0]
+            coef_out[s, own_col] = max(float(np.median(med[seen, s] / keys[seen, own_col])), 0.0)
+        else:
+            coef_out[s, lin_cols[-1 if ell is None else -2]] = max(float(np.median(med[seen, s])), 0.0)
+    for few in (False, True):
+        segs = np.flatnonzero((counts >= k + 2) if not few else ((counts > k) & (counts < k + 2)))
+        if not len(segs):
+            continue
+        theta, p = _candidates(few)
+        r = roofline(gu[None, :], gm[None, :], theta[:, None], p[:, None])  # (C, G)
+        cols = [r] if ell is None else [r, r * gl[None, :]]
+        x = np.concatenate([np.stack(cols, axis=2), np.broadcast_to(lin, (len(theta), *lin.shape))],
+                           axis=2)  # (C, G, k)
+        ys = np.nan_to_num(med[:, segs])  # (G, S)
+        w2 = np.where(observed[:, segs], 1.0 / np.maximum(ys, 1.0) ** 2, 0.0)  # relative error
+        gram = np.einsum("cgi,cgj,gs->csij", x, x, w2)
+        rhs = np.einsum("cgi,gs->csi", x, w2 * ys)
+        yy = (w2 * ys * ys).sum(axis=0)  # (S,)
+        ridge = 1e-9 * np.trace(gram, axis1=2, axis2=3)[..., None, None] * np.eye(k) + 1e-12 * np.eye(k)
+        sol = np.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
+        sse = yy[None, :] - 2 * (sol * rhs).sum(-1) + np.einsum("csi,csij,csj->cs", sol, gram, sol)
+        shortlist = np.argsort(sse, axis=0)[:SHORTLIST]  # (SHORTLIST, S)
+        for j, s in enumerate(segs):
+            seen = observed[:, s]
+            yo = med[seen, s]
+            wo = 1.0 / np.maximum(yo, 1.0)
+            best, best_err = None, np.inf
+            for c in shortlist[:, j]:
+                xo = x[c][seen]
+                coef, _ = nnls(xo * wo[:, None], yo * wo)
+                err = float(np.sum(((xo @ coef - yo) * wo) ** 2))
+                if err < best_err:
+                    best, best_err = (c, coef), err
+            c, _ = best
+            coef = _robust_nnls(x[c][seen], yo) if seen.sum() > k else best[1]
+            roof_out[s] = [coef[0], coef[1] if ell is not None else 0.0, theta[c], p[c]]
+            full = np.zeros(kf)
+            full[lin_cols] = coef[n_roof:]
+            coef_out[s] = full
+    return coef_out, roof_out
+
+
+def roofline_term(roof: np.ndarray, xu: np.ndarray, xm: np.ndarray, ell: np.ndarray | None) -> np.ndarray:
+    """(segments, points): ``(a + a_ctx * ell) * R`` for roofline rows ``roof`` (segments, 4) at
+    points with own-clock ``xu`` and memory ``xm`` (points,). R is computed once per distinct
+    (own, memory) pair and gathered: a grid has few of them."""
+    uu, iu = np.unique(xu, return_inverse=True)
+    um, im = np.unique(xm, return_inverse=True)
+    theta, p = roof[:, 2:3, None], roof[:, 3:4, None]
+    live = roof[:, 0] + roof[:, 1] > 0
+    out = np.zeros((roof.shape[0], len(xu)))
+    if not live.any():
+        return out
+    table = roofline(uu[None, :, None], um[None, None, :], theta[live], p[live])  # (S, nu, nm)
+    r = table[:, iu.ravel(), im.ravel()]
+    amp = roof[live, 0:1]
+    if ell is not None:
+        amp = amp + roof[live, 1:2] * np.asarray(ell, float)[None, :]
+    out[live] = amp * r
+    return out
