@@ -45,7 +45,7 @@ class EstimatorFile(BaseModel):
     profiled). Each segment row holds one coefficient per column of estimator.fit.domain_design
     (one ``ref / f`` per domain, then the constant, then the same times the context). With a memory
     domain, the ``*_roofline`` rows add each segment's roofline term (estimator.roofline:
-    amplitude, amplitude per context, theta, p) over its own clock and the memory clock: the GPU for
+    amplitude, amplitude per context, theta, p, sigma) over its own clock and the memory clock: the GPU for
     ``exec``, the CPU for ``host``/``host_idle``/``tail``, and for an end-to-end profile's whole-model
     ``tail`` the GPU where there is one (``tail_roofline_domain``). An end-to-end estimator has no
     layers: its ``tail`` is the whole inference."""
@@ -183,9 +183,10 @@ class EstimatorFile(BaseModel):
                     what = "negative time" if math.isfinite(v) else "not a finite number"
                     out.append(f"field '{where}[{bad[0]}]': {what} ({v!r}); coefficients are ns >= 0")
                     break
-                if name.endswith("roofline") and len(row) == ROOF_WIDTH and row[3] < 1:
+                if name.endswith("roofline") and len(row) == ROOF_WIDTH and (row[3] < 1 or row[4] >= 1):
                     where = name if name.startswith("tail") else f"{name}[{i}]"
-                    out.append(f"field '{where}[3]': the roofline's p must be >= 1, got {row[3]!r}")
+                    out.append(f"field '{where}': the roofline's p must be >= 1 and sigma < 1, got "
+                               f"p {row[3]!r}, sigma {row[4]!r}")
                     break
         return out
 
@@ -242,7 +243,7 @@ def _pooled_fit(x: np.ndarray, observed: np.ndarray, sparse: str, n_domains: int
     return np.nan_to_num(fit_columns(x, per_run[:, None], sparse=sparse, n_domains=n_domains)[0])
 
 
-NO_ROOF = [0.0, 0.0, 1.0, 1.0]  # a roofline row that adds nothing
+NO_ROOF = [0.0, 0.0, 1.0, 1.0, 0.0]  # a roofline row that adds nothing
 
 
 class _SegmentFitter:
