@@ -44,7 +44,7 @@ from estimator.fit import _robust_nnls
 
 P_CANDIDATES = np.array([1.0, 1.5, 2.0, 3.0, 4.0, 8.0])
 THETA_CANDIDATES = np.logspace(-2.5, 2.5, 31)  # memory part / compute part at the highest clocks
-SHORTLIST = 5  # candidates per segment solved exactly (non-negative) after the batched ranking
+SHORTLIST = 6  # candidates per segment, by each of two rankings, solved exactly (non-negative)
 FALLBACK_P = 2.0
 SIGMA_CANDIDATES = (0.0, 0.1, 0.2, 0.3)
 ROOF_WIDTH = 5  # a row of roofline parameters: amplitude, amplitude per context, theta, p, sigma
@@ -153,14 +153,20 @@ def _fit_at_sigma(
         yy = (w2 * ys * ys).sum(axis=0)  # (S,)
         ridge = 1e-9 * np.trace(gram, axis1=2, axis2=3)[..., None, None] * np.eye(k) + 1e-12 * np.eye(k)
         sol = np.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
-        sse = yy[None, :] - 2 * (sol * rhs).sum(-1) + np.einsum("csi,csij,csj->cs", sol, gram, sol)
-        shortlist = np.argsort(sse, axis=0)[:SHORTLIST]  # (SHORTLIST, S)
+
+        def sse_of(b):
+            return yy[None, :] - 2 * (b * rhs).sum(-1) + np.einsum("csi,csij,csj->cs", b, gram, b)
+
+        # the unconstrained optimum bounds the non-negative one from below, the clipped solution
+        # (a feasible point) from above: the shortlist takes the best candidates by each
+        shortlist = np.concatenate([np.argsort(sse_of(np.clip(sol, 0, None)), axis=0)[:SHORTLIST],
+                                    np.argsort(sse_of(sol), axis=0)[:SHORTLIST]])
         for j, s in enumerate(segs):
             seen = observed[:, s]
             yo = med[seen, s]
             wo = 1.0 / np.maximum(yo, 1.0)
             best, best_err = None, np.inf
-            for c in shortlist[:, j]:
+            for c in np.unique(shortlist[:, j]):
                 xo = x[c][seen]
                 coef, _ = nnls(xo * wo[:, None], yo * wo)
                 err = float(np.sum(((xo @ coef - yo) * wo) ** 2))
