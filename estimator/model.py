@@ -19,7 +19,7 @@ from dvfs_schema.domains import DOMAIN_ORDER, DomainName
 from estimator.fit import domain_design, fit_columns
 from estimator.profile import Profile
 from estimator.recursion import Breakdown, simulate_pipeline
-from estimator.roofline import ROOF_WIDTH, fit_roofline_columns, roofline_term
+from estimator.roofline import ROOF_WIDTH, fit_roofline_columns, fit_whole_model, roofline_term
 from estimator.segments import extract_segments
 
 ESTIMATOR_FORMAT = "deadline-dvfs.estimator/2"
@@ -45,7 +45,7 @@ class EstimatorFile(BaseModel):
     profiled). Each segment row holds one coefficient per column of estimator.fit.domain_design
     (one ``ref / f`` per domain, then the constant, then the same times the context). With a memory
     domain, the ``*_roofline`` rows add each segment's roofline term (estimator.roofline:
-    amplitude, amplitude per context, theta, p, sigma) over its own clock and the memory clock: the GPU for
+    amplitude, amplitude per context, theta, p, sigma, gamma, q) over its own clock and the memory clock: the GPU for
     ``exec``, the CPU for ``host``/``host_idle``/``tail``, and for an end-to-end profile's whole-model
     ``tail`` the GPU where there is one (``tail_roofline_domain``). An end-to-end estimator has no
     layers: its ``tail`` is the whole inference."""
@@ -243,7 +243,7 @@ def _pooled_fit(x: np.ndarray, observed: np.ndarray, sparse: str, n_domains: int
     return np.nan_to_num(fit_columns(x, per_run[:, None], sparse=sparse, n_domains=n_domains)[0])
 
 
-NO_ROOF = [0.0, 0.0, 1.0, 1.0, 0.0]  # a roofline row that adds nothing
+NO_ROOF = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]  # a roofline row that adds nothing
 
 
 class _SegmentFitter:
@@ -268,11 +268,14 @@ class _SegmentFitter:
         return cols
 
     def fit(self, y: np.ndarray, own: str, sparse: str = "constant",
-            linear: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+            linear: tuple[str, ...] | None = None, with_cpu: bool = False,
+            ) -> tuple[np.ndarray, np.ndarray | None]:
         """(coefficients (segments, k), roofline rows or None without a memory domain)."""
         if not self.memory:
             return fit_columns(self.x, y, sparse="cpu" if sparse == "own" else sparse, n_domains=self.nd), None
         cols = self.lin_cols(*(linear or (own,)))
+        if with_cpu:
+            return fit_whole_model(self.x, cols, self.xs[own], self.xs["mem"], self.ell, y[:, 0])
         return fit_roofline_columns(self.x, cols, self.xs[own], self.xs["mem"], self.ell, y, sparse)
 
 
@@ -340,12 +343,15 @@ class Estimator:
     @staticmethod
     def _fit_end_to_end(seg, fitter: _SegmentFitter, common: dict) -> EstimatorFile:
         """The whole inference as one segment: without a memory clock, ``1/f`` terms over every
-        domain and a constant; with one, the device part as a roofline over its clock (the GPU,
-        else the CPU) and the memory clock, plus the CPU's and the memory's ``1/f`` terms (host
-        work and its DRAM traffic) and a constant."""
+        domain and a constant; with one, the same roofline reasoning at model scale. With a GPU:
+        a soft maximum of the host's launch stream (CPU), the kernels' compute (GPU) and their
+        DRAM traffic (memory), since the host runs ahead of the device and the slowest of the
+        three sets the pace; plus serial host work (host operators, synchronisation: the CPU's
+        and the memory's ``1/f`` terms) and a constant. Without a GPU: the host roofline over
+        CPU and memory plus a CPU term and a constant."""
         own = "gpu" if "gpu" in fitter.names else "cpu"
         linear = ("cpu", "mem") if own == "gpu" else ("cpu",)
-        coef, roof = fitter.fit(seg.tail[:, None], own, linear=linear)
+        coef, roof = fitter.fit(seg.tail[:, None], own, linear=linear, with_cpu=own == "gpu")
         return EstimatorFile(
             **common, end_to_end=True, layer_names=[], layer_is_gpu=[], host=[], dispatch=[], exec=[],
             tail=np.nan_to_num(coef[0]).tolist(),
@@ -489,7 +495,7 @@ class Estimator:
         i, m = d.domains.index(own), d.domains.index("mem")
         ctx = self._context(freqs, context_len)
         ell = None if ctx is None else ctx / d.context_scale
-        return roofline_term(rows, d.refs[i] / freqs[i], d.refs[m] / freqs[m], ell)
+        return roofline_term(rows, d.refs[i] / freqs[i], d.refs[m] / freqs[m], ell, d.refs[0] / freqs[0])
 
     def _segments_at(self, cpu_khz, gpu_hz, context_len, mem_hz=None):
         """host, dispatch, exec (layers, G), tail (G,), and host_idle (or None) at the points."""

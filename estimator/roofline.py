@@ -47,14 +47,23 @@ THETA_CANDIDATES = np.logspace(-2.5, 2.5, 31)  # memory part / compute part at t
 SHORTLIST = 6  # candidates per segment, by each of two rankings, solved exactly (non-negative)
 FALLBACK_P = 2.0
 SIGMA_CANDIDATES = (0.0, 0.1, 0.2, 0.3)
-ROOF_WIDTH = 5  # a row of roofline parameters: amplitude, amplitude per context, theta, p, sigma
+GAMMA_CANDIDATES = (0.0, *np.logspace(-2, 2, 17))  # whole-model fits: the CPU's share in the max
+Q_CANDIDATES = (2.0, 4.0, 8.0)  # whole-model fits: sharpness between the host and the device
+ROOF_WIDTH = 7  # a roofline row: amplitude, amplitude per context, theta, p, sigma, gamma, q
 
 
-def roofline(xu: np.ndarray, xm: np.ndarray, theta, p, sigma=0.0) -> np.ndarray:
-    """R_p(x_own, theta * x_mem * h(x_own)), 1 at the highest clocks; broadcasts."""
+def roofline(xu: np.ndarray, xm: np.ndarray, theta, p, sigma=0.0, xc=None, gamma=0.0, q=1.0) -> np.ndarray:
+    """R_p(x_own, theta * x_mem * h(x_own)), 1 at the highest clocks; broadcasts. With ``gamma``
+    > 0 (whole-model fits) the result meets the CPU's ``gamma * x_cpu`` in an outer soft maximum
+    of sharpness ``q``: the host's launch stream and the device overlap, so the slower of the two
+    sets the pace (each normalised to 1 at the highest clocks)."""
     tp = np.power(theta, p)
     v = xm / (1.0 - sigma + sigma / xu)
-    return np.power((np.power(xu, p) + tp * np.power(v, p)) / (1.0 + tp), 1.0 / p)
+    r = np.power((np.power(xu, p) + tp * np.power(v, p)) / (1.0 + tp), 1.0 / p)
+    if xc is None or not np.any(np.asarray(gamma) > 0):
+        return r
+    gq = np.power(gamma, q)
+    return np.power((gq * np.power(xc, q) + np.power(r, q)) / (1.0 + gq), 1.0 / q)
 
 
 def _candidates(few_points: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -71,15 +80,19 @@ def fit_roofline_columns(
     ell: np.ndarray | None,
     y: np.ndarray,
     sparse: str = "constant",
+    with_cpu: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fit every column of ``y`` (see ``_fit_at_sigma``) at each candidate ``sigma``; keep the one
+    """Fit every column of ``y`` (see ``_fit_at_sigma``) at each candidate ``sigma`` (and, with
+    ``with_cpu``, each CPU share ``gamma`` in the soft maximum: whole-model fits); keep the one
     with the least total relative error over the columns."""
     best = None
-    for sigma in SIGMA_CANDIDATES:
-        coef, roof, err = _fit_at_sigma(features, lin_cols, xu, xm, ell, y, sparse, sigma)
-        total = float(np.nansum(err))
-        if best is None or total < best[0] * (1 - 1e-6):
-            best = (total, coef, roof)
+    outer = [(g, q) for g in GAMMA_CANDIDATES for q in (Q_CANDIDATES if g > 0 else (1.0,))]
+    for gamma, q in outer if with_cpu else [(0.0, 1.0)]:
+        for sigma in SIGMA_CANDIDATES if not with_cpu else (0.0,):
+            coef, roof, err = _fit_at_sigma(features, lin_cols, xu, xm, ell, y, sparse, sigma, gamma, q)
+            total = float(np.nansum(err))
+            if best is None or total < best[0] * (1 - 1e-6):
+                best = (total, coef, roof)
     return best[1], best[2]
 
 
@@ -92,6 +105,8 @@ def _fit_at_sigma(
     y: np.ndarray,
     sparse: str,
     sigma: float,
+    gamma: float = 0.0,
+    q: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit every column of ``y`` (runs, segments; NaN = unobserved) with the model above.
 
@@ -130,7 +145,7 @@ def _fit_at_sigma(
     counts = observed.sum(axis=0)
     for s in np.flatnonzero((counts >= 1) & (counts <= k)):
         seen = observed[:, s]
-        roof_out[s] = [0.0, 0.0, 1.0, 1.0, 0.0]
+        roof_out[s] = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
         coef_out[s] = 0.0
         if sparse == "own":
             own_col = lin_cols[0]
@@ -142,19 +157,22 @@ def _fit_at_sigma(
         if not len(segs):
             continue
         theta, p = _candidates(few)
-        r = roofline(gu[None, :], gm[None, :], theta[:, None], p[:, None], sigma)  # (C, G)
+        r = roofline(gu[None, :], gm[None, :], theta[:, None], p[:, None], sigma, keys[:, 0][None, :],
+                     gamma, q)  # (C, G); column 0 of the design is the CPU's x
         cols = [r] if ell is None else [r, r * gl[None, :]]
         x = np.concatenate([np.stack(cols, axis=2), np.broadcast_to(lin, (len(theta), *lin.shape))],
                            axis=2)  # (C, G, k)
         ys = np.nan_to_num(med[:, segs])  # (G, S)
-        w2 = np.where(observed[:, segs], 1.0 / np.maximum(ys, 1.0) ** 2, 0.0)  # relative error
+        scale = np.maximum(np.nanmax(med[:, segs], axis=0), 1.0)
+        ys = ys / scale  # each segment in units of its largest time: the ranking's numbers are O(1)
+        w2 = np.where(observed[:, segs], 1.0 / np.maximum(ys, 1e-9) ** 2, 0.0)  # relative error
         gram = np.einsum("cgi,cgj,gs->csij", x, x, w2)
         rhs = np.einsum("cgi,gs->csi", x, w2 * ys)
         yy = (w2 * ys * ys).sum(axis=0)  # (S,)
         ridge = 1e-9 * np.trace(gram, axis1=2, axis2=3)[..., None, None] * np.eye(k) + 1e-12 * np.eye(k)
         sol = np.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
 
-        def sse_of(b):
+        def sse_of(b, yy=yy, rhs=rhs, gram=gram):
             return yy[None, :] - 2 * (b * rhs).sum(-1) + np.einsum("csi,csij,csj->cs", b, gram, b)
 
         # the unconstrained optimum bounds the non-negative one from below, the clipped solution
@@ -175,17 +193,24 @@ def _fit_at_sigma(
             c, _ = best
             coef = _robust_nnls(x[c][seen], yo) if seen.sum() > k else best[1]
             err_out[s] = best_err
-            roof_out[s] = [coef[0], coef[1] if ell is not None else 0.0, theta[c], p[c], sigma]
+            roof_out[s] = [coef[0], coef[1] if ell is not None else 0.0, theta[c], p[c], sigma, gamma, q]
             full = np.zeros(kf)
             full[lin_cols] = coef[n_roof:]
             coef_out[s] = full
     return coef_out, roof_out, err_out
 
 
-def roofline_term(roof: np.ndarray, xu: np.ndarray, xm: np.ndarray, ell: np.ndarray | None) -> np.ndarray:
-    """(segments, points): ``(a + a_ctx * ell) * R`` for roofline rows ``roof`` (segments, 5) at
+def roofline_term(roof: np.ndarray, xu: np.ndarray, xm: np.ndarray, ell: np.ndarray | None,
+                  xc: np.ndarray | None = None) -> np.ndarray:
+    """(segments, points): ``(a + a_ctx * ell) * R`` for roofline rows ``roof`` (segments, 7) at
     points with own-clock ``xu`` and memory ``xm`` (points,). R is computed once per distinct
-    (own, memory) pair and gathered: a grid has few of them."""
+    (own, memory) pair and gathered: a grid has few of them. Rows with a CPU share (whole-model
+    fits, ``xc`` given) are computed at every point."""
+    if xc is not None and np.any(roof[:, 5] > 0):
+        amp = roof[:, 0:1] + (0 if ell is None else roof[:, 1:2] * np.asarray(ell, float)[None, :])
+        r = roofline(xu[None, :], xm[None, :], roof[:, 2:3], roof[:, 3:4], roof[:, 4:5], xc[None, :],
+                     roof[:, 5:6], roof[:, 6:7])
+        return amp * r
     uu, iu = np.unique(xu, return_inverse=True)
     um, im = np.unique(xm, return_inverse=True)
     theta, p, sigma = roof[:, 2:3, None], roof[:, 3:4, None], roof[:, 4:5, None]
@@ -200,3 +225,64 @@ def roofline_term(roof: np.ndarray, xu: np.ndarray, xm: np.ndarray, ell: np.ndar
         amp = amp + roof[live, 1:2] * np.asarray(ell, float)[None, :]
     out[live] = amp * r
     return out
+
+
+CV_SHORTLIST = 40  # whole-model candidates compared by leave-one-point-out error
+
+
+def fit_whole_model(
+    features: np.ndarray,
+    lin_cols: list[int],
+    xu: np.ndarray,
+    xm: np.ndarray,
+    ell: np.ndarray | None,
+    y: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An end-to-end profile's latency (runs,) as one roofline with the CPU in an outer soft
+    maximum (``roofline`` with ``gamma``). The model has more shape parameters than a segment
+    (gamma, q, theta, p) for the same handful of points, so the training error alone would pick
+    a shape that threads the points and bends between them: every candidate is ranked by its
+    training error (batched, as for segments), and the best ``CV_SHORTLIST`` are compared by
+    leave-one-point-out error, which is what an unprofiled point will see. Returns
+    (coefficients (1, k), roofline row (1, ROOF_WIDTH))."""
+    from scipy.optimize import nnls
+
+    ctx = np.zeros(len(xu)) if ell is None else np.asarray(ell, float)
+    keys, group = np.unique(np.column_stack([features, xu, xm, ctx]), axis=0, return_inverse=True)
+    group = group.ravel()
+    med = np.array([np.median(y[group == g]) for g in range(len(keys))])
+    kf = features.shape[1]
+    gc, gu, gm, gl = keys[:, 0], keys[:, kf], keys[:, kf + 1], keys[:, kf + 2]
+    lin = keys[:, lin_cols]
+    n_roof = 1 if ell is None else 2
+    k = n_roof + len(lin_cols)
+    if len(keys) <= k:
+        raise ValueError(f"an end-to-end fit needs runs at more than {k} distinct points, got {len(keys)}")
+    shapes = [(t, p, g, q) for g in GAMMA_CANDIDATES for q in (Q_CANDIDATES if g > 0 else (1.0,))
+              for t in THETA_CANDIDATES for p in P_CANDIDATES]
+    t, p, g, q = (np.array(v)[:, None] for v in zip(*shapes, strict=True))
+    r = roofline(gu[None, :], gm[None, :], t, p, 0.0, gc[None, :], g, q)  # (C, G)
+    cols = [r] if ell is None else [r, r * gl[None, :]]
+    x = np.concatenate([np.stack(cols, axis=2), np.broadcast_to(lin, (len(shapes), *lin.shape))], axis=2)
+    yn = np.maximum(med / med.max(), 1e-9)  # times in units of the longest: numbers O(1)
+    xw, yw = x / yn[None, :, None], np.ones_like(yn)  # relative error
+    gram = np.einsum("cgi,cgj->cij", xw, xw) + 1e-9 * np.eye(k)
+    rhs = np.einsum("cgi,g->ci", xw, yw)
+    sol = np.linalg.solve(gram, rhs[..., None])[..., 0]
+    clipped = np.clip(sol, 0, None)
+    sse = ((np.einsum("cgi,ci->cg", xw, clipped) - yw[None, :]) ** 2).sum(axis=1)
+    best, best_cv = 0, np.inf
+    for c in np.argsort(sse)[:CV_SHORTLIST]:
+        cv = 0.0
+        for out in range(len(med)):
+            keep = np.arange(len(med)) != out
+            coef, _ = nnls(xw[c][keep], yw[keep])
+            cv += float((xw[c][out] @ coef - yw[out]) ** 2)
+        if cv < best_cv:
+            best, best_cv = c, cv
+    coef = _robust_nnls(x[best], med)
+    full = np.zeros(kf)
+    full[lin_cols] = coef[n_roof:]
+    roof = [coef[0], coef[1] if ell is not None else 0.0, float(t[best, 0]), float(p[best, 0]), 0.0,
+            float(g[best, 0]), float(q[best, 0])]
+    return full[None, :], np.array([roof])
