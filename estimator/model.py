@@ -274,8 +274,11 @@ class _SegmentFitter:
         if not self.memory:
             return fit_columns(self.x, y, sparse="cpu" if sparse == "own" else sparse, n_domains=self.nd), None
         cols = self.lin_cols(*(linear or (own,)))
-        if with_cpu:
-            return fit_whole_model(self.x, cols, self.xs[own], self.xs["mem"], self.ell, y[:, 0])
+        if with_cpu:  # with and without the own clock's linear term (see fit_whole_model)
+            fewer = [c for c in cols if c != self.names.index(own)]
+            fewest = [c for c in fewer if c != self.names.index("mem")]
+            return fit_whole_model(self.x, [fewest, fewer, cols], self.xs[own], self.xs["mem"], self.ell,
+                                   y[:, 0])
         return fit_roofline_columns(self.x, cols, self.xs[own], self.xs["mem"], self.ell, y, sparse)
 
 
@@ -350,7 +353,7 @@ class Estimator:
         and the memory's ``1/f`` terms) and a constant. Without a GPU: the host roofline over
         CPU and memory plus a CPU term and a constant."""
         own = "gpu" if "gpu" in fitter.names else "cpu"
-        linear = ("cpu", "mem") if own == "gpu" else ("cpu",)
+        linear = ("cpu", "gpu", "mem") if own == "gpu" else ("cpu",)
         coef, roof = fitter.fit(seg.tail[:, None], own, linear=linear, with_cpu=own == "gpu")
         return EstimatorFile(
             **common, end_to_end=True, layer_names=[], layer_is_gpu=[], host=[], dispatch=[], exec=[],

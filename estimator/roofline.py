@@ -232,19 +232,43 @@ CV_SHORTLIST = 40  # whole-model candidates compared by leave-one-point-out erro
 
 def fit_whole_model(
     features: np.ndarray,
-    lin_cols: list[int],
+    lin_col_sets: list[list[int]],
     xu: np.ndarray,
     xm: np.ndarray,
     ell: np.ndarray | None,
     y: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """``_fit_whole_model`` for each set of linear columns (fewer and more terms beside the
+    roofline); the one with the least leave-one-point-out error wins."""
+    best, refusal = None, None
+    for cols in lin_col_sets:
+        try:
+            coef, roof, cv = _fit_whole_model(features, cols, xu, xm, ell, y)
+        except ValueError as exc:
+            refusal = refusal or exc
+            continue
+        if best is None or cv < best[2]:
+            best = (coef, roof, cv)
+    if best is None:
+        raise refusal
+    return best[0], best[1]
+
+
+def _fit_whole_model(
+    features: np.ndarray,
+    lin_cols: list[int],
+    xu: np.ndarray,
+    xm: np.ndarray,
+    ell: np.ndarray | None,
+    y: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float]:
     """An end-to-end profile's latency (runs,) as one roofline with the CPU in an outer soft
     maximum (``roofline`` with ``gamma``). The model has more shape parameters than a segment
     (gamma, q, theta, p) for the same handful of points, so the training error alone would pick
     a shape that threads the points and bends between them: every candidate is ranked by its
     training error (batched, as for segments), and the best ``CV_SHORTLIST`` are compared by
     leave-one-point-out error, which is what an unprofiled point will see. Returns
-    (coefficients (1, k), roofline row (1, ROOF_WIDTH))."""
+    (coefficients (1, k), roofline row (1, ROOF_WIDTH), leave-one-out error)."""
     from scipy.optimize import nnls
 
     ctx = np.zeros(len(xu)) if ell is None else np.asarray(ell, float)
@@ -285,4 +309,4 @@ def fit_whole_model(
     full[lin_cols] = coef[n_roof:]
     roof = [coef[0], coef[1] if ell is not None else 0.0, float(t[best, 0]), float(p[best, 0]), 0.0,
             float(g[best, 0]), float(q[best, 0])]
-    return full[None, :], np.array([roof])
+    return full[None, :], np.array([roof]), best_cv
