@@ -473,7 +473,7 @@ class Estimator:
         if gpu_hz is not None and not d.gpu_hz:
             raise ValueError(f"model {d.model!r} was profiled on a board without a GPU: give no GPU frequency")
         if mem_hz is None and d.mem_hz:
-            raise ValueError(f"model {d.model!r} was profiled over memory levels: give a memory frequency")
+            mem_hz = d.mem_hz[-1]  # not asked: the memory at its highest level, where it boots
         if mem_hz is not None and not d.mem_hz:
             raise ValueError(f"model {d.model!r} was profiled without a memory domain: give no memory frequency")
         given = {"cpu": cpu_khz, "gpu": gpu_hz, "mem": mem_hz}
@@ -527,8 +527,8 @@ class Estimator:
         host_scale: float = 1.0,
         mem_hz: float | np.ndarray | None = None,
     ) -> Estimate:
-        """``gpu_hz`` is None exactly when the estimator has no GPU domain, ``mem_hz`` exactly
-        when it has no memory domain. ``host_scale`` stretches every host segment (launches, host
+        """``gpu_hz`` is None exactly when the estimator has no GPU domain; ``mem_hz`` None means
+        the memory's highest level (and is the only choice without a memory domain). ``host_scale`` stretches every host segment (launches, host
         operators, sync), e.g. to ask what latency would be if other load slowed the inference
         thread."""
         freqs = self._freqs(cpu_khz, gpu_hz, mem_hz)

@@ -42,7 +42,7 @@ from sysfs_backends.base import Backend, BackendUnavailable
 
 log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
-APPLY_ARGUMENT = {"cpu": "cpu_khz", "gpu": "gpu_hz"}  # Backend.apply's keyword for each domain
+APPLY_ARGUMENT = {"cpu": "cpu_khz", "gpu": "gpu_hz", "mem": "mem_hz"}  # Backend.apply's keyword per domain
 
 
 class NeedsBackend(Exception):
@@ -111,9 +111,9 @@ def compute_grid(est: Estimator, board: BoardConfig, freq_rank: np.ndarray | Non
     for s in HOST_LEVELS:
         br = est.grid(context_len, with_overlap=False, host_scale=float(s))
         lat.append(br.latency_ms)
-        if freq_rank is None:  # mJ; without a GPU the energy model has no GPU term
-            energy.append(board.frame_energy_j(br.cpu_khz, br.gpu_hz, br.host_busy_ms * 1e6,
-                                               br.gpu_busy_ms * 1e6, br.latency_ms * 1e6) * 1e3)
+        if freq_rank is None:  # mJ; the energy model has a term per domain the grid varies
+            energy.append(board.energy.frame_energy_j(br.freqs(), br.host_busy_ms * 1e6,
+                                                      br.gpu_busy_ms * 1e6, br.latency_ms * 1e6) * 1e3)
         else:
             energy.append(freq_rank)
     return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy))
@@ -168,6 +168,8 @@ class Governor:
             if est.data.tables != first.data.tables:
                 raise GovernorError("bad_config", f"model {name!r} was profiled with other frequency tables")
         board_domains = list(self.board.domain_tables)
+        if "mem" not in self.domains:  # estimators without a memory axis leave the memory clock alone
+            board_domains = [d for d in board_domains if d != "mem"]
         if self.domains != board_domains:
             raise GovernorError(
                 "bad_config", f"the estimators vary the domains {self.domains} but board "
