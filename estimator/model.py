@@ -528,9 +528,9 @@ class Estimator:
         mem_hz: float | np.ndarray | None = None,
     ) -> Estimate:
         """``gpu_hz`` is None exactly when the estimator has no GPU domain; ``mem_hz`` None means
-        the memory's highest level (and is the only choice without a memory domain). ``host_scale`` stretches every host segment (launches, host
-        operators, sync), e.g. to ask what latency would be if other load slowed the inference
-        thread."""
+        the memory's highest level (and is the only choice without a memory domain).
+        ``host_scale`` stretches every host segment (launches, host operators, sync), e.g. to ask
+        what latency would be if other load slowed the inference thread."""
         freqs = self._freqs(cpu_khz, gpu_hz, mem_hz)
         by = dict(zip(self.domains, freqs, strict=True))
         if self.is_end_to_end:

@@ -42,7 +42,7 @@ from sysfs_backends.base import Backend, BackendUnavailable
 
 log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
-APPLY_ARGUMENT = {"cpu": "cpu_khz", "gpu": "gpu_hz", "mem": "mem_hz"}  # Backend.apply's keyword per domain
+APPLY_ARGUMENT = {"cpu": "cpu_khz", "gpu": "gpu_hz"}  # Backend.apply's keyword for each domain
 
 
 class NeedsBackend(Exception):
