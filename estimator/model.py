@@ -19,7 +19,7 @@ from dvfs_schema.domains import DOMAIN_ORDER, DomainName
 from estimator.fit import domain_design, fit_columns
 from estimator.profile import Profile
 from estimator.recursion import Breakdown, simulate_pipeline
-from estimator.roofline import ROOF_WIDTH, fit_roofline_columns, fit_whole_model, roofline_term
+from estimator.roofline import ROOF_WIDTH, fit_roofline_columns, fit_whole_model, roofline, roofline_term
 from estimator.segments import extract_segments
 
 ESTIMATOR_FORMAT = "deadline-dvfs.estimator/2"
@@ -241,6 +241,20 @@ def _pooled_fit(x: np.ndarray, observed: np.ndarray, sparse: str, n_domains: int
         warnings.simplefilter("ignore", RuntimeWarning)  # runs where nothing was observed
         per_run = np.nanmedian(observed, axis=1)
     return np.nan_to_num(fit_columns(x, per_run[:, None], sparse=sparse, n_domains=n_domains)[0])
+
+
+def _lin(coef: np.ndarray, xt: np.ndarray) -> np.ndarray:
+    """``coef @ xt`` for the few columns of a design, without BLAS: its threads, woken for a
+    product this small, cost milliseconds on a loaded board (measured: 0.2 ms single-threaded,
+    20 ms with OpenBLAS's threads on two busy cores)."""
+    xt = np.ascontiguousarray(xt)
+    if coef.ndim == 1:
+        return coef @ xt  # a vector: no thread pool involved
+    out = coef[:, :1] * xt[0]
+    for j in range(1, xt.shape[0]):
+        if coef[:, j].any():  # columns no segment uses (the memory model's) cost nothing
+            out += coef[:, j:j + 1] * xt[j]
+    return out
 
 
 NO_ROOF = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]  # a roofline row that adds nothing
@@ -504,19 +518,60 @@ class Estimator:
         """host, dispatch, exec (layers, G), tail (G,), and host_idle (or None) at the points."""
         freqs = self._freqs(cpu_khz, gpu_hz, mem_hz)
         xt = self._features(freqs, context_len).T  # (k, G)
-        host = self._host @ xt + self._roof(self._host_roof, "cpu", freqs, context_len)
-        disp = self._dispatch @ xt
-        exe = self._exec @ xt
-        if self._exec_roof is not None and "gpu" in self.domains:
-            exe = exe + self._roof(self._exec_roof, "gpu", freqs, context_len)
-        tail = self._tail @ xt + np.ravel(self._roof(self._tail_roof, self.data.tail_roofline_domain,
+        tabled = self._tabled(freqs, context_len)
+        if tabled is not None:  # a memory model at one context: each segment from a small table
+            host = tabled(self._host, self._host_roof, "cpu")
+            exe = (tabled(self._exec, self._exec_roof, "gpu") if "gpu" in self.domains
+                   else _lin(self._exec, xt))
+        else:
+            host = _lin(self._host, xt) + self._roof(self._host_roof, "cpu", freqs, context_len)
+            exe = _lin(self._exec, xt)
+            if self._exec_roof is not None and "gpu" in self.domains:
+                exe = exe + self._roof(self._exec_roof, "gpu", freqs, context_len)
+        disp = _lin(self._dispatch, xt)
+        tail = _lin(self._tail, xt) + np.ravel(self._roof(self._tail_roof, self.data.tail_roofline_domain,
                                                      freqs, context_len))
         host_idle = None
         if self._host_idle is not None:
-            host_idle = self._host_idle @ xt + self._roof(
-                self._host_idle_roof if self._host_idle_roof is not None else self._host_roof,
-                "cpu", freqs, context_len)
+            idle_roof = self._host_idle_roof if self._host_idle_roof is not None else self._host_roof
+            host_idle = (tabled(self._host_idle, idle_roof, "cpu") if tabled is not None
+                         else _lin(self._host_idle, xt) + self._roof(idle_roof, "cpu", freqs, context_len))
         return host, disp, exe, tail, host_idle
+
+    def _tabled(self, freqs: list[np.ndarray], context_len):
+        """For an estimator with a memory domain queried at one context (or none): a function
+        giving a segment kind's times at the points from a table over the distinct (own clock,
+        memory) pairs, linear terms on those two clocks and the constant folded in, the other
+        domains' terms (rarely used: pooled fits) added after. One pass over (segments, points)
+        instead of several: what keeps the 800-point grid within its budget. None otherwise."""
+        d = self.data
+        if self._host_roof is None or (context_len is not None and np.ndim(context_len) > 0
+                                       and np.unique(context_len).size > 1):
+            return None
+        ell = 0.0 if context_len is None else float(np.ravel(context_len)[0]) / d.context_scale
+        names, nd = d.domains, len(d.domains)
+        xs = [r / f for r, f in zip(d.refs, freqs, strict=True)]
+        uniq = [np.unique(x, return_inverse=True) for x in xs]
+        lm = self.is_language_model
+
+        def col(coef, j):  # a column's coefficient, its context copy folded in at this context
+            return coef[:, j] + (ell * coef[:, nd + 1 + j] if lm else 0.0)
+
+        def term(lin: np.ndarray, roof: np.ndarray, own: str) -> np.ndarray:
+            i, m = names.index(own), names.index("mem")
+            (uu, iu), (um, im) = uniq[i], uniq[m]
+            table = roofline(uu[None, :, None], um[None, None, :], roof[:, 2:3, None], roof[:, 3:4, None],
+                             roof[:, 4:5, None]) * (roof[:, 0] + ell * roof[:, 1])[:, None, None]
+            table += (col(lin, i)[:, None] * uu[None, :])[:, :, None]
+            table += (col(lin, m)[:, None] * um[None, :])[:, None, :]
+            table += col(lin, nd)[:, None, None]
+            out = np.take(table.reshape(len(lin), -1), iu.ravel() * len(um) + im.ravel(), axis=1)
+            for j in range(nd):
+                if j not in (i, m) and col(lin, j).any():
+                    out += col(lin, j)[:, None] * xs[j][None, :]
+            return out
+
+        return term
 
     def breakdown(
         self,
@@ -554,7 +609,7 @@ class Estimator:
         term on the GPU (none without a GPU); everything else counts as host time, scaled by
         ``host_scale``. Overlap cannot be told apart in an additive whole-model fit: 0."""
         d = self.data
-        linear = self._tail @ self._features(freqs, context_len).T
+        linear = _lin(self._tail, self._features(freqs, context_len).T)
         roof = np.ravel(self._roof(self._tail_roof, d.tail_roofline_domain, freqs, context_len)) \
             if self._tail_roof is not None else np.zeros_like(linear)
         if d.tail_roofline_domain == "gpu":

@@ -214,17 +214,12 @@ def roofline_term(roof: np.ndarray, xu: np.ndarray, xm: np.ndarray, ell: np.ndar
     uu, iu = np.unique(xu, return_inverse=True)
     um, im = np.unique(xm, return_inverse=True)
     theta, p, sigma = roof[:, 2:3, None], roof[:, 3:4, None], roof[:, 4:5, None]
-    live = roof[:, 0] + roof[:, 1] > 0
-    out = np.zeros((roof.shape[0], len(xu)))
-    if not live.any():
-        return out
-    table = roofline(uu[None, :, None], um[None, None, :], theta[live], p[live], sigma[live])
-    r = table[:, iu.ravel(), im.ravel()]
-    amp = roof[live, 0:1]
-    if ell is not None:
-        amp = amp + roof[live, 1:2] * np.asarray(ell, float)[None, :]
-    out[live] = amp * r
-    return out
+    table = roofline(uu[None, :, None], um[None, None, :], theta, p, sigma)  # (S, nu, nm)
+    flat = iu.ravel() * len(um) + im.ravel()  # each point's (own, memory) cell
+    if ell is None:  # fold the amplitude in before the gather: one pass over (S, points)
+        return np.take((table * roof[:, 0:1, None]).reshape(len(roof), -1), flat, axis=1)
+    r = np.take(table.reshape(len(roof), -1), flat, axis=1)
+    return (roof[:, 0:1] + roof[:, 1:2] * np.asarray(ell, float)[None, :]) * r
 
 
 CV_SHORTLIST = 40  # whole-model candidates compared by leave-one-point-out error
