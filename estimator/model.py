@@ -609,9 +609,18 @@ class Estimator:
         term on the GPU (none without a GPU); everything else counts as host time, scaled by
         ``host_scale``. Overlap cannot be told apart in an additive whole-model fit: 0."""
         d = self.data
-        linear = _lin(self._tail, self._features(freqs, context_len).T)
-        roof = np.ravel(self._roof(self._tail_roof, d.tail_roofline_domain, freqs, context_len)) \
-            if self._tail_roof is not None else np.zeros_like(linear)
+        xt = self._features(freqs, context_len).T
+        linear = _lin(self._tail, xt)
+        if self._tail_roof is not None:
+            roof = np.ravel(self._roof(self._tail_roof, d.tail_roofline_domain, freqs, context_len))
+        elif "gpu" in d.domains:  # no memory axis: the device part is the GPU's 1/f term
+            coef = np.zeros_like(self._tail)
+            g = d.domains.index("gpu")
+            coef[g::len(d.domains) + 1] = self._tail[g::len(d.domains) + 1]
+            roof = _lin(coef, xt)
+            linear = linear - roof
+        else:
+            roof = np.zeros_like(linear)
         if d.tail_roofline_domain == "gpu":
             host, device = linear * host_scale, roof
         else:

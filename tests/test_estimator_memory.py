@@ -273,3 +273,14 @@ def test_governor_grid_energy_counts_the_memory_for_the_whole_frame():
                + board.idle_power_mw * b.latency_ms) * 1e-3
     assert np.allclose(grid.energy_mj[0], mem_mj + rest_mj)
     assert (mem_mj > 0).all()
+
+
+def test_end_to_end_fit_without_a_memory_axis():
+    board, spec = load_board("pixel6_phone"), load_model_spec("yolo_tiny")
+    sim = Simulator(board, spec)
+    est = Estimator.fit(sim.profile_model(plan_grid(list(board.domain_tables.values())), 3, None,
+                                          np.random.default_rng(0), end_to_end=True))
+    assert est.domains == ["cpu", "gpu"] and est.data.tail_roofline is None
+    b = est.grid()
+    assert np.allclose(b.host_busy_ms + b.gpu_busy_ms, b.latency_ms) and (b.gpu_busy_ms > 0).all()
+    assert _hidden_grid_errors(sim, est).mean() <= 10.0  # a sum of 1/f terms: no pipeline, no roofline
