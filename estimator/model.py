@@ -284,6 +284,7 @@ class _SegmentFitter:
     def fit(self, y: np.ndarray, own: str, sparse: str = "constant",
             linear: tuple[str, ...] | None = None, with_cpu: bool = False,
             ) -> tuple[np.ndarray, np.ndarray | None]:
+        # with_cpu: a whole-model fit (estimator.roofline.fit_whole_model)
         """(coefficients (segments, k), roofline rows or None without a memory domain)."""
         if not self.memory:
             return fit_columns(self.x, y, sparse="cpu" if sparse == "own" else sparse, n_domains=self.nd), None

@@ -80,19 +80,15 @@ def fit_roofline_columns(
     ell: np.ndarray | None,
     y: np.ndarray,
     sparse: str = "constant",
-    with_cpu: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fit every column of ``y`` (see ``_fit_at_sigma``) at each candidate ``sigma`` (and, with
-    ``with_cpu``, each CPU share ``gamma`` in the soft maximum: whole-model fits); keep the one
+    """Fit every column of ``y`` (see ``_fit_at_sigma``) at each candidate ``sigma``; keep the one
     with the least total relative error over the columns."""
     best = None
-    outer = [(g, q) for g in GAMMA_CANDIDATES for q in (Q_CANDIDATES if g > 0 else (1.0,))]
-    for gamma, q in outer if with_cpu else [(0.0, 1.0)]:
-        for sigma in SIGMA_CANDIDATES if not with_cpu else (0.0,):
-            coef, roof, err = _fit_at_sigma(features, lin_cols, xu, xm, ell, y, sparse, sigma, gamma, q)
-            total = float(np.nansum(err))
-            if best is None or total < best[0] * (1 - 1e-6):
-                best = (total, coef, roof)
+    for sigma in SIGMA_CANDIDATES:
+        coef, roof, err = _fit_at_sigma(features, lin_cols, xu, xm, ell, y, sparse, sigma)
+        total = float(np.nansum(err))
+        if best is None or total < best[0] * (1 - 1e-6):
+            best = (total, coef, roof)
     return best[1], best[2]
 
 
@@ -105,8 +101,6 @@ def _fit_at_sigma(
     y: np.ndarray,
     sparse: str,
     sigma: float,
-    gamma: float = 0.0,
-    q: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit every column of ``y`` (runs, segments; NaN = unobserved) with the model above.
 
@@ -157,8 +151,7 @@ def _fit_at_sigma(
         if not len(segs):
             continue
         theta, p = _candidates(few)
-        r = roofline(gu[None, :], gm[None, :], theta[:, None], p[:, None], sigma, keys[:, 0][None, :],
-                     gamma, q)  # (C, G); column 0 of the design is the CPU's x
+        r = roofline(gu[None, :], gm[None, :], theta[:, None], p[:, None], sigma)  # (C, G)
         cols = [r] if ell is None else [r, r * gl[None, :]]
         x = np.concatenate([np.stack(cols, axis=2), np.broadcast_to(lin, (len(theta), *lin.shape))],
                            axis=2)  # (C, G, k)
@@ -193,7 +186,7 @@ def _fit_at_sigma(
             c, _ = best
             coef = _robust_nnls(x[c][seen], yo) if seen.sum() > k else best[1]
             err_out[s] = best_err
-            roof_out[s] = [coef[0], coef[1] if ell is not None else 0.0, theta[c], p[c], sigma, gamma, q]
+            roof_out[s] = [coef[0], coef[1] if ell is not None else 0.0, theta[c], p[c], sigma, 0.0, 1.0]
             full = np.zeros(kf)
             full[lin_cols] = coef[n_roof:]
             coef_out[s] = full
