@@ -252,7 +252,7 @@ def _fit_whole_model(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """An end-to-end profile's latency (runs,) as one roofline with the CPU in an outer soft
     maximum (``roofline`` with ``gamma``). The model has more shape parameters than a segment
-    (gamma, q, theta, p) for the same handful of points, so the training error alone would pick
+    (gamma, q, theta, p, sigma) for the same handful of points, so the training error alone would pick
     a shape that threads the points and bends between them: every candidate is ranked by its
     training error (batched, as for segments), and the best ``CV_SHORTLIST`` are compared by
     leave-one-point-out error, which is what an unprofiled point will see. Returns
@@ -270,10 +270,10 @@ def _fit_whole_model(
     k = n_roof + len(lin_cols)
     if len(keys) <= k:
         raise ValueError(f"an end-to-end fit needs runs at more than {k} distinct points, got {len(keys)}")
-    shapes = [(t, p, g, q) for g in GAMMA_CANDIDATES for q in (Q_CANDIDATES if g > 0 else (1.0,))
-              for t in THETA_CANDIDATES for p in P_CANDIDATES]
-    t, p, g, q = (np.array(v)[:, None] for v in zip(*shapes, strict=True))
-    r = roofline(gu[None, :], gm[None, :], t, p, 0.0, gc[None, :], g, q)  # (C, G)
+    shapes = [(t, p, g, q, sg) for g in GAMMA_CANDIDATES for q in (Q_CANDIDATES if g > 0 else (1.0,))
+              for t in THETA_CANDIDATES for p in P_CANDIDATES for sg in SIGMA_CANDIDATES]
+    t, p, g, q, sg = (np.array(v)[:, None] for v in zip(*shapes, strict=True))
+    r = roofline(gu[None, :], gm[None, :], t, p, sg, gc[None, :], g, q)  # (C, G)
     cols = [r] if ell is None else [r, r * gl[None, :]]
     x = np.concatenate([np.stack(cols, axis=2), np.broadcast_to(lin, (len(shapes), *lin.shape))], axis=2)
     yn = np.maximum(med / med.max(), 1e-9)  # times in units of the longest: numbers O(1)
@@ -295,6 +295,6 @@ def _fit_whole_model(
     coef = _robust_nnls(x[best], med)
     full = np.zeros(kf)
     full[lin_cols] = coef[n_roof:]
-    roof = [coef[0], coef[1] if ell is not None else 0.0, float(t[best, 0]), float(p[best, 0]), 0.0,
+    roof = [coef[0], coef[1] if ell is not None else 0.0, float(t[best, 0]), float(p[best, 0]), float(sg[best, 0]),
             float(g[best, 0]), float(q[best, 0])]
     return full[None, :], np.array([roof]), best_cv
