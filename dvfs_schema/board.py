@@ -156,6 +156,10 @@ class Simulation(BaseModel):
     host_ops_per_cycle: PositiveFloat = 1.5
     host_dram_gbps: PositiveFloat = 8.0
     host_op_fixed_ns: float = 2_000  # per-operator runtime overhead when every layer runs on the host
+    # the share of a DRAM access's time that does not scale with the memory clock (controller and
+    # interconnect latency); the rest is bandwidth, proportional to the memory clock. The
+    # ``*_dram_gbps`` figures are at the highest memory level.
+    mem_latency_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     sync_cycles: PositiveFloat = 15_000
     sync_fixed_ns: float = 20_000
     noise_sigma: float = 0.03

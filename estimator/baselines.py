@@ -12,12 +12,15 @@ def naive_scaling(profile: Profile, cpu_khz: np.ndarray | float, gpu_hz: np.ndar
                   context_len: float | None = None) -> np.ndarray:
     """Latency measured at the fastest profiled pair x f_max/f of the bound side (the GPU if the
     device was busier than the host there, else the CPU): the textbook t ~ 1/f model. Without a
-    GPU (``gpu_hz`` None) the CPU is the only side."""
+    GPU (``gpu_hz`` None) the CPU is the only side; the memory clock, where profiled, is ignored
+    (measured at its highest level), as this model does."""
     seg = extract_segments(profile)
     has_gpu = gpu_hz is not None
     c_max = seg.cpu_khz.max()
     g_max = seg.gpu_hz.max() if has_gpu else np.nan
     at_max = (seg.cpu_khz == c_max) & ((seg.gpu_hz == g_max) if has_gpu else True)
+    if seg.mem_hz is not None:
+        at_max &= seg.mem_hz == seg.mem_hz.max()
     if context_len is not None:  # the nearest profiled context
         at_max &= seg.context_len == seg.context_len[np.argmin(np.abs(seg.context_len - context_len))]
     runs = np.flatnonzero(at_max)

@@ -1,11 +1,23 @@
-"""Which frequency points to profile: (cpu, gpu) pairs, or CPU frequencies alone on a board
-without a GPU.
+"""Which frequency points to profile: tuples over the board's domains (CPU, GPU, memory).
 
 The scaling fit needs each axis at its extremes (to separate the ``1/f`` part from the constant
-part) and one interior point (to see the curvature the overlap creates), so the default plan is the
-four corners plus the centre. More points are added greedily where they are farthest, in
-log-frequency, from every point already planned (maximin), which is what reduces the worst-case
-interpolation error fastest; benchmarks/estimator_accuracy.py measures how error falls with them.
+part) and one interior point (to see the curvature the overlap creates), so the default plan over
+one or two domains is the corners plus the centre (5 points for two). More points are added
+greedily where they are farthest, in log-frequency, from every point already planned (maximin),
+which is what reduces the worst-case interpolation error fastest; benchmarks/estimator_accuracy.py
+measures how error falls with them.
+
+Three domains (CPU, GPU, memory): all 8 corners plus the centre would be 9 runs of profiling, but
+no segment depends on all three clocks at once: a kernel runs on the GPU and memory clocks, host
+work on the CPU and memory clocks (estimator.roofline), and the pipeline that couples them is
+replayed, not fitted. What the fit needs is every *pair* of domains at its four corners, plus
+interior points where kernels cross from compute- to memory-bound. The half of the cube's
+corners with an even number of low clocks (fastest, and each pair of domains low) already projects
+onto all four corners of every pair; the other half's all-slow corner adds the slow end seen by
+all three at once; the centre, then maximin points, give the roofline its curvature. Default:
+``DEFAULT_POINTS_3D = 8`` (4 + 1 + centre + 2 maximin), so that each segment (at most 5 fitted
+numbers: amplitude, theta, sharpness, own-clock term, constant) is seen at 8 distinct points;
+with 5 or 6 the sharpness is fixed (estimator.roofline) and errors grow (the benchmark shows it).
 """
 
 from __future__ import annotations
@@ -14,10 +26,21 @@ import itertools
 
 import numpy as np
 
+DEFAULT_POINTS_3D = 8
 
-def plan_grid(tables: list[list[int]], n: int = 5) -> list[tuple[int, ...]]:
-    """Points to profile over the domains a board has (one table per domain, in its order):
-    the corners of the grid (all-fastest first, then all-slowest), the centre, then maximin."""
+
+def default_points(n_domains: int) -> int:
+    """How many points the plan has unless told: 5 over one or two domains, 8 over three."""
+    return DEFAULT_POINTS_3D if n_domains >= 3 else 5
+
+
+def plan_grid(tables: list[list[int]], n: int | None = None) -> list[tuple[int, ...]]:
+    """Points to profile over the domains a board has (one table per domain, in its order).
+    One or two domains: the corners (all-fastest first, then all-slowest), the centre, then
+    maximin. Three: the even half of the corners, the all-slowest corner, the centre, then
+    maximin (see the module docs); ``n`` defaults to ``default_points``."""
+    if n is None:
+        n = default_points(len(tables))
     if n < 1:
         raise ValueError("plan at least one point")
     if not tables or any(not t for t in tables):
@@ -28,7 +51,12 @@ def plan_grid(tables: list[list[int]], n: int = 5) -> list[tuple[int, ...]]:
     corners = list(itertools.product(*[(a[0], a[-1]) for a in axes]))
     fastest, slowest = tuple(a[-1] for a in axes), tuple(a[0] for a in axes)
     centre = tuple(a[len(a) // 2] for a in axes)
-    seed = [fastest, slowest, *[c for c in corners if c not in (fastest, slowest)], centre]
+    if len(axes) == 3:
+        # corners with an even number of low clocks: every pair of domains sees its 4 corners
+        even = [c for c in corners if sum(v == a[0] for v, a in zip(c, axes, strict=True)) % 2 == 0]
+        seed = [fastest, *[c for c in even if c != fastest], slowest, centre]
+    else:
+        seed = [fastest, slowest, *[c for c in corners if c not in (fastest, slowest)], centre]
     plan: list[tuple[int, ...]] = []
     for p in seed:
         if p not in plan and len(plan) < n:

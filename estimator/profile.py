@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dvfs_schema.domains import AXIS_KEY
+
 FORMAT = "deadline-dvfs.profile/1"
 
 
@@ -34,9 +36,15 @@ class Run(BaseModel):
 
     cpu_khz: int
     gpu_hz: int | None  # null on a board without a GPU domain (frequencies.gpu_hz == [])
+    # the memory level in force; required exactly when the profile has a memory table
+    mem_hz: int | None = None
     context_len: int | None = None
     latency_ns: int
-    layers: list[Layer]
+    layers: list[Layer]  # [] in an end-to-end profile (only latency_ns was measured)
+
+    def freq(self, name: str) -> int | None:
+        """This run's frequency of domain ``name`` (``cpu``, ``gpu``, ``mem``)."""
+        return getattr(self, AXIS_KEY[name])
 
 
 class Frequencies(BaseModel):
@@ -44,11 +52,12 @@ class Frequencies(BaseModel):
 
     cpu_khz: list[int] = Field(min_length=1)
     gpu_hz: list[int]  # [] on a board without a GPU (CPU-only inference): no GPU axis
+    mem_hz: list[int] | None = None  # the memory domain's levels, when the profile varies it
 
     @property
     def domains(self) -> dict[str, list[int]]:
-        """The frequency domains present, in order (CPU first), each with its table."""
-        tables = {"cpu": self.cpu_khz, "gpu": self.gpu_hz}
+        """The frequency domains present, in order (CPU, GPU, memory), each with its table."""
+        tables = {"cpu": self.cpu_khz, "gpu": self.gpu_hz, "mem": self.mem_hz or []}
         return {name: table for name, table in tables.items() if table}
 
 
@@ -75,8 +84,30 @@ class Profile(BaseModel):
 
     @property
     def domains(self) -> list[str]:
-        """Names of the frequency domains the profile varies: ``["cpu", "gpu"]`` or ``["cpu"]``."""
+        """Names of the frequency domains the profile varies, in order: ``["cpu", "gpu", "mem"]``,
+        ``["cpu", "gpu"]``, ``["cpu", "mem"]`` or ``["cpu"]``."""
         return list(self.frequencies.domains)
+
+    @property
+    def is_end_to_end(self) -> bool:
+        """Every run gives only ``latency_ns`` (``layers: []``): the model is fitted as a whole."""
+        return not self.runs[0].layers
+
+    def to_dict(self) -> dict[str, Any]:
+        """The profile as the JSON document of the format: ``mem_hz`` appears only when the profile
+        has a memory table, so a profile without one is byte-for-byte what it was before."""
+        data = self.model_dump(mode="json")
+        if self.frequencies.mem_hz is None:
+            data["frequencies"].pop("mem_hz", None)
+            for run in data["runs"]:
+                if run.get("mem_hz") is None:
+                    run.pop("mem_hz", None)
+        for run in data["runs"]:
+            for layer in run["layers"]:
+                if layer["kind"] == "cpu":
+                    layer.pop("gpu_start_ns", None)
+                    layer.pop("gpu_end_ns", None)
+        return data
 
     def layer_signature(self) -> list[tuple[str, str]]:
         return [(layer.name, layer.kind) for layer in self.runs[0].layers]
@@ -96,7 +127,10 @@ def profile_problems(p: Profile) -> list[str]:
     problems: list[str] = []
     if p.format != FORMAT:
         problems.append(f"profile: rule 'format': must be {FORMAT!r}, got {p.format!r}")
-    for axis, values in (("cpu_khz", p.frequencies.cpu_khz), ("gpu_hz", p.frequencies.gpu_hz)):
+    axes = [("cpu_khz", p.frequencies.cpu_khz), ("gpu_hz", p.frequencies.gpu_hz)]
+    if p.frequencies.mem_hz is not None:
+        axes.append(("mem_hz", p.frequencies.mem_hz))
+    for axis, values in axes:
         if any(v <= 0 for v in values):
             problems.append(f"profile: rule 'frequencies.{axis} positive': got {values}")
         if any(b <= a for a, b in zip(values, values[1:], strict=False)):
@@ -108,7 +142,25 @@ def profile_problems(p: Profile) -> list[str]:
     tables = {"cpu_khz": p.frequencies.cpu_khz, "gpu_hz": p.frequencies.gpu_hz}
     signature = p.layer_signature()
     language_model = p.runs[0].context_len is not None
+    end_to_end = not p.runs[0].layers
+    mem_table = p.frequencies.mem_hz
     for r, run in enumerate(p.runs):
+        if mem_table:
+            if run.mem_hz is None:
+                problems.append(
+                    f"{_where(r)}: rule 'mem_hz required when frequencies.mem_hz is present': "
+                    "this run gives no memory level"
+                )
+            elif run.mem_hz not in mem_table:
+                problems.append(
+                    f"{_where(r)}: rule 'mem_hz in frequencies.mem_hz': {run.mem_hz} is not one "
+                    f"of {mem_table}"
+                )
+        elif run.mem_hz is not None:
+            problems.append(
+                f"{_where(r)}: rule 'mem_hz only with frequencies.mem_hz': the profile has no "
+                f"memory table but this run gives {run.mem_hz}"
+            )
         for axis, table in tables.items():
             value = getattr(run, axis)
             if not table and value is not None:
@@ -127,8 +179,20 @@ def profile_problems(p: Profile) -> list[str]:
             )
         if run.context_len is not None and run.context_len < 0:
             problems.append(f"{_where(r)}: rule 'context_len >= 0': got {run.context_len}")
+        if run.latency_ns <= 0:
+            problems.append(f"{_where(r)}: rule 'latency_ns > 0': got {run.latency_ns}")
         if not run.layers:
-            problems.append(f"{_where(r)}: rule 'layers non-empty'")
+            if not end_to_end:
+                problems.append(
+                    f"{_where(r)}: rule 'all runs per-layer or all end-to-end': this run has no "
+                    "layers but run 0 has"
+                )
+            continue
+        if end_to_end:
+            problems.append(
+                f"{_where(r)}: rule 'all runs per-layer or all end-to-end': this run has layers "
+                "but run 0 is end-to-end (layers: [])"
+            )
             continue
         if [(x.name, x.kind) for x in run.layers] != signature:
             first = next(
@@ -225,3 +289,17 @@ def parse_profile(data: dict[str, Any], source: str = "profile") -> Profile:
             messages.append(f"{prefix}: {msg}" if prefix else msg)
         raise ProfileError(f"{source}: " + "; ".join(messages)) from None
 
+
+
+def build_profile(model: str, device: str, tables: dict[str, list[int]], runs: list[dict[str, Any]],
+                  **extra: Any) -> Profile:
+    """A profile made by one of our tools (the virtual board, profilers, importers), through the
+    same model and rules as a file read from disk. ``tables`` maps the board's domains (``cpu``,
+    ``gpu``, ``mem``) to their tables; a board without a GPU gets ``gpu_hz: []`` and runs give
+    ``gpu_hz: null``; the memory axis appears only when the board has one."""
+    frequencies: dict[str, Any] = {"cpu_khz": list(tables["cpu"]), "gpu_hz": list(tables.get("gpu", []))}
+    if tables.get("mem"):
+        frequencies["mem_hz"] = list(tables["mem"])
+    data = {"format": FORMAT, "model": model, "device": device, "frequencies": frequencies,
+            "runs": runs, **extra}
+    return parse_profile(data, f"profile of {model} on {device}")

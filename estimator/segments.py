@@ -46,6 +46,12 @@ class Segments:
     is_gpu: np.ndarray  # (layers,) bool
     queue_depth: int | None = None  # None: the host was never held back
     device_idle: np.ndarray | None = None  # (runs, layers): nothing was queued when the launch began
+    mem_hz: np.ndarray | None = None  # (runs,): the memory level, when the profile varies it
+
+    def freqs(self, domains: list[str]) -> list[np.ndarray]:
+        """Each run's frequency per domain, in the order of ``domains``."""
+        by_name = {"cpu": self.cpu_khz, "gpu": self.gpu_hz, "mem": self.mem_hz}
+        return [by_name[d] for d in domains]
 
 
 MIN_CEILING_HITS = 0.05  # fraction of launches at the ceiling that shows a bounded queue
@@ -115,4 +121,6 @@ def extract_segments(profile: Profile) -> Segments:
         is_gpu=is_gpu,
         queue_depth=depth,
         device_idle=idle,
+        mem_hz=(np.array([run.mem_hz for run in runs], dtype=float)
+                if profile.frequencies.mem_hz else None),
     )

@@ -109,14 +109,12 @@ def compute_grid(est: Estimator, board: BoardConfig, freq_rank: np.ndarray | Non
     A module-level function of picklable arguments, so the daemon can run it in a worker process:
     it takes ~20 ms and a burst of new context lengths must not hold up other apps."""
     lat, energy = [], []
-    # each domain's frequency at every grid point (the estimator's grid order), for the energy model
-    freqs = dict(zip(est.domains, est.grid_points.T, strict=True))
     for s in HOST_LEVELS:
         br = est.grid(context_len, with_overlap=False, host_scale=float(s))
         lat.append(br.latency_ms)
-        if freq_rank is None:  # mJ, over whichever domains the board has (dvfs_schema.energy)
-            energy.append(board.energy.frame_energy_j(freqs, br.host_busy_ms * 1e6, br.gpu_busy_ms * 1e6,
-                                                      br.latency_ms * 1e6) * 1e3)
+        if freq_rank is None:  # mJ; the energy model has a term per domain the grid varies
+            energy.append(board.energy.frame_energy_j(br.freqs(), br.host_busy_ms * 1e6,
+                                                      br.gpu_busy_ms * 1e6, br.latency_ms * 1e6) * 1e3)
         else:
             energy.append(freq_rank)
     return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy))
@@ -172,6 +170,8 @@ class Governor:
             if est.data.tables != first.data.tables:
                 raise GovernorError("bad_config", f"model {name!r} was profiled with other frequency tables")
         board_domains = list(self.board.domain_tables)
+        if "mem" not in self.domains:  # estimators without a memory axis leave the memory clock alone
+            board_domains = [d for d in board_domains if d != "mem"]
         if self.domains != board_domains:
             raise GovernorError(
                 "bad_config", f"the estimators vary the domains {self.domains} but board "

@@ -165,7 +165,7 @@ def test_missing_policy_and_device_named_with_what_exists(tmp_path):
         LinuxBackend(wrong, tmp_path, tmp_path / "s.json").discover()
     wrong = load_board("rk3588").model_copy(deep=True)
     wrong.gpu.node = "ff9a0000.gpu"
-    with pytest.raises(BackendError, match="ff9a0000.gpu.*found: fb000000.gpu"):
+    with pytest.raises(BackendError, match="ff9a0000.gpu.*found: dmc, fb000000.gpu"):
         LinuxBackend(wrong, tmp_path, tmp_path / "s.json").discover()
 
 

@@ -36,12 +36,16 @@ def brute_force_choice(gov: Governor, est, deadline_ms: float, factor: float):
     """Least predicted energy among pairs meeting the deadline, by explicit enumeration."""
     board = gov.board
     br = est.grid(with_overlap=False)
+    mems = br.mem_hz if br.mem_hz is not None else [None] * len(br.cpu_khz)
     best = None
-    for c, g, lat, host, gpu in zip(br.cpu_khz, br.gpu_hz, br.latency_ms, br.host_busy_ms,
-                                    br.gpu_busy_ms, strict=True):
-        if lat * factor + 0.2 > deadline_ms:  # 0.2 ms: the GPU's transition latency, worst case
+    for c, g, m, lat, host, gpu in zip(br.cpu_khz, br.gpu_hz, mems, br.latency_ms, br.host_busy_ms,
+                                       br.gpu_busy_ms, strict=True):
+        # transition latencies, worst case: 0.2 ms for the GPU, 1 ms for the memory
+        if lat * factor + (0.2 if m is None else 1.0) > deadline_ms:
             continue
         e = board.power_mw("cpu", c) * host + board.power_mw("gpu", g) * gpu + board.idle_power_mw * lat
+        if m is not None:  # the memory is active for the whole frame
+            e += board.power_mw("mem", m) * lat
         if best is None or e < best[0]:
             best = (e, int(c), int(g))
     return best
@@ -182,7 +186,10 @@ def test_without_power_tables_lowest_frequencies_on_the_feasible_front(tmp_path,
         d = gov.before_frame("yolo", 22.0)
         grid = estimators["yolo"].grid(with_overlap=False)
         factor = gov.correction("cam", "yolo").factor
-        ok = grid.latency_ms * factor + 0.2 <= 22.0
+        # worst-case transition latency: the GPU's 0.2 ms, or the memory's 1 ms where it has one
+        ok = grid.latency_ms * factor + (0.2 if grid.mem_hz is None else 1.0) <= 22.0
+        if grid.mem_hz is not None:  # compare at the memory level the governor chose
+            ok &= grid.mem_hz == gov.backend.state()["mem"].cur
         c, g = grid.cpu_khz[ok], grid.gpu_hz[ok]
         # nothing feasible is lower in both domains: the choice is on the Pareto front
         assert not np.any((c <= d.cpu_khz) & (g <= d.gpu_hz) & ((c < d.cpu_khz) | (g < d.gpu_hz)))

@@ -489,7 +489,7 @@ class VirtualKernel:
             mem = state["domains"][mem_dir]["cur"] if mem_dir else None
             load = state["background_load"]
             capped = state["thermal"]["capped"]
-            res = sim.run(cpu, gpu, context_len, rng, host_slowdown=1.0 + load)  # TODO(merge estmem): add mem_hz=mem
+            res = sim.run(cpu, gpu, context_len, rng, host_slowdown=1.0 + load, mem_hz=mem)
             latency = float(res.latency_ns[0]) + transition
             energy = float(board.frame_energy_j(cpu, gpu, res.host_busy_ns[0], res.gpu_busy_ns[0], latency,
                                                 mem_hz=mem))
