@@ -111,29 +111,27 @@ class Frontier:
         points changing one domain only (the lines through ``cur``, at that domain's cost) and
         ``cur`` itself (no cost). Exact for one and two domains; more fall back to a scan."""
         geo, allowed, lat, energy = self.geometry, self.allowed, self.lat, self.energy
-        if geo.n_domains > 2:
-            candidates = range(len(lat))
-        else:
-            candidates = []
-            for d in range(geo.n_domains):
-                candidates += geo.line(d, cur)
-            own = geo.index_of.get(cur)
-            if own is not None:
-                candidates.append(own)
         best_e, best_i = np.inf, -1
-        if geo.n_domains <= 2:
-            k = self._last(corr, deadline_ms, max((0.0, *costs_ms)))
-            if k >= 0:
-                best_e, best_i = self.f_energy[k], self.f_index[k]
-        values = geo.values
-        for i in candidates:
-            if not allowed[i]:
-                continue
-            e = energy[i]
-            if e > best_e or (e == best_e and i >= best_i):
-                continue
-            if lat[i] * corr + transition_cost(values[i], cur, costs_ms) <= deadline_ms:
-                best_e, best_i = e, i
+        if geo.n_domains > 2:  # not on any board we know: every point at its own cost
+            values = geo.values
+            for i in range(len(lat)):
+                if allowed[i] and lat[i] * corr + transition_cost(values[i], cur, costs_ms) <= deadline_ms:
+                    if energy[i] < best_e or (energy[i] == best_e and i < best_i):
+                        best_e, best_i = energy[i], i
+            return best_i
+        k = self._last(corr, deadline_ms, max((0.0, *costs_ms)))
+        if k >= 0:
+            best_e, best_i = self.f_energy[k], self.f_index[k]
+        own = geo.index_of.get(cur)  # cur itself, when it lies on the grid: no cost
+        for d in range(geo.n_domains):
+            # the points differing from cur in domain d only (or not at all: own)
+            changed = costs_ms[d] if costs_ms[d] > 0.0 else 0.0
+            for i in geo.line(d, cur):
+                e = energy[i]
+                if e > best_e or (e == best_e and i >= best_i) or not allowed[i]:
+                    continue
+                if lat[i] * corr + (0.0 if i == own else changed) <= deadline_ms:
+                    best_e, best_i = e, i
         return best_i
 
     def fastest(self, corr: float) -> int:
