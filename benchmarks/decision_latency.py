@@ -19,6 +19,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -92,7 +93,14 @@ def client_worker(sock: str, fps: float, seconds: float, queue) -> None:
         next_t += period
         time.sleep(max(0.0, next_t - time.monotonic()))
     client.close()
-    queue.put((sent, answered, rtts, frames))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    queue.put((sent, answered, rtts, frames, usage.ru_utime + usage.ru_stime))
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) a process has used: what a request costs, whatever else runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -132,12 +140,15 @@ def main() -> None:
             procs = [mp.Process(target=client_worker, args=(str(sock), args.fps, args.seconds, queue))
                      for _ in range(args.clients)]
             t0 = time.monotonic()
+            daemon_cpu0 = cpu_s(daemon.pid)
             for p in procs:
                 p.start()
             results = [queue.get(timeout=args.seconds + 60) for _ in procs]
             for p in procs:
                 p.join()
             wall = time.monotonic() - t0
+            daemon_cpu = cpu_s(daemon.pid) - daemon_cpu0
+            clients_cpu = sum(r[4] for r in results)
             sent = sum(r[0] for r in results)
             answered = sum(r[1] for r in results)
             load_rtts = [x for r in results for x in r[2]]
@@ -151,6 +162,10 @@ def main() -> None:
                 "frames_per_s_achieved": round(frames / args.seconds, 1),
                 "served_ratio": round(min(1.0, frames / scheduled), 4),
                 "before_frame_round_trip": pct(load_rtts),
+                # CPU per frame served (load-independent): the daemon's, and the 32 clients' own
+                "daemon_cpu_us_per_frame": round(daemon_cpu / max(frames, 1) * 1e6, 1),
+                "clients_cpu_us_per_frame": round(clients_cpu / max(frames, 1) * 1e6, 1),
+                "daemon_cpu_share": round(daemon_cpu / wall, 3),
             }
         finally:
             daemon.send_signal(signal.SIGTERM)

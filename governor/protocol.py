@@ -117,7 +117,9 @@ def parse_request(line: bytes) -> _Request | FastBeforeFrame | FastAfterFrame:
     """The request on one line: a model instance, or for the per-frame requests possibly its fast
     stand-in with the same fields; tell them apart by ``op``."""
     try:
-        data = json.loads(line)
+        # a line opening with '{"' is UTF-8 to json.loads too (no BOM, no NUL in the first two
+        # bytes): decoding it ourselves skips json's encoding detection, with the same verdict
+        data = json.loads(line.decode("utf-8", "surrogatepass") if line[:2] == b'{"' else line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError("bad_json", f"not a JSON object: {exc}") from None
     except RecursionError:
