@@ -245,7 +245,8 @@ class _Client(asyncio.Protocol):
                 self._discarding = True
             tail = b""
         self._tail = tail
-        self._answer_lines()
+        if not self._scheduled:  # else the queued continuation takes these lines in their turn
+            self._answer_lines()
 
     def pause_writing(self) -> None:
         """Our replies fill the socket: the client is not reading them. Stop answering it; if it
@@ -261,7 +262,8 @@ class _Client(asyncio.Protocol):
         if self._give_up is not None:
             self._give_up.cancel()
             self._give_up = None
-        self._answer_lines()
+        if not self._scheduled:
+            self._answer_lines()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
