@@ -21,7 +21,9 @@ Pure Python and numpy, no I/O, no locks: the caller (core.Governor) holds its ow
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
+from collections.abc import Callable
 
 import numpy as np
 
@@ -133,6 +135,21 @@ class Frontier:
                 if lat[i] * corr + (0.0 if i == own else changed) <= deadline_ms:
                     best_e, best_i = e, i
         return best_i
+
+    def least_energy_meeting(self, bound_ms: Callable[[float], float], deadline_ms: float) -> float:
+        """The least energy of the allowed points whose ``bound_ms(latency)`` meets the deadline
+        (inf if none), for any ``bound_ms`` non-decreasing in the uncorrected latency.
+
+        For prediction models richer than a factor and a transition cost (an actuation delay
+        blending the old and the new point, a wait behind other apps' GPU work, a mask of points
+        that serve the frames in flight), this still decides the common frame exactly: if
+        ``bound_ms`` is a lower bound of the full prediction at every point (e.g. the least of the
+        per-changed-domain predictions, without the queueing wait), every point meeting the
+        deadline is among those counted here, so the point in force is the decision whenever it
+        meets the deadline itself (computed exactly, for that one point) and costs at most
+        ``(1 + hysteresis)`` x this. Only otherwise is the whole grid needed."""
+        k = bisect_right(self.f_lat, deadline_ms, key=bound_ms) - 1
+        return self.f_energy[k] if k >= 0 else math.inf
 
     def fastest(self, corr: float) -> int:
         """The allowed point of least corrected latency (lowest index among equals)."""

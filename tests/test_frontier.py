@@ -126,3 +126,45 @@ def test_the_governor_decides_by_the_frontier_as_by_numpy_on_every_decision(tmp_
             gov.after_frame(lm.frame, lm.predicted_ms * slow * float(rng.uniform(0.85, 1.02)))
     assert sum(decisions) >= 800  # every frame went through the frontier
     assert len(pairs) >= 4  # the case moved between pairs, not one answer all along
+
+
+def test_the_point_in_force_is_kept_only_when_the_full_model_keeps_it():
+    """A prediction model with an actuation delay (the frame runs at the old point until a changed
+    domain's new frequency lands) and a queueing wait: per point not a function of its latency
+    alone. ``least_energy_meeting`` with a lower bound (the least per-changed-domain prediction,
+    no wait) must never keep the point in force where the full brute force would not, and must
+    keep it in the common case."""
+    rng = np.random.default_rng(7)
+    kept = 0
+    for case in range(3000):
+        points, lat, energy, allowed, corr, deadline, cur_index, _, _, hyst = random_case(rng)
+        cur = tuple(int(v) for v in points[cur_index])
+        n_dom = points.shape[1]
+        act = rng.uniform(0, 3, size=n_dom)
+        pending = rng.choice([0.0, 0.5], size=n_dom)
+        old = float(lat[cur_index] * corr * rng.uniform(0.8, 1.2))  # the running point's latency
+
+        def blend(delay, lat_corr, old=old):  # as a governor with actuation delays predicts
+            return old if delay >= old else delay + (1.0 - min(delay / old, 1.0)) * lat_corr
+
+        wait = rng.choice([0.0, 1.0], size=len(points)) * rng.uniform(0, 2, size=len(points))
+        delay = np.where(points != np.array(cur), act, pending).max(axis=1)
+        total = np.array([blend(float(d), float(x) * corr) for d, x in zip(delay, lat, strict=True)]) + wait
+        ok = allowed & (total <= deadline)
+        if ok.any():
+            best = int(np.argmin(np.where(ok, energy, np.inf)))
+            brute = cur_index if ok[cur_index] and energy[cur_index] <= energy[best] * (1 + hyst) else best
+        else:
+            brute = None
+        delays = {float(max([*(act[d] if (m >> d) & 1 else pending[d] for d in range(n_dom))]))
+                  for m in range(2 ** n_dom)}
+
+        def bound(x, delays=delays, corr=corr, blend=blend):  # least over every set of changed domains
+            return min(blend(d, x * corr) for d in delays)
+
+        front = Frontier(GridGeometry(points), lat, energy, allowed)
+        keep = bool(ok[cur_index]) and energy[cur_index] <= front.least_energy_meeting(bound, deadline) * (1 + hyst)
+        if keep:
+            kept += 1
+            assert brute == cur_index, f"case {case}: kept the point in force, the brute force chose {brute}"
+    assert kept > 300
