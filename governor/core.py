@@ -447,9 +447,9 @@ class Governor:
         for k in mine[:-self.settings.max_frames_per_client]:
             del self._frames[k]
 
-    def _frontiers_for(self, grid: _Grid, level: int) -> dict | None:
-        """The frontiers of one grid at one correction state (host level), by mask; None: decide
-        by numpy over the whole grid (what the frontier is tested against)."""
+    def _frontiers_for(self, grid: _Grid, level: int) -> dict:
+        """The frontiers of one grid at one correction state (host level), by mask. (``_choose``
+        without them decides by numpy over the whole grid: what the frontier is tested against.)"""
         found = grid.frontiers.get(level)
         if found is None:
             found = grid.frontiers[level] = {}
@@ -477,10 +477,8 @@ class Governor:
                 if len(frontiers) >= MAX_FRONTIERS_PER_LEVEL:
                     frontiers.clear()
                 front = frontiers[key] = Frontier(self._geometry, lat, energy_mj, self._allowed(caps, floor))
-            cur = self._cur
-            cur_index = self._geometry.index_of.get(cur)
-            return front.choose(corr, deadline_ms, self._index(cur) if cur_index is None else cur_index, cur,
-                                self._transition_costs, self.settings.hysteresis)
+            return front.choose(corr, deadline_ms, self._index(self._cur), self._cur, self._transition_costs,
+                                self.settings.hysteresis)
         pred = lat * corr
         allowed = self._allowed(caps, floor)
         changes = self._transition_cost_ms()
