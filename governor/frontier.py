@@ -98,7 +98,7 @@ class Frontier:
         none). Bisection on a threshold, then the exact test on the neighbours, so that float
         rounding of the division can never move the answer off the brute force's."""
         f_lat = self.f_lat
-        k = bisect_right(f_lat, (deadline_ms - cost_ms) / corr)
+        k = bisect_right(f_lat, (deadline_ms - cost_ms) / corr if corr > 0 else math.inf)
         n = len(f_lat)
         while k > 0 and f_lat[k - 1] * corr + cost_ms > deadline_ms:
             k -= 1
@@ -167,13 +167,22 @@ class Frontier:
         """(index, feasible), exactly as ``choose_brute``. ``cur_index``: the grid index of the
         point in force (``cur``, its frequencies, which may lie off the grid); ``costs_ms``: the
         transition latency per domain."""
-        k = self._last(corr, deadline_ms, 0.0)  # no transition cost: a superset of the feasible
+        # no transition cost: a superset of the feasible (``_last`` at cost 0, inlined: the hot path)
+        f_lat = self.f_lat
+        k = bisect_right(f_lat, deadline_ms / corr if corr > 0 else math.inf)
+        while k > 0 and f_lat[k - 1] * corr > deadline_ms:
+            k -= 1
+        n = len(f_lat)
+        while k < n and f_lat[k] * corr <= deadline_ms:
+            k += 1
+        k -= 1
         if k < 0:
             return self.fastest(corr), False
         lat, energy, values = self.lat, self.energy, self.geometry.values
         keep = (1 + hysteresis)
-        cur_ok = (self.allowed[cur_index]
-                  and lat[cur_index] * corr + transition_cost(values[cur_index], cur, costs_ms) <= deadline_ms)
+        at = values[cur_index]
+        cur_ok = (self.allowed[cur_index] and lat[cur_index] * corr
+                  + (0.0 if at == cur else transition_cost(at, cur, costs_ms)) <= deadline_ms)
         e0 = self.f_energy[k]
         # the relaxed optimum costs no more than the true one: within hysteresis of it, cur stays
         if cur_ok and energy[cur_index] <= e0 * keep:

@@ -41,7 +41,7 @@ def random_case(rng: np.random.Generator):
     for value, table in zip(cur, tables, strict=True):
         cur_index = cur_index * len(table) + min(int(np.searchsorted(table, value)), len(table) - 1)
     costs = tuple(float(rng.choice([0.0, 0.02, 0.2, rng.uniform(0, 3)])) for _ in range(n_dom))
-    corr = float(rng.uniform(0.5, 2.0))
+    corr = float(rng.uniform(0.5, 2.0)) if rng.random() < 0.97 else 0.0  # 0: frames reported as 0 ms
     deadline = float(rng.uniform(0.5, 25)) if rng.random() < 0.8 else float(lat[int(rng.integers(n))] * corr)
     hyst = float(rng.choice([0.0, 0.03, rng.uniform(0, 0.5)]))
     return points, lat, energy, allowed, corr, deadline, cur_index, cur, costs, hyst
