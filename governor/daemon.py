@@ -405,7 +405,9 @@ class Daemon:
             req = parse_request(line)
             op = req.op
             if op == "before_frame":
-                client.asked_frames = self._any_asked = True
+                if not client.asked_frames:  # a client asks for frames once it names a known model
+                    self.governor.grid_key(req.model, req.context_len)
+                    client.asked_frames = self._any_asked = True
                 try:  # the common frame (grid cached, same pair) is answered right here
                     d = self.governor.before_frame(req.model, req.deadline_ms, req.context_len, req.app,
                                                    owner=client, may_block=False)
