@@ -106,7 +106,8 @@ class GovernorClient:
             line = self._reader.readline()
             if not line:
                 raise ConnectionResetError("the governor closed the connection")
-            reply = json.loads(line)
+            # the daemon's replies are UTF-8 objects: decoding here skips json's encoding detection
+            reply = json.loads(line.decode("utf-8", "surrogatepass") if line[:2] == b'{"' else line)
         except (OSError, ValueError) as exc:  # broken pipe, reset, timeout, a torn reply
             self._drop()
             self._retry_at = time.monotonic()  # the first retry is immediate, then back-off

@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,12 +38,14 @@ from dvfs_schema.board import BoardConfig
 from estimator.model import Estimator
 from governor.config import GovernorSettings
 from governor.correction import HOST_LEVELS, Correction
+from governor.frontier import Frontier, GridGeometry
 from governor.measured_power import PowerTracker
 from governor.recording import FrameRecord, RunRecorder
 from sysfs_backends.base import Backend, BackendUnavailable
 
 log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
+MAX_FRONTIERS_PER_LEVEL = 32  # masks (caps, floors, unreachable points) remembered per grid and level
 
 
 class NeedsBackend(Exception):
@@ -57,8 +60,10 @@ class GovernorError(ValueError):
         self.code = code
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """Immutable, and a NamedTuple rather than a frozen dataclass: built on every frame, in a
+    third of the time."""
+
     frame: int
     cpu_khz: int
     gpu_hz: int | None  # None on a board without a GPU
@@ -76,6 +81,9 @@ class _Grid:
 
     latency_ms: np.ndarray
     energy_mj: np.ndarray
+    # per host level, per mask: the Pareto frontier the decision bisects (governor/frontier.py);
+    # kept with the grid, so a grid evicted or replaced takes its frontiers with it
+    frontiers: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -178,6 +186,10 @@ class Governor:
                 f"{self.board.name!r} has {board_domains}: profile the models on this board")
         self.tables = [np.array(t) for t in first.data.tables]
         self.points = first.grid_points.astype(np.int64)  # (points, domains)
+        self._geometry = GridGeometry(self.points)
+        self._cpu_at = self.domains.index("cpu")  # where each domain sits in a point
+        self._gpu_at = self.domains.index("gpu") if "gpu" in self.domains else None
+        self._mem_at = self.domains.index("mem") if "mem" in self.domains else None
         # no energy model: rank by normalised frequency, the lowest on the Pareto front
         self._freq_rank = (None if self.board.has_power_tables
                            else (self.points / self.points.max(axis=0)).sum(axis=1))
@@ -194,6 +206,7 @@ class Governor:
         self.backend.save()
         info = self.backend.discover().domains
         self._transition_ms = {d: info[d].transition_latency_ns / 1e6 for d in info}
+        self._transition_costs = tuple(self._transition_ms.get(d, 0.0) for d in self.domains)
         if list(info["cpu"].frequencies) != self.tables[0].tolist():
             log.warning("the board's CPU table differs from the estimators'; the kernel will round")
         meter = self.backend.power_meter()
@@ -284,6 +297,9 @@ class Governor:
 
     def _index(self, point: tuple[int, ...]) -> int:
         """Grid index of a point (CPU-major, like the estimator's grid)."""
+        found = self._geometry.index_of.get(point)
+        if found is not None:
+            return found
         index = 0
         for value, table in zip(point, self.tables, strict=True):
             index = index * len(table) + min(int(np.searchsorted(table, value)), len(table) - 1)
@@ -291,8 +307,9 @@ class Governor:
 
     def _as_decision(self, point: tuple[int, ...]) -> tuple[int, int | None, int | None]:
         """(cpu_khz, gpu_hz, mem_hz) of a point; None for a domain the board does not have."""
-        by_domain = dict(zip(self.domains, point, strict=True))
-        return (int(by_domain["cpu"]), *(int(by_domain[d]) if d in by_domain else None for d in ("gpu", "mem")))
+        gpu, mem = self._gpu_at, self._mem_at
+        return (int(point[self._cpu_at]), None if gpu is None else int(point[gpu]),
+                None if mem is None else int(point[mem]))
 
     # ---- the decision ------------------------------------------------------------------
     def before_frame(self, model: str, deadline_ms: float, context_len: int | None = None,
@@ -308,9 +325,15 @@ class Governor:
             raise GovernorError("bad_field", f"deadline_ms must be a positive number, got {deadline_ms!r}")
         if context_len is not None and (not isinstance(context_len, int) or context_len < 0):
             raise GovernorError("bad_field", f"context_len must be a non-negative integer, got {context_len!r}")
-        if not may_block and not self.has_grid(self.grid_key(model, context_len)):
-            raise NeedsBackend  # computing a grid takes ~20 ms: not on the caller's loop
-        grid = self._grid(model, context_len)
+        key = self.grid_key(model, context_len)
+        with self._lock:
+            grid = self._grids.get(key)
+            if grid is not None:
+                self._grids.move_to_end(key)
+        if grid is None:
+            if not may_block:
+                raise NeedsBackend  # computing a grid takes ~20 ms: not on the caller's loop
+            grid = self._grid(model, context_len)
         now = time.monotonic()
         if self.inline_refresh and now >= self._next_refresh and not self._released:
             self.refresh()
@@ -323,8 +346,8 @@ class Governor:
             correction = self._correction(stats, model)
             level, corr = correction.level, correction.factor
             lat, energy = grid.latency_ms[level], grid.energy_mj[level]
-            idx, feasible = self._choose(lat, energy, corr, deadline_ms, now)
-            point = tuple(int(v) for v in self.points[idx])
+            idx, feasible = self._choose(lat, energy, corr, deadline_ms, now, self._frontiers_for(grid, level))
+            point = self._geometry.values[idx]
             changed = resume or point != self._cur
             if changed and not may_block:
                 raise NeedsBackend
@@ -332,6 +355,9 @@ class Governor:
             # registered before the write, so decisions made meanwhile keep this frame's floor
             self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner)
             self._limit_frames(owner, app)
+            if not changed:  # the common frame: finished under this same lock
+                return self._decided(frame, stats, grid, lat, corr, point, True, feasible, deadline_ms,
+                                     False, (), context_len, now)
         notes: list[str] = []
         applied = True
         if changed:
@@ -360,23 +386,30 @@ class Governor:
         with self._lock:
             if not applied:  # the reply names what is in force now, never a pair not yet written
                 point = self._cur
-            eff = self._index(point)
-            predicted = float(lat[eff]) * corr
-            f = self._frames.get(frame)
-            if f is not None:
-                f.column, f.predicted_ms = grid.latency_ms[:, eff], predicted
-                if applied:
-                    f.point = point
-            stats.frames += 1
-            feasible = feasible and predicted <= deadline_ms
-            stats.infeasible += not feasible
-            cpu, gpu, mem = self._as_decision(point)
-            decision = Decision(frame, cpu, gpu, round(predicted, 4), bool(feasible), changed, tuple(notes), mem)
-            if self.recorder is not None:
-                held = [d for d, c in zip(self.domains, self._caps, strict=True) if now < self._caps_until
-                        and math.isfinite(c)]
-                self._to_record[frame] = (decision, context_len, now, held)
-            return decision
+            return self._decided(frame, stats, grid, lat, corr, point, applied, feasible, deadline_ms,
+                                 changed, tuple(notes), context_len, now)
+
+    def _decided(self, frame: int, stats: _AppStats, grid: _Grid, lat: np.ndarray, corr: float,
+                 point: tuple[int, ...], applied: bool, feasible: bool, deadline_ms: float, changed: bool,
+                 notes: tuple[str, ...], context_len: int | None, now: float) -> Decision:
+        """The reply for a frame whose pair is settled (``point``: what is in force); under ``_lock``."""
+        eff = self._index(point)
+        predicted = float(lat[eff]) * corr
+        f = self._frames.get(frame)
+        if f is not None:
+            f.column, f.predicted_ms = grid.latency_ms[:, eff], predicted
+            if applied:
+                f.point = point
+        stats.frames += 1
+        feasible = feasible and predicted <= deadline_ms
+        stats.infeasible += not feasible
+        cpu, gpu, mem = self._as_decision(point)
+        decision = Decision(frame, cpu, gpu, round(predicted, 4), bool(feasible), changed, notes, mem)
+        if self.recorder is not None:
+            held = [d for d, c in zip(self.domains, self._caps, strict=True) if now < self._caps_until
+                    and math.isfinite(c)]
+            self._to_record[frame] = (decision, context_len, now, held)
+        return decision
 
     def _app(self, app: str, owner: object, now: float) -> _AppStats:
         """The app's record, created if new; the number of apps is bounded (evicting apps no live
@@ -418,20 +451,46 @@ class Governor:
     def _limit_frames(self, owner: object, app: str) -> None:
         """At most ``max_frames_per_client`` frames in flight per client (per app in process): the
         oldest beyond that was abandoned, and its frequency floor goes with it."""
+        if len(self._frames) <= self.settings.max_frames_per_client:
+            return  # nobody can be over the limit: no scan on the per-frame path
         mine = [k for k, f in self._frames.items() if f.owner is owner and (owner is not None or f.app == app)]
         for k in mine[:-self.settings.max_frames_per_client]:
             del self._frames[k]
 
-    def _choose(self, lat: np.ndarray, energy_mj: np.ndarray, corr: float, deadline_ms: float,
-                now: float) -> tuple[int, bool]:
-        pred = lat * corr
+    def _frontiers_for(self, grid: _Grid, level: int) -> dict:
+        """The frontiers of one grid at one correction state (host level), by mask. (``_choose``
+        without them decides by numpy over the whole grid: what the frontier is tested against.)"""
+        found = grid.frontiers.get(level)
+        if found is None:
+            found = grid.frontiers[level] = {}
+        return found
+
+    def _allowed(self, caps: tuple | None, floor: tuple | None) -> np.ndarray:
+        """The points a decision may choose: reachable, under the caps, not under the floor."""
         allowed = self._reachable.copy()
-        if now < self._caps_until:
-            allowed &= np.all(self.points <= np.array(self._caps), axis=1)
-        if self._frames:  # never lower a domain under a frame in flight
-            allowed &= np.all(self.points >= np.array(self._floor()), axis=1)
+        if caps is not None:
+            allowed &= np.all(self.points <= np.array(caps), axis=1)
+        if floor is not None:  # never lower a domain under a frame in flight
+            allowed &= np.all(self.points >= np.array(floor), axis=1)
         if not allowed.any():
             allowed[:] = True
+        return allowed
+
+    def _choose(self, lat: np.ndarray, energy_mj: np.ndarray, corr: float, deadline_ms: float,
+                now: float, frontiers: dict | None = None) -> tuple[int, bool]:
+        caps = self._caps if now < self._caps_until else None
+        floor = self._floor() if self._frames else None
+        if frontiers is not None:  # bisection on the cached frontier of this mask: the same choice
+            key = (caps, floor, self._reachable.tobytes())
+            front = frontiers.get(key)
+            if front is None:
+                if len(frontiers) >= MAX_FRONTIERS_PER_LEVEL:
+                    frontiers.clear()
+                front = frontiers[key] = Frontier(self._geometry, lat, energy_mj, self._allowed(caps, floor))
+            return front.choose(corr, deadline_ms, self._index(self._cur), self._cur, self._transition_costs,
+                                self.settings.hysteresis)
+        pred = lat * corr
+        allowed = self._allowed(caps, floor)
         changes = self._transition_cost_ms()
         ok = allowed & (pred + changes <= deadline_ms)
         if not ok.any():
@@ -447,7 +506,7 @@ class Governor:
         """Per domain, the highest frequency a frame in flight asked for (0 when none)."""
         if not self._frames:
             return (0,) * len(self.domains)
-        return tuple(int(v) for v in np.max([f.point for f in self._frames.values()], axis=0))
+        return tuple(max(col) for col in zip(*[f.point for f in self._frames.values()], strict=True))
 
     def _io_thread(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._io_pool is None:
@@ -608,6 +667,8 @@ class Governor:
 
     def _expire(self, now: float) -> None:
         limit = self.settings.frame_timeout_s
+        if not self._frames or now - next(iter(self._frames.values())).started <= limit:
+            return  # the oldest frame (first inserted) is not stale: no scan on the per-frame path
         stale = [k for k, f in self._frames.items() if now - f.started > limit]
         for k in stale:
             del self._frames[k]

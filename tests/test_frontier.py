@@ -1,0 +1,170 @@
+"""The Pareto-frontier decision (governor/frontier.py) chooses exactly what the brute force chooses:
+random grids, masks, ties, points in force on and off the grid, transition costs and hysteresis;
+then the real governor on the virtual board, with and without the frontier, frame by frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dvfs_schema.loading import load_board
+from governor.app import fit_on_virtual_board
+from governor.core import Governor
+from governor.frontier import Frontier, GridGeometry, choose_brute
+from sysfs_backends.virtual.board import VirtualBoard
+
+
+def random_case(rng: np.random.Generator):
+    n_dom = int(rng.integers(1, 3))
+    tables = [np.sort(rng.choice(np.arange(100, 3000, 100), size=int(rng.integers(1, 9)), replace=False))
+              for _ in range(n_dom)]
+    mesh = np.meshgrid(*tables, indexing="ij")
+    points = np.stack([m.ravel() for m in mesh], axis=1).astype(np.int64)
+    n = len(points)
+    # latencies and energies with deliberate ties (few distinct values) half of the time
+    if rng.random() < 0.5:
+        lat = rng.choice(rng.uniform(1, 20, size=4), size=n)
+        energy = rng.choice(rng.uniform(1, 50, size=3), size=n)
+    else:
+        lat = rng.uniform(1, 20, size=n)
+        energy = rng.uniform(1, 50, size=n)
+        if rng.random() < 0.3:  # the no-power-table ranking: sum of normalised frequencies
+            energy = (points / points.max(axis=0)).sum(axis=1)
+    allowed = rng.random(n) < rng.uniform(0.2, 1.0)
+    if not allowed.any():
+        allowed[:] = True  # the governor's rule for an empty mask
+    if rng.random() < 0.8:
+        cur = tuple(int(v) for v in points[int(rng.integers(n))])
+    else:  # the kernel shows a frequency off the estimator's table in some domain
+        cur = tuple(int(v) + int(rng.integers(0, 2)) * 50 for v in points[int(rng.integers(n))])
+    cur_index = 0
+    for value, table in zip(cur, tables, strict=True):
+        cur_index = cur_index * len(table) + min(int(np.searchsorted(table, value)), len(table) - 1)
+    costs = tuple(float(rng.choice([0.0, 0.02, 0.2, rng.uniform(0, 3)])) for _ in range(n_dom))
+    corr = float(rng.uniform(0.5, 2.0)) if rng.random() < 0.97 else 0.0  # 0: frames reported as 0 ms
+    deadline = float(rng.uniform(0.5, 25)) if rng.random() < 0.8 else float(lat[int(rng.integers(n))] * corr)
+    hyst = float(rng.choice([0.0, 0.03, rng.uniform(0, 0.5)]))
+    return points, lat, energy, allowed, corr, deadline, cur_index, cur, costs, hyst
+
+
+def test_frontier_matches_brute_force_on_random_grids_masks_and_ties():
+    rng = np.random.default_rng(11)
+    for case in range(4000):
+        points, lat, energy, allowed, corr, deadline, cur_index, cur, costs, hyst = random_case(rng)
+        front = Frontier(GridGeometry(points), lat, energy, allowed)
+        expected = choose_brute(points, lat, energy, allowed, corr, deadline, cur_index, cur, costs, hyst)
+        got = front.choose(corr, deadline, cur_index, cur, costs, hyst)
+        assert got == expected, f"case {case}: frontier {got} != brute force {expected}"
+        # one frontier serves every deadline and factor (what makes it cacheable)
+        for _ in range(5):
+            c2, d2 = float(rng.uniform(0.5, 2.0)), float(rng.uniform(0.5, 25))
+            assert front.choose(c2, d2, cur_index, cur, costs, hyst) == \
+                choose_brute(points, lat, energy, allowed, c2, d2, cur_index, cur, costs, hyst), case
+
+
+def test_frontier_is_sorted_by_latency_with_energy_decreasing_and_dominates_every_allowed_point():
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        points, lat, energy, allowed, *_ = random_case(rng)
+        front = Frontier(GridGeometry(points), lat, energy, allowed)
+        assert front.f_lat == sorted(front.f_lat)
+        assert all(a >= b for a, b in zip(front.f_energy, front.f_energy[1:], strict=False))
+        assert all(allowed[i] for i in front.f_index)
+        for i in np.flatnonzero(allowed):  # nothing allowed is both faster-or-equal and cheaper
+            k = max(j for j, fl in enumerate(front.f_lat) if fl <= lat[i]) if front.f_lat[0] <= lat[i] else None
+            assert k is not None and front.f_energy[k] <= energy[i]
+
+
+def test_a_deadline_exactly_at_a_latency_is_met_as_the_brute_force_meets_it():
+    points = np.array([[100], [200], [300]])
+    lat = np.array([0.1 * 3, 0.2, 0.1])  # 0.30000000000000004: rounding at the boundary
+    energy = np.array([1.0, 2.0, 3.0])
+    front = Frontier(GridGeometry(points), lat, energy, np.ones(3, bool))
+    for deadline in (0.3, float(lat[0]), 0.2, 0.1, 0.05):
+        for corr in (1.0, 1 / 3, 3.0, 0.1):
+            assert front.choose(corr, deadline, 2, (300,), (0.0,), 0.0) == \
+                choose_brute(points, lat, energy, np.ones(3, bool), corr, deadline, 2, (300,), (0.0,), 0.0)
+
+
+@pytest.fixture(scope="module")
+def estimators():
+    board = load_board("sd888_phone")
+    return board, {"yolo": fit_on_virtual_board(board, "yolo_tiny"), "llm": fit_on_virtual_board(board, "smollm_135m")}
+
+
+def test_the_governor_decides_by_the_frontier_as_by_numpy_on_every_decision(tmp_path, estimators):
+    """The real governor on the virtual board: two apps with overlapping frames (floors), a
+    language model over growing contexts (new grids), deadlines that change, a load phase (the
+    correction's level moves): every decision, the re-decisions after a write included, is taken
+    both ways on the same state and must agree."""
+    board, ests = estimators
+    vb = VirtualBoard(tmp_path / "b", board)
+    gov = Governor(vb.backend(tmp_path / "s.json"), board, ests)
+    by_frontier = gov._choose
+    decisions = []
+
+    def both(lat, energy, corr, deadline_ms, now, frontiers=None):
+        got = by_frontier(lat, energy, corr, deadline_ms, now, frontiers)
+        expected = by_frontier(lat, energy, corr, deadline_ms, now, None)  # numpy over the grid
+        assert got == expected, (corr, deadline_ms, gov._cur)
+        decisions.append(frontiers is not None)
+        return got
+
+    gov._choose = both
+    rng = np.random.default_rng(3)
+    deadline = 20.0
+    pairs = set()
+    with gov:
+        for i in range(400):
+            if i % 40 == 0:
+                deadline = float(rng.choice([8.0, 12.0, 20.0, 35.0]))
+            slow = 1.4 if 150 <= i < 250 else 1.0  # a load phase: the correction moves
+            cam = gov.before_frame("yolo", deadline, app="cam")
+            lm = gov.before_frame("llm", deadline, context_len=64 + 7 * i, app="assistant")  # in flight
+            pairs |= {(cam.cpu_khz, cam.gpu_hz), (lm.cpu_khz, lm.gpu_hz)}
+            gov.after_frame(cam.frame, cam.predicted_ms * slow * float(rng.uniform(0.85, 1.02)))
+            gov.after_frame(lm.frame, lm.predicted_ms * slow * float(rng.uniform(0.85, 1.02)))
+    assert sum(decisions) >= 800  # every frame went through the frontier
+    assert len(pairs) >= 4  # the case moved between pairs, not one answer all along
+
+
+def test_the_point_in_force_is_kept_only_when_the_full_model_keeps_it():
+    """A prediction model with an actuation delay (the frame runs at the old point until a changed
+    domain's new frequency lands) and a queueing wait: per point not a function of its latency
+    alone. ``least_energy_meeting`` with a lower bound (the least per-changed-domain prediction,
+    no wait) must never keep the point in force where the full brute force would not, and must
+    keep it in the common case."""
+    rng = np.random.default_rng(7)
+    kept = 0
+    for case in range(3000):
+        points, lat, energy, allowed, corr, deadline, cur_index, _, _, hyst = random_case(rng)
+        cur = tuple(int(v) for v in points[cur_index])
+        n_dom = points.shape[1]
+        act = rng.uniform(0, 3, size=n_dom)
+        pending = rng.choice([0.0, 0.5], size=n_dom)
+        old = float(lat[cur_index] * corr * rng.uniform(0.8, 1.2))  # the running point's latency
+
+        def blend(delay, lat_corr, old=old):  # as a governor with actuation delays predicts
+            return old if delay >= old else delay + (1.0 - min(delay / old, 1.0)) * lat_corr
+
+        wait = rng.choice([0.0, 1.0], size=len(points)) * rng.uniform(0, 2, size=len(points))
+        delay = np.where(points != np.array(cur), act, pending).max(axis=1)
+        total = np.array([blend(float(d), float(x) * corr) for d, x in zip(delay, lat, strict=True)]) + wait
+        ok = allowed & (total <= deadline)
+        if ok.any():
+            best = int(np.argmin(np.where(ok, energy, np.inf)))
+            brute = cur_index if ok[cur_index] and energy[cur_index] <= energy[best] * (1 + hyst) else best
+        else:
+            brute = None
+        delays = {float(max([*(act[d] if (m >> d) & 1 else pending[d] for d in range(n_dom))]))
+                  for m in range(2 ** n_dom)}
+
+        def bound(x, delays=delays, corr=corr, blend=blend):  # least over every set of changed domains
+            return min(blend(d, x * corr) for d in delays)
+
+        front = Frontier(GridGeometry(points), lat, energy, allowed)
+        keep = bool(ok[cur_index]) and energy[cur_index] <= front.least_energy_meeting(bound, deadline) * (1 + hyst)
+        if keep:
+            kept += 1
+            assert brute == cur_index, f"case {case}: kept the point in force, the brute force chose {brute}"
+    assert kept > 300
