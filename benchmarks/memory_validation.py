@@ -24,6 +24,8 @@ Prints JSON (and writes it to --out).
     python benchmarks/memory_validation.py --quick                      # PoCL, a minute or two
     python benchmarks/memory_validation.py --device NVIDIA --out benchmarks/results/memory_validation.json \\
         --profiles-dir benchmarks/results/memory_profiles
+    python benchmarks/memory_validation.py --refit benchmarks/results/memory_profiles_h200 \\
+        --out benchmarks/results/memory_validation_h200_refit.json     # no device: today's estimator
 """
 
 from __future__ import annotations
@@ -149,20 +151,64 @@ def validate(model: str, device, grid: dict[str, dict[int, float]], repeats: int
     if len(by_mem) >= 2:  # what the emulated memory clock does at the fastest CPU and GPU (all runs)
         lo, hi = min(by_mem), max(by_mem)
         result["memory_sensitivity"] = {"mem_hz": [lo, hi], "slowdown": round(by_mem[lo] / by_mem[hi], 3)}
-    for name, profile in (("per_layer", layered), ("end_to_end", e2e)):
-        predict, why = _memory_predictor(profile)
+    result.update(score(layered, e2e, points, max(mem)))
+    return result
+
+
+def score(layered: dict, e2e: dict, points: list[dict], mem_top: int, worst: int = 0) -> dict:
+    """MAPE and P95 over the held-out ``points`` of the estimator fitted per layer and end to end,
+    and of the ignore-memory baseline; with ``worst`` > 0 each fit also lists its worst points
+    (to see where a miss comes from, not to tune on them)."""
+    meas = np.array([p["measured_ms"] for p in points])
+    result = {}
+    fits = (("per_layer", *_memory_predictor(layered)), ("end_to_end", *_memory_predictor(e2e)),
+            ("ignore_memory_baseline", *_ignore_memory_baseline(layered, mem_top)))
+    for name, predict, why in fits:
         if predict is None:
             result[name] = {"not_fitted": why}
             continue
         pred = np.array([predict(p["cpu_khz"], p["gpu_hz"], p["mem_hz"], p["context_len"]) for p in points])
         result[name] = _errors(pred, meas)
-    predict, why = _ignore_memory_baseline(layered, max(mem))
-    if predict is None:
-        result["ignore_memory_baseline"] = {"not_fitted": why}
-    else:
-        pred = np.array([predict(p["cpu_khz"], p["gpu_hz"], p["mem_hz"], p["context_len"]) for p in points])
-        result["ignore_memory_baseline"] = _errors(pred, meas)
+        if worst:
+            ape = np.abs(pred - meas) / meas * 100
+            result[name]["worst_points"] = [
+                {**{k: points[i][k] for k in ("cpu_khz", "gpu_hz", "mem_hz", "context_len", "measured_ms")},
+                 "predicted_ms": round(float(pred[i]), 4), "ape_pct": round(float(ape[i]), 2)}
+                for i in np.argsort(-ape)[:worst]]
     return result
+
+
+def _repeat_spread_pct(profile: dict) -> float:
+    """Median over the profiled (point, context) groups of (max - min) / median of their repeats:
+    the run-to-run noise the fit and the held-out medians carry."""
+    groups: dict[tuple, list[float]] = {}
+    for r in profile["runs"]:
+        key = (r["cpu_khz"], r["gpu_hz"], r["mem_hz"], r["context_len"])
+        groups.setdefault(key, []).append(r["latency_ns"])
+    spreads = [(max(v) - min(v)) / float(np.median(v)) * 100 for v in groups.values() if len(v) > 1]
+    return round(float(np.median(spreads)), 2) if spreads else 0.0
+
+
+def refit(directory: Path, models: list[str]) -> list[dict]:
+    """Score today's estimator on profiles saved by an earlier run (``--profiles-dir``), without
+    the device: per model the per-layer and end-to-end fits over its held-out points."""
+    results = []
+    for model in models:
+        files = {kind: directory / f"{model}.{kind}.json" for kind in ("layers.profile", "e2e.profile", "heldout")}
+        missing = [str(f) for f in files.values() if not f.is_file()]
+        if missing:
+            sys.exit(f"--refit {directory}: model {model}: missing {', '.join(missing)}")
+        layered, e2e, heldout = (json.loads(f.read_text()) for f in files.values())
+        points = heldout["points"]
+        meas = np.array([p["measured_ms"] for p in points])
+        result = {"model": model, "profiled_points": len({(r["cpu_khz"], r["gpu_hz"], r["mem_hz"])
+                                                          for r in layered["runs"]}),
+                  "profiled_runs": len(layered["runs"]), "heldout_points": len(points),
+                  "measured_ms_range": [round(float(meas.min()), 4), round(float(meas.max()), 4)],
+                  "profile_repeat_spread_pct": _repeat_spread_pct(layered)}
+        result.update(score(layered, e2e, points, max(layered["frequencies"]["mem_hz"]), worst=5))
+        results.append(result)
+    return results
 
 
 def main() -> None:
@@ -176,8 +222,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="a small grid (2 x 3 x 3), 2 repeats: for a CPU OpenCL device (PoCL)")
     ap.add_argument("--profiles-dir", help="write each model's profiles and held-out measurements here")
+    ap.add_argument("--refit", metavar="DIR",
+                    help="no device: fit today's estimator to the profiles a run saved in DIR (--profiles-dir) "
+                         "and score it on their held-out points")
     ap.add_argument("--out")
     args = ap.parse_args()
+    if args.refit:
+        directory = Path(args.refit)
+        if not directory.is_dir():
+            sys.exit(f"--refit {directory}: not a directory")
+        out = {"benchmark": "memory_validation_refit",
+               "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+               "profiles_dir": str(directory), "target": "MAPE <= 5% over the held-out points",
+               "models": refit(directory, args.models.split(","))}
+        text = json.dumps(out, indent=1)
+        if args.out:
+            Path(args.out).write_text(text)
+        print(text)
+        return
     scales = QUICK if args.quick else FULL
     repeats, test_repeats = (2, 2) if args.quick else (args.repeats, args.test_repeats)
     device, skipped = select_device(args.device)
