@@ -1150,7 +1150,9 @@ def models_describe(model: str, as_json: bool) -> None:
 # ---- plots --------------------------------------------------------------------------------
 def _board_matching_tables(cfg, est) -> bool:
     gpu = cfg.gpu.frequencies_hz if cfg.gpu else [0]
-    return cfg.cpu.inference.frequencies_khz == est.data.cpu_khz and gpu == est.data.gpu_hz
+    # a memory domain the estimator varies must be the board's; one it lacks is left where it is
+    mem_ok = not est.data.mem_hz or (cfg.memory is not None and list(cfg.memory.frequencies_hz) == est.data.mem_hz)
+    return cfg.cpu.inference.frequencies_khz == est.data.cpu_khz and gpu == est.data.gpu_hz and mem_ok
 
 
 def _board_matching(est) -> object | None:
