@@ -293,12 +293,14 @@ def fit(profile: str, output: str, file_mode: int, as_json: bool) -> None:
 @click.argument("estimator_file", type=click.Path(dir_okay=False))
 @click.option("--cpu-khz", type=int, help="CPU frequency (kHz)")
 @click.option("--gpu-hz", type=int, help="GPU frequency (Hz)")
+@click.option("--mem-hz", type=int, help="memory level, in the memory domain's unit (estimators with a memory domain)")
 @click.option("--context-len", type=click.IntRange(min=0), help="tokens in the context (language models)")
-@click.option("--grid", is_flag=True, help="every pair of the frequency tables")
+@click.option("--grid", is_flag=True, help="every point of the frequency tables")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
+def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None, mem_hz: int | None,
              context_len: int | None, grid: bool, as_json: bool) -> None:
-    """Predict latency and its breakdown at one frequency pair or over the grid."""
+    """Predict latency and its breakdown at one frequency point or over the grid (every memory
+    level too, with a memory domain)."""
     try:
         est = storage.load_estimator(estimator_file)
     except ValueError as exc:
@@ -312,17 +314,26 @@ def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
     if not has_gpu and gpu_hz is not None:
         _fail(f"{estimator_file}: {est.data.model} was profiled on a board without a GPU "
               "(frequencies.gpu_hz is []): drop --gpu-hz")
+    mem_table = est.data.mem_hz
+    if not mem_table and mem_hz is not None:
+        _fail(f"{estimator_file}: {est.data.model} was profiled without a memory domain "
+              f"(domains: {', '.join(est.domains)}): drop --mem-hz")
     if grid:
-        if cpu_khz is not None or gpu_hz is not None:
-            _fail("--grid covers every point: drop --cpu-khz/--gpu-hz")
+        if cpu_khz is not None or gpu_hz is not None or mem_hz is not None:
+            _fail("--grid covers every point: drop --cpu-khz/--gpu-hz/--mem-hz")
         rows = est.grid(context_len).rows()
     else:
         if cpu_khz is None or (has_gpu and gpu_hz is None):
             _fail("give --cpu-khz and --gpu-hz, or --grid" if has_gpu else "give --cpu-khz, or --grid")
+        if mem_table and mem_hz is None:
+            _fail(f"{est.data.model} was profiled with a memory domain: give --mem-hz, one of "
+                  f"{', '.join(map(str, mem_table))} (or values between them), or --grid")
         notes = []
         asked = [("cpu-khz", cpu_khz, est.data.cpu_khz)]
         if has_gpu:
             asked.append(("gpu-hz", gpu_hz, est.data.gpu_hz))
+        if mem_table:
+            asked.append(("mem-hz", mem_hz, mem_table))
         for what, value, table in asked:
             if value <= 0:
                 _fail(f"--{what} must be positive")
@@ -331,7 +342,7 @@ def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
                              f"[{table[0]}, {table[-1]}]: extrapolated")
         for note in notes:
             click.echo(f"warning: {note}", err=True)
-        rows = est.breakdown(cpu_khz, gpu_hz, context_len).rows()
+        rows = est.breakdown(cpu_khz, gpu_hz, context_len, mem_hz=mem_hz).rows()
     if context_len is not None:
         for row in rows:
             row["context_len"] = context_len
@@ -340,11 +351,13 @@ def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
         return
     for row in rows:
         if not has_gpu:
-            click.echo(f"cpu {row['cpu_khz']} kHz: {row['latency_ms']:.3f} ms "
+            mem = f", mem {row['mem_hz']}" if "mem_hz" in row else ""
+            click.echo(f"cpu {row['cpu_khz']} kHz{mem}: {row['latency_ms']:.3f} ms "
                        f"(host busy {row['host_busy_ms']:.3f})")
             continue
+        mem = f", mem {row['mem_hz']}" if "mem_hz" in row else ""
         click.echo(
-            f"cpu {row['cpu_khz']} kHz, gpu {row['gpu_hz']} Hz: {row['latency_ms']:.3f} ms "
+            f"cpu {row['cpu_khz']} kHz, gpu {row['gpu_hz']} Hz{mem}: {row['latency_ms']:.3f} ms "
             f"(host busy {row['host_busy_ms']:.3f}, gpu busy {row['gpu_busy_ms']:.3f}, "
             f"overlap {row['overlap_ms']:.3f}, bubbles {row['bubble_ms']:.3f}, "
             f"host waiting {row['host_wait_ms']:.3f})"
@@ -352,18 +365,21 @@ def estimate(estimator_file: str, cpu_khz: int | None, gpu_hz: int | None,
 
 
 def _point_rows(cfg, points: list[tuple[int, ...]]) -> list[dict[str, int]]:
-    """Planned points as {cpu_khz, gpu_hz} dicts, naming only the domains the board has."""
-    keys = [{"cpu": "cpu_khz", "gpu": "gpu_hz"}[d] for d in cfg.domain_tables]
+    """Planned points as {cpu_khz, gpu_hz, mem_hz} dicts, naming only the domains the board has."""
+    keys = [{"cpu": "cpu_khz", "gpu": "gpu_hz", "mem": "mem_hz"}[d] for d in cfg.domain_tables]
     return [dict(zip(keys, p, strict=True)) for p in points]
 
 
 @main.command()
 @click.option("--board", required=True, help="board name or YAML path")
-@click.option("-n", "--points", default=5, show_default=True, type=click.IntRange(min=1), help="pairs to profile")
+@click.option("-n", "--points", type=click.IntRange(min=1),
+              help="points to profile (default: 5; 8 on a board with a memory domain)")
 @click.option("--json", "as_json", is_flag=True)
-def plan(board: str, points: int, as_json: bool) -> None:
-    """Which (cpu, gpu) pairs to profile on BOARD (default: four corners and the centre); on a
-    board without a GPU, which CPU frequencies (both ends, the middle, then the largest gaps)."""
+def plan(board: str, points: int | None, as_json: bool) -> None:
+    """Which frequency points to profile on BOARD, over its domains: (cpu, gpu) corners and the
+    centre; with a memory domain, (cpu, gpu, mem) points that show every pair of domains at its
+    corners (estimator.planner); without a GPU, CPU frequencies (both ends, the middle, then the
+    largest gaps)."""
     try:
         cfg = load_board(board)
     except ConfigError as exc:
@@ -371,10 +387,10 @@ def plan(board: str, points: int, as_json: bool) -> None:
     rows = _point_rows(cfg, plan_grid(list(cfg.domain_tables.values()), points))
     if as_json:
         click.echo(json.dumps(rows))
-    else:
-        for row in rows:
-            click.echo(", ".join(f"{k.split('_')[0]} {v} {'kHz' if k == 'cpu_khz' else 'Hz'}"
-                                 for k, v in row.items()))
+        return
+    units = {d.name: d.unit for d in cfg.domains}
+    for row in rows:
+        click.echo(", ".join(f"{k.split('_')[0]} {v} {units[k.split('_')[0]]}" for k, v in row.items()))
 
 
 @main.command()
@@ -938,6 +954,7 @@ def status(ctx: click.Context, board: str | None, socket_path: str | None, backe
         click.echo(f"governor pid {st['pid']} on {path}: backend {st['backend']} "
                    f"({'connected' if st['backend_connected'] else 'DISCONNECTED'}), cpu {st['cpu_khz']} kHz, "
                    + (f"gpu {st['gpu_hz']} Hz" if st.get("gpu_hz") is not None else "no gpu")
+                   + (f", mem {st['mem_hz']} {st.get('mem_unit', 'Hz')}" if st.get("mem_hz") is not None else "")
                    + f"{' (capped)' if st['capped'] else ''}, {st['in_flight']} frames in flight")
         if st.get("power_rail"):
             per_frame = st.get("energy_per_frame_mj")
@@ -1150,7 +1167,9 @@ def models_describe(model: str, as_json: bool) -> None:
 # ---- plots --------------------------------------------------------------------------------
 def _board_matching_tables(cfg, est) -> bool:
     gpu = cfg.gpu.frequencies_hz if cfg.gpu else [0]
-    return cfg.cpu.inference.frequencies_khz == est.data.cpu_khz and gpu == est.data.gpu_hz
+    # a memory domain the estimator varies must be the board's; one it lacks is left where it is
+    mem_ok = not est.data.mem_hz or (cfg.memory is not None and list(cfg.memory.frequencies_hz) == est.data.mem_hz)
+    return cfg.cpu.inference.frequencies_khz == est.data.cpu_khz and gpu == est.data.gpu_hz and mem_ok
 
 
 def _board_matching(est) -> object | None:

@@ -751,11 +751,14 @@ class Governor:
         self.after_frame(decision.frame, (time.perf_counter() - t0) * 1e3)
 
     def _status_frequencies(self) -> dict:
-        """``cpu_khz``/``gpu_hz`` in force; ``gpu_hz`` is null on a board without a GPU."""
+        """``cpu_khz``/``gpu_hz`` (and ``mem_hz`` with a memory domain) in force; ``gpu_hz`` is null on
+        a board without a GPU."""
         if not self._started:
             return {"cpu_khz": None, "gpu_hz": None} | ({"mem_hz": None} if "mem" in self.domains else {})
         cpu, gpu, mem = self._as_decision(self._cur)
-        return {"cpu_khz": cpu, "gpu_hz": gpu} | ({"mem_hz": mem} if "mem" in self.domains else {})
+        # the memory level in its domain's unit (Hz, or MB/s for a bus-bandwidth vote), named for viewers
+        return {"cpu_khz": cpu, "gpu_hz": gpu} | ({"mem_hz": mem, "mem_unit": self.board.memory.unit}
+                                                  if "mem" in self.domains else {})
 
     def _sample_power(self) -> None:
         """Sample the power rails (on the I/O thread, with the state re-read)."""

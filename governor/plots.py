@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -64,9 +65,19 @@ def _save(fig, out: Path) -> None:
 
 
 # ---- (a) the estimator's grid ----------------------------------------------------------------------
+class Pick(NamedTuple):
+    """The governor's decision for one frame: the point (``mem_hz`` None without a memory domain)
+    and whether it meets the deadline by the prediction."""
+
+    cpu_khz: int
+    gpu_hz: int
+    feasible: bool
+    mem_hz: int | None = None
+
+
 def governor_pick(est: Estimator, board: BoardConfig, deadline_ms: float,
-                  context_len: int | None) -> tuple[int, int, bool]:
-    """The pair the governor itself picks for one frame from a fresh start: an in-process Governor
+                  context_len: int | None) -> Pick:
+    """The point the governor itself picks for one frame from a fresh start: an in-process Governor
     on a throwaway virtual board of ``board``, so the plot shows the real decision code's answer."""
     from governor.core import Governor
     from sysfs_backends.virtual.board import VirtualBoard
@@ -77,24 +88,37 @@ def governor_pick(est: Estimator, board: BoardConfig, deadline_ms: float,
         with gov:
             d = gov.before_frame(est.data.model, deadline_ms, context_len, app="plot")
             gov.after_frame(d.frame, d.predicted_ms)
-    return d.cpu_khz, d.gpu_hz, d.feasible
+    return Pick(d.cpu_khz, d.gpu_hz, d.feasible, d.mem_hz)
+
+
+def _mem_label(mem_hz: float, unit: str) -> str:
+    """A memory level as shown in a panel's title: MHz for a clock, MB/s for a bandwidth vote."""
+    return f"{mem_hz:g} MB/s" if unit == "MB/s" else f"{mem_hz / 1e6:g} MHz"
 
 
 def plot_grid(est: Estimator, deadline_ms: float, out: str | Path, context_len: int | None = None,
               board: BoardConfig | None = None) -> PlotSummary:
     """Heatmaps of predicted latency (and energy, with a board that has power tables) over the
-    (cpu, gpu) grid, the deadline's contour on each, and the governor's pick (needs ``board``)."""
+    (cpu, gpu) grid, the deadline's contour on each, and the governor's pick (needs ``board``).
+
+    With a memory domain there is one column of panels per memory level (a 3-D grid does not fit one
+    heatmap, and the memory level is the third choice the governor makes), latency above energy,
+    each quantity on one colour scale across the levels so that panels compare; the pick is marked
+    only on the panels of the memory level it chose."""
     out = _check_output(out)
     _, Figure, _ = _matplotlib()
     cpu, gpu = np.array(est.data.cpu_khz), np.array(est.data.gpu_hz)
+    mem = np.array(est.data.mem_hz) if est.data.mem_hz else None
+    n_mem = len(mem) if mem is not None else 1
+    shape = (len(cpu), len(gpu), n_mem)  # grid_points are CPU-major over (cpu, gpu[, mem])
     grid = est.grid(context_len)
-    latency = grid.latency_ms.reshape(len(cpu), len(gpu))
-    panels = [("predicted latency (ms)", latency, "viridis")]
+    latency = grid.latency_ms.reshape(shape)
+    metrics = [("predicted latency (ms)", latency, "viridis")]
     notes = []
     if board is not None and board.has_power_tables:
         energy = board.frame_energy_j(grid.cpu_khz, grid.gpu_hz, grid.host_busy_ms * 1e6, grid.gpu_busy_ms * 1e6,
-                                      grid.latency_ms * 1e6) * 1e3
-        panels.append(("predicted energy per frame (mJ)", energy.reshape(len(cpu), len(gpu)), "magma"))
+                                      grid.latency_ms * 1e6, mem_hz=grid.mem_hz) * 1e3
+        metrics.append(("predicted energy per frame (mJ)", energy.reshape(shape), "magma"))
     else:
         notes.append("no energy panel: give --board with power tables")
     pick = None
@@ -102,35 +126,47 @@ def plot_grid(est: Estimator, deadline_ms: float, out: str | Path, context_len: 
         pick = governor_pick(est, board, deadline_ms, context_len)
     else:
         notes.append("no governor pick: give --board")
-    fig = Figure(figsize=(6.0 * len(panels), 5.0))
+    mem_unit = board.memory.unit if board is not None and board.memory is not None else "Hz"
+    fig = Figure(figsize=(6.0 * n_mem, 5.0 * len(metrics)) if mem is not None else (6.0 * len(metrics), 5.0))
     ctx = f", context {context_len}" if context_len is not None else ""
     fig.suptitle(f"{est.data.model} on {est.data.device}: deadline {deadline_ms:g} ms{ctx}")
-    contours = 0
-    for n, (title, values, cmap) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), n + 1)
-        # the tables are not evenly spaced: cells on table indices, labelled with the frequencies
-        img = ax.imshow(values.T, origin="lower", aspect="auto", cmap=cmap)
-        img.set_gid(f"heatmap-{n}")
-        fig.colorbar(img, ax=ax, label=title)
-        if latency.min() <= deadline_ms <= latency.max() and min(latency.shape) > 1:
-            cs = ax.contour(latency.T, levels=[deadline_ms], colors="white", linewidths=2.0)
-            cs.set_gid(f"deadline-contour-{n}")
-            ax.clabel(cs, fmt={deadline_ms: f"{deadline_ms:g} ms"}, fontsize=8)
-            contours += 1
-        if pick is not None:
-            i, j = int(np.searchsorted(cpu, pick[0])), int(np.searchsorted(gpu, pick[1]))
-            marker = ax.plot([i], [j], marker="*", markersize=18, color="red", markeredgecolor="black",
-                             linestyle="none", label=f"governor: {pick[0] // 1000} MHz / {pick[1] // 1_000_000} MHz"
-                             + ("" if pick[2] else " (infeasible)"))[0]
-            marker.set_gid(f"governor-pick-{n}")
-            ax.legend(loc="upper right", fontsize=8)
-        ax.set_xticks(range(len(cpu)), [f"{c // 1000}" for c in cpu], rotation=90, fontsize=7)
-        ax.set_yticks(range(len(gpu)), [f"{g // 1_000_000}" for g in gpu], fontsize=7)
-        ax.set_xlabel("CPU frequency (MHz)")
-        ax.set_ylabel("GPU frequency (MHz)")
-        ax.set_title(title)
+    contours = picks = 0
+    n = 0
+    for row, (title, values, cmap) in enumerate(metrics):
+        for k in range(n_mem):
+            # one row per quantity, one column per memory level (a single row without memory)
+            ax = (fig.add_subplot(len(metrics), n_mem, row * n_mem + k + 1) if mem is not None
+                  else fig.add_subplot(1, len(metrics), row + 1))
+            lat = latency[:, :, k]
+            # the tables are not evenly spaced: cells on table indices, labelled with the frequencies
+            img = ax.imshow(values[:, :, k].T, origin="lower", aspect="auto", cmap=cmap,
+                            vmin=float(values.min()), vmax=float(values.max()))
+            img.set_gid(f"heatmap-{n}")
+            fig.colorbar(img, ax=ax, label=title)
+            if lat.min() <= deadline_ms <= lat.max() and min(lat.shape) > 1:
+                cs = ax.contour(lat.T, levels=[deadline_ms], colors="white", linewidths=2.0)
+                cs.set_gid(f"deadline-contour-{n}")
+                ax.clabel(cs, fmt={deadline_ms: f"{deadline_ms:g} ms"}, fontsize=8)
+                contours += 1
+            if pick is not None and (mem is None or pick.mem_hz == int(mem[k])):
+                i, j = int(np.searchsorted(cpu, pick.cpu_khz)), int(np.searchsorted(gpu, pick.gpu_hz))
+                label = f"governor: {pick.cpu_khz // 1000} MHz / {pick.gpu_hz // 1_000_000} MHz"
+                if pick.mem_hz is not None:
+                    label += f" / mem {_mem_label(pick.mem_hz, mem_unit)}"
+                marker = ax.plot([i], [j], marker="*", markersize=18, color="red", markeredgecolor="black",
+                                 linestyle="none", label=label + ("" if pick.feasible else " (infeasible)"))[0]
+                marker.set_gid(f"governor-pick-{n}")
+                ax.legend(loc="upper right", fontsize=8)
+                picks += 1
+            ax.set_xticks(range(len(cpu)), [f"{c // 1000}" for c in cpu], rotation=90, fontsize=7)
+            ax.set_yticks(range(len(gpu)), [f"{g // 1_000_000}" for g in gpu], fontsize=7)
+            ax.set_xlabel("CPU frequency (MHz)")
+            ax.set_ylabel("GPU frequency (MHz)")
+            ax.set_title(title if mem is None else f"{title}\nmemory {_mem_label(mem[k], mem_unit)}")
+            n += 1
     _save(fig, out)
-    return PlotSummary(out, len(panels), {"contours": contours, "picks": len(panels) if pick else 0}, notes)
+    return PlotSummary(out, n, {"contours": contours, "picks": picks, "memory_levels": n_mem if mem is not None
+                                else 0}, notes)
 
 
 # ---- (b) a governed run -----------------------------------------------------------------------------
@@ -150,7 +186,7 @@ def _cap_spans(record: RunRecord) -> list[tuple[float, float]]:
 
 
 def plot_run(record: RunRecord, out: str | Path) -> PlotSummary:
-    """Timeline of a run: frequencies per domain, each frame's latency against its deadline (misses
+    """Timeline of a run: frequencies per domain (memory included), each frame's latency against its deadline (misses
     marked, one panel per app), caps shaded, measured power where the record has it."""
     out = _check_output(out)
     _, Figure, _ = _matplotlib()
@@ -158,7 +194,9 @@ def plot_run(record: RunRecord, out: str | Path) -> PlotSummary:
     if not frames:
         raise PlotError("the run record has no frames")
     apps = sorted({f.app for f in frames})
-    domains = [d for d in record.header.domains if d.name in ("cpu", "gpu")]
+    # memory: a panel where frames recorded its level (records from before it was recorded have none)
+    domains = [d for d in record.header.domains if d.name in ("cpu", "gpu")
+               or (d.name == "mem" and any(f.mem_hz is not None for f in frames))]
     has_power = any(f.power_w is not None for f in frames)
     n_panels = len(domains) + len(apps) + has_power
     fig = Figure(figsize=(11.0, 2.2 * n_panels + 0.6))
@@ -173,11 +211,15 @@ def plot_run(record: RunRecord, out: str | Path) -> PlotSummary:
     for d in domains:
         ax = axes[ax_i]
         ax_i += 1
-        scale = 1e3 if d.unit == "kHz" else 1e6
-        values = np.array([(f.cpu_khz if d.name == "cpu" else (f.gpu_hz or 0)) / scale for f in frames])
-        line = ax.step(t, values, where="post", color="tab:blue" if d.name == "cpu" else "tab:green")[0]
+        # MHz for clocks; a bus-bandwidth vote (unit MB/s) is drawn as is
+        scale, shown = {"kHz": (1e3, "MHz"), "Hz": (1e6, "MHz")}.get(d.unit, (1.0, d.unit))
+        field_of = {"cpu": "cpu_khz", "gpu": "gpu_hz", "mem": "mem_hz"}[d.name]
+        values = np.array([np.nan if getattr(f, field_of) is None else getattr(f, field_of) / scale
+                           for f in frames])  # a gap where a frame has no value
+        colour = {"cpu": "tab:blue", "gpu": "tab:green", "mem": "tab:purple"}[d.name]
+        line = ax.step(t, values, where="post", color=colour)[0]
         line.set_gid(f"freq-{d.name}")
-        ax.set_ylabel(f"{d.name.upper()} MHz")
+        ax.set_ylabel(f"{d.name.upper()} {shown}")
         ax.set_ylim(0, max(d.frequencies) / scale * 1.05)
     for app in apps:
         ax = axes[ax_i]

@@ -29,8 +29,8 @@ class RecordedDomain(BaseModel):
     """A frequency domain of the board, with the table the governor chose from."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str  # "cpu", "gpu"
-    unit: Literal["kHz", "Hz"]
+    name: str  # "cpu", "gpu", "mem"
+    unit: Literal["kHz", "Hz", "MB/s"]  # MB/s: a memory domain that is a bus-bandwidth vote
     frequencies: list[int]
 
 
@@ -120,6 +120,9 @@ def header_for(board, models: list[str], backend: str = "") -> RunHeader:
     domains = [RecordedDomain(name="cpu", unit="kHz", frequencies=list(board.cpu.inference.frequencies_khz))]
     if board.gpu is not None:
         domains.append(RecordedDomain(name="gpu", unit="Hz", frequencies=list(board.gpu.frequencies_hz)))
+    if board.memory is not None:
+        domains.append(RecordedDomain(name="mem", unit=board.memory.unit,
+                                      frequencies=list(board.memory.frequencies_hz)))
     return RunHeader(board=board.name, backend=backend, domains=domains, models=models)
 
 

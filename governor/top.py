@@ -44,6 +44,8 @@ def snapshot(status: dict[str, Any], fps: dict[str, float | None]) -> dict[str, 
         domains["cpu"] = {"khz": status["cpu_khz"]}
     if status.get("gpu_hz") is not None:
         domains["gpu"] = {"hz": status["gpu_hz"]}
+    if status.get("mem_hz") is not None:
+        domains["mem"] = {"hz": status["mem_hz"], "unit": status.get("mem_unit", "Hz")}
     apps = {}
     for app, a in status.get("apps", {}).items():
         apps[app] = {"fps": fps.get(app), "frames": a.get("frames", 0), "misses": a.get("misses", 0),
@@ -71,12 +73,19 @@ def _power(snap: dict[str, Any]) -> str:
     return f"power {snap['power_mw']} mW{per_frame}"
 
 
+def mem_level(value: float, unit: str) -> str:
+    """A memory level for people: MHz for a clock, as is for a bus-bandwidth vote (MB/s)."""
+    return f"{value / 1e6:.0f} MHz" if unit == "Hz" else f"{value:g} {unit}"
+
+
 def _freqs(snap: dict[str, Any]) -> str:
     parts = []
     if "cpu" in snap["domains"]:
         parts.append(f"cpu {snap['domains']['cpu']['khz'] / 1e3:.0f} MHz")
     if "gpu" in snap["domains"]:
         parts.append(f"gpu {snap['domains']['gpu']['hz'] / 1e6:.0f} MHz")
+    if "mem" in snap["domains"]:
+        parts.append(f"mem {mem_level(snap['domains']['mem']['hz'], snap['domains']['mem']['unit'])}")
     return ", ".join(parts) or "no domain taken yet"
 
 

@@ -16,7 +16,7 @@ pytest.importorskip("matplotlib")
 
 from dvfs_schema.loading import load_board, load_model_spec  # noqa: E402
 from estimator.model import Estimator  # noqa: E402
-from estimator.planner import plan_points  # noqa: E402
+from estimator.planner import plan_grid, plan_points  # noqa: E402
 from estimator.profile import parse_profile  # noqa: E402
 from governor.plots import PlotError, bubbles_ns, governor_pick, plot_grid  # noqa: E402
 from governor.recording import FrameRecord, RunRecorder, header_for  # noqa: E402
@@ -87,7 +87,7 @@ def test_grid_png_and_svg(files):
     text = svg_text(tmp / "grid.svg")
     assert "predicted latency (ms)" in text and "predicted energy per frame (mJ)" in text
     assert "deadline 20 ms" in text
-    cpu, gpu, feasible = governor_pick(est, board, 20.0, None)
+    cpu, gpu, feasible, _ = governor_pick(est, board, 20.0, None)
     assert feasible and f"governor: {cpu // 1000} MHz / {gpu // 1_000_000} MHz" in text
     # the pick meets the deadline by the estimator's own prediction
     assert est.latency_ms(cpu, gpu)[0] <= 20.0
@@ -168,3 +168,83 @@ def test_missing_matplotlib_names_the_extra(files, tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == "error: plotting needs matplotlib: pip install 'deadline-dvfs[plot]'"
     assert not (tmp_path / "r.png").exists()
+
+
+# ---- a board with a memory domain: one panel per memory level ------------------------------------
+BOARD3 = "rk3588"
+
+
+@pytest.fixture(scope="module")
+def files3(tmp_path_factory):
+    """A yolo estimator fitted over rk3588's three domains (cpu, gpu, mem), and a run record whose
+    frames carry the memory level."""
+    tmp = tmp_path_factory.mktemp("plots3")
+    board = load_board(BOARD3)
+    sim = Simulator(board, load_model_spec("yolo_tiny"))
+    points = plan_grid(list(board.domain_tables.values()))
+    prof = sim.profile(points, 2, None, np.random.default_rng(0))
+    est = Estimator.fit(parse_profile(prof))
+    assert est.domains == ["cpu", "gpu", "mem"]
+    (tmp / "yolo3.est.json").write_text(est.to_json())
+    mem = board.memory.frequencies_hz
+    with RunRecorder(tmp / "run3.jsonl", header_for(board, ["yolo"], "virtual")) as rec:
+        for n in range(30):
+            rec.frame(FrameRecord(frame=n, t_s=n * 0.033, app="cam", model="yolo", deadline_ms=30.0,
+                                  cpu_khz=1_800_000, gpu_hz=800_000_000, mem_hz=mem[n // 10],
+                                  predicted_ms=25.0, latency_ms=24.0, missed=False, feasible=True,
+                                  capped=False, conditions={}))
+    return tmp, est, board
+
+
+def svg_axes(path) -> int:
+    """Axes in the figure (matplotlib writes each as a group with id axes_N): a heatmap's and its
+    colour bar's per panel."""
+    return sum(1 for i in svg_ids(path) if i.startswith("axes_"))
+
+
+def test_grid_one_panel_per_memory_level(files3):
+    tmp, est, board = files3
+    levels = len(board.memory.frequencies_hz)
+    out = run_cli("plot", "grid", tmp / "yolo3.est.json", "--deadline-ms", 30, "--board", BOARD3,
+                  "-o", tmp / "grid3.svg")
+    assert out.returncode == 0, out.stderr
+    assert f"{2 * levels} panel(s)" in out.stdout  # latency and energy, per memory level
+    ids = svg_ids(tmp / "grid3.svg")
+    assert svg_axes(tmp / "grid3.svg") == 2 * (2 * levels)  # each panel: heatmap + colour bar
+    assert sum(i.startswith("heatmap-") for i in ids) == 2 * levels
+    text = svg_text(tmp / "grid3.svg")
+    for m in board.memory.frequencies_hz:
+        assert f"memory {m / 1e6:g} MHz" in text
+    # the pick: on its memory level's panels only (latency and energy), nowhere else
+    pick = governor_pick(est, board, 30.0, None)
+    assert pick.mem_hz in board.memory.frequencies_hz and pick.feasible
+    k = board.memory.frequencies_hz.index(pick.mem_hz)
+    picks = sorted(i for i in ids if i.startswith("governor-pick-"))
+    assert picks == sorted([f"governor-pick-{k}", f"governor-pick-{levels + k}"])
+    assert (f"governor: {pick.cpu_khz // 1000} MHz / {pick.gpu_hz // 1_000_000} MHz / "
+            f"mem {pick.mem_hz / 1e6:g} MHz") in text
+    assert est.latency_ms(pick.cpu_khz, pick.gpu_hz, mem_hz=pick.mem_hz)[0] <= 30.0
+    # a slower memory is slower at the same (cpu, gpu): the panels differ
+    s = plot_grid(est, 30.0, tmp / "lat3.png")
+    assert s.panels == levels and s.elements["picks"] == 0 and s.elements["memory_levels"] == levels
+    fast, slow = (est.latency_ms(1_800_000, 800_000_000, mem_hz=m)[0] for m in (board.memory.frequencies_hz[-1],
+                                                                             board.memory.frequencies_hz[0]))
+    assert slow > fast
+
+
+def test_grid_refuses_a_board_with_another_memory_table(files3, tmp_path):
+    tmp, *_ = files3
+    out = run_cli("plot", "grid", tmp / "yolo3.est.json", "--deadline-ms", 30, "--board", "orin_nano",
+                  "-o", tmp_path / "x.png")
+    assert out.returncode == 2 and "its frequency tables are not the estimator's" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_run_timeline_draws_the_memory_level(files3):
+    tmp, _, board = files3
+    out = run_cli("plot", "run", tmp / "run3.jsonl", "-o", tmp / "run3.svg")
+    assert out.returncode == 0, out.stderr
+    ids = svg_ids(tmp / "run3.svg")
+    assert {"freq-cpu", "freq-gpu", "freq-mem", "latency-cam"} <= set(ids)
+    assert svg_axes(tmp / "run3.svg") == 4  # cpu, gpu, mem, one app
+    assert "MEM MHz" in svg_text(tmp / "run3.svg")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -85,7 +86,7 @@ def test_top_json_one_object_per_refresh(busy_daemon):
     snaps = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(snaps) == 2
     last = snaps[-1]
-    assert set(last["domains"]) == {"cpu", "gpu"} and last["domains"]["cpu"]["khz"] > 0
+    assert set(last["domains"]) == {"cpu", "gpu", "mem"} and last["domains"]["cpu"]["khz"] > 0  # sd888: memory too
     cam = last["apps"]["cam"]
     assert cam["fps"] > 0 and cam["frames"] > snaps[0]["apps"]["cam"]["frames"]
     assert {"misses", "infeasible", "failed", "corrections"} <= set(cam) and "yolo" in cam["corrections"]
@@ -143,3 +144,25 @@ def test_fps_from_count_deltas_and_power_only_when_present():
     status = {"cpu_khz": 1000000, "gpu_hz": None, "apps": {}, "models": {}}
     assert "power" not in plain_line(snapshot(status, {}))
     assert "power 850 mW" in plain_line(snapshot({**status, "power_mw": 850}, {}))
+
+
+def test_status_and_top_show_the_memory_level(busy_daemon):
+    """sd888_phone has a memory domain (a bus-bandwidth vote in MB/s): the daemon's level in force
+    is in status and in top, in its unit."""
+    from dvfs_schema.loading import load_board
+
+    with GovernorClient(str(busy_daemon)) as client:
+        st = client.status()
+    assert st["mem_unit"] == "MB/s" and st["mem_hz"] in load_board("sd888_phone").memory.frequencies_hz
+    out = subprocess.run([*CLI, "status", "--socket", str(busy_daemon)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r", mem \d+ MB/s", out.stdout.splitlines()[0])
+    out = subprocess.run([*CLI, "top", "--socket", str(busy_daemon), "--count", "1"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"gpu \d+ MHz, mem \d+ MB/s", out.stdout)
+    # a clock (unit Hz) in MHz; nothing about memory on a board without it
+    status = {"cpu_khz": 1000000, "gpu_hz": 500000000, "apps": {}, "models": {}}
+    assert "mem 2112 MHz" in plain_line(snapshot({**status, "mem_hz": 2112000000, "mem_unit": "Hz"}, {}))
+    assert "mem" not in plain_line(snapshot(status, {}))
