@@ -396,7 +396,8 @@ def plan(board: str, points: int | None, as_json: bool) -> None:
 @main.command()
 @click.option("--board", required=True, help="board name or YAML path (needs a simulation section)")
 @click.option("--model", "model_name", required=True, help="model name or YAML path")
-@click.option("-n", "--points", default=5, show_default=True, type=click.IntRange(min=1), help="planned pairs")
+@click.option("-n", "--points", default=None, type=click.IntRange(min=1),
+              help="planned points (default: 5, or 8 on a board with a memory domain)")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--context-len", "context_lens", type=click.IntRange(min=0), multiple=True,
               help="context lengths to profile (language models; default from the model)")
@@ -404,7 +405,7 @@ def plan(board: str, points: int | None, as_json: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @mode_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def simulate(board: str, model_name: str, points: int, repeats: int,
+def simulate(board: str, model_name: str, points: int | None, repeats: int,
              context_lens: tuple[int, ...], seed: int, output: str, file_mode: int, as_json: bool) -> None:
     """Profile MODEL on the virtual BOARD (the simulator), writing the shared profile format."""
     from sysfs_backends.virtual.simulator import Simulator
