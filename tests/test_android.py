@@ -319,7 +319,7 @@ def test_sysfs_commands_answer_like_a_phone_through_the_kernel(phone, tmp_path):
     assert client.shell("cat /sys/devices/system/cpu/cpu7/cpufreq/scaling_max_freq").strip() == "2841600"
     assert client.shell("cat /sys/devices/system/cpu/cpufreq/policy*/cpuinfo_max_freq").split() == [
         read(vb, f"sys/devices/system/cpu/cpufreq/{p}/cpuinfo_max_freq") for p in ("policy0", "policy4", "policy7")]
-    assert client.shell("ls /sys/class/devfreq").split() == ["3d00000.qcom,kgsl-3d0"]
+    assert client.shell("ls /sys/class/devfreq").split() == ["3d00000.qcom,kgsl-3d0", "soc:qcom,gpubw"]  # GPU, bus
     assert client.shell("getprop ro.product.model").strip() == "VirtualAdbDevice"
     assert client.shell("getprop ro.product.board").strip() == BOARD
     assert client.shell("id -u").strip() == "0"
