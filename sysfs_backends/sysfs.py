@@ -71,6 +71,7 @@ from sysfs_backends.transport import OpResult, Read, SysfsIOError, Transport, Wr
 log = logging.getLogger(__name__)
 
 SETTLE_POLL_NS = (100_000, 2_000_000)  # first and longest wait between re-reads
+PENDING_TIMEOUT_NS = 50_000_000  # longest wait for a limit write the kernel has visibly not taken up
 
 
 class _StaleLimits(Exception):
@@ -501,8 +502,11 @@ class SysfsBackend(Backend):
                  for k, name in enumerate(target)}
         t0 = time.monotonic_ns()
         if writes:
+            shown_before = {n: (self._known[n].min, self._known[n].max) for n in target}
             reads = self._settle({n: (lambda r, n=n: self._shows_request(n, target[n], *r)) for n in target},
-                                 reads)
+                                 reads,
+                                 {n: (lambda r, n=n: self._still_pending(n, target[n], shown_before[n], *r))
+                                  for n in target})
         settle_ns = time.monotonic_ns() - t0
         effective, limits, conditions = {}, {}, {}
         for name, (cur, lo, hi) in reads.items():
@@ -551,22 +555,52 @@ class SysfsBackend(Backend):
         limits, both limits at the target."""
         return self._doms[name].shows_request(target, cur, lo, hi)
 
+    def _still_pending(self, name: str, target: int, shown_before: tuple[int, int],
+                       cur: int, lo: int, hi: int) -> bool:
+        """Whether a read-back that does not show the request is a kernel still working on it
+        rather than a settled answer (a cap, a floor, a clock that cannot reach the OPP).
+
+        A limit we changed that still shows its value from before the write has not been taken up
+        yet (the kernel applies limit writes from a work item, later on a loaded machine), and a
+        ``cur`` that is only the last target the driver was given can differ from pinned limits
+        only until the governor has passed them on. Both are waited out for longer than the
+        transition latency; a settled cap or floor is not."""
+        if self._doms[name].info.mechanism != "minmax":
+            return False
+        old_lo, old_hi = shown_before
+        if (old_lo != target and lo == old_lo) or (old_hi != target and hi == old_hi):
+            return True
+        return lo == hi == target and cur != target and self._doms[name].info.cur_source == "last_target"
+
     def _settle(self, shows: dict[str, Callable[[tuple[int, int, int]], bool]],
-                reads: dict[str, tuple[int, int, int]] | None = None) -> dict[str, tuple[int, int, int]]:
+                reads: dict[str, tuple[int, int, int]] | None = None,
+                pending: dict[str, Callable[[tuple[int, int, int]], bool]] | None = None,
+                ) -> dict[str, tuple[int, int, int]]:
         """Re-read (cur, min, max) until every domain ``shows`` what was asked, or its settle time
         has passed.
 
         A kernel that applies limits asynchronously shows the previous limits and frequency for a
         while; only a read that shows the request, or the last read once the domain has had its
-        transition latency plus a margin, says what is in force."""
+        transition latency plus a margin, says what is in force. A read that ``pending`` says is
+        the kernel still at work is waited on up to PENDING_TIMEOUT_NS."""
         info = self.domains()
         start = time.monotonic_ns()
         deadline = {n: start + info[n].settle_timeout_ns for n in shows}
+        late = {n: start + max(PENDING_TIMEOUT_NS, info[n].settle_timeout_ns) for n in shows}
         if reads is None:
             reads = {n: (-1, -1, -1) for n in shows}
         wait_ns = SETTLE_POLL_NS[0]
+
+        def still_open(n: str, now: int) -> bool:
+            if shows[n](reads[n]):
+                return False
+            if now < deadline[n]:
+                return True
+            return pending is not None and now < late[n] and pending[n](reads[n])
+
         while True:
-            open_ = [n for n in shows if not shows[n](reads[n]) and time.monotonic_ns() < deadline[n]]
+            now = time.monotonic_ns()
+            open_ = [n for n in shows if still_open(n, now)]
             if not open_:
                 return reads
             time.sleep(wait_ns / 1e9)

@@ -83,11 +83,11 @@ def test_simulate_fit_and_import_summaries_as_json(tmp_path):
     out = cli("simulate", "--board", "sd888_phone", "--model", "yolo_tiny", "-o", tmp_path / "p.json", "--json")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
-    assert summary["model"] == "yolo_tiny" and summary["runs"] == 15 and summary["points"] == 5
+    assert summary["model"] == "yolo_tiny" and summary["runs"] == 24 and summary["points"] == 8  # 3 domains: 8 points
     out = cli("fit", tmp_path / "p.json", "-o", tmp_path / "e.json", "--json")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
-    assert summary["runs"] == 15 and summary["layers"] > 0 and summary["fit_mape_pct"] >= 0
+    assert summary["runs"] == 24 and summary["layers"] > 0 and summary["fit_mape_pct"] >= 0
     out = cli("import-trace", f"{FIXTURE}@2000000,1020000000", f"{FIXTURE}@1000000,600000000", "--model", "tiny",
               "--device", "h100", "-o", tmp_path / "t.json", "--json")
     assert out.returncode == 0, out.stderr
