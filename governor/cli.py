@@ -284,7 +284,7 @@ def fit(profile: str, output: str, file_mode: int, as_json: bool) -> None:
         return
     click.echo(
         f"fitted {prof.model} on {prof.device}: {len(est.data.layer_names)} layers, "
-        f"{t['runs']} runs at {len(t['points'])} frequency {'pairs' if est.data.gpu_hz else 'points (CPU only)'}, "
+        f"{t['runs']} runs at {len(t['points'])} frequency points ({' x '.join(d.name for d in est.data.frequency_domains)}), "
         f"error on the profiled runs {t['fit_mape_pct']}% -> {output}"
     )
 

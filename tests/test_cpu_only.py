@@ -137,7 +137,7 @@ def test_cli_simulate_fit_estimate_grid_and_plan_without_gpu(tmp_path):
     prof = json.loads((tmp_path / "p.json").read_text())
     assert prof["frequencies"]["gpu_hz"] == [] and {r["gpu_hz"] for r in prof["runs"]} == {None}
     out = sh("fit", tmp_path / "p.json", "-o", tmp_path / "e.json").stdout
-    assert "15 runs at 5 frequency points (CPU only)" in out
+    assert "15 runs at 5 frequency points (cpu)" in out
     row = json.loads(sh("estimate", tmp_path / "e.json", "--cpu-khz", 1_800_000, "--json").stdout)
     assert set(row) == {"cpu_khz", "latency_ms", "host_busy_ms"} and row["cpu_khz"] == 1_800_000
     rows = json.loads(sh("estimate", tmp_path / "e.json", "--grid", "--json").stdout)
