@@ -282,9 +282,10 @@ def fit(profile: str, output: str, file_mode: int, as_json: bool) -> None:
                                "runs": t["runs"], "points": len(t["points"]), "fit_mape_pct": t["fit_mape_pct"],
                                "cpu_only": not est.data.gpu_hz, "output": output}))
         return
+    over = " x ".join(d.name for d in est.data.frequency_domains)
     click.echo(
         f"fitted {prof.model} on {prof.device}: {len(est.data.layer_names)} layers, "
-        f"{t['runs']} runs at {len(t['points'])} frequency points ({' x '.join(d.name for d in est.data.frequency_domains)}), "
+        f"{t['runs']} runs at {len(t['points'])} frequency points ({over}), "
         f"error on the profiled runs {t['fit_mape_pct']}% -> {output}"
     )
 
