@@ -70,7 +70,7 @@ def one_case(board_name: str, model: str, frames: int, dynamic: bool, est) -> di
                 traces.append(FrameTrace(
                     t_s=0, deadline_ms=deadline, period_ms=deadline, context_len=ctx,
                     background_load=fr.background_load, capped=fr.capped, seed=seed,
-                    cpu_khz=fr.cpu_khz, gpu_hz=fr.gpu_hz, latency_ms=fr.latency_ns / 1e6,
+                    cpu_khz=fr.cpu_khz, gpu_hz=fr.gpu_hz, mem_hz=fr.mem_hz, latency_ms=fr.latency_ns / 1e6,
                     energy_j=fr.energy_j))
     base = all_baselines(board, sim, traces)
     energy = sum(t.energy_j for t in traces)

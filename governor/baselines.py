@@ -3,13 +3,14 @@
 * ``performance``: every domain at its highest frequency (within a thermal cap);
 * ``ondemand``: a load-following governor like schedutil: each domain's next frequency is the
   lowest one >= 1.25 x current frequency x utilisation of the last frame period;
-* ``oracle``: per frame, the pair with the least energy among those whose true (noise-free)
-  latency meets the deadline, under that frame's conditions (context, background load, cap).
+* ``oracle``: per frame, the point (every domain the board has, memory included) with the least
+  energy among those whose true (noise-free) latency meets the deadline, under that frame's
+  conditions (context, background load, cap).
   It cannot miss by construction; ``misses_with_noise`` says how often its pick would have been
   late with the noise that frame really had, which a causal governor must leave headroom for.
 
 Frames are replayed with the same noise as the governed run where the policy allows it. Boards
-without a GPU work the same way over their one domain: the GPU frequency is None throughout.
+without a GPU or a memory domain work the same way over the domains they have.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FrameTrace(BaseModel):
     gpu_hz: int | None  # None on a board without a GPU
     latency_ms: float
     energy_j: float
+    mem_hz: int | None = None  # the memory level in force (its unit); None on a board without one
 
 
 class PolicyResult(BaseModel):
@@ -44,70 +46,89 @@ class PolicyResult(BaseModel):
     misses_with_noise: int | None = None
 
 
-def _tables(board: BoardConfig) -> tuple[list[int], list[int | None]]:
-    """The CPU table and the GPU's, or ``[None]`` without a GPU (one 'level' that is no value)."""
-    tables = board.domain_tables
-    return tables["cpu"], tables.get("gpu", [None])
+class _Domains:
+    """The board's domains as the replays need them: tables, thermal caps, and the grid of every
+    point. A board without a GPU or memory domain has the one 'level' None there."""
 
+    def __init__(self, board: BoardConfig) -> None:
+        tables = board.domain_tables
+        self.board = board
+        self.cpu = tables["cpu"]
+        self.gpu = tables.get("gpu", [None])
+        self.mem = tables.get("mem", [None])
+        grids = np.meshgrid(self.cpu, [0 if g is None else g for g in self.gpu],
+                            [0 if m is None else m for m in self.mem], indexing="ij")
+        self.c, self.g, self.m = (a.ravel().astype(float) for a in grids)
+        self.has_gpu, self.has_mem = board.gpu is not None, "mem" in tables
 
-def _caps(board: BoardConfig, capped: bool) -> tuple[int, int | None]:
-    cpus, gpus = _tables(board)
-    sim = board.simulation
-    if not capped or sim is None:
-        return cpus[-1], gpus[-1]
-    cap_g = gpus[-1] if board.gpu is None else max(f for f in gpus if f <= (sim.thermal_cap_gpu_hz or gpus[-1]))
-    return max(f for f in cpus if f <= (sim.thermal_cap_cpu_khz or cpus[-1])), cap_g
+    def caps(self, capped: bool) -> tuple[int, int | None, int | None]:
+        """The highest level of each domain a thermal cap allows (the tops when uncapped)."""
+        sim = self.board.simulation
+        if not capped or sim is None:
+            return self.cpu[-1], self.gpu[-1], self.mem[-1]
 
+        def under(table, cap):
+            return table[-1] if table[-1] is None or cap is None else max(f for f in table if f <= cap)
 
-def _replay(sim: Simulator, f: FrameTrace, cpu: int, gpu: int | None):
-    return sim.run(cpu, gpu, f.context_len, np.random.default_rng(f.seed),
-                   host_slowdown=1.0 + f.background_load)
+        return (under(self.cpu, sim.thermal_cap_cpu_khz), under(self.gpu, sim.thermal_cap_gpu_hz),
+                under(self.mem, sim.thermal_cap_mem_hz))
+
+    def run(self, sim: Simulator, f: FrameTrace, cpu, gpu, mem, rng=None):
+        r = sim.run(cpu, gpu if self.has_gpu else None, f.context_len, rng, host_slowdown=1.0 + f.background_load,
+                    mem_hz=mem if self.has_mem else None)
+        energy = self.board.frame_energy_j(cpu, gpu if self.has_gpu else None, r.host_busy_ns, r.gpu_busy_ns,
+                                           r.latency_ns, mem_hz=mem if self.has_mem else None)
+        return r, energy
 
 
 def performance(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) -> PolicyResult:
+    doms = _Domains(board)
     misses, energy = 0, 0.0
     for f in frames:
-        c, g = _caps(board, f.capped)
-        r = _replay(sim, f, c, g)
+        c, g, m = doms.caps(f.capped)
+        r, e = doms.run(sim, f, c, g, m, np.random.default_rng(f.seed))
         misses += r.latency_ns[0] / 1e6 > f.deadline_ms
-        energy += float(board.frame_energy_j(c, g, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns)[0])
+        energy += float(e[0])
     return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4))
 
 
 def ondemand(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) -> PolicyResult:
-    cpus, gpus = _tables(board)
-    c, g = cpus[-1], gpus[-1]
+    """Each domain follows its own utilisation; the memory level follows the busier side's (a
+    bandwidth monitor sees the traffic of whichever side is working)."""
+    doms = _Domains(board)
+    c, g, m = doms.cpu[-1], doms.gpu[-1], doms.mem[-1]
     misses, energy = 0, 0.0
+
+    def follow(table, now, util):
+        return now if now is None else next((x for x in table if x >= 1.25 * now * util), table[-1])
+
     for f in frames:
-        cap_c, cap_g = _caps(board, f.capped)
-        c, g = min(c, cap_c), (min(g, cap_g) if g is not None else None)
-        r = _replay(sim, f, c, g)
+        cap_c, cap_g, cap_m = doms.caps(f.capped)
+        c = min(c, cap_c)
+        g = min(g, cap_g) if g is not None else None
+        m = min(m, cap_m) if m is not None else None
+        r, e = doms.run(sim, f, c, g, m, np.random.default_rng(f.seed))
         lat_ns = float(r.latency_ns[0])
         misses += lat_ns / 1e6 > f.deadline_ms
-        energy += float(board.frame_energy_j(c, g, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns)[0])
+        energy += float(e[0])
         period_ns = max(f.period_ms * 1e6, lat_ns)
         util_c, util_g = r.host_busy_ns[0] / period_ns, r.gpu_busy_ns[0] / period_ns
-        c = next((x for x in cpus if x >= 1.25 * c * util_c), cpus[-1])
-        if g is not None:
-            g = next((x for x in gpus if x >= 1.25 * g * util_g), gpus[-1])
+        c, g, m = follow(doms.cpu, c, util_c), follow(doms.gpu, g, util_g), follow(doms.mem, m, max(util_c, util_g))
     return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4))
 
 
 def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
            context_step: int = 32) -> PolicyResult:
-    cpus, gpus = _tables(board)
-    has_gpu = board.gpu is not None
-    cg, gg = np.meshgrid(cpus, gpus if has_gpu else [0], indexing="ij")
-    cg, gg = cg.ravel().astype(float), gg.ravel().astype(float)
-    run_g = gg if has_gpu else None
+    doms = _Domains(board)
     cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def truth(ctx: int | None, load: float) -> tuple[np.ndarray, np.ndarray]:
         key = (ctx, load)
         if key not in cache:
-            r = sim.run(cg, run_g, ctx, None, host_slowdown=1.0 + load)
-            cache[key] = (r.latency_ns / 1e6,
-                          board.frame_energy_j(cg, run_g, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns))
+            probe = FrameTrace(t_s=0, deadline_ms=1, period_ms=1, context_len=ctx, background_load=load,
+                               capped=False, seed=0, cpu_khz=0, gpu_hz=None, latency_ms=0, energy_j=0)
+            r, e = doms.run(sim, probe, doms.c, doms.g, doms.m)
+            cache[key] = (r.latency_ns / 1e6, e)
         return cache[key]
 
     misses, noisy_misses, energy = 0, 0, 0.0
@@ -119,14 +140,16 @@ def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
             w = (f.context_len - lo) / context_step
             (l0, e0), (l1, e1) = truth(lo, f.background_load), truth(lo + context_step, f.background_load)
             lat, en = l0 + w * (l1 - l0), e0 + w * (e1 - e0)
-        cap_c, cap_g = _caps(board, f.capped)
-        allowed = (cg <= cap_c) & ((gg <= cap_g) if has_gpu else True)
+        cap_c, cap_g, cap_m = doms.caps(f.capped)
+        allowed = ((doms.c <= cap_c) & ((doms.g <= cap_g) if doms.has_gpu else True)
+                   & ((doms.m <= cap_m) if doms.has_mem else True))
         ok = allowed & (lat <= f.deadline_ms)
         i = int(np.argmin(np.where(ok, en, np.inf))) if ok.any() else int(np.argmin(np.where(allowed, lat, np.inf)))
         misses += lat[i] > f.deadline_ms
-        # the same frame's noise (measured / true at the pair that ran it) applied to the pick
-        ran = int(np.flatnonzero((cg == f.cpu_khz) & ((gg == f.gpu_hz) if has_gpu else True))[0])
-        noisy_misses += lat[i] * f.latency_ms / lat[ran] > f.deadline_ms
+        # the same frame's noise (measured / true at the point that ran it) applied to the pick
+        ran = ((doms.c == f.cpu_khz) & ((doms.g == f.gpu_hz) if doms.has_gpu else True)
+               & ((doms.m == (f.mem_hz if f.mem_hz is not None else doms.mem[-1])) if doms.has_mem else True))
+        noisy_misses += lat[i] * f.latency_ms / lat[int(np.flatnonzero(ran)[0])] > f.deadline_ms
         energy += float(en[i])
     return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4),
                         misses_with_noise=int(noisy_misses))

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
                 t_s=round(time.monotonic() - t0, 4), deadline_ms=args.deadline_ms,
                 period_ms=period_s * 1e3 if period_s else latency_ms, context_len=ctx,
                 background_load=frame.background_load, capped=frame.capped, seed=seed,
-                cpu_khz=frame.cpu_khz, gpu_hz=frame.gpu_hz, latency_ms=round(latency_ms, 4),
+                cpu_khz=frame.cpu_khz, gpu_hz=frame.gpu_hz, mem_hz=frame.mem_hz, latency_ms=round(latency_ms, 4),
                 energy_j=frame.energy_j,
             )
             out.write(trace.model_dump_json() + "\n")
