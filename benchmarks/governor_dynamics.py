@@ -314,6 +314,10 @@ class Harness:
             in_phase = [s for s in stores if lo <= s["t_ns"] < hi]
             out["phases"][name] = {
                 "writes": len(in_phase), "writes_above_cap": sum(s["above_cap"] for s in in_phase),
+                "frames": sum(f["phase"] == name for fs in self.frames for f in fs),
+                # frames during whose decision a store reached the mount: the applies, near enough
+                "frames_with_store": sum(f["phase"] == name and f["stored"] for fs in self.frames for f in fs),
+                "writes_cpu": sum("cpufreq" in s["path"] for s in in_phase),
                 "apps": [_summary(model, [(f, r) for f, r in zip(self.frames[k], refs[k], strict=True)
                                           if f["phase"] == name]) for k, model in enumerate(self.models)]}
         out["apps_total"] = [_summary(model, list(zip(self.frames[k], refs[k], strict=True)))

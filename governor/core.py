@@ -1,12 +1,19 @@
 """The deadline-driven control loop.
 
-Before a frame: look up the model's precomputed grid (latency and energy at every point of the
-board's frequency domains: (cpu, gpu) pairs, or CPU frequencies alone on a board without a GPU),
-scale the predictions by the learned correction, keep the pairs that meet the deadline (transition
-latency included where the pair would change), never go below a frame still in flight or above a
-cap the hardware imposed, and pick the one with the least predicted energy. The write happens only
-if the pair differs from what is in force. After the frame: the measured/predicted ratio feeds the
-correction, a high quantile of recent ratios chosen so that the miss rate stays at the target.
+Before a frame: look up the model's precomputed grid (latency, energy and GPU busy time at every
+point of the board's frequency domains: (cpu, gpu) pairs, or CPU frequencies alone on a board
+without a GPU), scale the predictions by the learned correction and keep the points that
+
+* meet the deadline, counting the actuation delay (until a new frequency takes effect the frame
+  runs at the old point) and the GPU work other apps' frames in flight have queued ahead of it
+  (waiting is added time at that point's GPU frequency, not a slowdown factor);
+* still let every frame in flight meet its own deadline (one point serves them all);
+* lie under every domain's cap: the kernel's max as last read back (after a write, or the periodic
+  re-read of the state), per domain; a cap's onset and lift are seen there, not guessed by a timer;
+
+and pick the one with the least predicted energy. Only the domains whose frequency differs from
+what is in force are written. After the frame: the measured latency less its predicted queueing
+wait feeds the correction, whose margin (governor/margins.py) keeps the miss rate at the target.
 
 Everything on the per-frame path is a few numpy operations on a ~200-element grid; grids for a new
 context length are computed once per bucket and cached (``compute_grid`` is a plain function so the
@@ -42,6 +49,7 @@ from sysfs_backends.board import BoardConfig
 
 log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
+MISS_REFRESH_S = 0.05  # after a late frame, re-read the state within this (not on every late frame)
 APPLY_ARGUMENT = {"cpu": "cpu_khz", "gpu": "gpu_hz"}  # Backend.apply's keyword for each domain
 
 
@@ -75,6 +83,21 @@ class _Grid:
 
     latency_ms: np.ndarray
     energy_mj: np.ndarray
+    gpu_ms: np.ndarray  # (pairs,) GPU busy time: what frames queued behind this one wait for
+
+
+@dataclass
+class _Ask:
+    """What one decision is about: the frame's model row at its host level, its correction."""
+
+    lat: np.ndarray  # (points,) predicted latency, uncorrected
+    energy_mj: np.ndarray
+    gpu_ms: np.ndarray
+    corr: float
+    deadline_ms: float
+    now: float
+    app: str
+    frame: int = 0  # its id once registered (a frame does not constrain its own decision)
 
 
 @dataclass
@@ -83,10 +106,14 @@ class _Frame:
     model: str
     deadline_ms: float
     column: np.ndarray  # predicted latency at the point in force, per host slowdown level
-    point: tuple[int, ...]  # the frequencies it asked for, one per domain (its floor for others)
+    point: tuple[int, ...]  # the frequencies it asked for, one per domain
     started: float
     owner: object = None  # the client (connection) that opened it; None: the in-process API
-    predicted_ms: float = 0.0  # corrected, at the pair it runs at
+    predicted_ms: float = 0.0  # corrected, at the pair it runs at, queueing wait included
+    lat: np.ndarray | None = None  # (points,) its corrected latency at every point
+    gpu_ms: np.ndarray | None = None  # (points,) its GPU busy time at every point
+    wait_ms: float = 0.0  # predicted wait behind other apps' GPU work, at the pair it runs at
+    pending: bool = False  # its pair was not written yet (the backend was busy)
 
 
 @dataclass
@@ -107,16 +134,18 @@ def compute_grid(est: Estimator, board: BoardConfig, freq_rank: np.ndarray | Non
 
     A module-level function of picklable arguments, so the daemon can run it in a worker process:
     it takes ~20 ms and a burst of new context lengths must not hold up other apps."""
-    lat, energy = [], []
+    lat, energy, gpu_ms = [], [], None
     for s in HOST_LEVELS:
         br = est.grid(context_len, with_overlap=False, host_scale=float(s))
         lat.append(br.latency_ms)
+        if gpu_ms is None:  # the host's speed does not change the GPU's work
+            gpu_ms = np.asarray(br.gpu_busy_ms, dtype=float)  # zeros on a board without a GPU
         if freq_rank is None:  # mJ; without a GPU the energy model has no GPU term
             energy.append(board.frame_energy_j(br.cpu_khz, br.gpu_hz, br.host_busy_ms * 1e6,
                                                br.gpu_busy_ms * 1e6, br.latency_ms * 1e6) * 1e3)
         else:
             energy.append(freq_rank)
-    return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy))
+    return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy), gpu_ms=gpu_ms)
 
 
 class Governor:
@@ -184,19 +213,71 @@ class Governor:
     def _read_point(self, state: dict) -> tuple[int, ...]:
         return tuple(int(state[d].cur) for d in self.domains)
 
+    def _actuation_ms(self, domain: str, transition_ns: int) -> float:
+        """Time from a write until ``domain`` runs the new frequency: the settings' override, else
+        the board config's ``actuation_latency_ns``, else the transition latency the kernel states
+        (often shorter than what real clocks take)."""
+        if domain in self.settings.actuation_ms:
+            return float(self.settings.actuation_ms[domain])
+        cfg = self.board.cpu.inference if domain == "cpu" else self.board.gpu
+        ns = getattr(cfg, "actuation_latency_ns", None)
+        return (ns if ns is not None else transition_ns) / 1e6
+
+    def _observe(self, k: int, max_shown: int, condition: str) -> None:
+        """Update domain ``k``'s cap from a settled read-back of its max (called under ``_lock``).
+
+        Under the userspace governor the limits are never ours, so the max the kernel shows is the
+        cap (thermal, another agent): below the table's top it is in force, at the top there is
+        none. With pinned limits (min == max == our target) the max shows the cap only while it
+        holds our request lower; showing our request above a known cap means the cap has lifted;
+        showing a request at or under it says nothing, so the cap is kept until a read-back does."""
+        if condition == "pending":  # the kernel has not taken our write up: old limits, no news
+            return
+        d, top = self.domains[k], int(self.tables[k][-1])
+        ours = self._mechanism.get(d) == "minmax" and d in self._written
+        if not ours:
+            cap = float(max_shown) if max_shown < top else math.inf
+        elif max_shown < self._target[k]:
+            cap = float(max_shown)
+        elif max_shown > self._caps[k]:
+            cap = math.inf
+        else:
+            return
+        if cap != self._caps[k]:
+            log.info("%s: %s", d, f"capped at {int(cap)}" if math.isfinite(cap) else "cap lifted")
+            self._caps[k] = cap
+
+    def _note_change(self, before: tuple[int, ...], after: tuple[int, ...], at: float) -> None:
+        """Remember, per domain changed, what ran before and when the new frequency takes effect."""
+        running = self._running(at)
+        for k, (b, a) in enumerate(zip(before, after, strict=True)):
+            if a != b:
+                self._from = self._from[:k] + (running[k],) + self._from[k + 1:]
+                self._lands_at[k] = at + self._actuation[k] / 1e3
+
+    def _running(self, now: float) -> tuple[int, ...]:
+        """Per domain, the frequency running at ``now``: the previous one until a change lands."""
+        return tuple(f if now < t else c for f, c, t in zip(self._from, self._cur, self._lands_at, strict=True))
+
     def start(self) -> None:
         for line in self.backend.recover_crashed():
             log.warning("restored settings left by a killed run: %s", line)
         self.backend.save()
         info = self.backend.discover().domains
-        self._transition_ms = {d: info[d].transition_latency_ns / 1e6 for d in info}
+        self._mechanism = {d: info[d].mechanism for d in self.domains}
+        self._actuation = np.array([self._actuation_ms(d, info[d].transition_latency_ns) for d in self.domains])
         if list(info["cpu"].frequencies) != self.tables[0].tolist():
             log.warning("the board's CPU table differs from the estimators'; the kernel will round")
         state = self.backend.state()
         self._cur = self._read_point(state)
-        self._target = self._cur
-        self._caps = (math.inf,) * len(self.domains)
-        self._caps_until = 0.0
+        self._target = self._cur  # per domain, the frequency we last asked for
+        self._written: set[str] = set()  # domains we have written (a pinned limit is then ours)
+        self._caps = np.full(len(self.domains), np.inf)
+        for k, d in enumerate(self.domains):
+            self._observe(k, state[d].max, "ok")
+        self._from = self._cur  # what ran before the last change of each domain
+        self._lands_at = np.zeros(len(self.domains))  # when that change takes effect (monotonic s)
+        self._stale_at: float | None = None  # a late frame asks for an early re-read of the state
         self._next_refresh = time.monotonic() + self.settings.state_refresh_s
         self._released = False
         self._started = True
@@ -304,7 +385,11 @@ class Governor:
             raise NeedsBackend  # computing a grid takes ~20 ms: not on the caller's loop
         grid = self._grid(model, context_len)
         now = time.monotonic()
-        if self.inline_refresh and now >= self._next_refresh and not self._released:
+        if not self._released and ((self.inline_refresh and now >= self._next_refresh)
+                                   or (self._stale_at is not None and now >= self._stale_at)):
+            # due, or a frame came back late (a cap may have set in): read what is in force first
+            if not may_block:
+                raise NeedsBackend
             self.refresh()
         with self._lock:
             self.last_frame_at = now
@@ -315,14 +400,17 @@ class Governor:
             correction = self._correction(stats, model)
             level, corr = correction.level, correction.factor
             lat, energy = grid.latency_ms[level], grid.energy_mj[level]
-            idx, feasible = self._choose(lat, energy, corr, deadline_ms, now)
+            ask = _Ask(lat, energy, grid.gpu_ms, corr, deadline_ms, now, app)
+            idx, feasible, predicted = self._choose(ask)
             point = tuple(int(v) for v in self.points[idx])
             changed = resume or point != self._cur
             if changed and not may_block:
                 raise NeedsBackend
             frame = next(self._ids)
-            # registered before the write, so decisions made meanwhile keep this frame's floor
-            self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner)
+            ask.frame = frame
+            # registered before the write, so decisions made meanwhile serve this frame's deadline
+            self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner,
+                                         predicted_ms=predicted, lat=lat * corr, gpu_ms=grid.gpu_ms)
             self._limit_frames(owner, app)
         notes: list[str] = []
         applied = True
@@ -337,8 +425,7 @@ class Governor:
                     self._io_holder != "write" and self._io.acquire(timeout=self.write_wait_s))
             if got:
                 self._io_holder = "write"
-                job = self._io_thread().submit(self._io_job, self._resume_and_apply, point, lat, energy,
-                                               corr, deadline_ms, now)
+                job = self._io_thread().submit(self._io_job, self._resume_and_apply, point, ask)
                 try:
                     point, notes = job.result(timeout=self.write_wait_s)
                 except concurrent.futures.TimeoutError:  # a stalled backend: answer, write when it can
@@ -353,10 +440,12 @@ class Governor:
             if not applied:  # the reply names what is in force now, never a pair not yet written
                 point = self._cur
             eff = self._index(point)
-            predicted = float(lat[eff]) * corr
+            wait = float(np.broadcast_to(self._queue_wait(ask), len(self.points))[eff])
+            predicted = float(self._predict(ask)[eff]) + wait
             f = self._frames.get(frame)
             if f is not None:
-                f.column, f.predicted_ms = grid.latency_ms[:, eff], predicted
+                f.column, f.predicted_ms, f.wait_ms = grid.latency_ms[:, eff], predicted, wait
+                f.pending = not applied
                 if applied:
                     f.point = point
             stats.frames += 1
@@ -365,8 +454,7 @@ class Governor:
             cpu, gpu = self._as_decision(point)
             decision = Decision(frame, cpu, gpu, round(predicted, 4), bool(feasible), changed, tuple(notes))
             if self.recorder is not None:
-                held = [d for d, c in zip(self.domains, self._caps, strict=True) if now < self._caps_until
-                        and math.isfinite(c)]
+                held = [d for d, c in zip(self.domains, self._caps, strict=True) if math.isfinite(c)]
                 self._to_record[frame] = (decision, context_len, now, held)
             return decision
 
@@ -414,32 +502,78 @@ class Governor:
         for k in mine[:-self.settings.max_frames_per_client]:
             del self._frames[k]
 
-    def _choose(self, lat: np.ndarray, energy_mj: np.ndarray, corr: float, deadline_ms: float,
-                now: float) -> tuple[int, bool]:
-        pred = lat * corr
-        allowed = self._reachable.copy()
-        if now < self._caps_until:
-            allowed &= np.all(self.points <= np.array(self._caps), axis=1)
-        if self._frames:  # never lower a domain under a frame in flight
-            allowed &= np.all(self.points >= np.array(self._floor()), axis=1)
-        if not allowed.any():
-            allowed[:] = True
-        changes = self._transition_cost_ms()
-        ok = allowed & (pred + changes <= deadline_ms)
+    def _choose(self, ask: _Ask) -> tuple[int, bool, float]:
+        """The point of least predicted energy meeting ``ask``'s deadline under the caps, serving
+        the frames in flight; else the fastest allowed point (infeasible). Also returns the
+        predicted latency (queueing wait included) at the point chosen."""
+        allowed = self._reachable & np.all(self.points <= self._caps, axis=1)
+        if not allowed.any():  # the caps rule out every reachable point: keep to the caps
+            allowed = np.all(self.points <= self._caps, axis=1) | ~self._reachable.any()
+        serving = allowed & self._serves_in_flight(ask)
+        if serving.any():
+            allowed = serving
+        total = self._predict(ask) + self._queue_wait(ask)
+        ok = allowed & (total <= ask.deadline_ms)
         if not ok.any():
-            masked = np.where(allowed, pred, np.inf)
-            return int(np.argmin(masked)), False
-        best = int(np.argmin(np.where(ok, energy_mj, np.inf)))
+            fastest = int(np.argmin(np.where(allowed, total, np.inf)))
+            return fastest, False, float(total[fastest])
+        best = int(np.argmin(np.where(ok, ask.energy_mj, np.inf)))
         cur = self._index(self._cur)
-        if ok[cur] and energy_mj[cur] <= energy_mj[best] * (1 + self.settings.hysteresis):
-            return cur, True
-        return best, True
+        if ok[cur] and ask.energy_mj[cur] <= ask.energy_mj[best] * (1 + self.settings.hysteresis):
+            best = cur
+        return best, True, float(total[best])
+
+    def _predict(self, ask: _Ask) -> np.ndarray:
+        """Corrected latency at every point, counting the actuation delay: until a changed domain
+        takes its new frequency (``a`` ms), the frame runs at what runs now, so a frame that needs
+        ``L_old`` there has done ``a / L_old`` of its work when the new point lands."""
+        lat = ask.lat * ask.corr
+        running = self._running(ask.now)
+        pending = np.maximum(self._lands_at - ask.now, 0.0) * 1e3
+        delay = np.where(self.points != np.array(self._cur), self._actuation, pending).max(axis=1)
+        if not delay.any():
+            return lat
+        old = float(lat[self._index(running)])
+        if old <= 0:
+            return lat + delay
+        return np.where(delay >= old, old, delay + (1.0 - np.minimum(delay / old, 1.0)) * lat)
+
+    def _queue_wait(self, ask: _Ask) -> np.ndarray | float:
+        """Per point, how long the frame waits behind other apps' GPU work in flight: their frames
+        queue on the GPU in the order they started, each occupying it for its GPU busy time at
+        that point's frequency (from its start or when the one before it is done)."""
+        others = sorted((f for k, f in self._frames.items()
+                         if f.app != ask.app and k != ask.frame and f.gpu_ms is not None),
+                        key=lambda f: f.started)
+        if not others:
+            return 0.0
+        free = np.full(len(self.points), -np.inf)
+        for f in others:
+            free = np.maximum(free, f.started) + f.gpu_ms / 1e3
+        return np.maximum(free - ask.now, 0.0) * 1e3
+
+    def _serves_in_flight(self, ask: _Ask) -> np.ndarray | bool:
+        """Points at which every frame in flight still meets its deadline: its work not yet done
+        (the share of its predicted time that has not elapsed) at the point's latency. A frame that
+        no point can save any more keeps at least the point it asked for."""
+        ok: np.ndarray | bool = True
+        for k, f in self._frames.items():
+            if k == ask.frame or f.lat is None:
+                continue
+            own = max(f.predicted_ms - f.wait_ms, 1e-6)
+            left = min(max(1.0 - ((ask.now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0)
+            meets = ask.now + left * f.lat / 1e3 <= f.started + f.deadline_ms / 1e3
+            if not meets.any():
+                meets = np.all(self.points >= np.minimum(np.array(f.point), self._caps), axis=1)
+            ok = ok & meets
+        return ok
 
     def _floor(self) -> tuple[int, ...]:
-        """Per domain, the highest frequency a frame in flight asked for (0 when none)."""
-        if not self._frames:
+        """Per domain, the highest frequency a frame whose pair was not written yet asked for."""
+        asked = [f.point for f in self._frames.values() if f.pending]
+        if not asked:
             return (0,) * len(self.domains)
-        return tuple(int(v) for v in np.max([f.point for f in self._frames.values()], axis=0))
+        return tuple(int(v) for v in np.max(asked, axis=0))
 
     def _io_thread(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._io_pool is None:
@@ -476,79 +610,78 @@ class Governor:
             return
         eff = self._read_point(state)
         with self._lock:
+            self._stale_at = None
+            for k, d in enumerate(self.domains):
+                self._observe(k, state[d].max, "ok")
             if eff != self._cur:
-                lower = [e < t for e, t in zip(eff, self._target, strict=True)]
-                if any(lower):
-                    self._caps = tuple(e if low else math.inf for e, low in zip(eff, lower, strict=True))
-                    self._caps_until = now + self.settings.cap_recheck_s
-                    log.info("frequencies in force dropped to %s", self._describe(eff))
+                log.info("frequencies in force now %s", self._describe(eff))
+                self._note_change(self._cur, eff, now)
                 self._cur = eff
 
     def _describe(self, point: tuple[int, ...]) -> str:
         units = {"cpu": "kHz", "gpu": "Hz"}
         return " / ".join(f"{d} {v} {units.get(d, '')}".strip() for d, v in zip(self.domains, point, strict=True))
 
-    def _transition_cost_ms(self) -> np.ndarray:
-        """Per point: the transition latency paid if applying it changes a domain."""
-        latency = np.array([self._transition_ms.get(d, 0.0) for d in self.domains])
-        changes = self.points != np.array(self._cur)
-        return np.max(np.where(changes, latency, 0.0), axis=1)
+    def _write(self, targets: dict[str, int]):
+        """Apply new frequencies through the backend, naming only the domains that change."""
+        return self.backend.apply(**{APPLY_ARGUMENT[d]: v for d, v in targets.items()})
 
-    def _write(self, point: tuple[int, ...]):
-        """Apply a point through the backend, naming only the domains the board has."""
-        return self.backend.apply(**{APPLY_ARGUMENT[d]: v for d, v in zip(self.domains, point, strict=True)})
-
-    def _apply(self, point: tuple[int, ...], lat: np.ndarray, energy_mj: np.ndarray, corr: float,
-               deadline_ms: float, now: float) -> tuple[tuple[int, ...], list[str]]:
-        """Write ``point``; while the kernel shows a cap or a clock that cannot reach a target,
-        learn it and decide again among the points the hardware allows (at most once per domain
-        and once more: each round rules out a frequency or sets a cap). Called holding ``_io``
-        (not ``_lock``): the writes may be slow."""
+    def _apply(self, point: tuple[int, ...], ask: _Ask) -> tuple[tuple[int, ...], list[str]]:
+        """Write the domains of ``point`` that differ from what is in force, and learn from the
+        settled read-back what runs and each domain's cap. A write that finds a cap or a clock that
+        cannot reach its target is followed by a decision among what the hardware allows (each
+        round sets a cap or rules out a frequency). Called holding ``_io`` (not ``_lock``): the
+        writes may be slow. Returns the point in force, as the kernel shows it."""
         notes: list[str] = []
-        eff = self._cur
-        for _ in range(len(self.domains) + 2):
-            with self._lock:
-                self._target = point
-            try:
-                res = self._write(point)
-            except BackendUnavailable as exc:
-                # keep serving: the frame runs at whatever is in force; retried on the next frame
-                return self._cur, notes + [f"not applied: {exc}"]
-            eff = tuple(res.effective.get(d, v) for d, v in zip(self.domains, point, strict=True))
-            notes += res.notes
-            with self._lock:
-                self._cur = eff
-                for k, domain in enumerate(self.domains):
-                    if domain in res.unreachable:
-                        self._reachable &= self.points[:, k] != res.target[domain]
-                        log.warning("%s: %s cannot be reached (the clock runs %s); planning without it",
-                                    domain, res.target[domain], res.unreachable[domain])
-                if res.capped:  # the kernel's limits hold a domain lower (thermal cap, another agent)
-                    self._caps = tuple(e if res.conditions.get(d) == "capped" else math.inf
-                                       for d, e in zip(self.domains, eff, strict=True))
-                    self._caps_until = now + self.settings.cap_recheck_s
-                    log.info("capped: running %s", self._describe(eff))
-                else:  # nothing holds the clocks lower: what runs is the target from now on
-                    self._target = eff
+        try:
+            for _ in range(len(self.domains) + 2):
+                res = self._write_point(point)
+                if res is None:
+                    break
+                notes += res.notes
                 if not (res.capped or res.unreachable):
                     break
-                idx, _ = self._choose(lat, energy_mj, corr, deadline_ms, now)
-                point = tuple(int(v) for v in self.points[idx])
-            if point == eff:
-                break
-        with self._lock:
-            raise_to = tuple(max(f, e) for f, e in zip(self._floor(), eff, strict=True))
-            raise_ok = raise_to != eff and now >= self._caps_until and bool(self._reachable[self._index(raise_to)])
-            if raise_ok:  # frames decided while this write was under way asked for more
-                self._target = raise_to
-        if raise_ok:
-            try:
-                res = self._write(raise_to)
                 with self._lock:
-                    self._cur = tuple(res.effective.get(d, v) for d, v in zip(self.domains, raise_to, strict=True))
-            except BackendUnavailable as exc:
-                notes.append(f"not applied: {exc}")
-        return eff, notes
+                    idx, _, _ = self._choose(ask)
+                point = tuple(int(v) for v in self.points[idx])
+            with self._lock:
+                # frames decided while this write was under way (answered with the old pair) asked
+                # for more: give it to them, within the caps
+                floor = np.minimum(np.array(self._floor()), self._caps)
+                raise_to = tuple(int(max(f, e)) for f, e in zip(floor, self._cur, strict=True))
+                for f in self._frames.values():
+                    f.pending = False
+                raise_ok = bool(self._reachable[self._index(raise_to)])
+            if raise_ok:
+                self._write_point(raise_to)
+        except BackendUnavailable as exc:
+            # keep serving: the frame runs at whatever is in force; retried on the next frame
+            notes.append(f"not applied: {exc}")
+        return self._cur, notes
+
+    def _write_point(self, point: tuple[int, ...]):
+        """Write the domains of ``point`` not in force; update what runs and the caps from the
+        read-back. Returns the backend's result, None when nothing differed."""
+        changes = {d: v for d, v, c in zip(self.domains, point, self._cur, strict=True) if v != c}
+        if not changes:
+            return None
+        with self._lock:
+            self._target = tuple(changes.get(d, t) for d, t in zip(self.domains, self._target, strict=True))
+            self._written |= set(changes)
+        at = time.monotonic()
+        res = self._write(changes)
+        with self._lock:
+            eff = tuple(int(res.effective.get(d, c)) for d, c in zip(self.domains, self._cur, strict=True))
+            for k, domain in enumerate(self.domains):
+                if domain in res.unreachable:
+                    self._reachable &= self.points[:, k] != res.target[domain]
+                    log.warning("%s: %s cannot be reached (the clock runs %s); planning without it",
+                                domain, res.target[domain], res.unreachable[domain])
+                if domain in res.limits:
+                    self._observe(k, res.limits[domain][1], res.conditions.get(domain, "ok"))
+            self._note_change(self._cur, eff, at)
+            self._cur = eff
+        return res
 
     def after_frame(self, frame: int, latency_ms: float | None, owner: object = None, failed: bool = False) -> dict:
         """Report a frame. A failed frame (the inference raised) is counted, never learned from;
@@ -571,6 +704,9 @@ class Governor:
                 return {"learned": False}
             if latency_ms > f.deadline_ms:
                 stats.misses += 1
+                # late: something may have changed under us (a cap): re-read before long
+                soon = time.monotonic() + MISS_REFRESH_S
+                self._stale_at = soon if self._stale_at is None else min(self._stale_at, soon)
             if self.recorder is not None:
                 self._record(f, frame, latency_ms)
             limit = self.settings.outlier_ratio * max(f.predicted_ms, f.deadline_ms)
@@ -579,7 +715,9 @@ class Governor:
                 return {"learned": False, "notes": [f"latency {latency_ms:g} ms is over {limit:g} ms "
                                                     f"({self.settings.outlier_ratio:g}x the prediction or "
                                                     "deadline): counted as late, not learned from"]}
-            self._correction(stats, f.model).add(f.column, latency_ms)
+            # waiting behind other apps' GPU work is added time, not a slower host: learn without it
+            own_ms = latency_ms - min(f.wait_ms, 0.9 * latency_ms)
+            self._correction(stats, f.model).add(f.column, own_ms)
             return {"learned": True}
 
     def _record(self, f: _Frame, frame: int, latency_ms: float) -> None:
@@ -646,7 +784,7 @@ class Governor:
             log.info("idle: domains handed back (%s)", "; ".join(done) or "nothing to change")
             return done
 
-    def _resume_and_apply(self, point: tuple[int, ...], *args) -> tuple[tuple[int, ...], list[str]]:
+    def _resume_and_apply(self, point: tuple[int, ...], ask: _Ask) -> tuple[tuple[int, ...], list[str]]:
         """On the I/O thread holding ``_io``: after an idle release, save the settings in force
         (the originals again) before the first write."""
         if not self._started:  # stopped meanwhile: nothing may be written any more
@@ -658,13 +796,16 @@ class Governor:
             except BackendUnavailable as exc:
                 return self._cur, [f"not applied: {exc}"]
             with self._lock:
-                self._cur = self._read_point(state)
+                self._cur = self._from = self._read_point(state)
                 self._target = self._cur
+                self._written = set()  # the original limits are back: none of them is ours
+                for k, d in enumerate(self.domains):
+                    self._observe(k, state[d].max, "ok")
                 self._released = False
             log.info("resuming: domains taken again")
             if point == self._cur:
                 return point, []
-        return self._apply(point, *args)
+        return self._apply(point, ask)
 
     @contextmanager
     def frame(self, model: str, deadline_ms: float, context_len: int | None = None,
@@ -697,7 +838,7 @@ class Governor:
                              "host_slowdown": c.host_slowdown, "samples": len(c.frames), "apps": len(users)}
             return {
                 **self._status_frequencies(),
-                "capped": bool(self._started and time.monotonic() < self._caps_until),
+                "capped": bool(self._started and np.isfinite(self._caps).any()),
                 "released": self._released,
                 "models": models,
                 "apps": {a: {"frames": s.frames, "misses": s.misses, "infeasible": s.infeasible,

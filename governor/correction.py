@@ -12,9 +12,9 @@ things are learned per model from the frames just measured:
   first (the ``s`` whose ``b`` is closest to 1), and the next frames at the new pair confirm it or
   move the blame to ``b``. This is what lets the governor answer background load with CPU frequency alone, as the
   oracle does, instead of raising both domains;
-* a spread: the (1 - miss target) quantile of measured / (b x L_s), each frame against the fit
-  that includes it, over a longer window: the noise the deadline must absorb for the miss rate to
-  stay at the target.
+* a spread: the margin on measured / (b x L_s), each frame against the fit that includes it: the
+  noise the deadline must absorb for the miss rate to stay at the target. governor/margins.py
+  supplies it (a fitted tail, raised at once by a cluster of misses, let go once it has passed).
 
 Adaptation is asymmetric on purpose: a fit over the last few frames may raise the prediction at
 once (a deadline is at stake), lowering waits for the longer window.
@@ -27,6 +27,7 @@ from collections import deque
 import numpy as np
 
 from governor.config import GovernorSettings
+from governor.margins import TailMargin
 
 HOST_LEVELS = np.array([1.0, 1.15, 1.3, 1.5, 1.75, 2.0, 2.5, 3.0])
 FIT_WINDOW = 24
@@ -38,7 +39,10 @@ class Correction:
     def __init__(self, settings: GovernorSettings) -> None:
         self.settings = settings
         self.frames: deque[tuple[np.ndarray, float]] = deque(maxlen=FIT_WINDOW)
-        self.spread_samples: deque[float] = deque(maxlen=settings.correction_window)
+        self.margin = TailMargin(settings.miss_rate_target, settings.correction_window,
+                                 settings.margin_half_life_frames, settings.min_samples,
+                                 1.0 + settings.initial_margin, settings.miss_cluster,
+                                 settings.cluster_window)
         self.level = 0  # index into HOST_LEVELS
         self.bias = 1.0
         self.spread = 1.0 + settings.initial_margin
@@ -66,11 +70,7 @@ class Correction:
         # window handles): what the deadline must absorb
         expected = bias * float(column[level])
         if expected > 0:
-            self.spread_samples.append(measured_ms / expected)
-        s = self.settings
-        if len(self.spread_samples) >= s.min_samples:
-            q = float(np.quantile(np.fromiter(self.spread_samples, float), 1.0 - s.miss_rate_target))
-            self.spread = max(q, 1.0)
+            self.spread = self.margin.add(measured_ms / expected)
 
     @staticmethod
     def _fit(frames: list[tuple[np.ndarray, float]]) -> tuple[int, float]:
