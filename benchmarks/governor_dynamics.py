@@ -246,7 +246,9 @@ class Harness:
                     "burst": burst, "wait_ms": wait_s * 1e3, "run_ms": run_ms * burst,
                     "transition_ms": fr.transition_ns / 1e6 * burst, "latency_ms": latency_ms,
                     "deadline_ms": deadline, "cpu_khz": fr.cpu_khz, "gpu_hz": fr.gpu_hz,
-                    "energy_j": fr.energy_j, "rt_us": rt_us, "stored": stored}) + "\n")
+                    "energy_j": fr.energy_j, "rt_us": rt_us, "stored": stored,
+                    "answered": [decision.get("cpu_khz"), decision.get("gpu_hz"), decision.get("predicted_ms")]})
+                          + "\n")
                 n += 1
                 next_start += self.periods_s[k]
                 time.sleep(max(0.0, next_start - time.monotonic()))
@@ -376,6 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cases", type=int, help="run only the first N cases")
     ap.add_argument("--board", action="append", help="only these boards")
     ap.add_argument("--no-save", action="store_true", help="print only, do not write benchmarks/results/")
+    ap.add_argument("--keep", metavar="DIR", help="keep each case's folder (store log, app frames) under DIR")
     args = ap.parse_args(argv)
     reason = fuse_unavailable()
     if reason:
@@ -388,6 +391,9 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     t_all = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dvfs-dynamics-", dir=base) as d:
+        if args.keep:
+            d = args.keep
+            Path(d).mkdir(parents=True, exist_ok=True)
         estimators: dict[tuple[str, str], Path] = {}
         for i, (board_name, models, kind) in enumerate(todo):
             t0 = time.monotonic()

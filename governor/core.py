@@ -50,6 +50,9 @@ from sysfs_backends.board import BoardConfig
 log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
 MISS_REFRESH_S = 0.05  # after a late frame, re-read the state within this (not on every late frame)
+WRITE_QUEUE_S = 0.05  # longest a frame waits behind another frame's write (then answered, pair not in force)
+WAIT_LEARN_SHARE = 0.1  # a frame predicted to wait longer than this share of its latency is not learned from
+FRESH_READ_S = 0.1  # a write follows a read-back at most this old; else the state is read first
 APPLY_ARGUMENT = {"cpu": "cpu_khz", "gpu": "gpu_hz"}  # Backend.apply's keyword for each domain
 
 
@@ -278,6 +281,7 @@ class Governor:
         self._from = self._cur  # what ran before the last change of each domain
         self._lands_at = np.zeros(len(self.domains))  # when that change takes effect (monotonic s)
         self._stale_at: float | None = None  # a late frame asks for an early re-read of the state
+        self._read_at = time.monotonic()  # the last settled read-back
         self._next_refresh = time.monotonic() + self.settings.state_refresh_s
         self._released = False
         self._started = True
@@ -417,12 +421,15 @@ class Governor:
         if changed:
             # a re-read of the state may hold the backend for a moment: wait for it (as long as a
             # frame may wait for its own write), so no frame is left unwritten behind a refresh;
-            # behind another frame's write (a slow or stalled phone) do not queue
+            # behind another frame's write wait only as long as a write normally takes: a frame
+            # answered meanwhile would start at the other frame's pair, but a stalled phone must
+            # not hold it
             if self.write_wait_s is None:
                 got = self._io.acquire()
             else:
-                got = self._io.acquire(blocking=False) or (
-                    self._io_holder != "write" and self._io.acquire(timeout=self.write_wait_s))
+                got = self._io.acquire(blocking=False) or self._io.acquire(
+                    timeout=self.write_wait_s if self._io_holder != "write"
+                    else min(self.write_wait_s, WRITE_QUEUE_S))
             if got:
                 self._io_holder = "write"
                 job = self._io_thread().submit(self._io_job, self._resume_and_apply, point, ask)
@@ -440,11 +447,15 @@ class Governor:
             if not applied:  # the reply names what is in force now, never a pair not yet written
                 point = self._cur
             eff = self._index(point)
+            # the frame starts once answered: after a write, frames answered meanwhile started first
+            # and queue ahead of it on the GPU (the queue is in the order frames start)
+            ask.now = time.monotonic()
             wait = float(np.broadcast_to(self._queue_wait(ask), len(self.points))[eff])
             predicted = float(self._predict(ask)[eff]) + wait
             f = self._frames.get(frame)
             if f is not None:
                 f.column, f.predicted_ms, f.wait_ms = grid.latency_ms[:, eff], predicted, wait
+                f.started = ask.now
                 f.pending = not applied
                 if applied:
                     f.point = point
@@ -526,7 +537,8 @@ class Governor:
     def _predict(self, ask: _Ask) -> np.ndarray:
         """Corrected latency at every point, counting the actuation delay: until a changed domain
         takes its new frequency (``a`` ms), the frame runs at what runs now, so a frame that needs
-        ``L_old`` there has done ``a / L_old`` of its work when the new point lands."""
+        ``L_old`` there has done ``a / L_old`` of its work when the new point lands (a raise helps
+        less than its latency says)."""
         lat = ask.lat * ask.corr
         running = self._running(ask.now)
         pending = np.maximum(self._lands_at - ask.now, 0.0) * 1e3
@@ -536,20 +548,27 @@ class Governor:
         old = float(lat[self._index(running)])
         if old <= 0:
             return lat + delay
-        return np.where(delay >= old, old, delay + (1.0 - np.minimum(delay / old, 1.0)) * lat)
+        mixed = np.where(delay >= old, old, delay + (1.0 - np.minimum(delay / old, 1.0)) * lat)
+        # a point slower than what runs now is not counted faster for its first moments: the write
+        # and its read-back may take longer than the change itself
+        return np.maximum(mixed, lat)
 
     def _queue_wait(self, ask: _Ask) -> np.ndarray | float:
         """Per point, how long the frame waits behind other apps' GPU work in flight: their frames
         queue on the GPU in the order they started, each occupying it for its GPU busy time at
-        that point's frequency (from its start or when the one before it is done)."""
-        others = sorted((f for k, f in self._frames.items()
-                         if f.app != ask.app and k != ask.frame and f.gpu_ms is not None),
+        that point's frequency (from its start or when the one before it is done), at least its
+        time at its own point."""
+        others = sorted((f for k, f in self._frames.items() if f.app != ask.app and k != ask.frame
+                         and f.gpu_ms is not None and f.started <= ask.now),  # later ones queue behind
                         key=lambda f: f.started)
         if not others:
             return 0.0
         free = np.full(len(self.points), -np.inf)
         for f in others:
-            free = np.maximum(free, f.started) + f.gpu_ms / 1e3
+            # its GPU work at the candidate's frequency, never counted shorter than at its own
+            # point: a raise may come too late to speed up work already queued
+            busy = np.maximum(f.gpu_ms, f.gpu_ms[self._index(f.point)])
+            free = np.maximum(free, f.started) + busy / 1e3
         return np.maximum(free - ask.now, 0.0) * 1e3
 
     def _serves_in_flight(self, ask: _Ask) -> np.ndarray | bool:
@@ -605,18 +624,25 @@ class Governor:
 
     def _refresh(self, now: float) -> None:
         try:
-            state = self.backend.state()
+            self._read_state(now)
         except BackendUnavailable:
             return
+
+    def _read_state(self, now: float) -> bool:
+        """Read what is in force and each domain's max (holding ``_io``); True if a cap changed."""
+        state = self.backend.state()
         eff = self._read_point(state)
         with self._lock:
             self._stale_at = None
+            self._read_at = now
+            caps = self._caps.copy()
             for k, d in enumerate(self.domains):
                 self._observe(k, state[d].max, "ok")
             if eff != self._cur:
                 log.info("frequencies in force now %s", self._describe(eff))
                 self._note_change(self._cur, eff, now)
                 self._cur = eff
+            return not np.array_equal(caps, self._caps)
 
     def _describe(self, point: tuple[int, ...]) -> str:
         units = {"cpu": "kHz", "gpu": "Hz"}
@@ -634,6 +660,11 @@ class Governor:
         writes may be slow. Returns the point in force, as the kernel shows it."""
         notes: list[str] = []
         try:
+            if time.monotonic() - self._read_at > FRESH_READ_S and self._read_state(time.monotonic()):
+                # a cap set in since the last read-back: decide again under it before writing
+                with self._lock:
+                    idx, _, _ = self._choose(ask)
+                point = tuple(int(v) for v in self.points[idx])
             for _ in range(len(self.domains) + 2):
                 res = self._write_point(point)
                 if res is None:
@@ -671,6 +702,7 @@ class Governor:
         at = time.monotonic()
         res = self._write(changes)
         with self._lock:
+            self._read_at = time.monotonic()
             eff = tuple(int(res.effective.get(d, c)) for d, c in zip(self.domains, self._cur, strict=True))
             for k, domain in enumerate(self.domains):
                 if domain in res.unreachable:
@@ -715,9 +747,13 @@ class Governor:
                 return {"learned": False, "notes": [f"latency {latency_ms:g} ms is over {limit:g} ms "
                                                     f"({self.settings.outlier_ratio:g}x the prediction or "
                                                     "deadline): counted as late, not learned from"]}
-            # waiting behind other apps' GPU work is added time, not a slower host: learn without it
-            own_ms = latency_ms - min(f.wait_ms, 0.9 * latency_ms)
-            self._correction(stats, f.model).add(f.column, own_ms)
+            # waiting behind other apps' GPU work is added time, not a slower host. How long it
+            # really waited is not reported: a short predicted wait is taken off, a frame that
+            # may have waited longer is not learned from (its own time is unknown)
+            if f.wait_ms > WAIT_LEARN_SHARE * latency_ms:
+                return {"learned": False, "notes": [f"predicted to wait {f.wait_ms:.3g} ms behind other "
+                                                    "apps' GPU work: not learned from"]}
+            self._correction(stats, f.model).add(f.column, latency_ms - f.wait_ms)
             return {"learned": True}
 
     def _record(self, f: _Frame, frame: int, latency_ms: float) -> None:

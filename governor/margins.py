@@ -77,47 +77,61 @@ class TailMargin:
         self.cluster_window = cluster_window
         self.ratios: deque[float] = deque(maxlen=window)
         self.transient: deque[bool] = deque(maxlen=window)  # the sample belonged to a miss cluster
-        self.since_cluster = math.inf  # frames since the last cluster ended
+        self.since_cluster = math.inf  # frames since the last frame of a cluster
+        self.base = initial  # the fitted margin before the cluster under way began
         self.fitted = initial
         self.value = initial
 
     def __len__(self) -> int:
         return len(self.ratios)
 
+    @property
+    def in_cluster(self) -> bool:
+        return self.since_cluster < self.cluster_window
+
     def add(self, ratio: float) -> float:
         """One frame's measured / corrected-prediction ratio; returns the new margin."""
-        over = ratio > self.value
-        self.ratios.append(float(ratio))
+        ratio = float(ratio)
+        self.ratios.append(ratio)
         self.transient.append(False)
+        level = self.base if self.in_cluster else self.fitted
         recent = list(self.ratios)[-self.cluster_window:]
-        above = [r for r in recent if r > self.fitted]
-        if over and len(above) >= self.cluster:
+        above = [r for r in recent if r > level]
+        if ratio > level and len(above) >= self.cluster:
+            if not self.in_cluster:
+                self.base = self.fitted
             # a cluster: its samples are a transient, and the margin covers them at once
-            n = len(recent)
-            for k in range(len(self.transient) - n, len(self.transient)):
-                if self.ratios[k] > self.fitted:
-                    self.transient[k] = True
+            for k in range(len(self.ratios) - len(recent), len(self.ratios)):
+                self.transient[k] = self.transient[k] or self.ratios[k] > self.base
             self.since_cluster = 0
-        elif self.since_cluster < math.inf:
+        else:
             self.since_cluster += 1
         if len(self.ratios) >= self.min_samples:
             self.fitted = max(self._fit(), 1.0)
-        boost = max(above) if self.since_cluster < self.cluster_window and above else 1.0
+        boost = max(above) if self.in_cluster and above else 1.0
         self.value = max(self.fitted, boost)
         return self.value
 
+    def _weights(self) -> np.ndarray:
+        n = len(self.ratios)
+        w = 0.5 ** (np.arange(n - 1, -1, -1, dtype=float) / self.half_life)
+        if not self.in_cluster:  # the cluster has passed: its samples go, quickly
+            transient = np.fromiter(self.transient, bool, n)
+            gone = max(0.0, self.since_cluster - self.cluster_window + 1)
+            w = np.where(transient, w * 0.5 ** (gone / CLUSTER_HALF_LIFE), w)
+        return w
+
     def _fit(self) -> float:
         r = np.fromiter(self.ratios, float, len(self.ratios))
-        age = np.arange(len(r) - 1, -1, -1, dtype=float)
-        w = 0.5 ** (age / self.half_life)
-        if self.since_cluster >= self.cluster_window:  # the cluster has passed: let its samples go
-            transient = np.fromiter(self.transient, bool, len(r))
-            extra = max(0.0, self.since_cluster - self.cluster_window + 1)
-            w = np.where(transient, w * 0.5 ** (extra / CLUSTER_HALF_LIFE), w)
+        w = self._weights()
+        keep = w >= 1e-3 * w.max()
+        r, w = r[keep], w[keep]
         u = weighted_quantile(r, w, BODY_QUANTILE)
         tail = r > u
         tail_w = float(w[tail].sum())
         if tail_w < MIN_TAIL * float(w.max()) or tail.sum() < 3:
             return weighted_quantile(r, w, 1.0 - self.target)
         p_u = tail_w / float(w.sum())
-        return u + gpd_quantile(r[tail] - u, w[tail], p_u, self.target)
+        q = u + gpd_quantile(r[tail] - u, w[tail], p_u, self.target)
+        # a fit never reaches beyond what the samples that still count have shown
+        return min(q, float(r[w >= 0.1 * w.max()].max()))

@@ -35,7 +35,8 @@ def setup(tmp_path, estimators):
 def brute_force_choice(gov: Governor, est, deadline_ms: float, factor: float):
     """Least predicted energy among pairs meeting the deadline, by explicit enumeration. The board
     boots at its fastest pair; a pair that changes a domain runs there until the change lands (the
-    transition latency: 20 us CPU, 200 us GPU on this board)."""
+    transition latency: 20 us CPU, 200 us GPU on this board), never counted faster than its own
+    latency."""
     board = gov.board
     br = est.grid(with_overlap=False)
     top = (board.cpu.inference.frequencies_khz[-1], board.gpu.frequencies_hz[-1])
@@ -44,7 +45,7 @@ def brute_force_choice(gov: Governor, est, deadline_ms: float, factor: float):
     for c, g, lat, host, gpu in zip(br.cpu_khz, br.gpu_hz, br.latency_ms, br.host_busy_ms,
                                     br.gpu_busy_ms, strict=True):
         delay = max(0.02 if c != top[0] else 0.0, 0.2 if g != top[1] else 0.0)
-        if delay + (1 - delay / old) * lat * factor > deadline_ms:
+        if max(delay + (1 - delay / old) * lat * factor, lat * factor) > deadline_ms:
             continue
         e = board.power_mw("cpu", c) * host + board.power_mw("gpu", g) * gpu + board.idle_power_mw * lat
         if best is None or e < best[0]:
