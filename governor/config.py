@@ -59,8 +59,9 @@ class GovernorSettings(BaseModel):
     min_samples: int = Field(20, ge=1)
     hysteresis: float = Field(0.03, ge=0, lt=1, description="keep the pair in force unless the best saves more")
     context_bucket: int = Field(64, ge=1, description="context lengths are rounded up to a multiple of this")
-    cap_recheck_s: float = Field(1.0, gt=0, description="unused: caps are the kernel's limits as last read "
-                                 "back (apply or state re-read), not a timer; accepted so older configs load")
+    cap_recheck_s: float = Field(1.0, gt=0, description="pinned limits (min == max) at or under a cap hide it: "
+                                 "after this long, ask past it once to see whether it still holds (caps the "
+                                 "kernel's limits show are followed at every read-back, with no timer)")
     margin_half_life_frames: float = Field(100.0, ge=5, description="age (frames) at which a residual "
                                            "counts half in the noise margin's tail fit")
     miss_cluster: int = Field(2, ge=1, description="frames over the margin within cluster_window that raise "

@@ -242,10 +242,13 @@ class Governor:
             cap = float(max_shown) if max_shown < top else math.inf
         elif max_shown < self._target[k]:
             cap = float(max_shown)
+            self._blind_since[k] = math.inf  # our request stands above it: its lift will show
         elif max_shown > self._caps[k]:
             cap = math.inf
         else:
             return
+        if not math.isfinite(cap):
+            self._blind_since[k] = math.inf
         if cap != self._caps[k]:
             log.info("%s: %s", d, f"capped at {int(cap)}" if math.isfinite(cap) else "cap lifted")
             self._caps[k] = cap
@@ -276,6 +279,8 @@ class Governor:
         self._target = self._cur  # per domain, the frequency we last asked for
         self._written: set[str] = set()  # domains we have written (a pinned limit is then ours)
         self._caps = np.full(len(self.domains), np.inf)
+        # pinned limits at or under a known cap hide it (the kernel shows our pin): since when
+        self._blind_since = np.full(len(self.domains), np.inf)
         for k, d in enumerate(self.domains):
             self._observe(k, state[d].max, "ok")
         self._from = self._cur  # what ran before the last change of each domain
@@ -517,9 +522,10 @@ class Governor:
         """The point of least predicted energy meeting ``ask``'s deadline under the caps, serving
         the frames in flight; else the fastest allowed point (infeasible). Also returns the
         predicted latency (queueing wait included) at the point chosen."""
-        allowed = self._reachable & np.all(self.points <= self._caps, axis=1)
+        caps = self._active_caps(ask.now)
+        allowed = self._reachable & np.all(self.points <= caps, axis=1)
         if not allowed.any():  # the caps rule out every reachable point: keep to the caps
-            allowed = np.all(self.points <= self._caps, axis=1) | ~self._reachable.any()
+            allowed = np.all(self.points <= caps, axis=1) | ~self._reachable.any()
         serving = allowed & self._serves_in_flight(ask)
         if serving.any():
             allowed = serving
@@ -533,6 +539,15 @@ class Governor:
         if ok[cur] and ask.energy_mj[cur] <= ask.energy_mj[best] * (1 + self.settings.hysteresis):
             best = cur
         return best, True, float(total[best])
+
+    def _active_caps(self, now: float) -> np.ndarray:
+        """The caps decisions keep to. A cap hidden by our own pin (pinned limits at or under it
+        show only the pin) is assumed for ``cap_recheck_s``, then asked past once: the kernel's
+        read-back of that request shows the cap again, or that it has lifted. Caps the kernel's
+        limits show (the userspace governor, or our request standing above them) need no such
+        check: their lift shows at the next read-back."""
+        hidden = now - self._blind_since > self.settings.cap_recheck_s
+        return np.where(hidden, np.inf, self._caps) if hidden.any() else self._caps
 
     def _predict(self, ask: _Ask) -> np.ndarray:
         """Corrected latency at every point, counting the actuation delay: until a changed domain
@@ -699,6 +714,10 @@ class Governor:
         with self._lock:
             self._target = tuple(changes.get(d, t) for d, t in zip(self.domains, self._target, strict=True))
             self._written |= set(changes)
+            for k, d in enumerate(self.domains):
+                if (d in changes and self._mechanism.get(d) == "minmax" and changes[d] <= self._caps[k]
+                        and not math.isfinite(self._blind_since[k])):
+                    self._blind_since[k] = time.monotonic()
         at = time.monotonic()
         res = self._write(changes)
         with self._lock:

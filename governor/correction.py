@@ -70,7 +70,7 @@ class Correction:
         # window handles): what the deadline must absorb
         expected = bias * float(column[level])
         if expected > 0:
-            self.spread = self.margin.add(measured_ms / expected)
+            self.spread = self.margin.add(measured_ms / expected, expected / max(float(column[0]), 1e-9))
 
     @staticmethod
     def _fit(frames: list[tuple[np.ndarray, float]]) -> tuple[int, float]:

@@ -14,7 +14,9 @@ What is done instead, per (app, model), on the residual ratio r = measured / cor
   target: u + sigma/xi ((p_u/p)^xi - 1). A few hundred frames give a stable 1% quantile this way;
   below ``MIN_TAIL`` weighted exceedances the weighted empirical quantile is used;
 * **clusters raise it at once**: when ``miss_cluster`` of the last ``cluster_window`` frames ran
-  above the margin, the margin becomes the largest of those ratios (no waiting for the fit);
+  above the margin, the margin becomes the largest of those ratios (no waiting for the fit),
+  measured against the fit as it is now: once the correction's bias has caught up with a slower
+  regime the cluster no longer counts twice;
 * **and let go promptly**: the samples of a cluster are a transient (a load step, a burst), not the
   steady noise: once the cluster has passed (``cluster_window`` frames back under the margin) they
   fade with a short half-life (``CLUSTER_HALF_LIFE``), so the margin comes back down within tens
@@ -76,6 +78,7 @@ class TailMargin:
         self.cluster = cluster
         self.cluster_window = cluster_window
         self.ratios: deque[float] = deque(maxlen=window)
+        self.raw: deque[float] = deque(maxlen=cluster_window)  # ratio x the fit's scale then
         self.transient: deque[bool] = deque(maxlen=window)  # the sample belonged to a miss cluster
         self.since_cluster = math.inf  # frames since the last frame of a cluster
         self.base = initial  # the fitted margin before the cluster under way began
@@ -89,10 +92,13 @@ class TailMargin:
     def in_cluster(self) -> bool:
         return self.since_cluster < self.cluster_window
 
-    def add(self, ratio: float) -> float:
-        """One frame's measured / corrected-prediction ratio; returns the new margin."""
+    def add(self, ratio: float, scale: float = 1.0) -> float:
+        """One frame's measured / corrected-prediction ratio; returns the new margin. ``scale``: the
+        fit's multiplier on the uncorrected prediction when the ratio was taken, so that a cluster
+        the fit has since caught up with (the bias moved) stops raising the margin on top of it."""
         ratio = float(ratio)
         self.ratios.append(ratio)
+        self.raw.append(ratio * scale)
         self.transient.append(False)
         level = self.base if self.in_cluster else self.fitted
         recent = list(self.ratios)[-self.cluster_window:]
@@ -108,7 +114,9 @@ class TailMargin:
             self.since_cluster += 1
         if len(self.ratios) >= self.min_samples:
             self.fitted = max(self._fit(), 1.0)
-        boost = max(above) if self.in_cluster and above else 1.0
+        boost = 1.0
+        if self.in_cluster:  # the cluster's slowest frame, against the fit as it is now
+            boost = max(self.raw, default=scale) / scale
         self.value = max(self.fitted, boost)
         return self.value
 
