@@ -51,8 +51,9 @@ log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
 MISS_REFRESH_S = 0.05  # after a late frame, re-read the state within this (not on every late frame)
 WRITE_QUEUE_S = 0.05  # longest a frame waits behind another frame's write (then answered, pair not in force)
+MAX_RECHECK = 16  # a hidden cap found still there is asked past again after at most 16 x cap_recheck_s
 WAIT_LEARN_SHARE = 0.1  # a frame predicted to wait longer than this share of its latency is not learned from
-FRESH_READ_S = 0.1  # a write follows a read-back at most this old; else the state is read first
+FRESH_READ_S = 0.0  # a write follows a read-back at most this old; else the state is read first
 APPLY_ARGUMENT = {"cpu": "cpu_khz", "gpu": "gpu_hz"}  # Backend.apply's keyword for each domain
 
 
@@ -242,6 +243,8 @@ class Governor:
             cap = float(max_shown) if max_shown < top else math.inf
         elif max_shown < self._target[k]:
             cap = float(max_shown)
+            if time.monotonic() - self._blind_since[k] > self._recheck_s[k]:  # asked past it: still there
+                self._recheck_s[k] = min(2 * self._recheck_s[k], MAX_RECHECK * self.settings.cap_recheck_s)
             self._blind_since[k] = math.inf  # our request stands above it: its lift will show
         elif max_shown > self._caps[k]:
             cap = math.inf
@@ -249,6 +252,7 @@ class Governor:
             return
         if not math.isfinite(cap):
             self._blind_since[k] = math.inf
+            self._recheck_s[k] = self.settings.cap_recheck_s
         if cap != self._caps[k]:
             log.info("%s: %s", d, f"capped at {int(cap)}" if math.isfinite(cap) else "cap lifted")
             self._caps[k] = cap
@@ -281,6 +285,9 @@ class Governor:
         self._caps = np.full(len(self.domains), np.inf)
         # pinned limits at or under a known cap hide it (the kernel shows our pin): since when
         self._blind_since = np.full(len(self.domains), np.inf)
+        # how long such a hidden cap is assumed before asking past it: doubled each time the cap
+        # is found still there (a long thermal episode costs few such requests), reset by a lift
+        self._recheck_s = np.full(len(self.domains), self.settings.cap_recheck_s)
         for k, d in enumerate(self.domains):
             self._observe(k, state[d].max, "ok")
         self._from = self._cur  # what ran before the last change of each domain
@@ -543,10 +550,11 @@ class Governor:
     def _active_caps(self, now: float) -> np.ndarray:
         """The caps decisions keep to. A cap hidden by our own pin (pinned limits at or under it
         show only the pin) is assumed for ``cap_recheck_s``, then asked past once: the kernel's
-        read-back of that request shows the cap again, or that it has lifted. Caps the kernel's
+        read-back of that request shows the cap again (the next check waits twice as long), or
+        that it has lifted. Caps the kernel's
         limits show (the userspace governor, or our request standing above them) need no such
         check: their lift shows at the next read-back."""
-        hidden = now - self._blind_since > self.settings.cap_recheck_s
+        hidden = now - self._blind_since > self._recheck_s
         return np.where(hidden, np.inf, self._caps) if hidden.any() else self._caps
 
     def _predict(self, ask: _Ask) -> np.ndarray:
