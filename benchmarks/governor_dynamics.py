@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--frames-per-phase", type=int, help="frames of the first app per phase (60; quick: 40)")
     ap.add_argument("--cases", type=int, help="run only the first N cases")
     ap.add_argument("--board", action="append", help="only these boards")
+    ap.add_argument("--case", type=int, action="append", help="only these cases (0-based, after --board)")
     ap.add_argument("--no-save", action="store_true", help="print only, do not write benchmarks/results/")
     ap.add_argument("--keep", metavar="DIR", help="keep each case's folder (store log, app frames) under DIR")
     args = ap.parse_args(argv)
@@ -387,6 +388,8 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(2)
     per_phase = args.frames_per_phase or (40 if args.quick else 60)
     todo = [c for c in cases(args.quick) if not args.board or c[0] in args.board][: args.cases]
+    if args.case:
+        todo = [c for i, c in enumerate(todo) if i in args.case]
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
     results = []
     t_all = time.monotonic()

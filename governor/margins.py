@@ -17,6 +17,9 @@ What is done instead, per (app, model), on the residual ratio r = measured / cor
   above the margin, the margin becomes the largest of those ratios (no waiting for the fit),
   measured against the fit as it is now: once the correction's bias has caught up with a slower
   regime the cluster no longer counts twice;
+* **never twice**: the fitted margin times the fit's scale stays under the plain (1 - target) quantile of
+  what was measured (against the uncorrected prediction) over the window, so a fit that has
+  followed a regime and a margin that learned its lag do not add up;
 * **and let go promptly**: the samples of a cluster are a transient (a load step, a burst), not the
   steady noise: once the cluster has passed (``cluster_window`` frames back under the margin) they
   fade with a short half-life (``CLUSTER_HALF_LIFE``), so the margin comes back down within tens
@@ -78,7 +81,7 @@ class TailMargin:
         self.cluster = cluster
         self.cluster_window = cluster_window
         self.ratios: deque[float] = deque(maxlen=window)
-        self.raw: deque[float] = deque(maxlen=cluster_window)  # ratio x the fit's scale then
+        self.raw: deque[float] = deque(maxlen=window)  # ratio x the fit's scale then
         self.transient: deque[bool] = deque(maxlen=window)  # the sample belonged to a miss cluster
         self.since_cluster = math.inf  # frames since the last frame of a cluster
         self.base = initial  # the fitted margin before the cluster under way began
@@ -116,8 +119,14 @@ class TailMargin:
             self.fitted = max(self._fit(), 1.0)
         boost = 1.0
         if self.in_cluster:  # the cluster's slowest frame, against the fit as it is now
-            boost = max(self.raw, default=scale) / scale
-        self.value = max(self.fitted, boost)
+            boost = max(list(self.raw)[-self.cluster_window:], default=scale) / scale
+        fitted = self.fitted
+        if len(self.raw) >= self.min_samples:
+            # never more than the plain quantile of what was measured asks for: a fit that follows
+            # a regime quickly and a margin that learned the lag would otherwise count it twice
+            plain = float(np.quantile(np.fromiter(self.raw, float, len(self.raw)), 1.0 - self.target))
+            fitted = max(1.0, min(fitted, plain / scale))
+        self.value = max(fitted, boost)
         return self.value
 
     def _weights(self) -> np.ndarray:
