@@ -58,8 +58,8 @@ class GovernorSettings(BaseModel):
     correction_window: int = Field(300, ge=10, description="recent frames the correction learns from")
     min_samples: int = Field(20, ge=1)
     hysteresis: float = Field(0.03, ge=0, lt=1, description="keep the pair in force unless the best saves more")
-    shared_hysteresis: float = Field(0.15, ge=0, lt=1, description="the same while other apps share the board: "
-                                     "their best pairs differ, and a write per frame costs them round trips")
+    shared_hysteresis: float = Field(0.15, ge=0, lt=1, description="the same while another app's frame is in "
+                                     "flight: their best pairs differ, and a write per frame costs them round trips")
     context_bucket: int = Field(64, ge=1, description="context lengths are rounded up to a multiple of this")
     cap_recheck_s: float = Field(1.0, gt=0, description="pinned limits (min == max) at or under a cap hide it: "
                                  "after this long, ask past it once to see whether it still holds (caps the "

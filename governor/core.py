@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
 MISS_REFRESH_S = 0.05  # after a late frame, re-read the state within this (not on every late frame)
 WRITE_QUEUE_S = 0.05  # longest a frame waits behind another frame's write (then answered, pair not in force)
-SHARED_WINDOW_S = 1.0  # another app asked within this: the board is shared
 MAX_RECHECK = 16  # a hidden cap found still there is asked past again after at most 16 x cap_recheck_s
 WAIT_LEARN_SHARE = 0.1  # a frame predicted to wait longer than this share of its latency is not learned from
 FRESH_READ_S = 0.0  # a write follows a read-back at most this old; else the state is read first
@@ -549,12 +548,12 @@ class Governor:
         return best, True, float(total[best])
 
     def _hysteresis(self, ask: _Ask) -> float:
-        """How much more energy the pair in force may cost before it is changed. Higher while other
-        apps are running: each app's best pair differs, and a write per frame costs a round trip
-        during which the other apps' frames start at whatever runs."""
+        """How much more energy the pair in force may cost before it is changed. Higher while another
+        app's frame is in flight: each app's best pair differs, and a write per frame costs a round
+        trip during which the other apps' frames start at whatever runs. (Only then: an app that
+        is not running frames cannot hold another app on its pair.)"""
         s = self.settings
-        shared = any(st.last_seen >= ask.now - SHARED_WINDOW_S for name, st in self._apps.items()
-                     if name != ask.app)
+        shared = any(f.app != ask.app for f in self._frames.values())
         return max(s.hysteresis, s.shared_hysteresis) if shared else s.hysteresis
 
     def _active_caps(self, now: float) -> np.ndarray:
