@@ -560,9 +560,8 @@ class Governor:
         """The caps decisions keep to. A cap hidden by our own pin (pinned limits at or under it
         show only the pin) is assumed for ``cap_recheck_s``, then asked past once: the kernel's
         read-back of that request shows the cap again (the next check waits twice as long), or
-        that it has lifted. Caps the kernel's
-        limits show (the userspace governor, or our request standing above them) need no such
-        check: their lift shows at the next read-back."""
+        that it has lifted. Caps the kernel's limits show (the userspace governor, or our request
+        standing above them) need no such check: their lift shows at the next read-back."""
         hidden = now - self._blind_since > self._recheck_s
         return np.where(hidden, np.inf, self._caps) if hidden.any() else self._caps
 

@@ -63,3 +63,20 @@ def test_a_cluster_raises_it_at_once_and_it_lets_go_once_passed():
         plain.append(float(np.quantile(np.fromiter(m.ratios, float), 0.99)))
     assert m.value <= before * 1.03, f"still {m.value:.3f} after the transient (before {before:.3f})"
     assert plain[-1] > 1.4  # the window alone would have kept the transient for hundreds of frames
+
+
+def test_a_regime_the_fit_has_followed_is_not_counted_twice():
+    """Frames become 1.35x slower for good; the correction's fit follows after three frames (its
+    scale moves to 1.35), so those three ratios are lag, not noise. The margin on top of the new
+    scale never asks more than the plain quantile of what was measured (no cluster logic here)."""
+    rng = np.random.default_rng(5)
+    m = margin(cluster=1000)
+    for _ in range(150):
+        m.add(1.0 + rng.normal(0.0, 0.01), 1.0)
+    for n in range(60):
+        measured = 1.35 * (1.0 + rng.normal(0.0, 0.01))
+        scale = 1.0 if n < 3 else 1.35
+        m.add(measured / scale, scale)
+    assert m.fitted > 1.1  # the tail fit alone has learned the lag as noise
+    assert m.value * 1.35 <= float(np.quantile(np.fromiter(m.raw, float), 0.99)) * 1.0001
+    assert m.value < 1.05
