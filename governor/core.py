@@ -771,9 +771,11 @@ class Governor:
                 return {"learned": False}
             if latency_ms > f.deadline_ms:
                 stats.misses += 1
-                # late: something may have changed under us (a cap): re-read before long
-                soon = time.monotonic() + MISS_REFRESH_S
-                self._stale_at = soon if self._stale_at is None else min(self._stale_at, soon)
+                if f.predicted_ms <= f.deadline_ms:
+                    # late though predicted in time: something may have changed under us (a cap):
+                    # re-read before long (a frame known to be infeasible tells nothing new)
+                    soon = time.monotonic() + MISS_REFRESH_S
+                    self._stale_at = soon if self._stale_at is None else min(self._stale_at, soon)
             if self.recorder is not None:
                 self._record(f, frame, latency_ms)
             limit = self.settings.outlier_ratio * max(f.predicted_ms, f.deadline_ms)
