@@ -247,7 +247,9 @@ class Harness:
                     "burst": burst, "wait_ms": wait_s * 1e3, "run_ms": run_ms * burst,
                     "transition_ms": fr.transition_ns / 1e6 * burst, "latency_ms": latency_ms,
                     "deadline_ms": deadline, "cpu_khz": fr.cpu_khz, "gpu_hz": fr.gpu_hz,
-                    "energy_j": fr.energy_j, "rt_us": rt_us, "stored": stored}) + "\n")
+                    "energy_j": fr.energy_j, "rt_us": rt_us, "stored": stored,
+                    "answered": [decision.get("cpu_khz"), decision.get("gpu_hz"), decision.get("predicted_ms")]})
+                          + "\n")
                 n += 1
                 next_start += self.periods_s[k]
                 time.sleep(max(0.0, next_start - time.monotonic()))
@@ -315,6 +317,10 @@ class Harness:
             in_phase = [s for s in stores if lo <= s["t_ns"] < hi]
             out["phases"][name] = {
                 "writes": len(in_phase), "writes_above_cap": sum(s["above_cap"] for s in in_phase),
+                "frames": sum(f["phase"] == name for fs in self.frames for f in fs),
+                # frames during whose decision a store reached the mount: the applies, near enough
+                "frames_with_store": sum(f["phase"] == name and f["stored"] for fs in self.frames for f in fs),
+                "writes_cpu": sum("cpufreq" in s["path"] for s in in_phase),
                 "apps": [_summary(model, [(f, r) for f, r in zip(self.frames[k], refs[k], strict=True)
                                           if f["phase"] == name]) for k, model in enumerate(self.models)]}
         out["apps_total"] = [_summary(model, list(zip(self.frames[k], refs[k], strict=True)))
@@ -372,7 +378,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--frames-per-phase", type=int, help="frames of the first app per phase (60; quick: 40)")
     ap.add_argument("--cases", type=int, help="run only the first N cases")
     ap.add_argument("--board", action="append", help="only these boards")
+    ap.add_argument("--case", type=int, action="append", help="only these cases (0-based, after --board)")
     ap.add_argument("--no-save", action="store_true", help="print only, do not write benchmarks/results/")
+    ap.add_argument("--keep", metavar="DIR", help="keep each case's folder (store log, app frames) under DIR")
     args = ap.parse_args(argv)
     reason = fuse_unavailable()
     if reason:
@@ -381,10 +389,15 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(2)
     per_phase = args.frames_per_phase or (40 if args.quick else 60)
     todo = [c for c in cases(args.quick) if not args.board or c[0] in args.board][: args.cases]
+    if args.case:
+        todo = [c for i, c in enumerate(todo) if i in args.case]
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
     results = []
     t_all = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dvfs-dynamics-", dir=base) as d:
+        if args.keep:
+            d = args.keep
+            Path(d).mkdir(parents=True, exist_ok=True)
         estimators: dict[tuple[str, str], Path] = {}
         for i, (board_name, models, kind) in enumerate(todo):
             t0 = time.monotonic()

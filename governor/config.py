@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_validator, model_validator
 
 from dvfs_schema.loading import ConfigError, load_yaml_model, resolve
 from sysfs_backends.registry import BackendSpec
@@ -58,8 +58,20 @@ class GovernorSettings(BaseModel):
     correction_window: int = Field(300, ge=10, description="recent frames the correction learns from")
     min_samples: int = Field(20, ge=1)
     hysteresis: float = Field(0.03, ge=0, lt=1, description="keep the pair in force unless the best saves more")
+    shared_hysteresis: float = Field(0.15, ge=0, lt=1, description="the same while another app's frame is in "
+                                     "flight: their best pairs differ, and a write per frame costs them round trips")
     context_bucket: int = Field(64, ge=1, description="context lengths are rounded up to a multiple of this")
-    cap_recheck_s: float = Field(1.0, gt=0, description="how long a learned thermal cap is trusted")
+    cap_recheck_s: float = Field(1.0, gt=0, description="pinned limits (min == max) at or under a cap hide it: "
+                                 "after this long, ask past it once to see whether it still holds (caps the "
+                                 "kernel's limits show are followed at every read-back, with no timer)")
+    margin_half_life_frames: float = Field(100.0, ge=5, description="age (frames) at which a residual "
+                                           "counts half in the noise margin's tail fit")
+    miss_cluster: int = Field(2, ge=1, description="frames over the margin within cluster_window that raise "
+                              "it at once (a cluster); its samples fade quickly once it has passed")
+    cluster_window: int = Field(10, ge=2, description="recent frames a miss cluster is looked for in")
+    actuation_ms: dict[Literal["cpu", "gpu", "mem"], NonNegativeFloat] = Field(
+        {}, description="per domain, time (ms) from a write until the new frequency runs; unset: the "
+        "board config's actuation_latency_ns (which defaults to the domain's transition latency)")
     state_refresh_s: float = Field(0.5, gt=0, description="how often frequencies in force are re-read")
     frame_timeout_s: float = Field(5.0, gt=0, description="a frame in flight longer than this is dropped")
     # isolation and bounds: what one app or client may cost the others

@@ -1,16 +1,29 @@
 """The deadline-driven control loop.
 
-Before a frame: look up the model's precomputed grid (latency and energy at every point of the
-board's frequency domains: (cpu, gpu) pairs, or CPU frequencies alone on a board without a GPU),
-scale the predictions by the learned correction, keep the pairs that meet the deadline (transition
-latency included where the pair would change), never go below a frame still in flight or above a
-cap the hardware imposed, and pick the one with the least predicted energy. The write happens only
-if the pair differs from what is in force. After the frame: the measured/predicted ratio feeds the
-correction, a high quantile of recent ratios chosen so that the miss rate stays at the target.
+Before a frame: look up the model's precomputed grid (latency, energy and GPU busy time at every
+point of the board's frequency domains: (cpu, gpu) pairs, or CPU frequencies alone on a board
+without a GPU), scale the predictions by the learned correction and keep the points that
 
-Everything on the per-frame path is a few numpy operations on a ~200-element grid; grids for a new
-context length are computed once per bucket and cached (``compute_grid`` is a plain function so the
-daemon can run it in another process, off its event loop).
+* meet the deadline, counting the actuation delay (until a new frequency takes effect the frame
+  runs at the old point) and the GPU work other apps' frames in flight have queued ahead of it
+  (waiting is added time at that point's GPU frequency, not a slowdown factor);
+* still let every frame in flight meet its own deadline (one point serves them all);
+* lie under every domain's cap: the kernel's max as last read back (after a write, or the periodic
+  re-read of the state), per domain; a cap's onset and lift are seen there, not guessed by a timer;
+
+and pick the one with the least predicted energy. Only the domains whose frequency differs from
+what is in force are written. After the frame: the measured latency less its predicted queueing
+wait feeds the correction, whose margin (governor/margins.py) keeps the miss rate at the target.
+
+The common frame (no other frame in flight, the point in force still the choice) is decided
+without numpy over the grid: the point in force is predicted alone, in full (actuation delay
+included), and kept when it meets the deadline and costs at most ``(1 + hysteresis)`` x the least
+energy on the cached Pareto frontier (governor/frontier.py) of the points whose plain corrected
+latency meets it, a lower bound of every point's full prediction, so this is exactly what the full
+decision keeps. Otherwise (a change, other apps' frames in flight) the full decision runs: numpy
+over the grid (a few hundred to ~1300 points). Grids for a new context length are computed once per
+bucket and cached (``compute_grid`` is a plain function so the daemon can run it in another
+process, off its event loop).
 
 Apps are isolated from each other: each (app, model) learns its own correction, frames belong to the
 client that opened them, and the number of apps and of frames per client is bounded. Backend I/O
@@ -38,14 +51,19 @@ from dvfs_schema.board import BoardConfig
 from estimator.model import Estimator
 from governor.config import GovernorSettings
 from governor.correction import HOST_LEVELS, Correction
-from governor.frontier import Frontier, GridGeometry
+from governor.frontier import GridGeometry, Staircase
 from governor.measured_power import PowerTracker
 from governor.recording import FrameRecord, RunRecorder
 from sysfs_backends.base import Backend, BackendUnavailable
 
 log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
-MAX_FRONTIERS_PER_LEVEL = 32  # masks (caps, floors, unreachable points) remembered per grid and level
+MISS_REFRESH_S = 0.05  # after a late frame, re-read the state within this (not on every late frame)
+WRITE_QUEUE_S = 0.05  # longest a frame waits behind another frame's write (then answered, pair not in force)
+MAX_RECHECK = 16  # a hidden cap found still there is asked past again after at most 16 x cap_recheck_s
+WAIT_LEARN_SHARE = 0.1  # a frame predicted to wait longer than this share of its latency is not learned from
+FRESH_READ_S = 0.0  # a write follows a read-back at most this old; else the state is read first
+MAX_FRONTIERS_PER_LEVEL = 32  # masks (caps, unreachable points, point in force) kept per grid and level
 
 
 class NeedsBackend(Exception):
@@ -81,9 +99,24 @@ class _Grid:
 
     latency_ms: np.ndarray
     energy_mj: np.ndarray
-    # per host level, per mask: the Pareto frontier the decision bisects (governor/frontier.py);
+    gpu_ms: np.ndarray  # (pairs,) GPU busy time: what frames queued behind this one wait for
+    # per host level, per mask: the Pareto frontier the common decision searches (governor/frontier.py);
     # kept with the grid, so a grid evicted or replaced takes its frontiers with it
     frontiers: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass
+class _Ask:
+    """What one decision is about: the frame's model row at its host level, its correction."""
+
+    lat: np.ndarray  # (points,) predicted latency, uncorrected
+    energy_mj: np.ndarray
+    gpu_ms: np.ndarray
+    corr: float
+    deadline_ms: float
+    now: float
+    app: str
+    frame: int = 0  # its id once registered (a frame does not constrain its own decision)
 
 
 @dataclass
@@ -92,10 +125,15 @@ class _Frame:
     model: str
     deadline_ms: float
     column: np.ndarray  # predicted latency at the point in force, per host slowdown level
-    point: tuple[int, ...]  # the frequencies it asked for, one per domain (its floor for others)
+    point: tuple[int, ...]  # the frequencies it asked for, one per domain
     started: float
     owner: object = None  # the client (connection) that opened it; None: the in-process API
-    predicted_ms: float = 0.0  # corrected, at the pair it runs at
+    predicted_ms: float = 0.0  # corrected, at the pair it runs at, queueing wait included
+    lat: np.ndarray | None = None  # (points,) its latency at every point, uncorrected (x ``corr``)
+    corr: float = 1.0  # its correction's factor when decided
+    gpu_ms: np.ndarray | None = None  # (points,) its GPU busy time at every point
+    wait_ms: float = 0.0  # predicted wait behind other apps' GPU work, at the pair it runs at
+    pending: bool = False  # its pair was not written yet (the backend was busy)
 
 
 @dataclass
@@ -116,16 +154,42 @@ def compute_grid(est: Estimator, board: BoardConfig, freq_rank: np.ndarray | Non
 
     A module-level function of picklable arguments, so the daemon can run it in a worker process:
     it takes ~20 ms and a burst of new context lengths must not hold up other apps."""
-    lat, energy = [], []
+    lat, energy, gpu_ms = [], [], None
     for s in HOST_LEVELS:
         br = est.grid(context_len, with_overlap=False, host_scale=float(s))
         lat.append(br.latency_ms)
+        if gpu_ms is None:  # the host's speed does not change the GPU's work
+            gpu_ms = np.asarray(br.gpu_busy_ms, dtype=float)  # zeros on a board without a GPU
         if freq_rank is None:  # mJ; the energy model has a term per domain the grid varies
             energy.append(board.energy.frame_energy_j(br.freqs(), br.host_busy_ms * 1e6,
                                                       br.gpu_busy_ms * 1e6, br.latency_ms * 1e6) * 1e3)
         else:
             energy.append(freq_rank)
-    return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy))
+    return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy), gpu_ms=gpu_ms)
+
+
+def _latency_limit(deadline_ms: float, delay_ms: float, old_ms: float) -> float:
+    """The largest corrected latency y whose prediction with an actuation delay ``delay_ms``, from a
+    point running at ``old_ms`` (``Governor._predict``: max(blend, y)), meets the deadline; -inf if
+    none does."""
+    if delay_ms <= 0.0:
+        return deadline_ms
+    if old_ms <= 0.0:
+        return deadline_ms - delay_ms
+    if delay_ms >= old_ms:  # the whole frame may run at the old point
+        return deadline_ms if old_ms <= deadline_ms else -math.inf
+    return min(deadline_ms, (deadline_ms - delay_ms) / (1.0 - delay_ms / old_ms))
+
+
+def _delayed(lat_ms: float, delay_ms: float, old_ms: float) -> float:
+    """``Governor._predict`` of a point of corrected latency ``lat_ms`` with an actuation delay
+    ``delay_ms`` from a point running at ``old_ms``: non-decreasing in both."""
+    if delay_ms <= 0.0:
+        return lat_ms
+    if old_ms <= 0.0:
+        return lat_ms + delay_ms
+    mixed = old_ms if delay_ms >= old_ms else delay_ms + (1.0 - min(delay_ms / old_ms, 1.0)) * lat_ms
+    return max(mixed, lat_ms)
 
 
 class Governor:
@@ -196,17 +260,70 @@ class Governor:
         # points whose frequencies the clocks were seen unable to run (an OPP a clock cannot
         # reach): never chosen again, so decisions are made with frequencies that really run
         self._reachable = np.ones(len(self.points), dtype=bool)
+        self._reachable_key = self._reachable.tobytes()  # part of a cached frontier's mask key
 
     def _read_point(self, state: dict) -> tuple[int, ...]:
         return tuple(int(state[d].cur) for d in self.domains)
+
+    def _actuation_ms(self, domain: str) -> float:
+        """Time from a write until ``domain`` runs the new frequency: the settings' override, else
+        the board config's ``actuation_latency_ns`` (dvfs_schema's DomainSpec: the transition
+        latency where the board does not say, though real clocks often take longer)."""
+        if domain in self.settings.actuation_ms:
+            return float(self.settings.actuation_ms[domain])
+        spec = next(d for d in self.board.domains if d.name == domain)
+        return spec.actuation_latency_ns / 1e6
+
+    def _observe(self, k: int, max_shown: int, condition: str) -> None:
+        """Update domain ``k``'s cap from a settled read-back of its max (called under ``_lock``).
+
+        Under the userspace governor the limits are never ours, so the max the kernel shows is the
+        cap (thermal, another agent): below the table's top it is in force, at the top there is
+        none. With pinned limits (min == max == our target) the max shows the cap only while it
+        holds our request lower; showing our request above a known cap means the cap has lifted;
+        showing a request at or under it says nothing, so the cap is kept until a read-back does."""
+        if condition == "pending":  # the kernel has not taken our write up: old limits, no news
+            return
+        d, top = self.domains[k], int(self.tables[k][-1])
+        ours = self._mechanism.get(d) == "minmax" and d in self._written
+        if not ours:
+            cap = float(max_shown) if max_shown < top else math.inf
+        elif max_shown < self._target[k]:
+            cap = float(max_shown)
+            if time.monotonic() - self._blind_since[k] > self._recheck_s[k]:  # asked past it: still there
+                self._recheck_s[k] = min(2 * self._recheck_s[k], MAX_RECHECK * self.settings.cap_recheck_s)
+            self._blind_since[k] = math.inf  # our request stands above it: its lift will show
+        elif max_shown > self._caps[k]:
+            cap = math.inf
+        else:
+            return
+        if not math.isfinite(cap):
+            self._blind_since[k] = math.inf
+            self._recheck_s[k] = self.settings.cap_recheck_s
+        if cap != self._caps[k]:
+            log.info("%s: %s", d, f"capped at {int(cap)}" if math.isfinite(cap) else "cap lifted")
+            self._caps[k] = cap
+
+    def _note_change(self, before: tuple[int, ...], after: tuple[int, ...], at: float) -> None:
+        """Remember, per domain changed, what ran before and when the new frequency takes effect."""
+        running = self._running(at)
+        for k, (b, a) in enumerate(zip(before, after, strict=True)):
+            if a != b:
+                self._from = self._from[:k] + (running[k],) + self._from[k + 1:]
+                self._lands_at[k] = at + self._actuation[k] / 1e3
+
+    def _running(self, now: float) -> tuple[int, ...]:
+        """Per domain, the frequency running at ``now``: the previous one until a change lands."""
+        return tuple(f if now < t else c for f, c, t in zip(self._from, self._cur, self._lands_at, strict=True))
 
     def start(self) -> None:
         for line in self.backend.recover_crashed():
             log.warning("restored settings left by a killed run: %s", line)
         self.backend.save()
         info = self.backend.discover().domains
-        self._transition_ms = {d: info[d].transition_latency_ns / 1e6 for d in info}
-        self._transition_costs = tuple(self._transition_ms.get(d, 0.0) for d in self.domains)
+        self._mechanism = {d: info[d].mechanism for d in self.domains}
+        self._actuation = np.array([self._actuation_ms(d) for d in self.domains])
+        self._actuation_list = self._actuation.tolist()
         if list(info["cpu"].frequencies) != self.tables[0].tolist():
             log.warning("the board's CPU table differs from the estimators'; the kernel will round")
         meter = self.backend.power_meter()
@@ -214,9 +331,20 @@ class Governor:
         self._sample_power()
         state = self.backend.state()
         self._cur = self._read_point(state)
-        self._target = self._cur
-        self._caps = (math.inf,) * len(self.domains)
-        self._caps_until = 0.0
+        self._target = self._cur  # per domain, the frequency we last asked for
+        self._written: set[str] = set()  # domains we have written (a pinned limit is then ours)
+        self._caps = np.full(len(self.domains), np.inf)
+        # pinned limits at or under a known cap hide it (the kernel shows our pin): since when
+        self._blind_since = np.full(len(self.domains), np.inf)
+        # how long such a hidden cap is assumed before asking past it: doubled each time the cap
+        # is found still there (a long thermal episode costs few such requests), reset by a lift
+        self._recheck_s = np.full(len(self.domains), self.settings.cap_recheck_s)
+        for k, d in enumerate(self.domains):
+            self._observe(k, state[d].max, "ok")
+        self._from = self._cur  # what ran before the last change of each domain
+        self._lands_at = np.zeros(len(self.domains))  # when that change takes effect (monotonic s)
+        self._stale_at: float | None = None  # a late frame asks for an early re-read of the state
+        self._read_at = time.monotonic()  # the last settled read-back
         self._next_refresh = time.monotonic() + self.settings.state_refresh_s
         self._released = False
         self._started = True
@@ -317,8 +445,8 @@ class Governor:
         """Choose and put in force the pair for one frame. ``owner`` identifies the client (the
         daemon passes its connection): only it may report the frame, and its frames are dropped
         with it. ``may_block=False`` (the daemon's event loop) raises ``NeedsBackend``, with nothing
-        recorded, when the decision needs a grid not yet computed or a write: the common frame
-        (same pair) is then answered without leaving the loop."""
+        recorded, when the decision needs a grid not yet computed, a read of the state or a write:
+        the common frame (same pair) is then answered without leaving the loop."""
         if not self._started:
             raise GovernorError("not_started", "the governor is not running")
         if not (isinstance(deadline_ms, int | float) and math.isfinite(deadline_ms) and deadline_ms > 0):
@@ -335,7 +463,11 @@ class Governor:
                 raise NeedsBackend  # computing a grid takes ~20 ms: not on the caller's loop
             grid = self._grid(model, context_len)
         now = time.monotonic()
-        if self.inline_refresh and now >= self._next_refresh and not self._released:
+        if not self._released and ((self.inline_refresh and now >= self._next_refresh)
+                                   or (self._stale_at is not None and now >= self._stale_at)):
+            # due, or a frame came back late (a cap may have set in): read what is in force first
+            if not may_block:
+                raise NeedsBackend
             self.refresh()
         with self._lock:
             self.last_frame_at = now
@@ -345,69 +477,78 @@ class Governor:
             resume = self._released
             correction = self._correction(stats, model)
             level, corr = correction.level, correction.factor
-            lat, energy = grid.latency_ms[level], grid.energy_mj[level]
-            idx, feasible = self._choose(lat, energy, corr, deadline_ms, now, self._frontiers_for(grid, level))
+            ask = _Ask(grid.latency_ms[level], grid.energy_mj[level], grid.gpu_ms, corr, deadline_ms, now, app)
+            idx, feasible, predicted, wait = self._choose(ask, self._frontiers_for(grid, level))
             point = self._geometry.values[idx]
             changed = resume or point != self._cur
             if changed and not may_block:
                 raise NeedsBackend
             frame = next(self._ids)
-            # registered before the write, so decisions made meanwhile keep this frame's floor
-            self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner)
+            ask.frame = frame
+            # registered before the write, so decisions made meanwhile serve this frame's deadline
+            self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner,
+                                         predicted_ms=predicted, lat=ask.lat, corr=corr, gpu_ms=grid.gpu_ms,
+                                         wait_ms=wait)
             self._limit_frames(owner, app)
-            if not changed:  # the common frame: finished under this same lock
-                return self._decided(frame, stats, grid, lat, corr, point, True, feasible, deadline_ms,
-                                     False, (), context_len, now)
+            if not changed:  # the common frame: answered under this same lock
+                return self._decided(frame, stats, point, predicted, feasible, deadline_ms, False, (), context_len, now)
         notes: list[str] = []
         applied = True
-        if changed:
-            # a re-read of the state may hold the backend for a moment: wait for it (as long as a
-            # frame may wait for its own write), so no frame is left unwritten behind a refresh;
-            # behind another frame's write (a slow or stalled phone) do not queue
-            if self.write_wait_s is None:
-                got = self._io.acquire()
-            else:
-                got = self._io.acquire(blocking=False) or (
-                    self._io_holder != "write" and self._io.acquire(timeout=self.write_wait_s))
-            if got:
-                self._io_holder = "write"
-                job = self._io_thread().submit(self._io_job, self._resume_and_apply, point, lat, energy,
-                                               corr, deadline_ms, now)
-                try:
-                    point, notes = job.result(timeout=self.write_wait_s)
-                except concurrent.futures.TimeoutError:  # a stalled backend: answer, write when it can
-                    applied = False
-                    notes = [f"not applied yet: the backend has not answered within "
-                             f"{self.write_wait_s:g} s; the pair is written when it does"]
-            else:  # another write is still under way (a slow or stalled backend): do not queue behind it
+        # a re-read of the state may hold the backend for a moment: wait for it (as long as a
+        # frame may wait for its own write), so no frame is left unwritten behind a refresh;
+        # behind another frame's write wait only as long as a write normally takes: a frame
+        # answered meanwhile would start at the other frame's pair, but a stalled phone must
+        # not hold it
+        if self.write_wait_s is None:
+            got = self._io.acquire()
+        else:
+            got = self._io.acquire(blocking=False) or self._io.acquire(
+                timeout=self.write_wait_s if self._io_holder != "write"
+                else min(self.write_wait_s, WRITE_QUEUE_S))
+        if got:
+            self._io_holder = "write"
+            job = self._io_thread().submit(self._io_job, self._resume_and_apply, point, ask)
+            try:
+                point, notes = job.result(timeout=self.write_wait_s)
+            except concurrent.futures.TimeoutError:  # a stalled backend: answer, write when it can
                 applied = False
-                notes = ["not applied yet: the backend is busy with an earlier write; the pair is "
-                         "written once it answers"]
+                notes = [f"not applied yet: the backend has not answered within "
+                         f"{self.write_wait_s:g} s; the pair is written when it does"]
+        else:  # another write is still under way (a slow or stalled backend): do not queue behind it
+            applied = False
+            notes = ["not applied yet: the backend is busy with an earlier write; the pair is "
+                     "written once it answers"]
         with self._lock:
             if not applied:  # the reply names what is in force now, never a pair not yet written
                 point = self._cur
-            return self._decided(frame, stats, grid, lat, corr, point, applied, feasible, deadline_ms,
-                                 changed, tuple(notes), context_len, now)
+            eff = self._index(point)
+            # the frame starts once answered: after a write, frames answered meanwhile started first
+            # and queue ahead of it on the GPU (the queue is in the order frames start)
+            ask.now = time.monotonic()
+            wait = self._queue_wait_at(ask, eff)
+            predicted = self._predict_at(ask, eff) + wait
+            f = self._frames.get(frame)
+            if f is not None:
+                f.column, f.predicted_ms, f.wait_ms = grid.latency_ms[:, eff], predicted, wait
+                f.started = ask.now
+                f.pending = not applied
+                if applied:
+                    f.point = point
+            return self._decided(frame, stats, point, predicted, feasible, deadline_ms, True, tuple(notes),
+                                 context_len, now)
 
-    def _decided(self, frame: int, stats: _AppStats, grid: _Grid, lat: np.ndarray, corr: float,
-                 point: tuple[int, ...], applied: bool, feasible: bool, deadline_ms: float, changed: bool,
-                 notes: tuple[str, ...], context_len: int | None, now: float) -> Decision:
-        """The reply for a frame whose pair is settled (``point``: what is in force); under ``_lock``."""
-        eff = self._index(point)
-        predicted = float(lat[eff]) * corr
-        f = self._frames.get(frame)
-        if f is not None:
-            f.column, f.predicted_ms = grid.latency_ms[:, eff], predicted
-            if applied:
-                f.point = point
+    def _decided(self, frame: int, stats: _AppStats, point: tuple[int, ...], predicted: float,
+                 feasible: bool, deadline_ms: float, changed: bool, notes: tuple[str, ...],
+                 context_len: int | None, now: float) -> Decision:
+        """The reply for a frame whose point is settled (``point``: what is in force, ``predicted``
+        there, queueing wait included); under ``_lock``."""
         stats.frames += 1
         feasible = feasible and predicted <= deadline_ms
         stats.infeasible += not feasible
         cpu, gpu, mem = self._as_decision(point)
         decision = Decision(frame, cpu, gpu, round(predicted, 4), bool(feasible), changed, notes, mem)
         if self.recorder is not None:
-            held = [d for d, c in zip(self.domains, self._caps, strict=True) if now < self._caps_until
-                    and math.isfinite(c)]
+            held = [d for d, c in zip(self.domains, self._caps, strict=True) if math.isfinite(c)]
             self._to_record[frame] = (decision, context_len, now, held)
         return decision
 
@@ -458,55 +599,206 @@ class Governor:
             del self._frames[k]
 
     def _frontiers_for(self, grid: _Grid, level: int) -> dict:
-        """The frontiers of one grid at one correction state (host level), by mask. (``_choose``
-        without them decides by numpy over the whole grid: what the frontier is tested against.)"""
+        """The frontiers of one grid at one correction state (host level), by mask."""
         found = grid.frontiers.get(level)
         if found is None:
             found = grid.frontiers[level] = {}
         return found
 
-    def _allowed(self, caps: tuple | None, floor: tuple | None) -> np.ndarray:
-        """The points a decision may choose: reachable, under the caps, not under the floor."""
-        allowed = self._reachable.copy()
-        if caps is not None:
-            allowed &= np.all(self.points <= np.array(caps), axis=1)
-        if floor is not None:  # never lower a domain under a frame in flight
-            allowed &= np.all(self.points >= np.array(floor), axis=1)
+    def _allowed(self, caps: np.ndarray) -> np.ndarray:
+        """The points a decision may choose: reachable and under the caps; if the caps rule out every
+        reachable point, keep to the caps; never none."""
+        under = np.all(self.points <= caps, axis=1)
+        allowed = self._reachable & under
         if not allowed.any():
-            allowed[:] = True
+            allowed = under | ~self._reachable.any()
+            if not allowed.any():
+                allowed[:] = True
         return allowed
 
-    def _choose(self, lat: np.ndarray, energy_mj: np.ndarray, corr: float, deadline_ms: float,
-                now: float, frontiers: dict | None = None) -> tuple[int, bool]:
-        caps = self._caps if now < self._caps_until else None
-        floor = self._floor() if self._frames else None
-        if frontiers is not None:  # bisection on the cached frontier of this mask: the same choice
-            key = (caps, floor, self._reachable.tobytes())
-            front = frontiers.get(key)
-            if front is None:
-                if len(frontiers) >= MAX_FRONTIERS_PER_LEVEL:
-                    frontiers.clear()
-                front = frontiers[key] = Frontier(self._geometry, lat, energy_mj, self._allowed(caps, floor))
-            return front.choose(corr, deadline_ms, self._index(self._cur), self._cur, self._transition_costs,
-                                self.settings.hysteresis)
-        pred = lat * corr
-        allowed = self._allowed(caps, floor)
-        changes = self._transition_cost_ms()
-        ok = allowed & (pred + changes <= deadline_ms)
+    def _choose(self, ask: _Ask, frontiers: dict | None = None) -> tuple[int, bool, float, float]:
+        """The point of least predicted energy meeting ``ask``'s deadline under the caps, serving
+        the frames in flight; else the fastest allowed point (infeasible). Also returns the
+        predicted latency (queueing wait included) at the point chosen and that wait.
+
+        With ``frontiers`` (the cache of the grid's level) and no frame in flight, the point in force
+        is kept without looking at the whole grid when the full decision would keep it."""
+        caps = self._active_caps(ask.now)
+        if frontiers is not None and not self._frames:
+            kept = self._keep_in_force(ask, caps, frontiers)
+            if kept is not None:
+                return kept
+        allowed = self._allowed(caps)
+        serving = allowed & self._serves_in_flight(ask)
+        if serving.any():
+            allowed = serving
+        wait = np.broadcast_to(self._queue_wait(ask), len(self.points))
+        total = self._predict(ask) + wait
+        ok = allowed & (total <= ask.deadline_ms)
         if not ok.any():
-            masked = np.where(allowed, pred, np.inf)
-            return int(np.argmin(masked)), False
-        best = int(np.argmin(np.where(ok, energy_mj, np.inf)))
+            fastest = int(np.argmin(np.where(allowed, total, np.inf)))
+            return fastest, False, float(total[fastest]), float(wait[fastest])
+        best = int(np.argmin(np.where(ok, ask.energy_mj, np.inf)))
         cur = self._index(self._cur)
-        if ok[cur] and energy_mj[cur] <= energy_mj[best] * (1 + self.settings.hysteresis):
-            return cur, True
-        return best, True
+        if ok[cur] and ask.energy_mj[cur] <= ask.energy_mj[best] * (1 + self._hysteresis(ask)):
+            best = cur
+        return best, True, float(total[best]), float(wait[best])
+
+    def _keep_in_force(self, ask: _Ask, caps: np.ndarray, frontiers: dict) -> tuple[int, bool, float, float] | None:
+        """The full decision's answer when it keeps the point in force, else None: for a frame with
+        no other in flight (no queueing wait, no other deadline to serve, the plain hysteresis).
+        (Infeasible at the point in force: kept when no other point can be as fast.)
+
+        The point in force is predicted alone, in full. Every other point changes some domain, so
+        it is in one group: the points equal to the point in force in the domains of longer
+        actuation delay than domain k, differing in k. Its prediction is at least what a point of
+        that latency would take with domain k's delay alone (the prediction grows with the delay),
+        so the least energy of each group's points within the latency that allows (a staircase
+        per group, cached with the mask and the point in force) bounds the full decision's best
+        from below. The point in force within ``hysteresis`` of every group's bound: the full
+        decision keeps it too."""
+        cur_point = self._cur
+        mask = (caps.tobytes(), self._reachable_key, cur_point)
+        groups = frontiers.get(mask)
+        if groups is None:
+            if len(frontiers) >= MAX_FRONTIERS_PER_LEVEL:
+                frontiers.clear()
+            groups = frontiers[mask] = self._groups(ask, caps, cur_point)
+        cur, allowed, stairs = groups
+        if not allowed:
+            return None
+        predicted = self._predict_at(ask, cur)
+        deadline, corr = ask.deadline_ms, ask.corr
+        old = float(ask.lat[self._index(self._running(ask.now))]) * corr
+        if predicted > deadline:
+            # infeasible here: kept only as the fastest allowed point, no other point possibly as fast
+            beyond = predicted * (1 + 1e-9) + 1e-12
+            for stair, delay in stairs:
+                if _delayed(stair.f_lat[0] * corr, delay, old) <= beyond:
+                    return None
+            return cur, False, predicted, 0.0
+        for stair, delay in stairs:
+            limit = _latency_limit(deadline, delay, old)
+            # a little wider than the exact limit: the bound may only err on the low side
+            limit_ms = math.inf if corr <= 0 else limit / corr * (1 + 1e-9) + 1e-12
+            if stair.least_energy(limit_ms) * (1 + self.settings.hysteresis) < ask.energy_mj[cur]:
+                return None
+        return cur, True, predicted, 0.0
+
+    def _groups(self, ask: _Ask, caps: np.ndarray, cur_point: tuple[int, ...]) -> tuple:
+        """(index of the point in force, whether it is allowed, [(staircase, delay)] per group)."""
+        allowed = self._allowed(caps)
+        cur = self._index(cur_point)
+        equal = self.points == np.array(cur_point)
+        same = np.ones(len(self.points), dtype=bool)
+        stairs = []
+        for k in sorted(range(len(self.domains)), key=lambda k: -self._actuation_list[k]):
+            stairs.append((Staircase(ask.lat, ask.energy_mj, allowed & same & ~equal[:, k]),
+                           self._actuation_list[k]))
+            same &= equal[:, k]
+        return cur, bool(allowed[cur]), [(st, d) for st, d in stairs if len(st)]
+
+    def _hysteresis(self, ask: _Ask) -> float:
+        """How much more energy the pair in force may cost before it is changed. Higher while another
+        app's frame is in flight: each app's best pair differs, and a write per frame costs a round
+        trip during which the other apps' frames start at whatever runs. (Only then: an app that
+        is not running frames cannot hold another app on its pair.)"""
+        s = self.settings
+        shared = any(f.app != ask.app for f in self._frames.values())
+        return max(s.hysteresis, s.shared_hysteresis) if shared else s.hysteresis
+
+    def _active_caps(self, now: float) -> np.ndarray:
+        """The caps decisions keep to. A cap hidden by our own pin (pinned limits at or under it
+        show only the pin) is assumed for ``cap_recheck_s``, then asked past once: the kernel's
+        read-back of that request shows the cap again (the next check waits twice as long), or
+        that it has lifted. Caps the kernel's limits show (the userspace governor, or our request
+        standing above them) need no such check: their lift shows at the next read-back."""
+        hidden = now - self._blind_since > self._recheck_s
+        return np.where(hidden, np.inf, self._caps) if hidden.any() else self._caps
+
+    def _predict(self, ask: _Ask) -> np.ndarray:
+        """Corrected latency at every point, counting the actuation delay: until a changed domain
+        takes its new frequency (``a`` ms), the frame runs at what runs now, so a frame that needs
+        ``L_old`` there has done ``a / L_old`` of its work when the new point lands (a raise helps
+        less than its latency says)."""
+        lat = ask.lat * ask.corr
+        running = self._running(ask.now)
+        pending = np.maximum(self._lands_at - ask.now, 0.0) * 1e3
+        delay = np.where(self.points != np.array(self._cur), self._actuation, pending).max(axis=1)
+        if not delay.any():
+            return lat
+        old = float(lat[self._index(running)])
+        if old <= 0:
+            return lat + delay
+        mixed = np.where(delay >= old, old, delay + (1.0 - np.minimum(delay / old, 1.0)) * lat)
+        # a point slower than what runs now is not counted faster for its first moments: the write
+        # and its read-back may take longer than the change itself
+        return np.maximum(mixed, lat)
+
+    def _predict_at(self, ask: _Ask, i: int) -> float:
+        """``_predict(ask)[i]`` for one point, without the whole grid (the same float operations)."""
+        lat = float(ask.lat[i]) * ask.corr
+        values, now = self._geometry.values[i], ask.now
+        delay = 0.0
+        for v, c, act, lands in zip(values, self._cur, self._actuation_list, self._lands_at, strict=True):
+            d = act if v != c else max(lands - now, 0.0) * 1e3
+            if d > delay:
+                delay = d
+        if delay == 0.0:
+            return lat
+        return _delayed(lat, delay, float(ask.lat[self._index(self._running(now))]) * ask.corr)
+
+    def _queue_wait(self, ask: _Ask) -> np.ndarray | float:
+        """Per point, how long the frame waits behind other apps' GPU work in flight: their frames
+        queue on the GPU in the order they started, each occupying it for its GPU busy time at
+        that point's frequency (from its start or when the one before it is done), at least its
+        time at its own point."""
+        others = sorted((f for k, f in self._frames.items() if f.app != ask.app and k != ask.frame
+                         and f.gpu_ms is not None and f.started <= ask.now),  # later ones queue behind
+                        key=lambda f: f.started)
+        if not others:
+            return 0.0
+        free = np.full(len(self.points), -np.inf)
+        for f in others:
+            # its GPU work at the candidate's frequency, never counted shorter than at its own
+            # point: a raise may come too late to speed up work already queued
+            busy = np.maximum(f.gpu_ms, f.gpu_ms[self._index(f.point)])
+            free = np.maximum(free, f.started) + busy / 1e3
+        return np.maximum(free - ask.now, 0.0) * 1e3
+
+    def _queue_wait_at(self, ask: _Ask, i: int) -> float:
+        """``_queue_wait(ask)[i]`` for one point (the same float operations)."""
+        others = sorted((f for k, f in self._frames.items() if f.app != ask.app and k != ask.frame
+                         and f.gpu_ms is not None and f.started <= ask.now),
+                        key=lambda f: f.started)
+        free = -math.inf
+        for f in others:
+            busy = max(float(f.gpu_ms[i]), float(f.gpu_ms[self._index(f.point)]))
+            free = max(free, f.started) + busy / 1e3
+        return max(free - ask.now, 0.0) * 1e3 if others else 0.0
+
+    def _serves_in_flight(self, ask: _Ask) -> np.ndarray | bool:
+        """Points at which every frame in flight still meets its deadline: its work not yet done
+        (the share of its predicted time that has not elapsed) at the point's latency. A frame that
+        no point can save any more keeps at least the point it asked for."""
+        ok: np.ndarray | bool = True
+        for k, f in self._frames.items():
+            if k == ask.frame or f.lat is None:
+                continue
+            own = max(f.predicted_ms - f.wait_ms, 1e-6)
+            left = min(max(1.0 - ((ask.now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0)
+            meets = ask.now + left * (f.lat * f.corr) / 1e3 <= f.started + f.deadline_ms / 1e3
+            if not meets.any():
+                meets = np.all(self.points >= np.minimum(np.array(f.point), self._caps), axis=1)
+            ok = ok & meets
+        return ok
 
     def _floor(self) -> tuple[int, ...]:
-        """Per domain, the highest frequency a frame in flight asked for (0 when none)."""
-        if not self._frames:
+        """Per domain, the highest frequency a frame whose pair was not written yet asked for."""
+        asked = [f.point for f in self._frames.values() if f.pending]
+        if not asked:
             return (0,) * len(self.domains)
-        return tuple(max(col) for col in zip(*[f.point for f in self._frames.values()], strict=True))
+        return tuple(max(col) for col in zip(*asked, strict=True))
 
     def _io_thread(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._io_pool is None:
@@ -538,85 +830,102 @@ class Governor:
 
     def _refresh(self, now: float) -> None:
         try:
-            state = self.backend.state()
+            self._read_state(now)
         except BackendUnavailable:
             return
         self._sample_power()
+
+    def _read_state(self, now: float) -> bool:
+        """Read what is in force and each domain's max (holding ``_io``); True if a cap changed."""
+        state = self.backend.state()
         eff = self._read_point(state)
         with self._lock:
+            self._stale_at = None
+            self._read_at = now
+            caps = self._caps.copy()
+            for k, d in enumerate(self.domains):
+                self._observe(k, state[d].max, "ok")
             if eff != self._cur:
-                lower = [e < t for e, t in zip(eff, self._target, strict=True)]
-                if any(lower):
-                    self._caps = tuple(e if low else math.inf for e, low in zip(eff, lower, strict=True))
-                    self._caps_until = now + self.settings.cap_recheck_s
-                    log.info("frequencies in force dropped to %s", self._describe(eff))
+                log.info("frequencies in force now %s", self._describe(eff))
+                self._note_change(self._cur, eff, now)
                 self._cur = eff
+            return not np.array_equal(caps, self._caps)
 
     def _describe(self, point: tuple[int, ...]) -> str:
         units = {"cpu": "kHz", "gpu": "Hz"}
         return " / ".join(f"{d} {v} {units.get(d, '')}".strip() for d, v in zip(self.domains, point, strict=True))
 
-    def _transition_cost_ms(self) -> np.ndarray:
-        """Per point: the transition latency paid if applying it changes a domain."""
-        latency = np.array([self._transition_ms.get(d, 0.0) for d in self.domains])
-        changes = self.points != np.array(self._cur)
-        return np.max(np.where(changes, latency, 0.0), axis=1)
+    def _write(self, targets: dict[str, int]):
+        """Apply new frequencies through the backend, naming only the domains that change."""
+        return self.backend.apply(targets)
 
-    def _write(self, point: tuple[int, ...]):
-        """Apply a point through the backend, naming only the domains the board has."""
-        return self.backend.apply(dict(zip(self.domains, point, strict=True)))
-
-    def _apply(self, point: tuple[int, ...], lat: np.ndarray, energy_mj: np.ndarray, corr: float,
-               deadline_ms: float, now: float) -> tuple[tuple[int, ...], list[str]]:
-        """Write ``point``; while the kernel shows a cap or a clock that cannot reach a target,
-        learn it and decide again among the points the hardware allows (at most once per domain
-        and once more: each round rules out a frequency or sets a cap). Called holding ``_io``
-        (not ``_lock``): the writes may be slow."""
+    def _apply(self, point: tuple[int, ...], ask: _Ask) -> tuple[tuple[int, ...], list[str]]:
+        """Write the domains of ``point`` that differ from what is in force, and learn from the
+        settled read-back what runs and each domain's cap. A write that finds a cap or a clock that
+        cannot reach its target is followed by a decision among what the hardware allows (each
+        round sets a cap or rules out a frequency). Called holding ``_io`` (not ``_lock``): the
+        writes may be slow. Returns the point in force, as the kernel shows it."""
         notes: list[str] = []
-        eff = self._cur
-        for _ in range(len(self.domains) + 2):
-            with self._lock:
-                self._target = point
-            try:
-                res = self._write(point)
-            except BackendUnavailable as exc:
-                # keep serving: the frame runs at whatever is in force; retried on the next frame
-                return self._cur, notes + [f"not applied: {exc}"]
-            eff = tuple(res.effective.get(d, v) for d, v in zip(self.domains, point, strict=True))
-            notes += res.notes
-            with self._lock:
-                self._cur = eff
-                for k, domain in enumerate(self.domains):
-                    if domain in res.unreachable:
-                        self._reachable &= self.points[:, k] != res.target[domain]
-                        log.warning("%s: %s cannot be reached (the clock runs %s); planning without it",
-                                    domain, res.target[domain], res.unreachable[domain])
-                if res.capped:  # the kernel's limits hold a domain lower (thermal cap, another agent)
-                    self._caps = tuple(e if res.conditions.get(d) == "capped" else math.inf
-                                       for d, e in zip(self.domains, eff, strict=True))
-                    self._caps_until = now + self.settings.cap_recheck_s
-                    log.info("capped: running %s", self._describe(eff))
-                else:  # nothing holds the clocks lower: what runs is the target from now on
-                    self._target = eff
+        try:
+            if time.monotonic() - self._read_at > FRESH_READ_S and self._read_state(time.monotonic()):
+                # a cap set in since the last read-back: decide again under it before writing
+                with self._lock:
+                    idx = self._choose(ask)[0]
+                point = tuple(int(v) for v in self.points[idx])
+            for _ in range(len(self.domains) + 2):
+                res = self._write_point(point)
+                if res is None:
+                    break
+                notes += res.notes
                 if not (res.capped or res.unreachable):
                     break
-                idx, _ = self._choose(lat, energy_mj, corr, deadline_ms, now)
-                point = tuple(int(v) for v in self.points[idx])
-            if point == eff:
-                break
-        with self._lock:
-            raise_to = tuple(max(f, e) for f, e in zip(self._floor(), eff, strict=True))
-            raise_ok = raise_to != eff and now >= self._caps_until and bool(self._reachable[self._index(raise_to)])
-            if raise_ok:  # frames decided while this write was under way asked for more
-                self._target = raise_to
-        if raise_ok:
-            try:
-                res = self._write(raise_to)
                 with self._lock:
-                    self._cur = tuple(res.effective.get(d, v) for d, v in zip(self.domains, raise_to, strict=True))
-            except BackendUnavailable as exc:
-                notes.append(f"not applied: {exc}")
-        return eff, notes
+                    idx = self._choose(ask)[0]
+                point = tuple(int(v) for v in self.points[idx])
+            with self._lock:
+                # frames decided while this write was under way (answered with the old pair) asked
+                # for more: give it to them, within the caps
+                floor = np.minimum(np.array(self._floor()), self._caps)
+                raise_to = tuple(int(max(f, e)) for f, e in zip(floor, self._cur, strict=True))
+                for f in self._frames.values():
+                    f.pending = False
+                raise_ok = bool(self._reachable[self._index(raise_to)])
+            if raise_ok:
+                self._write_point(raise_to)
+        except BackendUnavailable as exc:
+            # keep serving: the frame runs at whatever is in force; retried on the next frame
+            notes.append(f"not applied: {exc}")
+        return self._cur, notes
+
+    def _write_point(self, point: tuple[int, ...]):
+        """Write the domains of ``point`` not in force; update what runs and the caps from the
+        read-back. Returns the backend's result, None when nothing differed."""
+        changes = {d: v for d, v, c in zip(self.domains, point, self._cur, strict=True) if v != c}
+        if not changes:
+            return None
+        with self._lock:
+            self._target = tuple(changes.get(d, t) for d, t in zip(self.domains, self._target, strict=True))
+            self._written |= set(changes)
+            for k, d in enumerate(self.domains):
+                if (d in changes and self._mechanism.get(d) == "minmax" and changes[d] <= self._caps[k]
+                        and not math.isfinite(self._blind_since[k])):
+                    self._blind_since[k] = time.monotonic()
+        at = time.monotonic()
+        res = self._write(changes)
+        with self._lock:
+            self._read_at = time.monotonic()
+            eff = tuple(int(res.effective.get(d, c)) for d, c in zip(self.domains, self._cur, strict=True))
+            for k, domain in enumerate(self.domains):
+                if domain in res.unreachable:
+                    self._reachable &= self.points[:, k] != res.target[domain]
+                    self._reachable_key = self._reachable.tobytes()
+                    log.warning("%s: %s cannot be reached (the clock runs %s); planning without it",
+                                domain, res.target[domain], res.unreachable[domain])
+                if domain in res.limits:
+                    self._observe(k, res.limits[domain][1], res.conditions.get(domain, "ok"))
+            self._note_change(self._cur, eff, at)
+            self._cur = eff
+        return res
 
     def after_frame(self, frame: int, latency_ms: float | None, owner: object = None, failed: bool = False) -> dict:
         """Report a frame. A failed frame (the inference raised) is counted, never learned from;
@@ -639,6 +948,11 @@ class Governor:
                 return {"learned": False}
             if latency_ms > f.deadline_ms:
                 stats.misses += 1
+                if f.predicted_ms <= f.deadline_ms:
+                    # late though predicted in time: something may have changed under us (a cap):
+                    # re-read before long (a frame known to be infeasible tells nothing new)
+                    soon = time.monotonic() + MISS_REFRESH_S
+                    self._stale_at = soon if self._stale_at is None else min(self._stale_at, soon)
             if self.recorder is not None:
                 self._record(f, frame, latency_ms)
             limit = self.settings.outlier_ratio * max(f.predicted_ms, f.deadline_ms)
@@ -647,7 +961,13 @@ class Governor:
                 return {"learned": False, "notes": [f"latency {latency_ms:g} ms is over {limit:g} ms "
                                                     f"({self.settings.outlier_ratio:g}x the prediction or "
                                                     "deadline): counted as late, not learned from"]}
-            self._correction(stats, f.model).add(f.column, latency_ms)
+            # waiting behind other apps' GPU work is added time, not a slower host. How long it
+            # really waited is not reported: a short predicted wait is taken off, a frame that
+            # may have waited longer is not learned from (its own time is unknown)
+            if f.wait_ms > WAIT_LEARN_SHARE * latency_ms:
+                return {"learned": False, "notes": [f"predicted to wait {f.wait_ms:.3g} ms behind other "
+                                                    "apps' GPU work: not learned from"]}
+            self._correction(stats, f.model).add(f.column, latency_ms - f.wait_ms)
             return {"learned": True}
 
     def _record(self, f: _Frame, frame: int, latency_ms: float) -> None:
@@ -716,7 +1036,7 @@ class Governor:
             log.info("idle: domains handed back (%s)", "; ".join(done) or "nothing to change")
             return done
 
-    def _resume_and_apply(self, point: tuple[int, ...], *args) -> tuple[tuple[int, ...], list[str]]:
+    def _resume_and_apply(self, point: tuple[int, ...], ask: _Ask) -> tuple[tuple[int, ...], list[str]]:
         """On the I/O thread holding ``_io``: after an idle release, save the settings in force
         (the originals again) before the first write."""
         if not self._started:  # stopped meanwhile: nothing may be written any more
@@ -728,13 +1048,16 @@ class Governor:
             except BackendUnavailable as exc:
                 return self._cur, [f"not applied: {exc}"]
             with self._lock:
-                self._cur = self._read_point(state)
+                self._cur = self._from = self._read_point(state)
                 self._target = self._cur
+                self._written = set()  # the original limits are back: none of them is ours
+                for k, d in enumerate(self.domains):
+                    self._observe(k, state[d].max, "ok")
                 self._released = False
             log.info("resuming: domains taken again")
             if point == self._cur:
                 return point, []
-        return self._apply(point, *args)
+        return self._apply(point, ask)
 
     @contextmanager
     def frame(self, model: str, deadline_ms: float, context_len: int | None = None,
@@ -784,7 +1107,7 @@ class Governor:
                              "host_slowdown": c.host_slowdown, "samples": len(c.frames), "apps": len(users)}
             return {
                 **self._status_frequencies(),
-                "capped": bool(self._started and time.monotonic() < self._caps_until),
+                "capped": bool(self._started and np.isfinite(self._caps).any()),
                 "released": self._released,
                 "models": models,
                 "apps": {a: {"frames": s.frames, "misses": s.misses, "infeasible": s.infeasible,

@@ -12,9 +12,9 @@ things are learned per model from the frames just measured:
   first (the ``s`` whose ``b`` is closest to 1), and the next frames at the new pair confirm it or
   move the blame to ``b``. This is what lets the governor answer background load with CPU frequency alone, as the
   oracle does, instead of raising both domains;
-* a spread: the (1 - miss target) quantile of measured / (b x L_s), each frame against the fit
-  that includes it, over a longer window: the noise the deadline must absorb for the miss rate to
-  stay at the target.
+* a spread: the margin on measured / (b x L_s), each frame against the fit that includes it: the
+  noise the deadline must absorb for the miss rate to stay at the target. governor/margins.py
+  supplies it (a fitted tail, raised at once by a cluster of misses, let go once it has passed).
 
 Adaptation is asymmetric on purpose: a fit over the last few frames may raise the prediction at
 once (a deadline is at stake), lowering waits for the longer window.
@@ -22,12 +22,12 @@ once (a deadline is at stake), lowering waits for the longer window.
 
 from __future__ import annotations
 
-import bisect
 from collections import deque
 
 import numpy as np
 
 from governor.config import GovernorSettings
+from governor.margins import TailMargin
 
 HOST_LEVELS = np.array([1.0, 1.15, 1.3, 1.5, 1.75, 2.0, 2.5, 3.0])
 FIT_WINDOW = 24
@@ -44,8 +44,10 @@ class Correction:
         self._pred = np.zeros((FIT_WINDOW, len(HOST_LEVELS)))
         self._meas = np.zeros(FIT_WINDOW)
         self._next = 0
-        self.spread_samples: deque[float] = deque(maxlen=settings.correction_window)
-        self._sorted_spread: list[float] = []  # spread_samples in order, for the quantile
+        self.margin = TailMargin(settings.miss_rate_target, settings.correction_window,
+                                 settings.margin_half_life_frames, settings.min_samples,
+                                 1.0 + settings.initial_margin, settings.miss_cluster,
+                                 settings.cluster_window)
         self.level = 0  # index into HOST_LEVELS
         self.bias = 1.0
         self.spread = 1.0 + settings.initial_margin
@@ -79,25 +81,7 @@ class Correction:
         # window handles): what the deadline must absorb
         expected = bias * float(column[level])
         if expected > 0:
-            self._add_spread(measured_ms / expected)
-        s = self.settings
-        if len(self.spread_samples) >= s.min_samples:
-            self.spread = max(self._spread_quantile(1.0 - s.miss_rate_target), 1.0)
-
-    def _add_spread(self, ratio: float) -> None:
-        if len(self.spread_samples) == self.spread_samples.maxlen:
-            old = self.spread_samples[0]
-            del self._sorted_spread[bisect.bisect_left(self._sorted_spread, old)]
-        self.spread_samples.append(ratio)
-        bisect.insort(self._sorted_spread, ratio)
-
-    def _spread_quantile(self, q: float) -> float:
-        """numpy's default (linear) quantile of the spread samples, from the sorted copy."""
-        xs = self._sorted_spread
-        h = (len(xs) - 1) * q
-        lo = int(h)
-        hi = min(lo + 1, len(xs) - 1)
-        return xs[lo] + (h - lo) * (xs[hi] - xs[lo])
+            self.spread = self.margin.add(measured_ms / expected, expected / max(float(column[0]), 1e-9))
 
     @staticmethod
     def _fit(frames: list[tuple[np.ndarray, float]]) -> tuple[int, float]:

@@ -213,3 +213,32 @@ def choose_brute(points: np.ndarray, lat_ms: np.ndarray, energy_mj: np.ndarray, 
     if ok[cur_index] and energy_mj[cur_index] <= energy_mj[best] * (1 + hysteresis):
         return cur_index, True
     return best, True
+
+
+class Staircase:
+    """The least energy of a set of points as a function of a latency limit: the points sorted by
+    latency, with the running minimum of their energy, kept only where it drops. Small (the
+    frontier's entries only), so that many can be cached; no per-point lists as ``Frontier`` keeps.
+
+    The governor's shortcut for the common frame (core.Governor._keep_in_force) asks each group of
+    points (those changing a given domain, whose actuation delay bounds their prediction from
+    below) for its least energy under a latency limit."""
+
+    __slots__ = ("f_lat", "f_energy")
+
+    def __init__(self, lat_ms: np.ndarray, energy_mj: np.ndarray, members: np.ndarray) -> None:
+        idx = np.flatnonzero(members)
+        order = idx[np.lexsort((idx, lat_ms[idx]))]
+        least = np.minimum.accumulate(energy_mj[order]) if len(order) else np.zeros(0)
+        drops = np.ones(len(order), dtype=bool)
+        drops[1:] = least[1:] < least[:-1]
+        self.f_lat: list[float] = lat_ms[order][drops].tolist()
+        self.f_energy: list[float] = least[drops].tolist()
+
+    def __len__(self) -> int:
+        return len(self.f_lat)
+
+    def least_energy(self, lat_limit_ms: float) -> float:
+        """The least energy among the points whose latency is at most ``lat_limit_ms`` (inf if none)."""
+        k = bisect_right(self.f_lat, lat_limit_ms) - 1
+        return self.f_energy[k] if k >= 0 else math.inf

@@ -33,15 +33,24 @@ def setup(tmp_path, estimators):
 
 
 def brute_force_choice(gov: Governor, est, deadline_ms: float, factor: float):
-    """Least predicted energy among pairs meeting the deadline, by explicit enumeration."""
+    """Least predicted energy among pairs meeting the deadline, by explicit enumeration. The board
+    boots at its fastest point; a point that changes a domain runs there until the change lands,
+    never counted faster than its own latency."""
     board = gov.board
     br = est.grid(with_overlap=False)
     mems = br.mem_hz if br.mem_hz is not None else [None] * len(br.cpu_khz)
+    # until a changed domain's new frequency lands (its actuation latency: 20 us CPU, 200 us GPU,
+    # 8 ms memory on this board) the frame runs at the old point: the board's fastest
+    top = (board.cpu.inference.frequencies_khz[-1], board.gpu.frequencies_hz[-1],
+           board.memory.frequencies_hz[-1] if br.mem_hz is not None else None)
+    old = [lat for c, g, m, lat in zip(br.cpu_khz, br.gpu_hz, mems, br.latency_ms, strict=True)
+           if (c, g, m) == top][0] * factor
     best = None
     for c, g, m, lat, host, gpu in zip(br.cpu_khz, br.gpu_hz, mems, br.latency_ms, br.host_busy_ms,
                                        br.gpu_busy_ms, strict=True):
-        # transition latencies, worst case: 0.2 ms for the GPU, 1 ms for the memory
-        if lat * factor + (0.2 if m is None else 1.0) > deadline_ms:
+        delay = max(0.02 if c != top[0] else 0.0, 0.2 if g != top[1] else 0.0, 8.0 if m != top[2] else 0.0)
+        at_old = old if delay >= old else delay + (1 - delay / old) * lat * factor
+        if max(at_old, lat * factor) > deadline_ms:
             continue
         e = board.power_mw("cpu", c) * host + board.power_mw("gpu", g) * gpu + board.idle_power_mw * lat
         if m is not None:  # the memory is active for the whole frame

@@ -1,0 +1,154 @@
+"""The noise margin: how much above the corrected prediction a frame may run, so that misses stay at
+the target rate.
+
+Why not a plain quantile of recent residuals: at a 1% target a 300-frame window holds three
+samples above the quantile, so the estimate jumps with every one of them, and the window keeps a
+transient (the frames while the correction caught up with a load change) for its whole length.
+Misses on real boards also come in clusters: the frame after a miss is far likelier to miss.
+
+What is done instead, per (app, model), on the residual ratio r = measured / corrected prediction:
+
+* **a fitted tail**: samples are weighted by age (half-life ``margin_half_life_frames``); above a
+  threshold u (the weighted 80% quantile) the exceedances r - u are fitted with a generalized
+  Pareto distribution by the method of moments, and the margin is the fitted quantile at the miss
+  target: u + sigma/xi ((p_u/p)^xi - 1). A few hundred frames give a stable 1% quantile this way;
+  below ``MIN_TAIL`` weighted exceedances the weighted empirical quantile is used;
+* **clusters raise it at once**: when ``miss_cluster`` of the last ``cluster_window`` frames ran
+  above the margin, the margin becomes the largest of those ratios (no waiting for the fit),
+  measured against the fit as it is now: once the correction's bias has caught up with a slower
+  regime the cluster no longer counts twice;
+* **never twice**: the fitted margin times the fit's scale stays under the plain (1 - target) quantile of
+  what was measured (against the uncorrected prediction) over the window, so a fit that has
+  followed a regime and a margin that learned its lag do not add up;
+* **and let go promptly**: the samples of a cluster are a transient (a load step, a burst), not the
+  steady noise: once the cluster has passed (``cluster_window`` frames back under the margin) they
+  fade with a short half-life (``CLUSTER_HALF_LIFE``), so the margin comes back down within tens
+  of frames instead of a whole window. Isolated exceedances, the real tail, keep the long half-life.
+
+numpy only (a closed-form fit), a few microseconds per frame at the window sizes used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+BODY_QUANTILE = 0.80  # threshold of the tail fit
+MIN_TAIL = 8.0  # weighted exceedances needed before the tail is fitted
+CLUSTER_HALF_LIFE = 8.0  # frames: how fast a passed cluster's samples fade
+XI_RANGE = (-0.5, 0.45)  # shape of the fitted tail, kept where the moments exist
+
+
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The q quantile of ``values`` with ``weights`` (the smallest value whose weight below and at
+    it reaches q of the total)."""
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    k = int(np.searchsorted(cum, q * cum[-1]))
+    return float(values[order[min(k, len(values) - 1)]])
+
+
+def gpd_quantile(excess: np.ndarray, weights: np.ndarray, exceed_prob: float, target: float) -> float:
+    """Quantile above the threshold at exceedance probability ``target`` of a generalized Pareto
+    fitted (weighted method of moments) to ``excess`` (values minus the threshold), given that a
+    sample exceeds the threshold with probability ``exceed_prob``."""
+    total = float(weights.sum())
+    mean = float((weights * excess).sum() / total)
+    var = float((weights * (excess - mean) ** 2).sum() / total)
+    if mean <= 0.0:
+        return 0.0
+    if var <= 0.0:
+        return mean
+    ratio = mean * mean / var
+    xi = min(max(0.5 * (1.0 - ratio), XI_RANGE[0]), XI_RANGE[1])
+    sigma = mean * (1.0 - xi)  # keeps the fitted mean when xi was clamped
+    odds = max(exceed_prob / target, 1.0)
+    if abs(xi) < 1e-6:
+        return sigma * math.log(odds)
+    return sigma / xi * (odds ** xi - 1.0)
+
+
+class TailMargin:
+    """The multiplier (>= 1) on a corrected prediction that leaves ``target`` of frames late."""
+
+    def __init__(self, target: float, window: int, half_life_frames: float, min_samples: int,
+                 initial: float, cluster: int = 2, cluster_window: int = 10) -> None:
+        self.target = target
+        self.half_life = float(half_life_frames)
+        self.min_samples = min_samples
+        self.cluster = cluster
+        self.cluster_window = cluster_window
+        self.ratios: deque[float] = deque(maxlen=window)
+        self.raw: deque[float] = deque(maxlen=window)  # ratio x the fit's scale then
+        self.transient: deque[bool] = deque(maxlen=window)  # the sample belonged to a miss cluster
+        self.since_cluster = math.inf  # frames since the last frame of a cluster
+        self.base = initial  # the fitted margin before the cluster under way began
+        self.fitted = initial
+        self.value = initial
+
+    def __len__(self) -> int:
+        return len(self.ratios)
+
+    @property
+    def in_cluster(self) -> bool:
+        return self.since_cluster < self.cluster_window
+
+    def add(self, ratio: float, scale: float = 1.0) -> float:
+        """One frame's measured / corrected-prediction ratio; returns the new margin. ``scale``: the
+        fit's multiplier on the uncorrected prediction when the ratio was taken, so that a cluster
+        the fit has since caught up with (the bias moved) stops raising the margin on top of it."""
+        ratio = float(ratio)
+        self.ratios.append(ratio)
+        self.raw.append(ratio * scale)
+        self.transient.append(False)
+        level = self.base if self.in_cluster else self.fitted
+        recent = list(self.ratios)[-self.cluster_window:]
+        above = [r for r in recent if r > level]
+        if ratio > level and len(above) >= self.cluster:
+            if not self.in_cluster:
+                self.base = self.fitted
+            # a cluster: its samples are a transient, and the margin covers them at once
+            for k in range(len(self.ratios) - len(recent), len(self.ratios)):
+                self.transient[k] = self.transient[k] or self.ratios[k] > self.base
+            self.since_cluster = 0
+        else:
+            self.since_cluster += 1
+        if len(self.ratios) >= self.min_samples:
+            self.fitted = max(self._fit(), 1.0)
+        boost = 1.0
+        if self.in_cluster:  # the cluster's slowest frame, against the fit as it is now
+            boost = max(list(self.raw)[-self.cluster_window:], default=scale) / scale
+        fitted = self.fitted
+        if len(self.raw) >= self.min_samples:
+            # never more than the plain quantile of what was measured asks for: a fit that follows
+            # a regime quickly and a margin that learned the lag would otherwise count it twice
+            plain = float(np.quantile(np.fromiter(self.raw, float, len(self.raw)), 1.0 - self.target))
+            fitted = max(1.0, min(fitted, plain / scale))
+        self.value = max(fitted, boost)
+        return self.value
+
+    def _weights(self) -> np.ndarray:
+        n = len(self.ratios)
+        w = 0.5 ** (np.arange(n - 1, -1, -1, dtype=float) / self.half_life)
+        if not self.in_cluster:  # the cluster has passed: its samples go, quickly
+            transient = np.fromiter(self.transient, bool, n)
+            gone = max(0.0, self.since_cluster - self.cluster_window + 1)
+            w = np.where(transient, w * 0.5 ** (gone / CLUSTER_HALF_LIFE), w)
+        return w
+
+    def _fit(self) -> float:
+        r = np.fromiter(self.ratios, float, len(self.ratios))
+        w = self._weights()
+        keep = w >= 1e-3 * w.max()
+        r, w = r[keep], w[keep]
+        u = weighted_quantile(r, w, BODY_QUANTILE)
+        tail = r > u
+        tail_w = float(w[tail].sum())
+        if tail_w < MIN_TAIL * float(w.max()) or tail.sum() < 3:
+            return weighted_quantile(r, w, 1.0 - self.target)
+        p_u = tail_w / float(w.sum())
+        q = u + gpd_quantile(r[tail] - u, w[tail], p_u, self.target)
+        # a fit never reaches beyond what the samples that still count have shown
+        return min(q, float(r[w >= 0.1 * w.max()].max()))

@@ -1,0 +1,166 @@
+"""The governor under real dynamics, in process on the virtual board (its kernel applies every
+write): caps from the kernel's read-back per domain, only changed domains written, actuation delay,
+other apps' GPU work as queueing. Every store is recorded on its way to the kernel, with the cap the
+kernel had in force at that moment (as the FUSE mount's store log does)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dvfs_schema.loading import load_board
+from governor.app import fit_on_virtual_board
+from governor.config import GovernorSettings
+from governor.core import Governor
+from sysfs_backends.virtual.board import VirtualBoard
+
+
+class StoreLog:
+    """Passes every store on to the virtual kernel and notes it with the cap in force then."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.stores: list[tuple[str, int, int | None]] = []
+
+    def read(self, path: str) -> str:
+        return self.kernel.read(path)
+
+    def write(self, path: str, value: str) -> None:
+        directory = path.rsplit("/", 1)[0].removesuffix("/userspace")
+        cap = self.kernel.thermal_cap_of(directory)
+        if path.rsplit("/", 1)[-1] in {"scaling_setspeed", "scaling_min_freq", "scaling_max_freq",
+                                       "set_freq", "min_freq", "max_freq"}:
+            self.stores.append((path, int(value), cap))
+        self.kernel.write(path, value)
+
+    def above_cap(self) -> list[tuple[str, int, int | None]]:
+        return [s for s in self.stores if s[2] is not None and s[1] > s[2]]
+
+
+@pytest.fixture(scope="module")
+def estimators():
+    return {b: fit_on_virtual_board(load_board(b), "yolo_tiny") for b in ("rk3588", "sd888_phone")}
+
+
+def governed(tmp_path, estimators, board_name: str, **settings):
+    board = load_board(board_name)
+    vb = VirtualBoard(tmp_path / board_name, board)
+    backend = vb.backend(tmp_path / f"{board_name}.json")
+    log = StoreLog(vb.kernel)
+    backend.transport.hook = log
+    gov = Governor(backend, board, {"yolo": estimators[board_name]}, GovernorSettings(**settings))
+    return gov, vb, log
+
+
+def fastest_ms(gov: Governor) -> float:
+    return float(gov._grid("yolo", None).latency_ms[0].min())
+
+
+def point_of(d) -> tuple[int, ...]:
+    """A decision's point, one frequency per domain the board has (CPU, GPU, memory)."""
+    return tuple(v for v in (d.cpu_khz, d.gpu_hz, d.mem_hz) if v is not None)
+
+
+@pytest.mark.parametrize("board_name", ["rk3588", "sd888_phone"])  # userspace, pinned min == max
+def test_caps_from_the_kernel_no_store_above_them_lift_seen_at_the_next_read(tmp_path, estimators, board_name):
+    """The userspace governor leaves the limits to the kernel: its max is the cap, onset and lift
+    show at the next read. Pinned limits show the cap only while our request stands above it;
+    pinned under it they hide it, so it is asked past once after ``cap_recheck_s``."""
+    pinned = board_name == "sd888_phone"
+    gov, vb, log = governed(tmp_path, estimators, board_name, state_refresh_s=3600.0,
+                            cap_recheck_s=0.2 if pinned else 3600.0)
+    sim = vb.board.simulation
+    tight = fastest_ms(gov) * 1.05
+    with gov:
+        d = gov.before_frame("yolo", tight)
+        gov.after_frame(d.frame, d.predicted_ms)
+        top = point_of(d)
+        vb.kernel.force_thermal_cap(True)  # the kernel caps without any write of ours
+        gov.refresh()  # the next read-back of the state
+        assert gov.status()["capped"]
+        for deadline in (tight, tight * 1.5, tight * 3, tight):
+            d = gov.before_frame("yolo", deadline)
+            # the reply names the pair the kernel runs, within the caps
+            assert d.cpu_khz <= sim.thermal_cap_cpu_khz and d.gpu_hz <= sim.thermal_cap_gpu_hz
+            assert vb.kernel.read_state()["thermal"]["capped"]
+            gov.after_frame(d.frame, d.predicted_ms)
+        assert log.above_cap() == [], log.above_cap()
+        vb.kernel.force_thermal_cap(False)
+        gov.refresh()
+        if pinned:  # our last pin hides whether the cap holds: asked past once it is due
+            time.sleep(0.25)
+        d = gov.before_frame("yolo", tight)  # userspace: no timer to wait out, the fastest pair at once
+        assert point_of(d) == top and not gov.status()["capped"]
+        gov.after_frame(d.frame, d.predicted_ms)
+
+
+def test_a_late_frame_gets_the_cap_read_before_the_next_decision(tmp_path, estimators):
+    gov, vb, log = governed(tmp_path, estimators, "rk3588", state_refresh_s=3600.0)
+    sim = vb.board.simulation
+    tight = fastest_ms(gov) * 1.05
+    with gov:
+        d = gov.before_frame("yolo", tight)
+        vb.kernel.force_thermal_cap(True)
+        gov.after_frame(d.frame, tight * 1.3)  # late: the cap slowed it
+        time.sleep(0.06)
+        d = gov.before_frame("yolo", tight * 2)
+        assert d.cpu_khz <= sim.thermal_cap_cpu_khz and d.gpu_hz <= sim.thermal_cap_gpu_hz
+        assert gov.status()["capped"] and log.above_cap() == []
+
+
+def test_only_the_domain_that_changes_is_written(tmp_path, estimators):
+    gov, vb, log = governed(tmp_path, estimators, "rk3588")
+    with gov:
+        d = gov.before_frame("yolo", 80.0)
+        gov.after_frame(d.frame, d.predicted_ms)
+        before = len(log.stores)
+        # a point differing in the CPU only: the other domains' files are not touched
+        grid_point = (int(gov.tables[0][-1]), *point_of(d)[1:])
+        gov._apply(grid_point, None)
+        new = log.stores[before:]
+        assert new and all("cpufreq" in path for path, _, _ in new)
+        # the same pair again: nothing at all
+        n = len(log.stores)
+        gov._apply(grid_point, None)
+        assert len(log.stores) == n
+
+
+def test_actuation_delay_counts_for_a_frame_starting_before_the_change_lands(tmp_path, estimators):
+    """Raised from the slowest pair, a frame runs its first milliseconds at the old pair: with a
+    long actuation delay the same deadline needs a faster pair."""
+    picks = {}
+    for delay_ms in (0.0, 6.0):
+        gov, vb, _ = governed(tmp_path / str(delay_ms), estimators, "rk3588",
+                              actuation_ms={"cpu": delay_ms, "gpu": delay_ms, "mem": delay_ms})
+        with gov:
+            slow = gov.before_frame("yolo", 500.0)  # a loose deadline: the cheapest pair
+            gov.after_frame(slow.frame, slow.predicted_ms)
+            gov._lands_at[:] = 0.0  # long landed
+            d = gov.before_frame("yolo", fastest_ms(gov) * 1.4)
+            picks[delay_ms] = point_of(d)
+            gov.after_frame(d.frame, d.predicted_ms)
+    slow_lat = gov._grid("yolo", None).latency_ms[0]
+    assert picks[6.0] != picks[0.0]
+    assert slow_lat[gov._index(picks[6.0])] < slow_lat[gov._index(picks[0.0])]
+
+
+def test_other_apps_gpu_work_is_waiting_not_a_slower_host(tmp_path, estimators):
+    gov, vb, _ = governed(tmp_path, estimators, "rk3588")
+    grid = None
+    with gov:
+        for _ in range(30):
+            t0 = time.monotonic()
+            a = gov.before_frame("yolo", 60.0, app="camera")  # in flight: its GPU work queued first
+            b = gov.before_frame("yolo", 120.0, app="second")
+            elapsed_ms = (time.monotonic() - t0) * 1e3
+            grid = gov._grid("yolo", None)
+            own_b = float(grid.latency_ms[0][gov._index(point_of(b))])
+            queued = float(grid.gpu_ms[gov._index(point_of(a))])
+            # the wait (what is left of a's GPU work) is in b's prediction, on top of its own time
+            wait = gov._frames[b.frame].wait_ms
+            assert queued - elapsed_ms <= wait <= queued and b.predicted_ms >= wait + 0.9 * own_b
+            gov.after_frame(a.frame, float(grid.latency_ms[0][gov._index(point_of(a))]))
+            gov.after_frame(b.frame, own_b + queued)  # b measured its wait too
+        second = gov.correction("second", "yolo")
+        assert second.host_slowdown == 1.0 and second.bias < 1.05

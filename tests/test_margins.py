@@ -1,0 +1,82 @@
+"""The noise margin (governor/margins.py) on drawn residuals: it holds the miss target on noise it
+has not seen, reacts to a cluster at once and lets go of a passed transient."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from governor.margins import TailMargin, gpd_quantile, weighted_quantile
+
+
+def margin(**kw) -> TailMargin:
+    args = {"target": 0.01, "window": 300, "half_life_frames": 100, "min_samples": 20, "initial": 1.1}
+    return TailMargin(**(args | kw))
+
+
+def test_gpd_fit_recovers_an_exponential_tail():
+    rng = np.random.default_rng(0)
+    excess = rng.exponential(0.05, 5000)  # generalized Pareto with xi = 0
+    q = gpd_quantile(excess, np.ones_like(excess), exceed_prob=0.2, target=0.01)
+    assert q == pytest.approx(0.05 * math.log(0.2 / 0.01), rel=0.08)
+
+
+def test_weighted_quantile_counts_weights():
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    assert weighted_quantile(values, np.array([1.0, 1.0, 1.0, 1.0]), 0.5) == 2.0
+    assert weighted_quantile(values, np.array([0.0, 0.0, 1.0, 9.0]), 0.5) == 4.0
+
+
+@pytest.mark.parametrize("draw", [
+    lambda rng: 1.0 + rng.normal(0.0, 0.03),
+    lambda rng: float(np.exp(rng.normal(0.0, 0.05))),
+    lambda rng: 1.0 + 0.02 * rng.pareto(4.0),
+], ids=["gaussian", "lognormal", "pareto"])
+def test_holds_the_miss_target_on_unseen_noise(draw):
+    rng = np.random.default_rng(7)
+    m = margin()
+    for _ in range(300):
+        m.add(draw(rng))
+    fresh = np.array([draw(rng) for _ in range(20000)])
+    late = float(np.mean(fresh > m.value))
+    assert 0.002 <= late <= 0.03, f"{late:.4f} of fresh frames over the margin {m.value:.4f}"
+
+
+def test_a_cluster_raises_it_at_once_and_it_lets_go_once_passed():
+    rng = np.random.default_rng(3)
+    m = margin()
+    for _ in range(200):
+        m.add(1.0 + rng.normal(0.0, 0.02))
+    before = m.value
+    m.add(1.5)
+    assert m.value < 1.5  # one slow frame is the tail, not a cluster
+    m.add(1.45)
+    assert m.value >= 1.5  # the second within the window: covered at once
+    for _ in range(20):
+        m.add(1.5 + rng.normal(0.0, 0.03))
+    assert m.value >= 1.45
+    plain = []  # what a plain quantile over the same window would say afterwards
+    for _ in range(40):
+        m.add(1.0 + rng.normal(0.0, 0.02))
+        plain.append(float(np.quantile(np.fromiter(m.ratios, float), 0.99)))
+    assert m.value <= before * 1.03, f"still {m.value:.3f} after the transient (before {before:.3f})"
+    assert plain[-1] > 1.4  # the window alone would have kept the transient for hundreds of frames
+
+
+def test_a_regime_the_fit_has_followed_is_not_counted_twice():
+    """Frames become 1.35x slower for good; the correction's fit follows after three frames (its
+    scale moves to 1.35), so those three ratios are lag, not noise. The margin on top of the new
+    scale never asks more than the plain quantile of what was measured (no cluster logic here)."""
+    rng = np.random.default_rng(5)
+    m = margin(cluster=1000)
+    for _ in range(150):
+        m.add(1.0 + rng.normal(0.0, 0.01), 1.0)
+    for n in range(60):
+        measured = 1.35 * (1.0 + rng.normal(0.0, 0.01))
+        scale = 1.0 if n < 3 else 1.35
+        m.add(measured / scale, scale)
+    assert m.fitted > 1.1  # the tail fit alone has learned the lag as noise
+    assert m.value * 1.35 <= float(np.quantile(np.fromiter(m.raw, float), 0.99)) * 1.0001
+    assert m.value < 1.05
