@@ -40,6 +40,7 @@ from governor.config import GovernorSettings
 from governor.correction import HOST_LEVELS, Correction
 from governor.frontier import Frontier, GridGeometry
 from governor.measured_power import PowerTracker
+from governor.power_online import PowerLearner
 from governor.recording import FrameRecord, RunRecorder
 from sysfs_backends.base import Backend, BackendUnavailable
 
@@ -80,7 +81,9 @@ class _Grid:
     of the correction: arrays (levels, pairs)."""
 
     latency_ms: np.ndarray
-    energy_mj: np.ndarray
+    energy_mj: np.ndarray  # what decisions minimise: the terms below at the learned power scales
+    # the energy model's terms (idle, then each domain), J, float32: (terms, levels, points)
+    energy_parts: np.ndarray | None = field(default=None, repr=False, compare=False)
     # per host level, per mask: the Pareto frontier the decision bisects (governor/frontier.py);
     # kept with the grid, so a grid evicted or replaced takes its frontiers with it
     frontiers: dict = field(default_factory=dict, repr=False, compare=False)
@@ -96,6 +99,7 @@ class _Frame:
     started: float
     owner: object = None  # the client (connection) that opened it; None: the in-process API
     predicted_ms: float = 0.0  # corrected, at the pair it runs at
+    parts: np.ndarray | None = None  # the energy terms at its point, per host level (power learning)
 
 
 @dataclass
@@ -116,16 +120,19 @@ def compute_grid(est: Estimator, board: BoardConfig, freq_rank: np.ndarray | Non
 
     A module-level function of picklable arguments, so the daemon can run it in a worker process:
     it takes ~20 ms and a burst of new context lengths must not hold up other apps."""
-    lat, energy = [], []
+    lat, energy, parts = [], [], []
     for s in HOST_LEVELS:
         br = est.grid(context_len, with_overlap=False, host_scale=float(s))
         lat.append(br.latency_ms)
         if freq_rank is None:  # mJ; the energy model has a term per domain the grid varies
-            energy.append(board.energy.frame_energy_j(br.freqs(), br.host_busy_ms * 1e6,
-                                                      br.gpu_busy_ms * 1e6, br.latency_ms * 1e6) * 1e3)
+            terms = board.energy.frame_energy_parts_j(br.freqs(), br.host_busy_ms * 1e6,
+                                                      br.gpu_busy_ms * 1e6, br.latency_ms * 1e6)
+            energy.append(sum(terms.values()) * 1e3)
+            parts.append(np.array(list(terms.values()), dtype=np.float32))
         else:
             energy.append(freq_rank)
-    return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy))
+    return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy),
+                 energy_parts=np.stack(parts, axis=1) if parts else None)
 
 
 class Governor:
@@ -166,6 +173,7 @@ class Governor:
         self.write_wait_s: float | None = None
         self.last_frame_at = time.monotonic()
         self._power: PowerTracker | None = None  # the board's power rails, where it has any
+        self._learner: PowerLearner | None = None  # power scales learned from them (power_online.py)
         self._check_tables()
 
     # ---- set-up ------------------------------------------------------------------------
@@ -211,6 +219,9 @@ class Governor:
             log.warning("the board's CPU table differs from the estimators'; the kernel will round")
         meter = self.backend.power_meter()
         self._power = PowerTracker(meter) if meter is not None else None
+        if self._power is not None and self.settings.power_learning and self._freq_rank is None:
+            terms = ["idle", *(d.name for d in self.board.energy.domains if d.name in self.domains)]
+            self._learner = PowerLearner(terms, tuple(self.settings.power_scale_bounds))
         self._sample_power()
         state = self.backend.state()
         self._cur = self._read_point(state)
@@ -279,6 +290,8 @@ class Governor:
             self._store_grid(key, grid)
 
     def _store_grid(self, key: tuple[str, int | None], grid: _Grid) -> None:
+        if self._learner is not None and self._learner.applied_fits and grid.energy_parts is not None:
+            grid.energy_mj = self._learner.energy_mj(grid.energy_parts)  # computed at the tables' power
         self._grids[key] = grid
         self._grids.move_to_end(key)
         while len(self._grids) > MAX_CACHED_GRIDS:
@@ -398,6 +411,8 @@ class Governor:
         f = self._frames.get(frame)
         if f is not None:
             f.column, f.predicted_ms = grid.latency_ms[:, eff], predicted
+            if self._learner is not None and grid.energy_parts is not None:
+                f.parts = grid.energy_parts[:, :, eff]
             if applied:
                 f.point = point
         stats.frames += 1
@@ -636,7 +651,13 @@ class Governor:
                 return {"learned": False}
             if failed:
                 stats.failed += 1
+                if self._learner is not None:
+                    self._learner.failed_frame()
                 return {"learned": False}
+            if f.parts is not None:  # power learning: its energy terms, stretched to what it took
+                level = self._correction(stats, f.model).level
+                if f.column[level] > 0:
+                    self._learner.frame(f.parts, level, float(latency_ms) / float(f.column[level]), f.point)
             if latency_ms > f.deadline_ms:
                 stats.misses += 1
             if self.recorder is not None:
@@ -765,9 +786,24 @@ class Governor:
         if self._power is None:
             return
         try:
-            self._power.sample(sum(st.frames for st in self._apps.values()))
+            step = self._power.sample(sum(st.frames for st in self._apps.values()))
         except (BackendUnavailable, OSError) as exc:
             log.debug("power rails not sampled: %s", exc)
+            return
+        if self._learner is not None and step is not None and self._learner.interval(*step):
+            with self._lock:  # new scales: every grid's energies, and the frontiers built on them
+                for grid in self._grids.values():
+                    if grid.energy_parts is not None:
+                        grid.energy_mj = self._learner.energy_mj(grid.energy_parts)
+                        grid.frontiers.clear()
+        if self.recorder is not None:
+            self.recorder.power(self._power.status(), step, self._learner.status() if self._learner else None)
+
+    def _power_learning_status(self) -> dict:
+        """The learned power scales, where the board has a rail (``{"enabled": false}`` when turned off)."""
+        if self._learner is not None:
+            return {"power_learning": self._learner.status()}
+        return {"power_learning": {"enabled": False}} if self._power is not None else {}
 
     def measured_power(self) -> dict:
         """Measured power (mW) and energy per frame (mJ) from the board's rails as of the last
@@ -795,4 +831,5 @@ class Governor:
                 "backend": self.backend.name,
                 "backend_connected": self.backend.connected,
                 **self.measured_power(),
+                **self._power_learning_status(),
             }
