@@ -221,7 +221,8 @@ class Governor:
         self._power = PowerTracker(meter) if meter is not None else None
         if self._power is not None and self.settings.power_learning and self._freq_rank is None:
             terms = ["idle", *(d.name for d in self.board.energy.domains if d.name in self.domains)]
-            self._learner = PowerLearner(terms, tuple(self.settings.power_scale_bounds))
+            whole_frame = ("idle", *(d.name for d in self.board.energy.domains if d.busy_with == "frame"))
+            self._learner = PowerLearner(terms, tuple(self.settings.power_scale_bounds), whole_frame)
         self._sample_power()
         state = self.backend.state()
         self._cur = self._read_point(state)

@@ -7,14 +7,18 @@ them offline). While the governor runs, every interval between two samples of th
     measured_j = sum over terms t of  s_t * E_t  +  offset_mw * wall_time
 
 where ``E_t`` is the energy model's term (``EnergyModel.frame_energy_parts_j``: ``idle`` and one per
-domain) summed over the frames finished in the interval, each at the point it ran and stretched by
-its measured/predicted latency; ``s_t`` is the unknown per-term scale and ``offset_mw`` the power
-the rail sees that no frame causes (a rail covering the whole board also feeds the display, radios,
-other processes, and keeps drawing between frames). The offset is fitted as an intercept so that it
-is not blamed on a domain, and it is never put in the grid: no choice of frequencies changes it.
+domain) summed over the frames finished in the interval, each at the point it ran. A term drawn for
+the whole frame (idle, memory) is stretched by that frame's measured/predicted latency; a busy-time
+term (CPU, GPU) by the interval's median of those ratios, because a single long frame is more often
+a stall (a clock change still taking effect, a preempted thread) than more work. ``s_t`` is the
+unknown per-term scale and ``offset_mw`` the power the rail sees that no frame causes (a rail
+covering the whole board also feeds the display, radios, other processes, and keeps drawing between
+frames). The offset is fitted as an intercept so that it is not blamed on a domain, and it is never
+put in the grid: no choice of frequencies changes it.
 
-The fit (bounded linear least squares on relative errors, with a weak prior pulling each scale to
-1 and the offset to 0, worth ``PRIOR_INTERVALS`` intervals) runs every ``REFIT_EVERY`` intervals
+The fit (bounded linear least squares on relative errors, with a prior pulling each scale to 1 and
+the offset to 0 worth only ``PRIOR_INTERVALS`` of an interval: a tie-breaker for directions the
+data cannot see, which the gate below refuses anyway) runs every ``REFIT_EVERY`` intervals
 over the last ``MAX_INTERVALS``: a 5-column problem of a few hundred rows, ~1 ms, on the I/O
 thread, never on a frame's path. Its scales are applied only once they are identifiable:
 
@@ -53,8 +57,10 @@ class PowerLearner:
     (``idle`` first, then the domains). Thread-safe: frames arrive from the governor's bookkeeping,
     intervals from its I/O thread."""
 
-    def __init__(self, terms: list[str], bounds: tuple[float, float] = (0.5, 2.0)) -> None:
+    def __init__(self, terms: list[str], bounds: tuple[float, float] = (0.5, 2.0),
+                 frame_terms: tuple[str, ...] = ("idle", "mem")) -> None:
         self.terms = list(terms)
+        self._whole_frame = np.array([t in frame_terms for t in self.terms])
         self.bounds = (float(bounds[0]), float(bounds[1]))
         self.scales = np.ones(len(self.terms))  # applied to the grids
         self.offset_mw = 0.0
@@ -92,10 +98,11 @@ class PowerLearner:
             if energy_uj is None or tainted or not pending or energy_uj <= 0 or wall_ns <= 0:
                 return False
             x = np.zeros(len(self.terms) + 1)
-            points = set()
-            for parts, level, ratio, point in pending:
-                x[:-1] += parts[:, level] * ratio
-                points.add(point)
+            terms = np.array([parts[:, level] for parts, level, _, _ in pending], dtype=float)
+            ratio = np.array([p[2] for p in pending])
+            stretch = np.where(self._whole_frame, ratio[:, None], float(np.median(ratio)))
+            x[:-1] = (terms * stretch).sum(axis=0)
+            points = {p[3] for p in pending}
             x[-1] = wall_ns * 1e-12  # so that its coefficient is a power in mW
             self._rows.append((x, energy_uj * 1e-6, frozenset(points)))
             self._since_fit += 1
