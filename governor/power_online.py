@@ -43,11 +43,25 @@ from scipy.optimize import lsq_linear
 REFIT_EVERY = 4  # intervals between fits
 MAX_INTERVALS = 256  # intervals kept (at 0.5 s each, about two minutes)
 MAX_FRAMES_PER_INTERVAL = 10_000  # beyond this an interval is dropped rather than grown
-MIN_INTERVALS = 8
+MIN_INTERVALS = 16
+MAX_SCALE_SE = 0.05  # a term's scale is learned once its standard error is below this
 MIN_POINTS = 3
 MAX_CONDITION = 1e3
 MAX_RESIDUAL = 0.10
 PRIOR_INTERVALS = 0.01
+
+
+def _standard_errors(Xr: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Each coefficient's standard error from the residuals (inf where the data cannot tell)."""
+    n, k = Xr.shape
+    if n <= k:
+        return np.full(k, np.inf)
+    sigma2 = float(np.sum((Xr @ coef - 1) ** 2)) / (n - k)
+    try:
+        cov = np.linalg.inv(Xr.T @ Xr) * sigma2
+    except np.linalg.LinAlgError:
+        return np.full(k, np.inf)
+    return np.sqrt(np.maximum(np.diag(cov), 0.0))
 
 
 class PowerLearner:
@@ -116,20 +130,14 @@ class PowerLearner:
         X = np.array([r[0] for r in self._rows])
         y = np.array([r[1] for r in self._rows])
         points = len(frozenset().union(*(r[2] for r in self._rows)))
-        n_terms = len(self.terms)
         Xr = X / y[:, None]  # relative errors: a 1 J interval counts as much as a 10 J one
-        # each prior row weighs like PRIOR_INTERVALS intervals of its column (its mean share)
-        share = np.maximum(Xr.mean(axis=0), 1e-9)
-        w = np.sqrt(PRIOR_INTERVALS) * share
-        target = np.concatenate([np.ones(n_terms), [0.0]]) * w
-        A = np.vstack([Xr, np.diag(w)])
-        b = np.concatenate([np.ones(len(y)), target])
-        lo, hi = self.bounds
-        # columns scaled to unit norm (the offset's is ~1e-4 of the others'), bounds with them;
-        # BVLS: exact for a problem this small
-        scale = np.maximum(np.linalg.norm(A, axis=0), 1e-12)
-        lb, ub = np.r_[[lo] * n_terms, 0.0] * scale, np.r_[[hi] * n_terms, np.inf] * scale
-        coef = lsq_linear(A / scale, b, bounds=(lb, ub), method="bvls").x / scale
+        coef = self._solve(Xr, np.zeros(len(self.terms), dtype=bool))
+        # a term the data do not pin down to MAX_SCALE_SE keeps its table (scale 1) and the others
+        # are fitted again without it: a noisy rail must not trade memory against idle power freely
+        se = _standard_errors(Xr, coef)
+        keep = ~(se[:-1] <= MAX_SCALE_SE)
+        if keep.any() and not keep.all():
+            coef = self._solve(Xr, keep)
         before = float(np.sqrt(np.mean((Xr[:, :-1].sum(axis=1) - 1) ** 2)))
         after = float(np.sqrt(np.mean((Xr @ coef - 1) ** 2)))
         cols = Xr[:, :-1][:, Xr[:, :-1].any(axis=0)]
@@ -139,8 +147,11 @@ class PowerLearner:
         self.fitted = {"power_scales": scales, "offset_mw": round(float(coef[-1]), 1),
                        "fit_rel_rms": round(after, 4), "tables_rel_rms": round(before, 4),
                        "condition": round(cond, 1) if np.isfinite(cond) else None,
-                       "intervals": len(y), "points": points}
+                       "intervals": len(y), "points": points,
+                       "kept_tables": [t for t, k in zip(self.terms, keep, strict=True) if k]}
         why = []
+        if keep.all():
+            why.append("no term is pinned down by the measurements yet")
         if len(y) < MIN_INTERVALS:
             why.append(f"{len(y)} intervals measured, {MIN_INTERVALS} needed")
         if points < MIN_POINTS:
@@ -156,11 +167,28 @@ class PowerLearner:
             self.note = "not applied: " + "; ".join(why)
             return False
         self.note = "applied"
-        changed = not np.allclose(coef[:-1], self.scales, rtol=1e-3, atol=0)
-        self.scales = coef[:-1].copy()
         self.offset_mw = float(coef[-1])
         self.applied_fits += 1
-        return changed
+        if np.allclose(coef[:-1], self.scales, rtol=1e-3, atol=0):
+            return False  # the grids keep the scales they were computed with: no rebuild for noise
+        self.scales = coef[:-1].copy()
+        return True
+
+    def _solve(self, Xr: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+        """Bounded least squares for the scales (``fixed`` terms held at 1) and the offset."""
+        n_terms = len(self.terms)
+        # each prior row weighs like PRIOR_INTERVALS intervals of its column (its mean share)
+        w = np.sqrt(PRIOR_INTERVALS) * np.maximum(Xr.mean(axis=0), 1e-9)
+        target = np.concatenate([np.ones(n_terms), [0.0]]) * w
+        A = np.vstack([Xr, np.diag(w)])
+        b = np.concatenate([np.ones(len(Xr)), target])
+        lo, hi = self.bounds
+        lb, ub = np.r_[[lo] * n_terms, 0.0], np.r_[[hi] * n_terms, np.inf]
+        lb[:-1][fixed], ub[:-1][fixed] = 1.0, 1.0 + 1e-12
+        # columns scaled to unit norm (the offset's is ~1e-4 of the others'), bounds with them;
+        # BVLS: exact for a problem this small
+        scale = np.maximum(np.linalg.norm(A, axis=0), 1e-12)
+        return lsq_linear(A / scale, b, bounds=(lb * scale, ub * scale), method="bvls").x / scale
 
     # ---- use -------------------------------------------------------------------------------------
     def energy_mj(self, parts: np.ndarray) -> np.ndarray:

@@ -30,20 +30,21 @@ def phone():
 
 def governed_run(tmp_path, cfg, est, learn: bool, frames: int, recorder_path=None) -> dict:
     """Frames through an in-process governor, deadlines changing every 40 frames; the battery is
-    sampled every 0.2 s of wall time. Returns status at the end and the measured energy per frame
+    sampled every 16 frames, so that the run does not depend on the machine's speed. Returns status
+    at the end and the measured energy per frame
     over the second half (from the governor's own rail totals)."""
     vb = VirtualBoard(tmp_path / f"board-{learn}", cfg)
     gov = Governor(vb.backend(tmp_path / f"saved-{learn}.json"), cfg, {"yolo_tiny": est},
-                   GovernorSettings(power_learning=learn, state_refresh_s=0.2))
+                   GovernorSettings(power_learning=learn, state_refresh_s=3600))
     if recorder_path is not None:
         gov.recorder = RunRecorder(recorder_path, header_for(cfg, ["yolo_tiny"], "virtual"))
     sim = vb.simulator(load_model_spec("yolo_tiny"))
     rng = np.random.default_rng(1)
     with gov:
         for i in range(frames):
-            if i == frames // 2:
-                gov._next_refresh = 0
+            if i % 16 == 0:  # the rail sampled every 16 frames (the daemon: every state_refresh_s)
                 gov.refresh()
+            if i == frames // 2:
                 half = gov.status()
             d = gov.before_frame("yolo_tiny", DEADLINES_MS[(i // 40) % len(DEADLINES_MS)])
             f = vb.kernel.run_frame(sim, None, rng)
@@ -62,13 +63,16 @@ def governed_run(tmp_path, cfg, est, learn: bool, frames: int, recorder_path=Non
 def test_learned_scales_approach_the_truth_and_save_energy(tmp_path, phone):
     cfg, est = phone
     tables_before = cfg.model_dump()
-    off = governed_run(tmp_path, cfg, est, learn=False, frames=640)
-    on = governed_run(tmp_path, cfg, est, learn=True, frames=640)
+    off = governed_run(tmp_path, cfg, est, learn=False, frames=960)
+    on = governed_run(tmp_path, cfg, est, learn=True, frames=960)
     pl = on["status"]["power_learning"]
     assert pl["enabled"] and pl["applied_fits"] > 0 and pl["note"] == "applied", pl
     s = pl["power_scales"]
     assert s["gpu"] == pytest.approx(TRUE_SCALE["gpu"], rel=0.05)
-    assert s["cpu"] == pytest.approx(TRUE_SCALE["cpu"], abs=0.25)  # ~5% of the frame's energy: less sure
+    # the CPU term is ~5% of a frame's energy: learned roughly, or kept at its table while the battery's
+    # noise leaves its scale uncertain (standard error over 0.05)
+    assert (s["cpu"] == pytest.approx(TRUE_SCALE["cpu"], abs=0.25)
+            or (s["cpu"] == 1.0 and "cpu" in pl["fit"]["kept_tables"])), pl
     # memory and idle power are both drawn for the whole frame: told apart only by the memory level
     assert s["mem"] == pytest.approx(1.0, rel=0.15) and s["idle"] == pytest.approx(1.0, rel=0.15)
     assert pl["fit"]["fit_rel_rms"] < 0.03 < pl["fit"]["tables_rel_rms"]
@@ -163,7 +167,8 @@ def test_offset_is_not_blamed_on_the_domains_and_scales_are_bounded(phone):
     wild = PowerLearner(["idle", "cpu", "gpu", "mem"], bounds=(0.5, 2.0))
     for _ in range(64):  # a GPU 3x dearer than its table: held at the bound
         feed(wild, parts, int(rng.integers(parts.shape[1])), np.array([1.0, 1.0, 3.0, 1.0]))
-    assert wild.status()["power_scales"]["gpu"] == 2.0
+    assert wild.fitted["power_scales"]["gpu"] == 2.0  # the fit itself stops at the bound
+    assert wild.status()["power_scales"]["gpu"] <= 2.0
 
 
 def test_power_scale_bounds_checked():
