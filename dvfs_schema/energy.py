@@ -29,11 +29,21 @@ class EnergyModel:
     def frame_energy_j(self, freqs: Mapping[str, object], host_busy_ns, device_busy_ns, latency_ns):
         """Joules of one frame run at ``freqs`` (domain name -> frequency, each in its unit). A
         domain missing from ``freqs`` is taken at none of its power (a board without that domain)."""
+        total = 0.0
+        for part in self.frame_energy_parts_j(freqs, host_busy_ns, device_busy_ns, latency_ns).values():
+            total = total + part
+        return total
+
+    def frame_energy_parts_j(self, freqs: Mapping[str, object], host_busy_ns, device_busy_ns,
+                             latency_ns) -> dict[str, object]:
+        """The same frame energy term by term: ``idle`` and one entry per domain in ``freqs`` (J).
+        Kept apart so that measured power can correct each term (governor/power_learning.py)
+        without re-running the estimator: the frame's energy is their sum."""
         busy = {"host": host_busy_ns, "device": device_busy_ns, "frame": latency_ns}
-        total = np.multiply(self.idle_power_mw, latency_ns)
+        parts = {"idle": np.multiply(self.idle_power_mw, latency_ns) * 1e-12}
         for d in self.domains:
             f = freqs.get(d.name)
             if f is None:
                 continue
-            total = total + d.power_at(f) * np.asarray(busy[d.busy_with], dtype=float)
-        return total * 1e-12
+            parts[d.name] = d.power_at(f) * np.asarray(busy[d.busy_with], dtype=float) * 1e-12
+        return parts

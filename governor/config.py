@@ -91,6 +91,20 @@ class GovernorSettings(BaseModel):
         "restore", description="restore: put the original settings back while idle; keep: hold the last pair")
     idle_release_s: float = Field(10.0, gt=0, description="release after this long with no frame asked for; "
                                   "also as soon as every client that asked for frames has disconnected")
+    # online power learning (governor/power_online.py): where the board has a power rail, correct the
+    # energy model's terms (idle, each domain) from what the rail measures
+    power_learning: bool = Field(True, description="learn per-domain power scales from the board's rail "
+                                 "and minimise the corrected energy; false: the config's tables as they are")
+    power_scale_bounds: tuple[float, float] = Field(
+        (0.5, 2.0), description="how far a learned scale may move from the config's table (low, high)")
+
+    @field_validator("power_scale_bounds")
+    @classmethod
+    def _bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
+        if not 0 < lo <= 1 <= hi:
+            raise ValueError(f"{list(value)}: give [low, high] with 0 < low <= 1 <= high, e.g. [0.5, 2.0]")
+        return value
 
 
 class GovernorConfig(BaseModel):

@@ -53,6 +53,7 @@ from governor.config import GovernorSettings
 from governor.correction import HOST_LEVELS, Correction
 from governor.frontier import GridGeometry, Staircase
 from governor.measured_power import PowerTracker
+from governor.power_online import PowerLearner
 from governor.recording import FrameRecord, RunRecorder
 from sysfs_backends.base import Backend, BackendUnavailable
 
@@ -101,6 +102,9 @@ class _Grid:
     energy_mj: np.ndarray
     gpu_ms: np.ndarray  # (pairs,) GPU busy time: what frames queued behind this one wait for
     # per host level, per mask: the Pareto frontier the common decision searches (governor/frontier.py);
+    # the energy model's terms (idle, then each domain), J, float32: (terms, levels, points); what
+    # power learning rescales ``energy_mj`` from (the terms at the learned power scales)
+    energy_parts: np.ndarray | None = field(default=None, repr=False, compare=False)
     # kept with the grid, so a grid evicted or replaced takes its frontiers with it
     frontiers: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -134,6 +138,7 @@ class _Frame:
     gpu_ms: np.ndarray | None = None  # (points,) its GPU busy time at every point
     wait_ms: float = 0.0  # predicted wait behind other apps' GPU work, at the pair it runs at
     pending: bool = False  # its pair was not written yet (the backend was busy)
+    parts: np.ndarray | None = None  # the energy terms at its point, per host level (power learning)
 
 
 @dataclass
@@ -154,18 +159,21 @@ def compute_grid(est: Estimator, board: BoardConfig, freq_rank: np.ndarray | Non
 
     A module-level function of picklable arguments, so the daemon can run it in a worker process:
     it takes ~20 ms and a burst of new context lengths must not hold up other apps."""
-    lat, energy, gpu_ms = [], [], None
+    lat, energy, parts, gpu_ms = [], [], [], None
     for s in HOST_LEVELS:
         br = est.grid(context_len, with_overlap=False, host_scale=float(s))
         lat.append(br.latency_ms)
         if gpu_ms is None:  # the host's speed does not change the GPU's work
             gpu_ms = np.asarray(br.gpu_busy_ms, dtype=float)  # zeros on a board without a GPU
         if freq_rank is None:  # mJ; the energy model has a term per domain the grid varies
-            energy.append(board.energy.frame_energy_j(br.freqs(), br.host_busy_ms * 1e6,
-                                                      br.gpu_busy_ms * 1e6, br.latency_ms * 1e6) * 1e3)
+            terms = board.energy.frame_energy_parts_j(br.freqs(), br.host_busy_ms * 1e6,
+                                                      br.gpu_busy_ms * 1e6, br.latency_ms * 1e6)
+            energy.append(sum(terms.values()) * 1e3)
+            parts.append(np.array(list(terms.values()), dtype=np.float32))
         else:
             energy.append(freq_rank)
-    return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy), gpu_ms=gpu_ms)
+    return _Grid(latency_ms=np.array(lat), energy_mj=np.array(energy), gpu_ms=gpu_ms,
+                 energy_parts=np.stack(parts, axis=1) if parts else None)
 
 
 def _latency_limit(deadline_ms: float, delay_ms: float, old_ms: float) -> float:
@@ -230,6 +238,7 @@ class Governor:
         self.write_wait_s: float | None = None
         self.last_frame_at = time.monotonic()
         self._power: PowerTracker | None = None  # the board's power rails, where it has any
+        self._learner: PowerLearner | None = None  # power scales learned from them (power_online.py)
         self._check_tables()
 
     # ---- set-up ------------------------------------------------------------------------
@@ -328,6 +337,10 @@ class Governor:
             log.warning("the board's CPU table differs from the estimators'; the kernel will round")
         meter = self.backend.power_meter()
         self._power = PowerTracker(meter) if meter is not None else None
+        if self._power is not None and self.settings.power_learning and self._freq_rank is None:
+            terms = ["idle", *(d.name for d in self.board.energy.domains if d.name in self.domains)]
+            whole_frame = ("idle", *(d.name for d in self.board.energy.domains if d.busy_with == "frame"))
+            self._learner = PowerLearner(terms, tuple(self.settings.power_scale_bounds), whole_frame)
         self._sample_power()
         state = self.backend.state()
         self._cur = self._read_point(state)
@@ -407,6 +420,8 @@ class Governor:
             self._store_grid(key, grid)
 
     def _store_grid(self, key: tuple[str, int | None], grid: _Grid) -> None:
+        if self._learner is not None and self._learner.applied_fits and grid.energy_parts is not None:
+            grid.energy_mj = self._learner.energy_mj(grid.energy_parts)  # computed at the tables' power
         self._grids[key] = grid
         self._grids.move_to_end(key)
         while len(self._grids) > MAX_CACHED_GRIDS:
@@ -489,6 +504,8 @@ class Governor:
             self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner,
                                          predicted_ms=predicted, lat=ask.lat, corr=corr, gpu_ms=grid.gpu_ms,
                                          wait_ms=wait)
+            if self._learner is not None and grid.energy_parts is not None:
+                self._frames[frame].parts = grid.energy_parts[:, :, idx]
             self._limit_frames(owner, app)
             if not changed:  # the common frame: answered under this same lock
                 return self._decided(frame, stats, point, predicted, feasible, deadline_ms, False, (), context_len, now)
@@ -534,6 +551,8 @@ class Governor:
                 f.pending = not applied
                 if applied:
                     f.point = point
+                if f.parts is not None:
+                    f.parts = grid.energy_parts[:, :, eff]
             return self._decided(frame, stats, point, predicted, feasible, deadline_ms, True, tuple(notes),
                                  context_len, now)
 
@@ -945,7 +964,13 @@ class Governor:
                 return {"learned": False}
             if failed:
                 stats.failed += 1
+                if self._learner is not None:
+                    self._learner.failed_frame()
                 return {"learned": False}
+            if f.parts is not None:  # power learning: its energy terms, stretched to what it took
+                level = self._correction(stats, f.model).level
+                if f.column[level] > 0:
+                    self._learner.frame(f.parts, level, float(latency_ms) / float(f.column[level]), f.point)
             if latency_ms > f.deadline_ms:
                 stats.misses += 1
                 if f.predicted_ms <= f.deadline_ms:
@@ -1088,9 +1113,24 @@ class Governor:
         if self._power is None:
             return
         try:
-            self._power.sample(sum(st.frames for st in self._apps.values()))
+            step = self._power.sample(sum(st.frames for st in self._apps.values()))
         except (BackendUnavailable, OSError) as exc:
             log.debug("power rails not sampled: %s", exc)
+            return
+        if self._learner is not None and step is not None and self._learner.interval(*step):
+            with self._lock:  # new scales: every grid's energies, and the frontiers built on them
+                for grid in self._grids.values():
+                    if grid.energy_parts is not None:
+                        grid.energy_mj = self._learner.energy_mj(grid.energy_parts)
+                        grid.frontiers.clear()
+        if self.recorder is not None:
+            self.recorder.power(self._power.status(), step, self._learner.status() if self._learner else None)
+
+    def _power_learning_status(self) -> dict:
+        """The learned power scales, where the board has a rail (``{"enabled": false}`` when turned off)."""
+        if self._learner is not None:
+            return {"power_learning": self._learner.status()}
+        return {"power_learning": {"enabled": False}} if self._power is not None else {}
 
     def measured_power(self) -> dict:
         """Measured power (mW) and energy per frame (mJ) from the board's rails as of the last
@@ -1118,4 +1158,5 @@ class Governor:
                 "backend": self.backend.name,
                 "backend_connected": self.backend.connected,
                 **self.measured_power(),
+                **self._power_learning_status(),
             }

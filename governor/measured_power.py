@@ -32,18 +32,22 @@ class PowerTracker:
         self._total_uj = 0.0
         self._total_frames = 0
 
-    def sample(self, frames_done: int) -> None:
-        """Read the rails now; ``frames_done``: frames so far (any count that only grows).
+    def sample(self, frames_done: int) -> tuple[float | None, int] | None:
+        """Read the rails now; ``frames_done``: frames so far (any count that only grows). Returns
+        the board rail's energy (uJ, None where it could not measure) and the time (ns) since the
+        previous sample, for the online power learning; None at the first sample.
 
         Energy per frame is over the recent past, from the newest kept start at least
         ``WINDOW_NS`` old (or the oldest while none is): a counter's resolution (a battery's
         1 uAh is ~14 mJ) and the frames straddling a sample then weigh little."""
         s = self.meter.sample()
+        step = None
         with self._lock:
             self._latest = s
             if self._prev is not None:
                 prev, frames_then = self._prev
                 step_uj = energy_between_samples(prev, s, self.rail)
+                step = (step_uj, s.t_ns - prev.t_ns)
                 if step_uj is None or frames_done < frames_then:  # a gap, or apps evicted: start over
                     self._bases = []
                 elif frames_done > frames_then:  # totals: intervals with frames only (idle is not a frame's)
@@ -58,6 +62,7 @@ class PowerTracker:
             energy_uj = energy_between_samples(base, s, self.rail)
             if frames_done > frames_then and energy_uj is not None:
                 self._per_frame_mj = energy_uj / (frames_done - frames_then) / 1e3
+        return step
 
     def status(self) -> dict:
         """``power_mw`` of the board rail, ``energy_per_frame_mj`` over the last window with frames,

@@ -197,8 +197,9 @@ def plot_run(record: RunRecord, out: str | Path) -> PlotSummary:
     # memory: a panel where frames recorded its level (records from before it was recorded have none)
     domains = [d for d in record.header.domains if d.name in ("cpu", "gpu")
                or (d.name == "mem" and any(f.mem_hz is not None for f in frames))]
-    has_power = any(f.power_w is not None for f in frames)
-    n_panels = len(domains) + len(apps) + has_power
+    power, per_frame = _measured_power(record, frames)
+    has_power, has_energy = bool(power), bool(per_frame)
+    n_panels = len(domains) + len(apps) + has_power + has_energy
     fig = Figure(figsize=(11.0, 2.2 * n_panels + 0.6))
     fig.suptitle(f"governed run on {record.header.board} ({len(frames)} frames)")
     axes = [fig.add_subplot(n_panels, 1, 1)]
@@ -241,9 +242,18 @@ def plot_run(record: RunRecord, out: str | Path) -> PlotSummary:
         ax.legend(loc="upper right", fontsize=7, ncols=4)
     if has_power:
         ax = axes[ax_i]
-        pw = [(f.t_s, f.power_w) for f in frames if f.power_w is not None]
-        ax.plot(*zip(*pw, strict=True), color="tab:orange")[0].set_gid("power")
-        ax.set_ylabel("power (W)")
+        ax_i += 1
+        rail = f" ({record.power[0].rail})" if record.power else ""
+        ax.step(*zip(*power, strict=True), where="post", color="tab:orange")[0].set_gid("power")
+        ax.set_ylabel(f"measured power{rail}\n(W)")
+        ax.set_ylim(bottom=0)
+        counts["power_samples"] = len(power)
+    if has_energy:
+        ax = axes[ax_i]
+        # each value over the interval that ends at its sample: drawn from the interval's start
+        ax.step(*zip(*per_frame, strict=True), where="post", color="tab:brown")[0].set_gid("energy-per-frame")
+        ax.set_ylabel("measured energy\nper frame (mJ)")
+        ax.set_ylim(bottom=0)
     for ax in axes:
         for n, (a, b) in enumerate(spans):
             ax.axvspan(a, b, color="tab:red", alpha=0.12, linewidth=0,
@@ -253,6 +263,18 @@ def plot_run(record: RunRecord, out: str | Path) -> PlotSummary:
     axes[-1].set_xlabel("time (s)")
     _save(fig, out)
     return PlotSummary(out, n_panels, counts)
+
+
+def _measured_power(record: RunRecord, frames: list) -> tuple[list, list]:
+    """(t_s, W) of the board rail's samples, else the frames' own ``power_w`` (older records); and
+    (t_s, mJ) of energy per frame over each sampled interval that had frames."""
+    if record.power:
+        power = [(p.t_s, p.power_w) for p in record.power if p.power_w is not None]
+    else:
+        power = [(f.t_s, f.power_w) for f in frames if f.power_w is not None]
+    per_frame = [(p.t_s - (p.interval_s or 0.0), p.energy_j / p.frames * 1e3) for p in record.power
+                 if p.energy_j is not None and p.frames]
+    return power, per_frame
 
 
 # ---- (c) one profiled run ---------------------------------------------------------------------------

@@ -62,7 +62,28 @@ def snapshot(status: dict[str, Any], fps: dict[str, float | None]) -> dict[str, 
         out["power_rail"] = status.get("power_rail")
     if status.get("energy_per_frame_mj") is not None:
         out["energy_per_frame_mj"] = status["energy_per_frame_mj"]
+    learning = status.get("power_learning")
+    if learning:  # power scales learned from the rail (governor/power_online.py)
+        out["power_learning"] = {k: learning.get(k) for k in ("enabled", "power_scales", "offset_mw", "samples",
+                                                               "applied_fits", "note") if k in learning}
+        if learning.get("fit"):
+            out["power_learning"]["fit_rel_rms"] = learning["fit"].get("fit_rel_rms")
     return out
+
+
+def _learning(snap: dict[str, Any]) -> str:
+    """The power scales in force, or why none are ('' on a board without a rail)."""
+    pl = snap.get("power_learning")
+    if not pl:
+        return ""
+    if not pl.get("enabled"):
+        return "power learning off"
+    if not pl.get("applied_fits"):
+        return f"power scales: learning ({pl.get('samples', 0)} intervals)"
+    scales = " ".join(f"{t} x{v:.2f}" for t, v in pl["power_scales"].items())
+    rms = pl.get("fit_rel_rms")
+    return (f"power scales: {scales}, offset {pl.get('offset_mw', 0):g} mW"
+            + (f" (fit error {100 * rms:.1f}%, {pl.get('samples')} intervals)" if rms is not None else ""))
 
 
 def _power(snap: dict[str, Any]) -> str:
@@ -99,6 +120,8 @@ def plain_line(snap: dict[str, Any]) -> str:
     flags = "".join([" capped" if snap["capped"] else "", " released" if snap["released"] else "",
                      "" if snap["backend_connected"] is not False else " DISCONNECTED"])
     power = f" {_power(snap)}" if "power_mw" in snap else ""
+    if snap.get("power_learning"):
+        power += f"; {_learning(snap)}"
     apps = "; ".join(f"{app} fps {_fps(a['fps'])} frames {a['frames']} misses {a['misses']} "
                      f"infeasible {a['infeasible']} failed {a['failed']}" for app, a in snap["apps"].items())
     return f"{stamp} {_freqs(snap)}{flags}{power} | {apps or 'no apps'}"
@@ -111,6 +134,7 @@ def screen(snap: dict[str, Any], source: str) -> str:
              f"frequencies: {_freqs(snap)}   caps: {'thermal/user cap in force' if snap['capped'] else 'none'}"
              f"{'   (released: domains handed back while idle)' if snap['released'] else ''}"
              + (f"   measured {_power(snap)} ({snap.get('power_rail')})" if "power_mw" in snap else ""),
+             *([_learning(snap)] if snap.get("power_learning") else []),
              f"frames in flight: {snap['in_flight']}", "",
              f"{'APP':16s} {'FPS':>7s} {'FRAMES':>8s} {'MISSES':>7s} {'INFEAS':>7s} {'FAILED':>7s}  CORRECTION"]
     for app, a in snap["apps"].items():
