@@ -839,7 +839,7 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, boa
     n_layers = len(prof["runs"][0]["layers"])
     if as_json:
         click.echo(json.dumps({"runs": len(prof["runs"]), "layers": n_layers, "traces": len(traces),
-                               "domains": list(_profile_domains(prof)), "output": output}))
+                               "output": output}))
         return
     click.echo(f"{len(prof['runs'])} runs of {n_layers} layers from {len(traces)} trace(s) "
                f"over {'/'.join(_profile_domains(prof))} -> {output}")
@@ -880,7 +880,7 @@ def import_ort_cmd(profiles: tuple[str, ...], model_name: str, device_name: str 
     if as_json:
         click.echo(json.dumps({"runs": len(prof["runs"]), "layers": len(kinds), "device_layers": kinds.count("gpu"),
                                "host_layers": kinds.count("cpu"), "files": len(profiles),
-                               "domains": _profile_domains(prof), "output": output}))
+                               "output": output}))
         return
     click.echo(f"{len(prof['runs'])} runs of {len(kinds)} layers ({kinds.count('gpu')} on the device, "
                f"{kinds.count('cpu')} on the host) from {len(profiles)} file(s) over "

@@ -68,18 +68,19 @@ def board_tables(board: str | None, cpu_table: str | None, gpu_table: str | None
         domains = {d.name: d for d in cfg.domains}
         return ImportTables(
             tables={n: list(domains[n].frequencies) if n in domains else [] for n in TABLE_OPTION},
-            origin={n: f"board {cfg.name}'s {DOMAIN_WORD[n]} domain"
-                    + (f" ({domains[n].node})" if n in domains else "") for n in TABLE_OPTION},
+            origin={n: f"board {cfg.name}'s {DOMAIN_WORD[n]} domain ({domains[n].node})" if n in domains
+                    else f"board {cfg.name}" for n in TABLE_OPTION},
             units={n: domains[n].unit if n in domains else "-" for n in TABLE_OPTION})
     return ImportTables(tables={n: _ints(text, TABLE_OPTION[n]) for n, text in given.items()},
                         origin=dict(TABLE_OPTION))
 
 
-def _value(spec: str, key: str, text: str) -> int:
+def _value(spec: str, key: str, text: str, form: str = NAMED) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise TraceError(f"{spec!r}: {key}={text!r} is not an integer (write {NAMED})") from None
+        label = f"{key}={text!r}" if form == NAMED else f"{key} {text!r}"
+        raise TraceError(f"{spec!r}: {label} is not an integer (write {form})") from None
     if value < 0 or (value == 0 and key != "ctx"):
         raise TraceError(f"{spec!r}: {key}={value} must be {'>= 0' if key == 'ctx' else 'positive'}")
     return value
@@ -112,7 +113,7 @@ def parse_spec(spec: str, tables: ImportTables) -> TracedRun:
         if len(parts) not in (2, 3):
             raise TraceError(f"{spec!r}: write {POSITIONAL} or {NAMED}")
         keys = ("cpu", "gpu", "ctx")[:len(parts)]
-        values = {k: _value(spec, k, p.strip()) for k, p in zip(keys, parts, strict=False)}
+        values = {k: _value(spec, k, p.strip(), POSITIONAL) for k, p in zip(keys, parts, strict=False)}
         if tables.tables["mem"]:
             raise TraceError(f"{spec!r}: the positional form has no memory level but {tables.origin['mem']} "
                              f"has one; write {NAMED}")
@@ -123,8 +124,8 @@ def parse_spec(spec: str, tables: ImportTables) -> TracedRun:
                 raise TraceError(f"{spec!r}: {name}= is required: {tables.allowed(name)}")
             continue
         if table == []:
-            raise TraceError(f"{spec!r}: {name}={values[name]} given but {tables.origin[name]} does not exist "
-                             f"(the board has no {DOMAIN_WORD[name]} domain); drop {name}=")
+            raise TraceError(f"{spec!r}: {name}={values[name]} given but {tables.origin[name]} has no "
+                             f"{DOMAIN_WORD[name]} domain; drop {name}=")
         if table and values[name] not in table:
             raise TraceError(f"{spec!r}: {name}={values[name]} is not a level of the table: {tables.allowed(name)}")
     return TracedRun(path, values["cpu"], values.get("gpu"), values.get("ctx"), values.get("mem"))
