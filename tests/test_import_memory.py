@@ -148,6 +148,17 @@ def test_bad_labels_name_the_argument_and_the_allowed_values(spec, board, tables
         parse_spec(spec, board_tables(board, tables.get("cpu"), tables.get("gpu"), tables.get("mem")))
 
 
+def test_named_labels_in_any_order_with_context_and_without_gpu():
+    free = board_tables(None, None, None, None)
+    run = parse_spec("dir@x/a.json@ctx=0,mem=1720,gpu=540000000,cpu=2841600", free)
+    assert (run.source, run.cpu_khz, run.gpu_hz, run.mem_hz, run.context_len) == \
+        ("dir@x/a.json", 2841600, 540000000, 1720, 0)
+    rpi5 = board_tables("rpi5", None, None, None)  # no GPU, no memory domain: the CPU alone
+    runs = [parse_spec("a.json@cpu=2400000", rpi5), parse_spec("b.json@cpu=1500000", rpi5)]
+    assert runs[0].gpu_hz is None and runs[0].mem_hz is None
+    assert profile_tables(runs, rpi5) == {"cpu": list(range(1500000, 2400001, 100000)), "gpu": [], "mem": []}
+
+
 def test_every_file_or_none_says_its_memory_level():
     tables = board_tables(None, None, None, None)
     runs = [parse_spec("a.json@cpu=1,gpu=2,mem=3", tables), parse_spec("b.json@cpu=1,gpu=2", tables)]
