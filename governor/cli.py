@@ -153,8 +153,9 @@ EXAMPLES = {
     "virtual-mount": "dvfs-gov virtual-mount --board sd888_phone /tmp/vsys",
     "devices": "dvfs-gov devices --json",
     "profile": "sudo dvfs-gov profile --model my_model.onnx --board rk3588 --backend linux -o my.profile.json",
-    "import-trace": "dvfs-gov import-trace t1.json@1800000,600000000 t2.json@816000,200000000 "
-                    "--model yolo --device mali -o yolo.profile.json",
+    "import-trace": "dvfs-gov import-trace t1.json@cpu=1800000,gpu=600000000,mem=2112000000 "
+                    "t2.json@cpu=816000,gpu=300000000,mem=1068000000 --board rk3588 --model yolo --device mali "
+                    "-o yolo.profile.json",
     "boards": "dvfs-gov boards --json",
     "restore": "sudo dvfs-gov restore --board rk3588 --backend linux",
     "models": "dvfs-gov models --json",
@@ -778,48 +779,61 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
         sys.exit(130)
 
 
-@main.command("import-trace")
+def import_table_options(fn):
+    """--board/--cpu-table/--gpu-table/--mem-table, shared by the trace importers."""
+    fn = click.option("--mem-table", help="every memory level of the board, in its node's unit (Hz; MB/s "
+                      "on bandwidth-voting nodes), comma-separated")(fn)
+    fn = click.option("--gpu-table", help="every GPU frequency of the board, Hz, comma-separated")(fn)
+    fn = click.option("--cpu-table", help="every CPU frequency of the board, kHz, comma-separated")(fn)
+    fn = click.option("--board", "board_name", help="take every table and unit from this board config "
+                      "(bundled name or YAML path) instead of --*-table")(fn)
+    return fn
+
+
+LABEL_HELP = ("Each {what} is FILE@cpu=KHZ,gpu=HZ,mem=LEVEL,ctx=N (named, any order; cpu required, gpu on a "
+              "board with a GPU, mem the memory level in its node's unit, ctx a language model's context "
+              "length) or FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the clocks in force while the file was recorded.")
+
+
+def _labelled_files(specs: tuple[str, ...], board_name: str | None, cpu_table: str | None, gpu_table: str | None,
+                    mem_table: str | None, what: str):
+    """(the tables, [(TracedRun, decoded JSON)]) for the importers; a bad label or file ends in one line."""
+    from governor.profiler.import_spec import board_tables, parse_spec
+
+    tables = board_tables(board_name, cpu_table, gpu_table, mem_table)
+    out = []
+    for spec in specs:
+        meta = parse_spec(spec, tables)
+        try:
+            data = json.loads(Path(meta.source).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            _fail(f"{meta.source}: cannot read the {what}: {describe_error(exc)}")
+        out.append((meta, data))
+    return tables, out
+
+
+@main.command("import-trace", help="Turn PyTorch-profiler (Chrome JSON) traces into one profile.\n\n"
+              + LABEL_HELP.format(what="TRACE"))
 @click.argument("traces", nargs=-1, required=True)
 @click.option("--model", "model_name", required=True, help="model name to record in the profile")
 @click.option("--device", "device_name", required=True, help="device name to record in the profile")
-@click.option("--cpu-table", help="every CPU frequency of the board, kHz, comma-separated")
-@click.option("--gpu-table", help="every GPU frequency of the board, Hz, comma-separated")
+@import_table_options
 @click.option("--step", help="regex for the record_function names that mark one inference")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @mode_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu_table: str | None,
-                 gpu_table: str | None, step: str | None, output: str, file_mode: int, as_json: bool) -> None:
-    """Turn PyTorch-profiler (Chrome JSON) traces into one profile.
+def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, board_name: str | None,
+                 cpu_table: str | None, gpu_table: str | None, mem_table: str | None, step: str | None,
+                 output: str, file_mode: int, as_json: bool) -> None:
+    from governor.profiler.import_spec import profile_tables
+    from governor.profiler.trace_import import merge, runs_from_trace
 
-    Each TRACE is FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the trace recorded at that frequency pair.
-    """
-    from estimator.profile import ProfileError, parse_profile
-    from governor.profiler.trace_import import TracedRun, TraceError, merge, runs_from_trace
-
-    def ints(text: str | None, what: str) -> list[int] | None:
-        try:
-            return [int(x) for x in text.split(",")] if text else None
-        except ValueError:
-            _fail(f"{what}: {text!r} is not a comma-separated list of integers")
-
-    cpu_khz_table, gpu_hz_table = ints(cpu_table, "--cpu-table"), ints(gpu_table, "--gpu-table")
-    traced = []
     try:
-        for spec in traces:
-            path, sep, freqs = spec.rpartition("@")
-            parts = ints(freqs, f"{spec!r} (FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN])") if sep else None
-            if not parts or len(parts) not in (2, 3):
-                _fail(f"{spec!r}: write FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]")
-            meta = TracedRun(path, parts[0], parts[1], parts[2] if len(parts) == 3 else None)
-            try:
-                data = json.loads(Path(path).read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-                _fail(f"{path}: cannot read the trace: {describe_error(exc)}")
-            traced.append((meta, runs_from_trace(data, path, step)))
-        prof = merge(traced, model_name, device_name, cpu_khz_table, gpu_hz_table)
-        parse_profile(prof, output)
-    except (TraceError, ProfileError, ValueError) as exc:
+        tables, files = _labelled_files(traces, board_name, cpu_table, gpu_table, mem_table, "trace")
+        traced = [(meta, runs_from_trace(data, meta.source, step)) for meta, data in files]
+        t = profile_tables([meta for meta, _ in files], tables)
+        prof = merge(traced, model_name, device_name, t["cpu"], t["gpu"], t["mem"]).to_dict()
+    except (ConfigError, ProfileError, ValueError) as exc:  # TraceError is a ValueError
         _fail(describe_error(exc))
     storage.write_atomic(output, json.dumps(prof), file_mode)
     n_layers = len(prof["runs"][0]["layers"])
@@ -827,62 +841,50 @@ def import_trace(traces: tuple[str, ...], model_name: str, device_name: str, cpu
         click.echo(json.dumps({"runs": len(prof["runs"]), "layers": n_layers, "traces": len(traces),
                                "output": output}))
         return
-    click.echo(f"{len(prof['runs'])} runs of {n_layers} layers from {len(traces)} trace(s) -> {output}")
+    click.echo(f"{len(prof['runs'])} runs of {n_layers} layers from {len(traces)} trace(s) "
+               f"over {'/'.join(_profile_domains(prof))} -> {output}")
 
 
-@main.command("import-ort")
+def _profile_domains(prof: dict) -> list[str]:
+    f = prof["frequencies"]
+    return [name for name, key in (("cpu", "cpu_khz"), ("gpu", "gpu_hz"), ("mem", "mem_hz")) if f.get(key)]
+
+
+@main.command("import-ort", help="Turn ONNX Runtime profiling files (SessionOptions.enable_profiling) into one "
+              "profile.\n\n" + LABEL_HELP.format(what="PROFILE"),
+              epilog="Example: dvfs-gov import-ort a.json@cpu=1510400,gpu=612000000,mem=2133000000 "
+                     "b.json@cpu=1510400,gpu=612000000,mem=665600000 --board orin_nano -o my.profile.json")
 @click.argument("profiles", nargs=-1, required=True)
 @click.option("--model", "model_name", default="onnx_model", show_default=True,
               help="model name to record in the profile")
 @click.option("--device", "device_name", help="device name to record (default: the execution providers seen)")
-@click.option("--cpu-table", help="every CPU frequency of the board, kHz, comma-separated")
-@click.option("--gpu-table", help="every GPU frequency of the board, Hz, comma-separated")
+@import_table_options
 @click.option("--warmup", default=0, show_default=True, help="runs to drop at the start of each file")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def import_ort_cmd(profiles: tuple[str, ...], model_name: str, device_name: str | None, cpu_table: str | None,
-                   gpu_table: str | None, warmup: int, output: str, as_json: bool) -> None:
-    """Turn ONNX Runtime profiling files (SessionOptions.enable_profiling) into one profile.
-
-    Each PROFILE is FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]: the file written at that frequency pair.
-
-    Example: dvfs-gov import-ort onnxruntime_profile_a.json@1800000,600000000 -o my.profile.json
-    """
-    from estimator.profile import ProfileError, parse_profile
+def import_ort_cmd(profiles: tuple[str, ...], model_name: str, device_name: str | None, board_name: str | None,
+                   cpu_table: str | None, gpu_table: str | None, mem_table: str | None, warmup: int,
+                   output: str, as_json: bool) -> None:
+    from governor.profiler.import_spec import profile_tables
     from governor.profiler.ort_import import import_ort
-    from governor.profiler.trace_import import TracedRun, TraceError
 
-    def ints(text: str | None, what: str) -> list[int] | None:
-        try:
-            return [int(x) for x in text.split(",")] if text else None
-        except ValueError:
-            _fail(f"{what}: write integers separated by commas, got {text!r}")
-
-    traced = []
-    for spec in profiles:
-        path, sep, freqs = spec.rpartition("@")
-        parts = ints(freqs, spec) if sep else None
-        if not parts or len(parts) not in (2, 3):
-            _fail(f"{spec!r}: write FILE@CPU_KHZ,GPU_HZ[,CONTEXT_LEN]")
-        try:
-            events = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            _fail(f"{path}: cannot read the ONNX Runtime profile: {exc}")
-        traced.append((TracedRun(path, parts[0], parts[1], parts[2] if len(parts) == 3 else None), events))
     try:
-        prof = import_ort(traced, model_name, device_name, ints(cpu_table, "--cpu-table"),
-                          ints(gpu_table, "--gpu-table"), warmup)
-        parse_profile(prof, output)
-    except (TraceError, ProfileError, ValueError) as exc:
-        _fail(str(exc))
+        tables, traced = _labelled_files(profiles, board_name, cpu_table, gpu_table, mem_table,
+                                         "ONNX Runtime profile")
+        t = profile_tables([meta for meta, _ in traced], tables)
+        prof = import_ort(traced, model_name, device_name, t["cpu"], t["gpu"], warmup, t["mem"]).to_dict()
+    except (ConfigError, ProfileError, ValueError) as exc:  # TraceError is a ValueError
+        _fail(describe_error(exc))
     storage.write_atomic(output, json.dumps(prof))
     kinds = [x["kind"] for x in prof["runs"][0]["layers"]]
     if as_json:
         click.echo(json.dumps({"runs": len(prof["runs"]), "layers": len(kinds), "device_layers": kinds.count("gpu"),
-                               "host_layers": kinds.count("cpu"), "files": len(profiles), "output": output}))
+                               "host_layers": kinds.count("cpu"), "files": len(profiles),
+                               "output": output}))
         return
     click.echo(f"{len(prof['runs'])} runs of {len(kinds)} layers ({kinds.count('gpu')} on the device, "
-               f"{kinds.count('cpu')} on the host) from {len(profiles)} file(s) -> {output}")
+               f"{kinds.count('cpu')} on the host) from {len(profiles)} file(s) over "
+               f"{'/'.join(_profile_domains(prof))} -> {output}")
 
 
 # ---- configs -----------------------------------------------------------------------------

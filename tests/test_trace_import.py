@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from estimator.model import Estimator
-from estimator.profile import parse_profile
 from governor.profiler.trace_import import TracedRun, TraceError, merge, runs_from_trace
 
 FIXTURE = Path(__file__).parent / "fixtures" / "torch_trace.json"
@@ -25,7 +24,7 @@ def trace() -> dict:
 def test_one_trace_becomes_valid_runs(trace):
     runs = runs_from_trace(trace, "t.json")
     assert len(runs) == 3  # the three record_function("inference#i") blocks
-    prof = parse_profile(merge([(TracedRun("t.json", 2_000_000, 1_020_000_000, None), runs)], "m", "h100"))
+    prof = merge([(TracedRun("t.json", 2_000_000, 1_020_000_000, None), runs)], "m", "h100")
     layers = prof.runs[0].layers
     kinds = [x.kind for x in layers]
     assert kinds.count("gpu") == 11 and layers[-1].name == "aten::topk" and layers[-1].kind == "cpu"
@@ -39,7 +38,7 @@ def test_traces_at_several_pairs_merge_into_one_profile(trace):
     prof = merge([(TracedRun("a.json", 2_000_000, 1_020_000_000, None), runs),
                   (TracedRun("b.json", 1_000_000, 600_000_000, None), runs)], "m", "h100",
                  cpu_table=[1_000_000, 1_500_000, 2_000_000])
-    p = parse_profile(prof)
+    p = prof
     assert p.frequencies.cpu_khz == [1_000_000, 1_500_000, 2_000_000]
     assert {(r.cpu_khz, r.gpu_hz) for r in p.runs} == {(2_000_000, 1_020_000_000), (1_000_000, 600_000_000)}
     assert len(Estimator.fit(p).data.layer_names) == 14

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from estimator.profile import Profile
 from governor.profiler.trace_import import OVERLAP_TOLERANCE_US, TracedRun, TraceError, merge
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -110,8 +111,9 @@ def _one_run(nodes: Iterable[dict], kernels: dict[int, list[dict]], t0: float, t
 
 def import_ort(traced: list[tuple[TracedRun, list]], model: str, device: str | None = None,
                cpu_table: list[int] | None = None, gpu_table: list[int] | None = None,
-               warmup: int = 0) -> dict:
-    """One profile from ONNX Runtime profiles, one per frequency pair (``TracedRun`` says which)."""
+               warmup: int = 0, mem_table: list[int] | None = None) -> Profile:
+    """One profile from ONNX Runtime profiles, one per frequency point (``TracedRun`` says which:
+    CPU, GPU and, on a board with a memory domain, the memory level)."""
     parsed = []
     providers: set[str] = set()
     for meta, events in traced:
@@ -119,6 +121,5 @@ def import_ort(traced: list[tuple[TracedRun, list]], model: str, device: str | N
         providers |= seen
         parsed.append((meta, runs))
     device = device or "onnxruntime:" + "+".join(sorted(providers))
-    prof = merge(parsed, model, device, cpu_table, gpu_table)
-    prof["imported_from"] = "ONNX Runtime profiling (SessionOptions.enable_profiling)"
-    return prof
+    return merge(parsed, model, device, cpu_table, gpu_table, mem_table,
+                 imported_from="ONNX Runtime profiling (SessionOptions.enable_profiling)")

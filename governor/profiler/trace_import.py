@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from estimator.profile import FORMAT
+from estimator.profile import Profile, build_profile
 
 LAUNCH_NAMES = re.compile(r"^(cuda|cu)(LaunchKernel|LaunchKernelExC|LaunchCooperativeKernel|MemsetAsync|"
                           r"GraphLaunch)")
@@ -37,10 +37,14 @@ class TraceError(ValueError):
 
 @dataclass(frozen=True)
 class TracedRun:
+    """One file and the clocks the user says were in force while it was recorded (``gpu_hz`` None on
+    a board without a GPU, ``mem_hz`` None when the memory level is not given)."""
+
     source: str
     cpu_khz: int
-    gpu_hz: int
+    gpu_hz: int | None
     context_len: int | None
+    mem_hz: int | None = None
 
 
 def _short(kernel: str) -> str:
@@ -135,8 +139,12 @@ def _one_run(step, t0, t1, kernels, launches, cpu_ops, op_by_external, source) -
 
 
 def merge(traced: list[tuple[TracedRun, list[dict]]], model: str, device: str,
-          cpu_table: list[int] | None = None, gpu_table: list[int] | None = None) -> dict:
-    """One profile from the runs of several traces (one per frequency pair)."""
+          cpu_table: list[int] | None = None, gpu_table: list[int] | None = None,
+          mem_table: list[int] | None = None, imported_from: str = "Chrome trace (PyTorch profiler)") -> Profile:
+    """One profile from the runs of several traces (one per frequency point), built and checked by
+    the profile model (``estimator.profile.build_profile``) like every profile our tools write.
+    Each table is the one given joined with the values the runs were labelled with; a memory axis
+    appears when runs carry ``mem_hz`` (then every run must)."""
     runs = []
     reference = None
     for meta, items in traced:
@@ -152,11 +160,13 @@ def merge(traced: list[tuple[TracedRun, list[dict]]], model: str, device: str,
                     f"{reference[2]!r} ({signature[i] if i < len(signature) else 'missing'} vs "
                     f"{reference[0][i] if i < len(reference[0]) else 'missing'}); every run must launch "
                     "the same kernels (fix the model's algorithm choices, e.g. cudnn.benchmark=False)")
-            runs.append({"cpu_khz": meta.cpu_khz, "gpu_hz": meta.gpu_hz, "context_len": meta.context_len,
-                         "latency_ns": r["latency_ns"], "layers": r["layers"],
-                         "source": f"{meta.source}#{r['step']}"})
-    cpu = sorted(set(cpu_table or []) | {r["cpu_khz"] for r in runs})
-    gpu = sorted(set(gpu_table or []) | {r["gpu_hz"] for r in runs})
-    return {"format": FORMAT, "model": model, "device": device,
-            "frequencies": {"cpu_khz": cpu, "gpu_hz": gpu}, "runs": runs,
-            "imported_from": "Chrome trace (PyTorch profiler)"}
+            run = {"cpu_khz": meta.cpu_khz, "gpu_hz": meta.gpu_hz, "context_len": meta.context_len,
+                   "latency_ns": r["latency_ns"], "layers": r["layers"], "source": f"{meta.source}#{r['step']}"}
+            if meta.mem_hz is not None:
+                run["mem_hz"] = meta.mem_hz
+            runs.append(run)
+    given = {"cpu": cpu_table, "gpu": gpu_table, "mem": mem_table}
+    tables = {name: sorted(set(given[name] or []) | {r[f"{name}_{unit}"] for r in runs
+                                                      if r.get(f"{name}_{unit}") is not None})
+              for name, unit in (("cpu", "khz"), ("gpu", "hz"), ("mem", "hz"))}
+    return build_profile(model, device, tables, runs, imported_from=imported_from)
