@@ -52,9 +52,14 @@ def plan_grid(tables: list[list[int]], n: int | None = None) -> list[tuple[int, 
     fastest, slowest = tuple(a[-1] for a in axes), tuple(a[0] for a in axes)
     centre = tuple(a[len(a) // 2] for a in axes)
     if len(axes) == 3:
-        # corners with an even number of low clocks: every pair of domains sees its 4 corners
-        even = [c for c in corners if sum(v == a[0] for v, a in zip(c, axes, strict=True)) % 2 == 0]
-        seed = [fastest, *[c for c in even if c != fastest], slowest, centre]
+        def low(*which: int) -> tuple[int, ...]:  # these domains at their slowest, the rest fastest
+            return tuple(a[0] if i in which else a[-1] for i, a in enumerate(axes))
+
+        if n <= 5:  # corners with an even number of low clocks: every pair of domains sees its 4
+            even = [c for c in corners if sum(v == a[0] for v, a in zip(c, axes, strict=True)) % 2 == 0]
+            seed = [fastest, *[c for c in even if c != fastest], slowest]
+        else:
+            seed = [fastest, low(0), low(1), low(2), low(1, 2), slowest, centre, low(0, 2)]
     else:
         seed = [fastest, slowest, *[c for c in corners if c not in (fastest, slowest)], centre]
     plan: list[tuple[int, ...]] = []

@@ -52,14 +52,17 @@ Q_CANDIDATES = (2.0, 4.0, 8.0)  # whole-model fits: sharpness between the host a
 ROOF_WIDTH = 7  # a roofline row: amplitude, amplitude per context, theta, p, sigma, gamma, q
 
 
-def roofline(xu: np.ndarray, xm: np.ndarray, theta, p, sigma=0.0, xc=None, gamma=0.0, q=1.0) -> np.ndarray:
+def roofline(xu: np.ndarray, xm: np.ndarray, theta, p, sigma=0.0, xc=None, gamma=0.0, q=1.0,
+             device_scale=1.0) -> np.ndarray:
     """R_p(x_own, theta * x_mem * h(x_own)), 1 at the highest clocks; broadcasts. With ``gamma``
     > 0 (whole-model fits) the result meets the CPU's ``gamma * x_cpu`` in an outer soft maximum
     of sharpness ``q``: the host's launch stream and the device overlap, so the slower of the two
-    sets the pace (each normalised to 1 at the highest clocks)."""
+    sets the pace (each normalised to 1 at the highest clocks). ``device_scale`` stretches the
+    device side only, inside that maximum: a language model's ``1 + kappa * ell``, since its
+    attention grows with the context on the device while the host's launches stay as many."""
     tp = np.power(theta, p)
     v = xm / (1.0 - sigma + sigma / xu)
-    r = np.power((np.power(xu, p) + tp * np.power(v, p)) / (1.0 + tp), 1.0 / p)
+    r = np.power((np.power(xu, p) + tp * np.power(v, p)) / (1.0 + tp), 1.0 / p) * device_scale
     if xc is None or not np.any(np.asarray(gamma) > 0):
         return r
     gq = np.power(gamma, q)
@@ -194,15 +197,17 @@ def _fit_at_sigma(
 
 
 def roofline_term(roof: np.ndarray, xu: np.ndarray, xm: np.ndarray, ell: np.ndarray | None,
-                  xc: np.ndarray | None = None) -> np.ndarray:
+                  xc: np.ndarray | None = None, kappa: float = 0.0) -> np.ndarray:
     """(segments, points): ``(a + a_ctx * ell) * R`` for roofline rows ``roof`` (segments, 7) at
     points with own-clock ``xu`` and memory ``xm`` (points,). R is computed once per distinct
     (own, memory) pair and gathered: a grid has few of them. Rows with a CPU share (whole-model
-    fits, ``xc`` given) are computed at every point."""
-    if xc is not None and np.any(roof[:, 5] > 0):
-        amp = roof[:, 0:1] + (0 if ell is None else roof[:, 1:2] * np.asarray(ell, float)[None, :])
+    fits, ``xc`` given) are computed at every point, their device side stretched by
+    ``1 + kappa * ell`` (a whole-model fit's device growth with the context)."""
+    if xc is not None and (np.any(roof[:, 5] > 0) or kappa):
+        ell_pts = np.zeros_like(xu) if ell is None else np.asarray(ell, float)
+        amp = roof[:, 0:1] + roof[:, 1:2] * ell_pts[None, :]
         r = roofline(xu[None, :], xm[None, :], roof[:, 2:3], roof[:, 3:4], roof[:, 4:5], xc[None, :],
-                     roof[:, 5:6], roof[:, 6:7])
+                     roof[:, 5:6], roof[:, 6:7], 1.0 + kappa * ell_pts[None, :])
         return amp * r
     uu, iu = np.unique(xu, return_inverse=True)
     um, im = np.unique(xm, return_inverse=True)
@@ -216,6 +221,8 @@ def roofline_term(roof: np.ndarray, xu: np.ndarray, xm: np.ndarray, ell: np.ndar
 
 
 CV_SHORTLIST = 40  # whole-model candidates compared by leave-one-point-out error
+# whole-model fits of a language model: the device side's growth per normalised context
+KAPPA_CANDIDATES = (0.0, *np.logspace(-1.5, 1.5, 13))
 
 
 def fit_whole_model(
@@ -225,21 +232,34 @@ def fit_whole_model(
     xm: np.ndarray,
     ell: np.ndarray | None,
     y: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, float]:
     """``_fit_whole_model`` for each set of linear columns (fewer and more terms beside the
-    roofline); the one with the least leave-one-point-out error wins."""
+    roofline); the one with the least leave-one-point-out error wins. Returns (coefficients
+    (1, k), roofline row (1, ROOF_WIDTH), kappa: the device side's growth per context)."""
     best, refusal = None, None
-    for cols in lin_col_sets:
+    # a set leaving leave-one-out no point to spare (points <= its terms + 1: every fold threads
+    # its points) cannot be ranked by it; such sets are tried only when no other can be
+    n_points = len(np.unique(np.column_stack([features, xu, xm]), axis=0))
+    n_roof = 1 if ell is None else 2
+    posed = [c for c in lin_col_sets if n_points >= n_roof + len(c) + 2] or lin_col_sets
+    for cols in posed:
         try:
-            coef, roof, cv = _fit_whole_model(features, cols, xu, xm, ell, y)
+            fitted = _fit_whole_model(features, cols, xu, xm, ell, y)
         except ValueError as exc:
             refusal = refusal or exc
             continue
-        if best is None or cv < best[2]:
-            best = (coef, roof, cv)
+        if best is None or fitted[3] < best[3]:
+            best = fitted
     if best is None:
         raise refusal
-    return best[0], best[1]
+    return best[0], best[1], best[2]
+
+
+def _whole_shapes() -> np.ndarray:
+    """Every (theta, p, sigma, gamma, q) a whole-model fit tries, (C, 5)."""
+    shapes = [(t, p, sg, g, q) for g in GAMMA_CANDIDATES for q in (Q_CANDIDATES if g > 0 else (1.0,))
+              for t in THETA_CANDIDATES for p in P_CANDIDATES for sg in SIGMA_CANDIDATES]
+    return np.array(shapes)
 
 
 def _fit_whole_model(
@@ -249,14 +269,20 @@ def _fit_whole_model(
     xm: np.ndarray,
     ell: np.ndarray | None,
     y: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, float]:
+) -> tuple[np.ndarray, np.ndarray, float, float]:
     """An end-to-end profile's latency (runs,) as one roofline with the CPU in an outer soft
     maximum (``roofline`` with ``gamma``). The model has more shape parameters than a segment
     (gamma, q, theta, p, sigma) for the same handful of points, so the training error alone would pick
     a shape that threads the points and bends between them: every candidate is ranked by its
     training error (batched, as for segments), and the best ``CV_SHORTLIST`` are compared by
-    leave-one-point-out error, which is what an unprofiled point will see. Returns
-    (coefficients (1, k), roofline row (1, ROOF_WIDTH), leave-one-out error)."""
+    leave-one-point-out error, which is what an unprofiled point will see.
+
+    A language model's context stretches the device side only (``kappa``, searched like the
+    shape): its host launches as many kernels at every context, so at a slow CPU the host stream
+    sets the pace whatever the context while at a fast one the device's attention grows with it.
+    One amplitude on the whole maximum cannot say both. The serial part keeps its own constant
+    per context (a linear column). Returns (coefficients (1, k), roofline row (1, ROOF_WIDTH),
+    kappa, leave-one-out error)."""
     from scipy.optimize import nnls
 
     ctx = np.zeros(len(xu)) if ell is None else np.asarray(ell, float)
@@ -270,31 +296,41 @@ def _fit_whole_model(
     k = n_roof + len(lin_cols)
     if len(keys) <= k:
         raise ValueError(f"an end-to-end fit needs runs at more than {k} distinct points, got {len(keys)}")
-    shapes = [(t, p, g, q, sg) for g in GAMMA_CANDIDATES for q in (Q_CANDIDATES if g > 0 else (1.0,))
-              for t in THETA_CANDIDATES for p in P_CANDIDATES for sg in SIGMA_CANDIDATES]
-    t, p, g, q, sg = (np.array(v)[:, None] for v in zip(*shapes, strict=True))
-    r = roofline(gu[None, :], gm[None, :], t, p, sg, gc[None, :], g, q)  # (C, G)
-    cols = [r] if ell is None else [r, r * gl[None, :]]
-    x = np.concatenate([np.stack(cols, axis=2), np.broadcast_to(lin, (len(shapes), *lin.shape))], axis=2)
+    shapes = _whole_shapes()
+    kappas = KAPPA_CANDIDATES if ell is not None else (0.0,)
     yn = np.maximum(med / med.max(), 1e-9)  # times in units of the longest: numbers O(1)
-    xw, yw = x / yn[None, :, None], np.ones_like(yn)  # relative error
-    gram = np.einsum("cgi,cgj->cij", xw, xw) + 1e-9 * np.eye(k)
-    rhs = np.einsum("cgi,g->ci", xw, yw)
-    sol = np.linalg.solve(gram, rhs[..., None])[..., 0]
-    clipped = np.clip(sol, 0, None)
-    sse = ((np.einsum("cgi,ci->cg", xw, clipped) - yw[None, :]) ** 2).sum(axis=1)
-    best, best_cv = 0, np.inf
-    for c in np.argsort(sse)[:CV_SHORTLIST]:
+    yw = np.ones_like(yn)  # relative error
+
+    def designs(sh: np.ndarray, kappa: float) -> np.ndarray:
+        t, p, sg, g, q = (sh[:, i:i + 1] for i in range(5))
+        r = roofline(gu[None, :], gm[None, :], t, p, sg, gc[None, :], g, q, 1.0 + kappa * gl[None, :])
+        cols = [r] if ell is None else [r, r * gl[None, :]]
+        x = np.concatenate([np.stack(cols, axis=2), np.broadcast_to(lin, (len(sh), *lin.shape))], axis=2)
+        return x / yn[None, :, None]  # (C, G, k), rows weighted for relative error
+
+    ranked = []  # (training error, kappa index, shape index): the best CV_SHORTLIST over every kappa
+    for ki, kappa in enumerate(kappas):
+        xw = designs(shapes, kappa)
+        gram = np.einsum("cgi,cgj->cij", xw, xw) + 1e-9 * np.eye(k)
+        rhs = np.einsum("cgi,g->ci", xw, yw)
+        sol = np.clip(np.linalg.solve(gram, rhs[..., None])[..., 0], 0, None)
+        sse = ((np.einsum("cgi,ci->cg", xw, sol) - yw[None, :]) ** 2).sum(axis=1)
+        top = np.argsort(sse)[:CV_SHORTLIST]
+        ranked = sorted([*ranked, *((float(sse[c]), ki, int(c)) for c in top)])[:CV_SHORTLIST]
+    best, best_cv = None, np.inf
+    for _, ki, c in ranked:
+        xw = designs(shapes[c:c + 1], kappas[ki])[0]
         cv = 0.0
         for out in range(len(med)):
             keep = np.arange(len(med)) != out
-            coef, _ = nnls(xw[c][keep], yw[keep])
-            cv += float((xw[c][out] @ coef - yw[out]) ** 2)
+            coef, _ = nnls(xw[keep], yw[keep])
+            cv += float((xw[out] @ coef - yw[out]) ** 2)
         if cv < best_cv:
-            best, best_cv = c, cv
-    coef = _robust_nnls(x[best], med)
+            best, best_cv = (ki, c), cv
+    ki, c = best
+    coef = _robust_nnls(designs(shapes[c:c + 1], kappas[ki])[0] * yn[:, None], med)
     full = np.zeros(kf)
     full[lin_cols] = coef[n_roof:]
-    roof = [coef[0], coef[1] if ell is not None else 0.0, float(t[best, 0]), float(p[best, 0]), float(sg[best, 0]),
-            float(g[best, 0]), float(q[best, 0])]
-    return full[None, :], np.array([roof]), best_cv
+    t, p, sg, g, q = (float(v) for v in shapes[c])
+    amp_ctx = coef[1] if ell is not None else 0.0
+    return full[None, :], np.array([[coef[0], amp_ctx, t, p, sg, g, q]]), float(kappas[ki]), best_cv
