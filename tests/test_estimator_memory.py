@@ -260,6 +260,25 @@ def test_three_domain_plan_shows_every_pair_of_domains_its_four_corners():
         assert {(a, b) for a in (tables[i][0], tables[i][-1]) for b in (tables[j][0], tables[j][-1])} <= corners
 
 
+def test_three_domain_plan_slows_one_domain_at_a_time_then_the_pairs():
+    """The one planner (the profiler's too): from the fastest point each domain slowed alone, so an
+    end-to-end fit sees the GPU's share unmasked by a slow host; 5 points keep the far corner."""
+    cpu, gpu, mem = [2_000_000, 500_000, 1_000_000], [100, 200, 300, 400], [1_000, 2_000, 4_000]
+    plan = plan_grid([cpu, gpu, mem])
+    assert plan == [(2_000_000, 400, 4_000), (500_000, 400, 4_000), (2_000_000, 100, 4_000),
+                    (2_000_000, 400, 1_000), (2_000_000, 100, 1_000), (500_000, 100, 1_000),
+                    (1_000_000, 300, 2_000), (500_000, 400, 1_000)]  # the centre 7th, CPU + memory 8th
+    for n in (6, 7):
+        assert plan_grid([cpu, gpu, mem], n) == plan[:n]
+    more = plan_grid([cpu, gpu, mem], 12)
+    assert len(set(more)) == 12 and more[:8] == plan
+    assert plan_grid([cpu, gpu, mem], 5) == [(2_000_000, 400, 4_000), (500_000, 100, 4_000), (500_000, 400, 1_000),
+                                             (2_000_000, 100, 1_000), (500_000, 100, 1_000)]
+    assert plan_grid([[1], [2, 2], [3]], 7) == [(1, 2, 3)]  # one-level tables: one point, no duplicates
+    with pytest.raises(ValueError, match="non-empty frequency table"):
+        plan_grid([cpu, gpu, []])
+
+
 # ---- governor --------------------------------------------------------------------------------
 def test_governor_grid_energy_counts_the_memory_for_the_whole_frame():
     from governor.core import compute_grid
