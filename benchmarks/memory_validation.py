@@ -8,12 +8,13 @@ clock emulated so that none of the machine's real clocks is touched.
   the extra (k - 1) x reads come from a ring larger than the caches, coalesced, so a streaming
   kernel slows by about k and a compute-bound one hardly at all (governor/profiler/kernels.py).
 
-Each model is profiled at the 7 points of the roofline plan (governor/profiler/plan3.py) and
-measured (median of repeats) at every other point of the emulated grid, never profiled. Profile
-runs and held-out runs are interleaved in one shuffled schedule so that the machine's slow drifts
-hit both alike. Written to --profiles-dir: per model a per-layer profile and an end-to-end one
-(the same runs with ``layers: []``: what a timer around the inference call gives), and the
-held-out measurements, so that a later estimator can be refitted and scored without the device.
+Each model is profiled at the planned points (estimator.planner: 8 over three domains; the stored
+H200 run of 2026-11-24 used the 7-point plan of that day, its first 7) and measured (median of
+repeats) at every other point of the emulated grid, never profiled. Profile runs and held-out runs
+are interleaved in one shuffled schedule so that the machine's slow drifts hit both alike.
+Written to --profiles-dir: per model a per-layer profile and an end-to-end one (the same runs
+with ``layers: []``: what a timer around the inference call gives), and the held-out
+measurements, so that a later estimator can be refitted and scored without the device.
 
 The estimator is then tried: if it fits the memory domain (it predicts with ``mem_hz`` and its
 predictions change with it), MAPE and P95 over the held-out points are reported; otherwise the
@@ -45,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dvfs_schema.loading import load_model_spec  # noqa: E402
 from estimator.model import Estimator  # noqa: E402
+from estimator.planner import plan_grid  # noqa: E402
 from estimator.profile import FORMAT, parse_profile  # noqa: E402
-from governor.profiler.plan3 import plan_roofline  # noqa: E402
 from governor.profiler.runner import ModelRunner, select_device  # noqa: E402
 from governor.profiler.sweep import run_record  # noqa: E402
 
@@ -104,7 +105,7 @@ def validate(model: str, device, grid: dict[str, dict[int, float]], repeats: int
     contexts = (contexts or spec.profile_context_len or None) if spec.kind == "language_model" else None
     runner = ModelRunner(spec, device, max_context=max(contexts or [0]))
     cpu, gpu, mem = grid["cpu"], grid["gpu"], grid["mem"]
-    planned = plan_roofline(sorted(cpu), sorted(gpu), sorted(mem))
+    planned = plan_grid([sorted(cpu), sorted(gpu), sorted(mem)])
     t_warm = time.time()  # GPUs idle low and boost under load: keep it busy first
     while time.time() - t_warm < warm_s:
         runner.run((contexts or [None])[-1], mem_scale=max(mem.values()))

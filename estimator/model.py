@@ -71,6 +71,9 @@ class EstimatorFile(BaseModel):
     exec_roofline: list[list[float]] | None = None
     tail_roofline: list[float] | None = None
     tail_roofline_domain: Literal["cpu", "gpu"] = "cpu"
+    # end-to-end language models: the device side's growth per normalised context inside the
+    # whole-model maximum (estimator.roofline.roofline's device_scale = 1 + this * ell)
+    tail_device_context: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     queue_depth: int | None = None
     training: dict[str, float | int | list[list[int]]] = {}
 
@@ -284,16 +287,19 @@ class _SegmentFitter:
     def fit(self, y: np.ndarray, own: str, sparse: str = "constant",
             linear: tuple[str, ...] | None = None, with_cpu: bool = False,
             ) -> tuple[np.ndarray, np.ndarray | None]:
-        # with_cpu: a whole-model fit (estimator.roofline.fit_whole_model)
-        """(coefficients (segments, k), roofline rows or None without a memory domain)."""
+        """(coefficients (segments, k), roofline rows or None without a memory domain). With
+        ``with_cpu``: a whole-model fit (estimator.roofline.fit_whole_model), whose device-side
+        context growth is left in ``self.kappa``."""
+        self.kappa = 0.0
         if not self.memory:
             return fit_columns(self.x, y, sparse="cpu" if sparse == "own" else sparse, n_domains=self.nd), None
         cols = self.lin_cols(*(linear or (own,)))
         if with_cpu:  # with and without the own clock's linear term (see fit_whole_model)
             fewer = [c for c in cols if c != self.names.index(own)]
             fewest = [c for c in fewer if c != self.names.index("mem")]
-            return fit_whole_model(self.x, [fewest, fewer, cols], self.xs[own], self.xs["mem"], self.ell,
-                                   y[:, 0])
+            coef, roof, self.kappa = fit_whole_model(self.x, [fewest, fewer, cols], self.xs[own],
+                                                     self.xs["mem"], self.ell, y[:, 0])
+            return coef, roof
         return fit_roofline_columns(self.x, cols, self.xs[own], self.xs["mem"], self.ell, y, sparse)
 
 
@@ -374,7 +380,7 @@ class Estimator:
             **common, end_to_end=True, layer_names=[], layer_is_gpu=[], host=[], dispatch=[], exec=[],
             tail=np.nan_to_num(coef[0]).tolist(),
             tail_roofline=np.nan_to_num(roof[0]).tolist() if roof is not None else None,
-            tail_roofline_domain=own,
+            tail_roofline_domain=own, tail_device_context=fitter.kappa,
         )
 
     @staticmethod
@@ -505,15 +511,18 @@ class Estimator:
     def _features(self, freqs: list[np.ndarray], context_len) -> np.ndarray:
         return domain_design(freqs, self.data.refs, self._context(freqs, context_len), self.data.context_scale)
 
-    def _roof(self, rows: np.ndarray | None, own: str, freqs: list[np.ndarray], context_len) -> np.ndarray | int:
-        """The roofline terms of ``rows`` at ``freqs`` (0 without a memory domain)."""
+    def _roof(self, rows: np.ndarray | None, own: str, freqs: list[np.ndarray], context_len,
+              kappa: float = 0.0) -> np.ndarray | int:
+        """The roofline terms of ``rows`` at ``freqs`` (0 without a memory domain); ``kappa``: a
+        whole-model row's device growth with the context."""
         if rows is None:
             return 0
         d = self.data
         i, m = d.domains.index(own), d.domains.index("mem")
         ctx = self._context(freqs, context_len)
         ell = None if ctx is None else ctx / d.context_scale
-        return roofline_term(rows, d.refs[i] / freqs[i], d.refs[m] / freqs[m], ell, d.refs[0] / freqs[0])
+        return roofline_term(rows, d.refs[i] / freqs[i], d.refs[m] / freqs[m], ell, d.refs[0] / freqs[0],
+                             kappa)
 
     def _segments_at(self, cpu_khz, gpu_hz, context_len, mem_hz=None):
         """host, dispatch, exec (layers, G), tail (G,), and host_idle (or None) at the points."""
@@ -613,7 +622,8 @@ class Estimator:
         xt = self._features(freqs, context_len).T
         linear = _lin(self._tail, xt)
         if self._tail_roof is not None:
-            roof = np.ravel(self._roof(self._tail_roof, d.tail_roofline_domain, freqs, context_len))
+            roof = np.ravel(self._roof(self._tail_roof, d.tail_roofline_domain, freqs, context_len,
+                                       d.tail_device_context))
         elif "gpu" in d.domains:  # no memory axis: the device part is the GPU's 1/f term
             coef = np.zeros_like(self._tail)
             g = d.domains.index("gpu")

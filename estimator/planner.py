@@ -7,17 +7,34 @@ greedily where they are farthest, in log-frequency, from every point already pla
 which is what reduces the worst-case interpolation error fastest; benchmarks/estimator_accuracy.py
 measures how error falls with them.
 
-Three domains (CPU, GPU, memory): all 8 corners plus the centre would be 9 runs of profiling, but
-no segment depends on all three clocks at once: a kernel runs on the GPU and memory clocks, host
-work on the CPU and memory clocks (estimator.roofline), and the pipeline that couples them is
-replayed, not fitted. What the fit needs is every *pair* of domains at its four corners, plus
-interior points where kernels cross from compute- to memory-bound. The half of the cube's
-corners with an even number of low clocks (fastest, and each pair of domains low) already projects
-onto all four corners of every pair; the other half's all-slow corner adds the slow end seen by
-all three at once; the centre, then maximin points, give the roofline its curvature. Default:
-``DEFAULT_POINTS_3D = 8`` (4 + 1 + centre + 2 maximin), so that each segment (at most 5 fitted
-numbers: amplitude, theta, sharpness, own-clock term, constant) is seen at 8 distinct points;
-with 5 or 6 the sharpness is fixed (estimator.roofline) and errors grow (the benchmark shows it).
+Three domains (CPU, GPU, memory): no segment depends on all three clocks at once: a kernel runs on
+the GPU and memory clocks, host work on the CPU and memory clocks (estimator.roofline), and the
+pipeline that couples them is replayed, not fitted. Each pair of domains must be seen at its four
+corners, and an end-to-end fit (only whole-inference latencies) must also see each domain's
+effect on its own: slowing the GPU at a slow CPU shows only the host's launch stream, which then
+sets the pace, and at a slow memory only the memory-bound kernels. So the default plan is
+**8 points**, in this order:
+
+1. all fastest: the reference every other point is compared with;
+2. CPU slowest (the rest fastest): the host's ``1/f_cpu`` share alone;
+3. GPU slowest: the kernels' arithmetic share alone;
+4. memory slowest: the kernels' and host operators' byte share alone;
+5. GPU and memory slowest, CPU fastest: with 3 and 4, whether a kernel's arithmetic and memory
+   times overlap (a roofline) or add up, which 2-4 alone cannot tell;
+6. all slowest: the far corner, so that no estimate is an extrapolation;
+7. the centre (middle of every table): where kernels cross from compute- to memory-bound between
+   the corners, and the curvature of the pipeline's overlap;
+8. CPU and memory slowest, GPU fastest: host operators' instructions against their memory
+   traffic (with 2 and 4, the CPU x memory pair's fourth corner);
+
+then maximin points. Each pair of domains sees its four corners from 6 points on. With 5 points
+there is no room for both the one-domain points and the far corner, and the far corner matters
+more (benchmarks/estimator_accuracy.py, end to end at 5 points over seeds): a 5-point plan is the
+fastest point, the three corners with two domains slowest (each pair of domains then sees its four
+corners) and the slowest. 8 points is what a segment's roofline (at most 5 fitted numbers:
+amplitude, theta, sharpness, own-clock term, constant) needs to be seen at 8 distinct points; with
+5 or 6 its sharpness is fixed (estimator.roofline) and errors grow. This is the one planner:
+`dvfs-gov plan`, `simulate` and `profile` and the benchmarks all take their points from here.
 """
 
 from __future__ import annotations
@@ -37,24 +54,30 @@ def default_points(n_domains: int) -> int:
 def plan_grid(tables: list[list[int]], n: int | None = None) -> list[tuple[int, ...]]:
     """Points to profile over the domains a board has (one table per domain, in its order).
     One or two domains: the corners (all-fastest first, then all-slowest), the centre, then
-    maximin. Three: the even half of the corners, the all-slowest corner, the centre, then
-    maximin (see the module docs); ``n`` defaults to ``default_points``."""
+    maximin. Three: see the module docs; ``n`` defaults to ``default_points``. A table with one
+    level makes points coincide; they are planned once, so the plan is shorter than ``n`` only
+    when the grid is."""
     if n is None:
         n = default_points(len(tables))
     if n < 1:
         raise ValueError("plan at least one point")
     if not tables or any(not t for t in tables):
         raise ValueError("every domain needs a non-empty frequency table")
-    axes = [sorted(t) for t in tables]
+    axes = [sorted(set(t)) for t in tables]
     candidates = list(itertools.product(*axes))
     n = min(n, len(candidates))
     corners = list(itertools.product(*[(a[0], a[-1]) for a in axes]))
     fastest, slowest = tuple(a[-1] for a in axes), tuple(a[0] for a in axes)
     centre = tuple(a[len(a) // 2] for a in axes)
     if len(axes) == 3:
-        # corners with an even number of low clocks: every pair of domains sees its 4 corners
-        even = [c for c in corners if sum(v == a[0] for v, a in zip(c, axes, strict=True)) % 2 == 0]
-        seed = [fastest, *[c for c in even if c != fastest], slowest, centre]
+        def low(*which: int) -> tuple[int, ...]:  # these domains at their slowest, the rest fastest
+            return tuple(a[0] if i in which else a[-1] for i, a in enumerate(axes))
+
+        if n <= 5:  # corners with an even number of low clocks: every pair of domains sees its 4
+            even = [c for c in corners if sum(v == a[0] for v, a in zip(c, axes, strict=True)) % 2 == 0]
+            seed = [fastest, *[c for c in even if c != fastest], slowest]
+        else:
+            seed = [fastest, low(0), low(1), low(2), low(1, 2), slowest, centre, low(0, 2)]
     else:
         seed = [fastest, slowest, *[c for c in corners if c not in (fastest, slowest)], centre]
     plan: list[tuple[int, ...]] = []

@@ -52,15 +52,27 @@ Q_CANDIDATES = (2.0, 4.0, 8.0)  # whole-model fits: sharpness between the host a
 ROOF_WIDTH = 7  # a roofline row: amplitude, amplitude per context, theta, p, sigma, gamma, q
 
 
-def roofline(xu: np.ndarray, xm: np.ndarray, theta, p, sigma=0.0, xc=None, gamma=0.0, q=1.0) -> np.ndarray:
+def roofline(xu: np.ndarray, xm: np.ndarray, theta, p, sigma=0.0, xc=None, gamma=0.0, q=1.0,
+             device_scale=1.0) -> np.ndarray:
     """R_p(x_own, theta * x_mem * h(x_own)), 1 at the highest clocks; broadcasts. With ``gamma``
     > 0 (whole-model fits) the result meets the CPU's ``gamma * x_cpu`` in an outer soft maximum
     of sharpness ``q``: the host's launch stream and the device overlap, so the slower of the two
-    sets the pace (each normalised to 1 at the highest clocks)."""
+    sets the pace (each normalised to 1 at the highest clocks). ``device_scale`` stretches the
+    device side only, inside that maximum: a language model's ``1 + kappa * ell``, since its
+    attention grows with the context on the device while the host's launches stay as many."""
     tp = np.power(theta, p)
     v = xm / (1.0 - sigma + sigma / xu)
-    r = np.power((np.power(xu, p) + tp * np.power(v, p)) / (1.0 + tp), 1.0 / p)
-    if xc is None or not np.any(np.asarray(gamma) > 0):
+    r = np.power((np.power(xu, p) + tp * np.power(v, p)) / (1.0 + tp), 1.0 / p) * device_scale
+    if xc is None:
+        return r
+    return _host_device_max(r, xc, gamma, q)
+
+
+def _host_device_max(r: np.ndarray, xc: np.ndarray, gamma, q) -> np.ndarray:
+    """The soft maximum of the host's ``gamma * x_cpu`` and the device's ``r`` (see roofline);
+    ``r`` itself where gamma is 0."""
+    gamma, q = np.asarray(gamma, float), np.asarray(q, float)
+    if not np.any(gamma > 0):
         return r
     gq = np.power(gamma, q)
     return np.power((gq * np.power(xc, q) + np.power(r, q)) / (1.0 + gq), 1.0 / q)
@@ -194,15 +206,17 @@ def _fit_at_sigma(
 
 
 def roofline_term(roof: np.ndarray, xu: np.ndarray, xm: np.ndarray, ell: np.ndarray | None,
-                  xc: np.ndarray | None = None) -> np.ndarray:
+                  xc: np.ndarray | None = None, kappa: float = 0.0) -> np.ndarray:
     """(segments, points): ``(a + a_ctx * ell) * R`` for roofline rows ``roof`` (segments, 7) at
     points with own-clock ``xu`` and memory ``xm`` (points,). R is computed once per distinct
     (own, memory) pair and gathered: a grid has few of them. Rows with a CPU share (whole-model
-    fits, ``xc`` given) are computed at every point."""
-    if xc is not None and np.any(roof[:, 5] > 0):
-        amp = roof[:, 0:1] + (0 if ell is None else roof[:, 1:2] * np.asarray(ell, float)[None, :])
+    fits, ``xc`` given) are computed at every point, their device side stretched by
+    ``1 + kappa * ell`` (a whole-model fit's device growth with the context)."""
+    if xc is not None and (np.any(roof[:, 5] > 0) or kappa):
+        ell_pts = np.zeros_like(xu) if ell is None else np.asarray(ell, float)
+        amp = roof[:, 0:1] + roof[:, 1:2] * ell_pts[None, :]
         r = roofline(xu[None, :], xm[None, :], roof[:, 2:3], roof[:, 3:4], roof[:, 4:5], xc[None, :],
-                     roof[:, 5:6], roof[:, 6:7])
+                     roof[:, 5:6], roof[:, 6:7], 1.0 + kappa * ell_pts[None, :])
         return amp * r
     uu, iu = np.unique(xu, return_inverse=True)
     um, im = np.unique(xm, return_inverse=True)
@@ -216,6 +230,8 @@ def roofline_term(roof: np.ndarray, xu: np.ndarray, xm: np.ndarray, ell: np.ndar
 
 
 CV_SHORTLIST = 40  # whole-model candidates compared by leave-one-point-out error
+# whole-model fits of a language model: the device side's growth per normalised context
+KAPPA_CANDIDATES = (0.0, *np.logspace(-1.5, 1.5, 13))
 
 
 def fit_whole_model(
@@ -225,76 +241,128 @@ def fit_whole_model(
     xm: np.ndarray,
     ell: np.ndarray | None,
     y: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``_fit_whole_model`` for each set of linear columns (fewer and more terms beside the
-    roofline); the one with the least leave-one-point-out error wins."""
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """An end-to-end profile's latency (runs,) as one roofline with the CPU in an outer soft
+    maximum (``roofline`` with ``gamma``) plus linear terms: ``_WholeFit`` for each set of linear
+    columns (fewer and more terms beside the roofline); the one with the least leave-one-point-out
+    error wins. A set that leaves leave-one-out no point to spare (points <= its terms + 1: every
+    fold threads its points, so any shape looks as good) is tried only when no other can be.
+    Returns (coefficients (1, k), roofline row (1, ROOF_WIDTH), kappa: the device side's growth
+    per normalised context)."""
+    fit = _WholeFit(features, xu, xm, ell, y)
+    n_points = len(np.unique(np.column_stack([features, xu, xm]), axis=0))
+    posed = [c for c in lin_col_sets if n_points >= fit.n_roof + len(c) + 2] or lin_col_sets
     best, refusal = None, None
-    for cols in lin_col_sets:
+    for cols in posed:
         try:
-            coef, roof, cv = _fit_whole_model(features, cols, xu, xm, ell, y)
+            fitted = fit.solve(cols)
         except ValueError as exc:
             refusal = refusal or exc
             continue
-        if best is None or cv < best[2]:
-            best = (coef, roof, cv)
+        if best is None or fitted[3] < best[3]:
+            best = fitted
     if best is None:
         raise refusal
-    return best[0], best[1]
+    return best[0], best[1], best[2]
 
 
-def _fit_whole_model(
-    features: np.ndarray,
-    lin_cols: list[int],
-    xu: np.ndarray,
-    xm: np.ndarray,
-    ell: np.ndarray | None,
-    y: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """An end-to-end profile's latency (runs,) as one roofline with the CPU in an outer soft
-    maximum (``roofline`` with ``gamma``). The model has more shape parameters than a segment
-    (gamma, q, theta, p, sigma) for the same handful of points, so the training error alone would pick
-    a shape that threads the points and bends between them: every candidate is ranked by its
+class _WholeFit:
+    """The whole-model fit's search. The model has more shape parameters than a segment (gamma,
+    q, theta, p, sigma) for the same handful of points, so the training error alone would pick a
+    shape that threads the points and bends between them: every candidate is ranked by its
     training error (batched, as for segments), and the best ``CV_SHORTLIST`` are compared by
-    leave-one-point-out error, which is what an unprofiled point will see. Returns
-    (coefficients (1, k), roofline row (1, ROOF_WIDTH), leave-one-out error)."""
-    from scipy.optimize import nnls
+    leave-one-point-out error, which is what an unprofiled point will see.
 
-    ctx = np.zeros(len(xu)) if ell is None else np.asarray(ell, float)
-    keys, group = np.unique(np.column_stack([features, xu, xm, ctx]), axis=0, return_inverse=True)
-    group = group.ravel()
-    med = np.array([np.median(y[group == g]) for g in range(len(keys))])
-    kf = features.shape[1]
-    gc, gu, gm, gl = keys[:, 0], keys[:, kf], keys[:, kf + 1], keys[:, kf + 2]
-    lin = keys[:, lin_cols]
-    n_roof = 1 if ell is None else 2
-    k = n_roof + len(lin_cols)
-    if len(keys) <= k:
-        raise ValueError(f"an end-to-end fit needs runs at more than {k} distinct points, got {len(keys)}")
-    shapes = [(t, p, g, q, sg) for g in GAMMA_CANDIDATES for q in (Q_CANDIDATES if g > 0 else (1.0,))
+    A language model's context stretches the device side only (``kappa``, searched like the
+    shape): its host launches as many kernels at every context, so at a slow CPU the host stream
+    sets the pace whatever the context while at a fast one the device's attention grows with it;
+    one amplitude on the whole maximum cannot say both (it was what the H200's language model
+    missed by). An amplitude per context on the whole maximum and the serial part's constant per
+    context stay (columns), for growth on both sides. Repeats at a point are reduced to their
+    median first; the candidates' roofline columns are built once per kappa and shared by every
+    set of linear columns."""
+
+    def __init__(self, features: np.ndarray, xu: np.ndarray, xm: np.ndarray, ell: np.ndarray | None,
+                 y: np.ndarray) -> None:
+        ctx = np.zeros(len(xu)) if ell is None else np.asarray(ell, float)
+        keys, group = np.unique(np.column_stack([features, xu, xm, ctx]), axis=0, return_inverse=True)
+        group = group.ravel()
+        self.med = np.array([np.median(y[group == g]) for g in range(len(keys))])
+        self.kf = kf = features.shape[1]
+        self.keys = keys
+        self.gc, self.gu, self.gm, self.gl = keys[:, 0], keys[:, kf], keys[:, kf + 1], keys[:, kf + 2]
+        self.lm = ell is not None
+        self.n_roof = 2 if self.lm else 1
+        self.shapes = _whole_shapes()
+        self.kappas = KAPPA_CANDIDATES if self.lm else (0.0,)
+        self.yn = np.maximum(self.med / self.med.max(), 1e-9)  # in units of the longest: O(1)
+        self._roof_cache: dict[int, np.ndarray] = {}
+        self._inner = None
+
+    def roof_columns(self, ki: int, which: np.ndarray | None = None) -> np.ndarray:
+        """(C, G, n_roof) roofline columns of the candidates (all, or ``which``) at kappa number
+        ``ki``, weighted for relative error."""
+        if which is None and ki in self._roof_cache:
+            return self._roof_cache[ki]
+        sh = self.shapes if which is None else self.shapes[which]
+        t, p, sg, g, q = (sh[:, i:i + 1] for i in range(5))
+        if which is None:
+            if self._inner is None:  # the device roofline does not depend on kappa: once
+                self._inner = roofline(self.gu[None, :], self.gm[None, :], t, p, sg)
+            inner = self._inner
+        else:
+            inner = roofline(self.gu[None, :], self.gm[None, :], t, p, sg)
+        r = _host_device_max(inner * (1.0 + self.kappas[ki] * self.gl[None, :]), self.gc[None, :], g, q)
+        cols = np.stack([r, r * self.gl[None, :]] if self.lm else [r], axis=2) / self.yn[None, :, None]
+        if which is None:
+            self._roof_cache[ki] = cols
+        return cols
+
+    def solve(self, lin_cols: list[int]) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """(coefficients (1, k), roofline row (1, ROOF_WIDTH), kappa, leave-one-out error)."""
+        from scipy.optimize import nnls
+
+        lin = self.keys[:, lin_cols] / self.yn[:, None]
+        k = self.n_roof + len(lin_cols)
+        if len(self.keys) <= k:
+            raise ValueError(f"an end-to-end fit needs runs at more than {k} distinct points, got {len(self.keys)}")
+        ranked: list[tuple[float, int, int]] = []  # (training error, kappa, shape): best over every kappa
+        nr, n = self.n_roof, len(self.med)
+        for ki in range(len(self.kappas)):
+            roof = self.roof_columns(ki)  # (C, G, nr); the design is [roof, lin], targets all 1
+            rt = roof.transpose(0, 2, 1)
+            gram = np.empty((len(roof), k, k))
+            gram[:, :nr, :nr] = np.matmul(rt, roof)
+            gram[:, :nr, nr:] = np.matmul(rt, lin)
+            gram[:, nr:, :nr] = gram[:, :nr, nr:].transpose(0, 2, 1)
+            gram[:, nr:, nr:] = lin.T @ lin
+            rhs = np.concatenate([roof.sum(axis=1), np.broadcast_to(lin.sum(axis=0), (len(roof), k - nr))], axis=1)
+            sol = np.clip(np.linalg.solve(gram + 1e-9 * np.eye(k), rhs[..., None])[..., 0], 0, None)
+            sse = np.einsum("ci,cij,cj->c", sol, gram, sol) - 2 * (sol * rhs).sum(axis=1) + n
+            top = np.argpartition(sse, min(CV_SHORTLIST, len(sse) - 1))[:CV_SHORTLIST]
+            ranked = sorted([*ranked, *((float(sse[c]), ki, int(c)) for c in top)])[:CV_SHORTLIST]
+        best, best_cv = None, np.inf
+        for _, ki, c in ranked:
+            xw = np.concatenate([self.roof_columns(ki, np.array([c]))[0], lin], axis=1)
+            cv = 0.0
+            for out in range(n):
+                keep = np.arange(n) != out
+                coef, _ = nnls(xw[keep], np.ones(n - 1))
+                cv += float((xw[out] @ coef - 1.0) ** 2)
+            if cv < best_cv:
+                best, best_cv = (ki, c, xw), cv
+        ki, c, xw = best
+        coef = _robust_nnls(xw * self.yn[:, None], self.med)
+        full = np.zeros(self.kf)
+        full[lin_cols] = coef[self.n_roof:]
+        t, p, sg, g, q = (float(v) for v in self.shapes[c])
+        amp_ctx = coef[1] if self.lm else 0.0
+        row = np.array([[coef[0], amp_ctx, t, p, sg, g, q]])
+        return full[None, :], row, float(self.kappas[ki]), best_cv
+
+
+def _whole_shapes() -> np.ndarray:
+    """Every (theta, p, sigma, gamma, q) a whole-model fit tries, (C, 5)."""
+    shapes = [(t, p, sg, g, q) for g in GAMMA_CANDIDATES for q in (Q_CANDIDATES if g > 0 else (1.0,))
               for t in THETA_CANDIDATES for p in P_CANDIDATES for sg in SIGMA_CANDIDATES]
-    t, p, g, q, sg = (np.array(v)[:, None] for v in zip(*shapes, strict=True))
-    r = roofline(gu[None, :], gm[None, :], t, p, sg, gc[None, :], g, q)  # (C, G)
-    cols = [r] if ell is None else [r, r * gl[None, :]]
-    x = np.concatenate([np.stack(cols, axis=2), np.broadcast_to(lin, (len(shapes), *lin.shape))], axis=2)
-    yn = np.maximum(med / med.max(), 1e-9)  # times in units of the longest: numbers O(1)
-    xw, yw = x / yn[None, :, None], np.ones_like(yn)  # relative error
-    gram = np.einsum("cgi,cgj->cij", xw, xw) + 1e-9 * np.eye(k)
-    rhs = np.einsum("cgi,g->ci", xw, yw)
-    sol = np.linalg.solve(gram, rhs[..., None])[..., 0]
-    clipped = np.clip(sol, 0, None)
-    sse = ((np.einsum("cgi,ci->cg", xw, clipped) - yw[None, :]) ** 2).sum(axis=1)
-    best, best_cv = 0, np.inf
-    for c in np.argsort(sse)[:CV_SHORTLIST]:
-        cv = 0.0
-        for out in range(len(med)):
-            keep = np.arange(len(med)) != out
-            coef, _ = nnls(xw[c][keep], yw[keep])
-            cv += float((xw[c][out] @ coef - yw[out]) ** 2)
-        if cv < best_cv:
-            best, best_cv = c, cv
-    coef = _robust_nnls(x[best], med)
-    full = np.zeros(kf)
-    full[lin_cols] = coef[n_roof:]
-    roof = [coef[0], coef[1] if ell is not None else 0.0, float(t[best, 0]), float(p[best, 0]), float(sg[best, 0]),
-            float(g[best, 0]), float(q[best, 0])]
-    return full[None, :], np.array([roof]), best_cv
+    return np.array(shapes)

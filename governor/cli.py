@@ -19,7 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from dvfs_schema.loading import ConfigError, available, load_board, load_model_spec
-from estimator.planner import plan_grid, plan_points
+from estimator.planner import plan_grid
 from estimator.profile import ProfileError
 from governor import storage
 from governor.config import parse_file_mode
@@ -662,7 +662,7 @@ def devices(as_json: bool) -> None:
 @click.option("--mem-hz", type=click.IntRange(min=1),
               help="with --no-dvfs and no --board: the memory level in force to record (adds the memory domain)")
 @click.option("-n", "--points", type=click.IntRange(min=1),
-              help="planned points (default: 5 pairs; 7 triples on a board with a memory domain)")
+              help="planned points (default: 5 pairs; 8 triples on a board with a memory domain)")
 @click.option("--end-to-end", is_flag=True,
               help="time only the whole inference (runs with layers: []), as for a runtime that cannot be traced")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
@@ -689,7 +689,6 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
     frequencies are set must be this machine: a phone driven over ADB would have its frequencies
     recorded against timings that never ran on it.
     """
-    from governor.profiler.plan3 import plan_roofline
     from governor.profiler.runner import DeviceError, ModelRunner, select_device
     from governor.profiler.sweep import Point, sweep
     from sysfs_backends.lifecycle import restoring
@@ -745,11 +744,8 @@ def profile(model_name: str, board: str | None, backend_kind: str, sysfs_root: s
                       "board's memory table (if it has one) is planned")
             cpu_table = cfg.cpu.inference.frequencies_khz
             gpu_table = cfg.gpu.frequencies_hz if cfg.gpu else [0]
-            if mem_table:
-                pairs = [Point(c, g, mem_hz=m) for c, g, m in plan_roofline(cpu_table, gpu_table, mem_table,
-                                                                           points or 7)]
-            else:
-                pairs = [Point(c, g) for c, g in plan_points(cpu_table, gpu_table, points or 5)]
+            tables = [cpu_table, gpu_table, *([mem_table] if mem_table else [])]
+            pairs = [Point(c, g, mem_hz=m[0] if m else None) for c, g, *m in plan_grid(tables, points)]
         dev, skipped = select_device(device_pref)
         for s in skipped:
             click.echo(f"note: skipped OpenCL device {s}", err=True)

@@ -216,6 +216,48 @@ def test_end_to_end_fit_predicts_the_hidden_grid():
     assert np.allclose(again.grid().latency_ms, b.latency_ms)
 
 
+@pytest.mark.parametrize("board_name", ["orin_nano", "rk3588"])
+def test_end_to_end_language_model_context_stretches_the_device_side_only(board_name):
+    """A decode step launches as many kernels at every context: at the slowest CPU the host's
+    launch stream sets the pace whatever the context, while at the fastest clocks the device's
+    attention grows with it. One amplitude per context on the whole maximum predicted ~5% growth
+    at both; the fit stretches the device side alone (tail_device_context)."""
+    board, spec = load_board(board_name), load_model_spec("smollm_135m")
+    sim = Simulator(board, spec)
+    tables = list(board.domain_tables.values())
+    est = Estimator.fit(sim.profile_model(plan_grid(tables), 3, [256, 1024], np.random.default_rng(1),
+                                          end_to_end=True))
+    assert est.data.tail_device_context > 0
+    host_bound, fastest = (tables[0][0], tables[1][-1], tables[2][-1]), tuple(t[-1] for t in tables)
+    for c, g, m in (host_bound, fastest):
+        truth = [sim.run(c, g, ctx, mem_hz=m).latency_ns[0] for ctx in (256, 1024)]
+        pred = [float(est.latency_ms(c, g, ctx, mem_hz=m)[0]) for ctx in (256, 1024)]
+        assert pred[1] / pred[0] == pytest.approx(truth[1] / truth[0], abs=0.02), (c, g, m)
+    again = Estimator.from_json(est.to_json())
+    assert again.data.tail_device_context == est.data.tail_device_context
+    assert np.allclose(again.grid(context_len=512).latency_ms, est.grid(context_len=512).latency_ms)
+    data = json.loads(est.to_json())
+    del data["tail_device_context"]  # files written before it: the whole maximum scales alike
+    assert Estimator.from_json(json.dumps(data)).data.tail_device_context == 0.0
+    data["tail_device_context"] = -1.0
+    with pytest.raises(ValueError, match="tail_device_context"):
+        Estimator.from_json(json.dumps(data))
+
+
+def test_end_to_end_fit_from_5_points_keeps_terms_leave_one_out_can_rank():
+    """With 5 points a set of 4 linear terms plus the roofline leaves every leave-one-out fold
+    threading its 4 points (any shape looks as good): only the CPU term and the constant stay."""
+    board, spec = load_board("orin_nano"), load_model_spec("mobilenet_v2")
+    sim = Simulator(board, spec)
+    tables = list(board.domain_tables.values())
+    est = Estimator.fit(sim.profile_model(plan_grid(tables, 5), 3, None, np.random.default_rng(2), end_to_end=True))
+    assert est.data.tail[1] == 0 and est.data.tail[2] == 0  # no linear GPU or memory term
+    c, g = est.grid_pairs
+    truth = sim.run(c, g, None, mem_hz=est.grid_mem).latency_ns / 1e6
+    ape = np.abs(est.grid().latency_ms - truth) / truth
+    assert ape.mean() < 0.05  # this seed's 5-point fit was 8% off when it could pick any set
+
+
 def test_end_to_end_fit_needs_enough_points():
     board, spec = load_board("rk3588"), load_model_spec("yolo_tiny")
     sim = Simulator(board, spec)
@@ -258,6 +300,25 @@ def test_three_domain_plan_shows_every_pair_of_domains_its_four_corners():
     for i, j in ((0, 1), (0, 2), (1, 2)):
         corners = {(p[i], p[j]) for p in plan}
         assert {(a, b) for a in (tables[i][0], tables[i][-1]) for b in (tables[j][0], tables[j][-1])} <= corners
+
+
+def test_three_domain_plan_slows_one_domain_at_a_time_then_the_pairs():
+    """The one planner (the profiler's too): from the fastest point each domain slowed alone, so an
+    end-to-end fit sees the GPU's share unmasked by a slow host; 5 points keep the far corner."""
+    cpu, gpu, mem = [2_000_000, 500_000, 1_000_000], [100, 200, 300, 400], [1_000, 2_000, 4_000]
+    plan = plan_grid([cpu, gpu, mem])
+    assert plan == [(2_000_000, 400, 4_000), (500_000, 400, 4_000), (2_000_000, 100, 4_000),
+                    (2_000_000, 400, 1_000), (2_000_000, 100, 1_000), (500_000, 100, 1_000),
+                    (1_000_000, 300, 2_000), (500_000, 400, 1_000)]  # the centre 7th, CPU + memory 8th
+    for n in (6, 7):
+        assert plan_grid([cpu, gpu, mem], n) == plan[:n]
+    more = plan_grid([cpu, gpu, mem], 12)
+    assert len(set(more)) == 12 and more[:8] == plan
+    assert plan_grid([cpu, gpu, mem], 5) == [(2_000_000, 400, 4_000), (500_000, 100, 4_000), (500_000, 400, 1_000),
+                                             (2_000_000, 100, 1_000), (500_000, 100, 1_000)]
+    assert plan_grid([[1], [2, 2], [3]], 7) == [(1, 2, 3)]  # one-level tables: one point, no duplicates
+    with pytest.raises(ValueError, match="non-empty frequency table"):
+        plan_grid([cpu, gpu, []])
 
 
 # ---- governor --------------------------------------------------------------------------------

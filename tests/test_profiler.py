@@ -14,9 +14,9 @@ import pytest
 
 from dvfs_schema.workload import ModelSpec
 from estimator.model import Estimator
+from estimator.planner import plan_grid
 from estimator.profile import parse_profile
 from governor.profiler import kernels
-from governor.profiler.plan3 import plan_roofline
 from governor.profiler.runner import DeviceError, ModelRunner, select_device
 from governor.profiler.sweep import Point, sweep
 
@@ -176,21 +176,6 @@ def test_emulated_memory_clock_slows_bandwidth_bound_kernels_more(device):
     assert slowdown["streaming"] > 2 * slowdown["compute"], slowdown
 
 
-def test_roofline_plan_covers_each_domain_and_the_corners():
-    cpu, gpu, mem = [500_000, 1_000_000, 2_000_000], [100, 200, 300, 400], [1_000, 2_000, 4_000]
-    plan = plan_roofline(cpu, gpu, mem)
-    assert len(plan) == 7 == len(set(plan))
-    assert plan[:6] == [(2_000_000, 400, 4_000), (500_000, 400, 4_000), (2_000_000, 100, 4_000),
-                        (2_000_000, 400, 1_000), (2_000_000, 100, 1_000), (500_000, 100, 1_000)]
-    assert plan[6] == (1_000_000, 300, 2_000)  # the centre
-    assert plan_roofline(cpu, gpu, mem, 8)[7] == (500_000, 400, 1_000)
-    more = plan_roofline(cpu, gpu, mem, 12)
-    assert len(set(more)) == 12 and more[:8] == plan_roofline(cpu, gpu, mem, 8)
-    assert len(plan_roofline([1], [2], [3], 7)) == 1  # one-level tables: one point, no duplicates
-    with pytest.raises(ValueError, match="mem_hz"):
-        plan_roofline(cpu, gpu, [])
-
-
 def test_three_domain_sweep_writes_the_memory_extension(device):
     """A sweep over (cpu, gpu, mem) with emulated clocks: the profile carries frequencies.mem_hz
     and every run's mem_hz, and keeps every rule of the two-domain format."""
@@ -198,7 +183,7 @@ def test_three_domain_sweep_writes_the_memory_extension(device):
     runner = ModelRunner(spec, device)
     cpu, gpu, mem = [1_000_000, 2_000_000], [100, 200], [800, 1_600, 3_200]
     points = [Point(c, g, cpu_scale=cpu[-1] / c, gpu_scale=gpu[-1] / g, mem_hz=m, mem_scale=mem[-1] / m)
-              for c, g, m in plan_roofline(cpu, gpu, mem)]
+              for c, g, m in plan_grid([cpu, gpu, mem], 7)]
     prof = sweep(runner, points, cpu, gpu, "pocl", repeats=2, warmup=1, mem_table=mem).profile
     prof = json.loads(json.dumps(prof))  # what is written is what is checked
     assert prof["frequencies"]["mem_hz"] == mem
