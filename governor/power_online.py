@@ -38,7 +38,6 @@ import threading
 from collections import deque
 
 import numpy as np
-from scipy.optimize import lsq_linear
 
 REFIT_EVERY = 4  # intervals between fits
 MAX_INTERVALS = 256  # intervals kept (at 0.5 s each, about two minutes)
@@ -188,6 +187,8 @@ class PowerLearner:
         # columns scaled to unit norm (the offset's is ~1e-4 of the others'), bounds with them;
         # BVLS: exact for a problem this small
         scale = np.maximum(np.linalg.norm(A, axis=0), 1e-12)
+        from scipy.optimize import lsq_linear  # only here: the daemon starts without scipy
+
         return lsq_linear(A / scale, b, bounds=(lb * scale, ub * scale), method="bvls").x / scale
 
     # ---- use -------------------------------------------------------------------------------------
