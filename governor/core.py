@@ -51,7 +51,7 @@ from dvfs_schema.board import BoardConfig
 from estimator.model import Estimator
 from governor.config import GovernorSettings
 from governor.correction import HOST_LEVELS, Correction
-from governor.frontier import GridGeometry, Staircase
+from governor.frontier import GridGeometry, SortedPoints, Staircase
 from governor.measured_power import PowerTracker
 from governor.power_online import PowerLearner
 from governor.recording import FrameRecord, RunRecorder
@@ -309,9 +309,15 @@ class Governor:
         if not math.isfinite(cap):
             self._blind_since[k] = math.inf
             self._recheck_s[k] = self.settings.cap_recheck_s
+        self._hidden_changed()
         if cap != self._caps[k]:
             log.info("%s: %s", d, f"capped at {int(cap)}" if math.isfinite(cap) else "cap lifted")
             self._caps[k] = cap
+
+    def _hidden_changed(self) -> None:
+        """After a change of ``_blind_since``/``_recheck_s``: until when no hidden cap is due to be
+        asked past (so that most decisions need not compute ``_active_caps``'s mask)."""
+        self._unhide_at = float(np.min(self._blind_since + self._recheck_s))
 
     def _note_change(self, before: tuple[int, ...], after: tuple[int, ...], at: float) -> None:
         """Remember, per domain changed, what ran before and when the new frequency takes effect."""
@@ -320,9 +326,12 @@ class Governor:
             if a != b:
                 self._from = self._from[:k] + (running[k],) + self._from[k + 1:]
                 self._lands_at[k] = at + self._actuation[k] / 1e3
+        self._landed_by = float(self._lands_at.max())
 
     def _running(self, now: float) -> tuple[int, ...]:
         """Per domain, the frequency running at ``now``: the previous one until a change lands."""
+        if now >= self._landed_by:  # every change has landed
+            return self._cur
         return tuple(f if now < t else c for f, c, t in zip(self._from, self._cur, self._lands_at, strict=True))
 
     def start(self) -> None:
@@ -352,10 +361,12 @@ class Governor:
         # how long such a hidden cap is assumed before asking past it: doubled each time the cap
         # is found still there (a long thermal episode costs few such requests), reset by a lift
         self._recheck_s = np.full(len(self.domains), self.settings.cap_recheck_s)
+        self._hidden_changed()
         for k, d in enumerate(self.domains):
             self._observe(k, state[d].max, "ok")
         self._from = self._cur  # what ran before the last change of each domain
         self._lands_at = np.zeros(len(self.domains))  # when that change takes effect (monotonic s)
+        self._landed_by = 0.0  # every change has landed by then (the latest of ``_lands_at``)
         self._stale_at: float | None = None  # a late frame asks for an early re-read of the state
         self._read_at = time.monotonic()  # the last settled read-back
         self._next_refresh = time.monotonic() + self.settings.state_refresh_s
@@ -677,12 +688,17 @@ class Governor:
         from below. The point in force within ``hysteresis`` of every group's bound: the full
         decision keeps it too."""
         cur_point = self._cur
-        mask = (caps.tobytes(), self._reachable_key, cur_point)
-        groups = frontiers.get(mask)
-        if groups is None:
+        mask = (caps.tobytes(), self._reachable_key)
+        ordered = frontiers.get(mask)
+        if ordered is None:
             if len(frontiers) >= MAX_FRONTIERS_PER_LEVEL:
                 frontiers.clear()
-            groups = frontiers[mask] = self._groups(ask, caps, cur_point)
+            ordered = frontiers[mask] = SortedPoints(self.points, ask.lat, ask.energy_mj, self._allowed(caps))
+        groups = ordered.by_cur.get(cur_point)
+        if groups is None:
+            if len(ordered.by_cur) >= MAX_FRONTIERS_PER_LEVEL:
+                ordered.by_cur.clear()
+            groups = ordered.by_cur[cur_point] = self._groups(ordered, cur_point)
         cur, allowed, stairs = groups
         if not allowed:
             return None
@@ -704,18 +720,18 @@ class Governor:
                 return None
         return cur, True, predicted, 0.0
 
-    def _groups(self, ask: _Ask, caps: np.ndarray, cur_point: tuple[int, ...]) -> tuple:
+    def _groups(self, ordered: SortedPoints, cur_point: tuple[int, ...]) -> tuple:
         """(index of the point in force, whether it is allowed, [(staircase, delay)] per group)."""
-        allowed = self._allowed(caps)
         cur = self._index(cur_point)
-        equal = self.points == np.array(cur_point)
-        same = np.ones(len(self.points), dtype=bool)
+        equal = ordered.points == np.array(cur_point)
+        same = np.ones(len(equal), dtype=bool)
         stairs = []
         for k in sorted(range(len(self.domains)), key=lambda k: -self._actuation_list[k]):
-            stairs.append((Staircase(ask.lat, ask.energy_mj, allowed & same & ~equal[:, k]),
-                           self._actuation_list[k]))
+            stair = Staircase(ordered.lat, ordered.energy, same & ~equal[:, k])
+            if len(stair):
+                stairs.append((stair, self._actuation_list[k]))
             same &= equal[:, k]
-        return cur, bool(allowed[cur]), [(st, d) for st, d in stairs if len(st)]
+        return cur, ordered.allowed[cur], stairs
 
     def _hysteresis(self, ask: _Ask) -> float:
         """How much more energy the pair in force may cost before it is changed. Higher while another
@@ -732,6 +748,8 @@ class Governor:
         read-back of that request shows the cap again (the next check waits twice as long), or
         that it has lifted. Caps the kernel's limits show (the userspace governor, or our request
         standing above them) need no such check: their lift shows at the next read-back."""
+        if now < self._unhide_at - 1e-6:  # none due (the margin: rounding of the sum)
+            return self._caps
         hidden = now - self._blind_since > self._recheck_s
         return np.where(hidden, np.inf, self._caps) if hidden.any() else self._caps
 
@@ -758,6 +776,8 @@ class Governor:
         """``_predict(ask)[i]`` for one point, without the whole grid (the same float operations)."""
         lat = float(ask.lat[i]) * ask.corr
         values, now = self._geometry.values[i], ask.now
+        if now >= self._landed_by and values == self._cur:  # nothing changes, nothing pending
+            return lat
         delay = 0.0
         for v, c, act, lands in zip(values, self._cur, self._actuation_list, self._lands_at, strict=True):
             d = act if v != c else max(lands - now, 0.0) * 1e3
@@ -929,6 +949,7 @@ class Governor:
                 if (d in changes and self._mechanism.get(d) == "minmax" and changes[d] <= self._caps[k]
                         and not math.isfinite(self._blind_since[k])):
                     self._blind_since[k] = time.monotonic()
+                    self._hidden_changed()
         at = time.monotonic()
         res = self._write(changes)
         with self._lock:

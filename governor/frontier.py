@@ -226,13 +226,13 @@ class Staircase:
 
     __slots__ = ("f_lat", "f_energy")
 
-    def __init__(self, lat_ms: np.ndarray, energy_mj: np.ndarray, members: np.ndarray) -> None:
-        idx = np.flatnonzero(members)
-        order = idx[np.lexsort((idx, lat_ms[idx]))]
-        least = np.minimum.accumulate(energy_mj[order]) if len(order) else np.zeros(0)
-        drops = np.ones(len(order), dtype=bool)
+    def __init__(self, lat_sorted: np.ndarray, energy_sorted: np.ndarray, members: np.ndarray) -> None:
+        """``lat_sorted``/``energy_sorted``: points in order of latency; ``members``: which count."""
+        lat, energy = lat_sorted[members], energy_sorted[members]
+        least = np.minimum.accumulate(energy) if len(energy) else energy
+        drops = np.ones(len(least), dtype=bool)
         drops[1:] = least[1:] < least[:-1]
-        self.f_lat: list[float] = lat_ms[order][drops].tolist()
+        self.f_lat: list[float] = lat[drops].tolist()
         self.f_energy: list[float] = least[drops].tolist()
 
     def __len__(self) -> int:
@@ -242,3 +242,20 @@ class Staircase:
         """The least energy among the points whose latency is at most ``lat_limit_ms`` (inf if none)."""
         k = bisect_right(self.f_lat, lat_limit_ms) - 1
         return self.f_energy[k] if k >= 0 else math.inf
+
+
+class SortedPoints:
+    """The allowed points of one latency/energy vector in order of latency, for building the
+    staircases of any grouping of them cheaply (no sort per grouping); the groupings made for each
+    point in force are kept here too (a few)."""
+
+    __slots__ = ("index", "lat", "energy", "points", "allowed", "by_cur")
+
+    def __init__(self, points: np.ndarray, lat_ms: np.ndarray, energy_mj: np.ndarray,
+                 allowed: np.ndarray) -> None:
+        idx = np.flatnonzero(allowed)
+        order = idx[np.lexsort((idx, lat_ms[idx]))]
+        self.index, self.lat, self.energy = order, lat_ms[order], energy_mj[order]
+        self.points = points[order]
+        self.allowed: list[bool] = allowed.tolist()
+        self.by_cur: dict = {}
