@@ -911,7 +911,8 @@ class Governor:
                 with self._lock:
                     idx = self._choose(ask)[0]
                 point = tuple(int(v) for v in self.points[idx])
-            for _ in range(len(self.domains) + 2):
+            # each round that does not end it sets a cap or rules out a frequency: bounded by the tables
+            for _ in range(sum(len(t) for t in self.tables) + 1):
                 res = self._write_point(point)
                 if res is None:
                     break

@@ -502,7 +502,7 @@ class SysfsBackend(Backend):
                  for k, name in enumerate(target)}
         t0 = time.monotonic_ns()
         if writes:
-            shown_before = {n: (self._known[n].min, self._known[n].max) for n in target}
+            shown_before = {n: (self._known[n].min, self._known[n].max, self._known[n].cur) for n in target}
             reads = self._settle({n: (lambda r, n=n: self._shows_request(n, target[n], *r)) for n in target},
                                  reads,
                                  {n: (lambda r, n=n: self._still_pending(n, target[n], shown_before[n], *r))
@@ -555,22 +555,26 @@ class SysfsBackend(Backend):
         limits, both limits at the target."""
         return self._doms[name].shows_request(target, cur, lo, hi)
 
-    def _still_pending(self, name: str, target: int, shown_before: tuple[int, int],
+    def _still_pending(self, name: str, target: int, shown_before: tuple[int, int, int],
                        cur: int, lo: int, hi: int) -> bool:
         """Whether a read-back that does not show the request is a kernel still working on it
         rather than a settled answer (a cap, a floor, a clock that cannot reach the OPP).
 
         A limit we changed that still shows its value from before the write has not been taken up
         yet (the kernel applies limit writes from a work item, later on a loaded machine), and a
-        ``cur`` that is only the last target the driver was given can differ from pinned limits
-        only until the governor has passed them on. Both are waited out for longer than the
-        transition latency; a settled cap or floor is not."""
+        clock that still runs what it ran before, under limits pinned at the target, may not have
+        been switched yet (the governor passes new limits on to the driver from its own work item;
+        a ``cur`` that is only the last target the driver was given can differ from pinned limits
+        for no other reason). These are waited out for longer than the transition latency; a
+        settled cap or floor is not, nor a clock that moved to a frequency of its own (a clock that
+        cannot produce the target)."""
         if self._doms[name].info.mechanism != "minmax":
             return False
-        old_lo, old_hi = shown_before
+        old_lo, old_hi, old_cur = shown_before
         if (old_lo != target and lo == old_lo) or (old_hi != target and hi == old_hi):
             return True
-        return lo == hi == target and cur != target and self._doms[name].info.cur_source == "last_target"
+        return lo == hi == target and cur != target and (
+            cur == old_cur or self._doms[name].info.cur_source == "last_target")
 
     def _settle(self, shows: dict[str, Callable[[tuple[int, int, int]], bool]],
                 reads: dict[str, tuple[int, int, int]] | None = None,
