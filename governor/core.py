@@ -909,6 +909,7 @@ class Governor:
             if time.monotonic() - self._read_at > FRESH_READ_S and self._read_state(time.monotonic()):
                 # a cap set in since the last read-back: decide again under it before writing
                 with self._lock:
+                    ask.now = time.monotonic()
                     idx = self._choose(ask)[0]
                 point = tuple(int(v) for v in self.points[idx])
             # each round that does not end it sets a cap or rules out a frequency: bounded by the tables
@@ -920,6 +921,9 @@ class Governor:
                 if not (res.capped or res.unreachable):
                     break
                 with self._lock:
+                    # decided again as of now: what the last write changed has landed or will soon
+                    # (with the frame's old start time its changes would count as still pending)
+                    ask.now = time.monotonic()
                     idx = self._choose(ask)[0]
                 point = tuple(int(v) for v in self.points[idx])
             with self._lock:
