@@ -98,11 +98,22 @@ def run_trace(record: RunRecord) -> dict:
     for app, tid in tids.items():
         events += _meta(apps_pid, app, tid, tid)
     last_capped = None
+    mem_unit = next((d.unit for d in record.header.domains if d.name == "mem"), "Hz")
+    for p in record.power:  # the rail's own samples (the governor's schedule, not per frame)
+        if p.power_w is not None:
+            args = {"power_w": p.power_w}
+            if p.energy_j is not None and p.frames:
+                args["energy_per_frame_mj"] = round(p.energy_j / p.frames * 1e3, 4)
+            events.append({"name": f"measured power ({p.rail})", "ph": "C", "pid": gov_pid, "tid": 0,
+                           "ts": round(p.t_s * 1e6, 3), "args": args})
     for f in frames:
         ts = round(f.t_s * 1e6, 3)
         freqs = {"cpu_mhz": f.cpu_khz / 1e3}
         if f.gpu_hz is not None:
             freqs["gpu_mhz"] = f.gpu_hz / 1e6
+        if f.mem_hz is not None:  # its own track: the level is in the memory domain's unit
+            events.append({"name": f"memory level ({mem_unit})", "ph": "C", "pid": gov_pid, "tid": 0, "ts": ts,
+                           "args": {"mem": f.mem_hz}})
         events.append({"name": "frequency in force (MHz)", "ph": "C", "pid": gov_pid, "tid": 0, "ts": ts,
                        "args": freqs})
         events.append({"name": f"decision: {f.app}", "ph": "C", "pid": gov_pid, "tid": 0, "ts": ts,
@@ -116,7 +127,7 @@ def run_trace(record: RunRecord) -> dict:
                            "args": {"power_w": f.power_w}})
         args = {"frame": f.frame, "model": f.model, "deadline_ms": f.deadline_ms, "predicted_ms": f.predicted_ms,
                 "latency_ms": f.latency_ms, "missed": f.missed, "feasible": f.feasible, "cpu_khz": f.cpu_khz,
-                "gpu_hz": f.gpu_hz, "context_len": f.context_len, "capped": f.capped}
+                "gpu_hz": f.gpu_hz, "mem_hz": f.mem_hz, "context_len": f.context_len, "capped": f.capped}
         name = f"{f.model}{' MISSED' if f.missed else ''}{'' if f.feasible else ' (infeasible)'}"
         events.append({"name": name, "cat": "frame,missed" if f.missed else "frame", "ph": "X", "pid": apps_pid,
                        "tid": tids[f.app], "ts": ts, "dur": round(f.latency_ms * 1e3, 3), "args": args})

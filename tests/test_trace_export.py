@@ -223,3 +223,33 @@ def test_export_trace_cli(profiled, tmp_path):
     bad = subprocess.run([*CLI, "export-trace", tmp_path / "short.json", "--estimator", tmp / "e.json", "-o",
                           tmp_path / "x.json"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "fitted on other layers" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_run_trace_has_the_memory_level_and_the_rails_samples(tmp_path):
+    """A run on a board with a memory domain and a power rail: the memory level gets its own
+    counter track in its unit (MB/s on the SD888's bus node) and each rail sample a power counter
+    with the energy per frame over its interval (the governed demo records both)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    record = tmp_path / "demo.jsonl"
+    out = subprocess.run([sys.executable, "-m", "governor", "demo", "--duration", "3", "--record", str(record)],
+                         capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert out.returncode == 0, out.stderr
+    run = read_run(record)
+    assert run.power, "the demo's phone has a battery: its samples are recorded"
+    trace = run_trace(run)
+    validate_trace(trace)
+    events = trace["traceEvents"]
+    mem = [e for e in events if e["ph"] == "C" and e["name"] == "memory level (MB/s)"]
+    in_time_order = sorted(run.frames, key=lambda f: f.t_s)
+    assert len(mem) == len(run.frames) and [e["args"]["mem"] for e in mem] == [f.mem_hz for f in in_time_order]
+    levels = load_board(BOARD).domain_tables["mem"]
+    assert all(e["args"]["mem"] in levels for e in mem)
+    power = [e for e in events if e["ph"] == "C" and e["name"].startswith("measured power")]
+    sampled = [p for p in run.power if p.power_w is not None]
+    assert len(power) == len(sampled) > 0
+    assert [e["args"]["power_w"] for e in power] == [p.power_w for p in sampled]
+    json.dumps(trace)  # what the viewer is given
