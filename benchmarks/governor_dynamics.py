@@ -85,29 +85,32 @@ NOISE_DRAWS = 400
 
 # ---- references ------------------------------------------------------------------------------
 class Truth:
-    """Noise-free latency/energy of one model at every pair of a board, and the noise quantile."""
+    """Noise-free latency/energy of one model at every point of a board (every domain it has, the
+    memory clock included: the governor may choose it, so the references must too), and the noise
+    quantile."""
 
     def __init__(self, board, model: str, ctx0: int | None) -> None:
         self.board = board
         self.sim = Simulator(board, load_model_spec(model))
         tables = board.domain_tables
-        self.has_gpu = "gpu" in tables
-        cg, gg = np.meshgrid(tables["cpu"], tables.get("gpu", [0]), indexing="ij")
-        self.cpu, self.gpu = cg.ravel().astype(float), gg.ravel().astype(float)
+        self.has_gpu, self.has_mem = "gpu" in tables, "mem" in tables
+        cg, gg, mg = np.meshgrid(tables["cpu"], tables.get("gpu", [0]), tables.get("mem", [0]), indexing="ij")
+        self.cpu, self.gpu, self.mem = (a.ravel().astype(float) for a in (cg, gg, mg))
         self._run_gpu = self.gpu if self.has_gpu else None
+        self._run_mem = self.mem if self.has_mem else None
         self._cache: dict = {}
         base, _ = self.at(ctx0, 0.0)
         rng = np.random.default_rng(12345)
-        draws = np.stack([self.sim.run(self.cpu, self._run_gpu, ctx0, rng).latency_ns / 1e6 / base
-                          for _ in range(NOISE_DRAWS)])
+        draws = np.stack([self.sim.run(self.cpu, self._run_gpu, ctx0, rng, mem_hz=self._run_mem).latency_ns
+                          / 1e6 / base for _ in range(NOISE_DRAWS)])
         self.q_ratio = np.quantile(draws, 1 - MISS_TARGET, axis=0)
 
     def _grid(self, ctx: int | None, load: float):
         key = (ctx, load)
         if key not in self._cache:
-            r = self.sim.run(self.cpu, self._run_gpu, ctx, None, host_slowdown=1.0 + load)
+            r = self.sim.run(self.cpu, self._run_gpu, ctx, None, host_slowdown=1.0 + load, mem_hz=self._run_mem)
             self._cache[key] = (r.latency_ns / 1e6, self.board.frame_energy_j(
-                self.cpu, self._run_gpu, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns))
+                self.cpu, self._run_gpu, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns, mem_hz=self._run_mem))
         return self._cache[key]
 
     def at(self, ctx: int | None, load: float, step: int = 32):
@@ -118,8 +121,11 @@ class Truth:
         (l0, e0), (l1, e1) = self._grid(lo, load), self._grid(lo + step, load)
         return l0 + w * (l1 - l0), e0 + w * (e1 - e0)
 
-    def index(self, cpu_khz: int, gpu_hz: int | None) -> int:
-        return int(np.flatnonzero((self.cpu == cpu_khz) & ((self.gpu == gpu_hz) if self.has_gpu else True))[0])
+    def index(self, cpu_khz: int, gpu_hz: int | None, mem_hz: int | None = None) -> int:
+        at = (self.cpu == cpu_khz) & ((self.gpu == gpu_hz) if self.has_gpu else True)
+        if self.has_mem:
+            at &= self.mem == (mem_hz if mem_hz is not None else self.mem.max())
+        return int(np.flatnonzero(at)[0])
 
     def allowed(self, capped: bool) -> np.ndarray:
         sim = self.board.simulation
@@ -128,6 +134,8 @@ class Truth:
         ok = self.cpu <= _resolve_down(sim.thermal_cap_cpu_khz, self.board.domain_tables["cpu"])
         if self.has_gpu:
             ok &= self.gpu <= _resolve_down(sim.thermal_cap_gpu_hz, self.board.domain_tables["gpu"])
+        if self.has_mem:
+            ok &= self.mem <= _resolve_down(sim.thermal_cap_mem_hz, self.board.domain_tables["mem"])
         return ok
 
 
@@ -147,7 +155,7 @@ def references(truth: Truth, f: dict) -> dict:
     lat = lat * f["burst"]
     allowed = truth.allowed(f["capped"])
     d, wait = f["deadline_ms"], f["wait_ms"]
-    ran = truth.index(f["cpu_khz"], f["gpu_hz"])
+    ran = truth.index(f["cpu_khz"], f["gpu_hz"], f.get("mem_hz"))
     noise = (f["run_ms"] - f["transition_ms"]) / lat[ran]  # this frame's noise: measured / true
     i = _pick(allowed & (lat + wait <= d), allowed, en, lat)
     j = _pick(allowed & (lat * truth.q_ratio + wait <= d), allowed, en, lat * truth.q_ratio)
@@ -246,7 +254,7 @@ class Harness:
                     "phase": phase, "ctx": ctx, "load": fr.background_load, "capped": fr.capped,
                     "burst": burst, "wait_ms": wait_s * 1e3, "run_ms": run_ms * burst,
                     "transition_ms": fr.transition_ns / 1e6 * burst, "latency_ms": latency_ms,
-                    "deadline_ms": deadline, "cpu_khz": fr.cpu_khz, "gpu_hz": fr.gpu_hz,
+                    "deadline_ms": deadline, "cpu_khz": fr.cpu_khz, "gpu_hz": fr.gpu_hz, "mem_hz": fr.mem_hz,
                     "energy_j": fr.energy_j, "rt_us": rt_us, "stored": stored,
                     "answered": [decision.get("cpu_khz"), decision.get("gpu_hz"), decision.get("predicted_ms")]})
                           + "\n")
