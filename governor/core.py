@@ -39,6 +39,7 @@ import logging
 import math
 import threading
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,6 +108,7 @@ class _Grid:
     energy_parts: np.ndarray | None = field(default=None, repr=False, compare=False)
     # kept with the grid, so a grid evicted or replaced takes its frontiers with it
     frontiers: dict = field(default_factory=dict, repr=False, compare=False)
+    sorted_lat: dict = field(default_factory=dict, repr=False, compare=False)  # per level: latency sorted
 
 
 @dataclass
@@ -139,6 +141,12 @@ class _Frame:
     wait_ms: float = 0.0  # predicted wait behind other apps' GPU work, at the pair it runs at
     pending: bool = False  # its pair was not written yet (the backend was busy)
     parts: np.ndarray | None = None  # the energy terms at its point, per host level (power learning)
+    # ``lat`` sorted (shared by every frame of its grid and level): the points at which it meets its
+    # deadline are those of latency up to a threshold, found by bisection (``Governor._serving``)
+    lat_sorted: list | None = field(default=None, repr=False)
+    # (grid index of ``point``, its GPU busy time in s at every point, at least that at ``point``):
+    # what frames queued behind it wait, computed once per point it runs at, not per decision
+    busy: tuple | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -198,6 +206,10 @@ def _delayed(lat_ms: float, delay_ms: float, old_ms: float) -> float:
         return lat_ms + delay_ms
     mixed = old_ms if delay_ms >= old_ms else delay_ms + (1.0 - min(delay_ms / old_ms, 1.0)) * lat_ms
     return max(mixed, lat_ms)
+
+
+def _started(f: _Frame) -> float:
+    return f.started
 
 
 class Governor:
@@ -514,7 +526,7 @@ class Governor:
             # registered before the write, so decisions made meanwhile serve this frame's deadline
             self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner,
                                          predicted_ms=predicted, lat=ask.lat, corr=corr, gpu_ms=grid.gpu_ms,
-                                         wait_ms=wait)
+                                         wait_ms=wait, lat_sorted=self._sorted_lat(grid, level))
             if self._learner is not None and grid.energy_parts is not None:
                 self._frames[frame].parts = grid.energy_parts[:, :, idx]
             self._limit_frames(owner, app)
@@ -651,10 +663,10 @@ class Governor:
         the frames in flight; else the fastest allowed point (infeasible). Also returns the
         predicted latency (queueing wait included) at the point chosen and that wait.
 
-        With ``frontiers`` (the cache of the grid's level) and no frame in flight, the point in force
-        is kept without looking at the whole grid when the full decision would keep it."""
+        With ``frontiers`` (the cache of the grid's level), the point in force is kept without
+        looking at the whole grid when the full decision would keep it."""
         caps = self._active_caps(ask.now)
-        if frontiers is not None and not self._frames:
+        if frontiers is not None:
             kept = self._keep_in_force(ask, caps, frontiers)
             if kept is not None:
                 return kept
@@ -675,18 +687,20 @@ class Governor:
         return best, True, float(total[best]), float(wait[best])
 
     def _keep_in_force(self, ask: _Ask, caps: np.ndarray, frontiers: dict) -> tuple[int, bool, float, float] | None:
-        """The full decision's answer when it keeps the point in force, else None: for a frame with
-        no other in flight (no queueing wait, no other deadline to serve, the plain hysteresis).
-        (Infeasible at the point in force: kept when no other point can be as fast.)
+        """The full decision's answer when it keeps the point in force, else None (then the full
+        decision runs). (Infeasible at the point in force: kept when no other point can be as fast.)
 
-        The point in force is predicted alone, in full. Every other point changes some domain, so
-        it is in one group: the points equal to the point in force in the domains of longer
-        actuation delay than domain k, differing in k. Its prediction is at least what a point of
-        that latency would take with domain k's delay alone (the prediction grows with the delay),
-        so the least energy of each group's points within the latency that allows (a staircase
-        per group, cached with the mask and the point in force) bounds the full decision's best
-        from below. The point in force within ``hysteresis`` of every group's bound: the full
-        decision keeps it too."""
+        The point in force is predicted alone, in full: actuation delay, queueing wait behind other
+        apps' GPU work, whether every frame in flight still meets its deadline there. Every other
+        point changes some domain, so it is in one group: the points equal to the point in force in
+        the domains of longer actuation delay than domain k, differing in k. Its prediction is at
+        least what a point of that latency would take with domain k's delay alone (the prediction
+        grows with the delay), plus the least queueing wait any point can have (each frame queued
+        ahead at its own point's GPU time, the least the full decision counts for it); the frames
+        in flight only narrow the choice. So the least energy of each group's points within the
+        latency that allows (a staircase per group, cached with the mask and the point in force)
+        bounds the full decision's best from below. The point in force within the hysteresis of
+        every group's bound: the full decision keeps it too."""
         cur_point = self._cur
         mask = (caps.tobytes(), self._reachable_key)
         ordered = frontiers.get(mask)
@@ -703,22 +717,30 @@ class Governor:
         if not allowed:
             return None
         predicted = self._predict_at(ask, cur)
+        wait = least_wait = 0.0
+        hysteresis = self.settings.hysteresis
+        if self._frames:
+            if not self._serves_at(ask, cur):
+                return None
+            wait, least_wait = self._queue_wait_bounds(ask, cur)
+            predicted += wait
+            hysteresis = self._hysteresis(ask)
         deadline, corr = ask.deadline_ms, ask.corr
         old = float(ask.lat[self._index(self._running(ask.now))]) * corr
         if predicted > deadline:
             # infeasible here: kept only as the fastest allowed point, no other point possibly as fast
             beyond = predicted * (1 + 1e-9) + 1e-12
             for stair, delay in stairs:
-                if _delayed(stair.f_lat[0] * corr, delay, old) <= beyond:
+                if _delayed(stair.f_lat[0] * corr, delay, old) + least_wait <= beyond:
                     return None
-            return cur, False, predicted, 0.0
+            return cur, False, predicted, wait
         for stair, delay in stairs:
-            limit = _latency_limit(deadline, delay, old)
+            limit = _latency_limit(deadline - least_wait, delay, old)
             # a little wider than the exact limit: the bound may only err on the low side
             limit_ms = math.inf if corr <= 0 else limit / corr * (1 + 1e-9) + 1e-12
-            if stair.least_energy(limit_ms) * (1 + self.settings.hysteresis) < ask.energy_mj[cur]:
+            if stair.least_energy(limit_ms) * (1 + hysteresis) < ask.energy_mj[cur]:
                 return None
-        return cur, True, predicted, 0.0
+        return cur, True, predicted, wait
 
     def _groups(self, ordered: SortedPoints, cur_point: tuple[int, ...]) -> tuple:
         """(index of the point in force, whether it is allowed, [(staircase, delay)] per group)."""
@@ -787,49 +809,130 @@ class Governor:
             return lat
         return _delayed(lat, delay, float(ask.lat[self._index(self._running(now))]) * ask.corr)
 
+    def _queued_ahead(self, ask: _Ask) -> list[_Frame]:
+        """Other apps' frames in flight whose GPU work the frame queues behind, in the order they
+        started (a frame started after it queues behind it)."""
+        others = [f for k, f in self._frames.items() if f.app != ask.app and k != ask.frame
+                  and f.gpu_ms is not None and f.started <= ask.now]
+        if len(others) > 1:
+            others.sort(key=_started)
+        return others
+
+    def _busy_s(self, f: _Frame) -> np.ndarray:
+        """Frame ``f``'s GPU work (s) at every candidate's frequency, never counted shorter than at
+        its own point: a raise may come too late to speed up work already queued. Cached on the
+        frame for the point it runs at."""
+        own = self._index(f.point)
+        if f.busy is None or f.busy[0] != own:
+            f.busy = (own, np.maximum(f.gpu_ms, f.gpu_ms[own]) / 1e3)
+        return f.busy[1]
+
     def _queue_wait(self, ask: _Ask) -> np.ndarray | float:
         """Per point, how long the frame waits behind other apps' GPU work in flight: their frames
         queue on the GPU in the order they started, each occupying it for its GPU busy time at
         that point's frequency (from its start or when the one before it is done), at least its
         time at its own point."""
-        others = sorted((f for k, f in self._frames.items() if f.app != ask.app and k != ask.frame
-                         and f.gpu_ms is not None and f.started <= ask.now),  # later ones queue behind
-                        key=lambda f: f.started)
+        others = self._queued_ahead(ask)
         if not others:
             return 0.0
         free = np.full(len(self.points), -np.inf)
         for f in others:
-            # its GPU work at the candidate's frequency, never counted shorter than at its own
-            # point: a raise may come too late to speed up work already queued
-            busy = np.maximum(f.gpu_ms, f.gpu_ms[self._index(f.point)])
-            free = np.maximum(free, f.started) + busy / 1e3
-        return np.maximum(free - ask.now, 0.0) * 1e3
+            np.maximum(free, f.started, out=free)
+            free += self._busy_s(f)
+        free -= ask.now
+        np.maximum(free, 0.0, out=free)
+        free *= 1e3
+        return free
 
     def _queue_wait_at(self, ask: _Ask, i: int) -> float:
         """``_queue_wait(ask)[i]`` for one point (the same float operations)."""
-        others = sorted((f for k, f in self._frames.items() if f.app != ask.app and k != ask.frame
-                         and f.gpu_ms is not None and f.started <= ask.now),
-                        key=lambda f: f.started)
-        free = -math.inf
+        return self._queue_wait_bounds(ask, i)[0]
+
+    def _queue_wait_bounds(self, ask: _Ask, i: int) -> tuple[float, float]:
+        """(``_queue_wait(ask)[i]``, a lower bound of ``_queue_wait(ask)`` at every point): the same
+        queue with each frame at its own point's GPU time, the least the full decision counts for
+        it (the recurrence grows with each busy time, rounding included)."""
+        free = least = -math.inf
+        others = self._queued_ahead(ask)
         for f in others:
-            busy = max(float(f.gpu_ms[i]), float(f.gpu_ms[self._index(f.point)]))
-            free = max(free, f.started) + busy / 1e3
-        return max(free - ask.now, 0.0) * 1e3 if others else 0.0
+            gpu = f.gpu_ms
+            own = float(gpu[self._index(f.point)])
+            at = float(gpu[i])
+            started = f.started
+            free = max(free, started) + max(at, own) / 1e3
+            least = max(least, started) + own / 1e3
+        if not others:
+            return 0.0, 0.0
+        return max(free - ask.now, 0.0) * 1e3, max(least - ask.now, 0.0) * 1e3
+
+    def _sorted_lat(self, grid: _Grid, level: int) -> list[float]:
+        """The grid's latencies at one host level in ascending order (computed once per grid and level)."""
+        found = grid.sorted_lat.get(level)
+        if found is None:
+            found = grid.sorted_lat[level] = np.sort(grid.latency_ms[level]).tolist()
+        return found
+
+    @staticmethod
+    def _left_and_end(f: _Frame, now: float) -> tuple[float, float]:
+        """The share of frame ``f``'s own work not yet done (by its prediction) and its deadline (s)."""
+        own = max(f.predicted_ms - f.wait_ms, 1e-6)
+        left = min(max(1.0 - ((now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0)
+        return left, f.started + f.deadline_ms / 1e3
+
+    def _serves_at(self, ask: _Ask, i: int) -> bool:
+        """``_serves_in_flight(ask)[i]`` for one point (the same float operations)."""
+        now, values = ask.now, self._geometry.values[i]
+        for k, f in self._frames.items():
+            if k == ask.frame or f.lat is None:
+                continue
+            left, end = self._left_and_end(f, now)
+            corr = f.corr
+            if now + left * (float(f.lat[i]) * corr) / 1e3 <= end:
+                continue
+            least = f.lat_sorted[0] if f.lat_sorted else float(f.lat.min())
+            if now + left * (least * corr) / 1e3 <= end:
+                return False  # some point meets this frame's deadline, not this one
+            # no point can: the frame keeps at least the point it asked for
+            if not all(v >= min(p, c) for v, p, c in zip(values, f.point, self._caps.tolist(), strict=True)):
+                return False
+        return True
 
     def _serves_in_flight(self, ask: _Ask) -> np.ndarray | bool:
         """Points at which every frame in flight still meets its deadline: its work not yet done
         (the share of its predicted time that has not elapsed) at the point's latency. A frame that
-        no point can save any more keeps at least the point it asked for."""
+        no point can save any more keeps at least the point it asked for.
+
+        Whether a frame meets its deadline at a point grows with the point's latency alone, so its
+        points are those up to a threshold latency, found by bisection on its grid's sorted
+        latencies (the exact test on the neighbours); frames of one grid and level share the
+        tightest threshold: one array comparison per grid in flight, not per frame."""
         ok: np.ndarray | bool = True
+        now = ask.now
+        tightest: dict[int, list] = {}  # id(sorted latencies) -> [latency array, threshold]
         for k, f in self._frames.items():
             if k == ask.frame or f.lat is None:
                 continue
-            own = max(f.predicted_ms - f.wait_ms, 1e-6)
-            left = min(max(1.0 - ((ask.now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0)
-            meets = ask.now + left * (f.lat * f.corr) / 1e3 <= f.started + f.deadline_ms / 1e3
-            if not meets.any():
-                meets = np.all(self.points >= np.minimum(np.array(f.point), self._caps), axis=1)
-            ok = ok & meets
+            left, end = self._left_and_end(f, now)
+            corr = f.corr
+            s = f.lat_sorted if f.lat_sorted is not None else np.sort(f.lat).tolist()
+            # the exact test (numpy's float operations, element by element) is non-decreasing in
+            # the latency: bisect on an estimate of the threshold, then settle it on the neighbours
+            j = bisect_right(s, (end - now) * 1e3 / (left * corr) if left * corr > 0 else math.inf)
+            while j > 0 and not now + left * (s[j - 1] * corr) / 1e3 <= end:
+                j -= 1
+            while j < len(s) and now + left * (s[j] * corr) / 1e3 <= end:
+                j += 1
+            if j == 0:  # no point can save it any more
+                ok = ok & np.all(self.points >= np.minimum(np.array(f.point), self._caps), axis=1)
+                continue
+            entry = tightest.get(id(s))
+            if entry is None:
+                tightest[id(s)] = [f.lat, s[j - 1], s[-1]]
+            elif s[j - 1] < entry[1]:
+                entry[1] = s[j - 1]
+        for lat, threshold, slowest in tightest.values():
+            if threshold < slowest:  # else every point meets them
+                ok = ok & (lat <= threshold)
         return ok
 
     def _floor(self) -> tuple[int, ...]:
