@@ -147,6 +147,7 @@ class _Frame:
     # (grid index of ``point``, its GPU busy time in s at every point, at least that at ``point``):
     # what frames queued behind it wait, computed once per point it runs at, not per decision
     busy: tuple | None = field(default=None, repr=False)
+    own: tuple | None = field(default=None, repr=False)  # (point, its grid index, GPU busy ms there)
 
 
 @dataclass
@@ -720,11 +721,13 @@ class Governor:
         wait = least_wait = 0.0
         hysteresis = self.settings.hysteresis
         if self._frames:
-            if not self._serves_at(ask, cur):
+            found = self._in_flight_at(ask, cur)
+            if found is None:  # some frame in flight would miss its deadline here: the full decision
                 return None
-            wait, least_wait = self._queue_wait_bounds(ask, cur)
+            wait, least_wait, shared = found
             predicted += wait
-            hysteresis = self._hysteresis(ask)
+            if shared:
+                hysteresis = max(hysteresis, self.settings.shared_hysteresis)
         deadline, corr = ask.deadline_ms, ask.corr
         old = float(ask.lat[self._index(self._running(ask.now))]) * corr
         if predicted > deadline:
@@ -822,7 +825,7 @@ class Governor:
         """Frame ``f``'s GPU work (s) at every candidate's frequency, never counted shorter than at
         its own point: a raise may come too late to speed up work already queued. Cached on the
         frame for the point it runs at."""
-        own = self._index(f.point)
+        own = self._own_gpu(f)[0]
         if f.busy is None or f.busy[0] != own:
             f.busy = (own, np.maximum(f.gpu_ms, f.gpu_ms[own]) / 1e3)
         return f.busy[1]
@@ -846,24 +849,67 @@ class Governor:
 
     def _queue_wait_at(self, ask: _Ask, i: int) -> float:
         """``_queue_wait(ask)[i]`` for one point (the same float operations)."""
-        return self._queue_wait_bounds(ask, i)[0]
-
-    def _queue_wait_bounds(self, ask: _Ask, i: int) -> tuple[float, float]:
-        """(``_queue_wait(ask)[i]``, a lower bound of ``_queue_wait(ask)`` at every point): the same
-        queue with each frame at its own point's GPU time, the least the full decision counts for
-        it (the recurrence grows with each busy time, rounding included)."""
-        free = least = -math.inf
+        free = -math.inf
         others = self._queued_ahead(ask)
         for f in others:
-            gpu = f.gpu_ms
-            own = float(gpu[self._index(f.point)])
-            at = float(gpu[i])
+            own = self._own_gpu(f)[1]
+            at = float(f.gpu_ms[i])
+            free = max(free, f.started) + max(at, own) / 1e3
+        return max(free - ask.now, 0.0) * 1e3 if others else 0.0
+
+    def _own_gpu(self, f: _Frame) -> tuple[int, float]:
+        """(grid index of the point frame ``f`` runs at, its GPU busy time there), cached on the frame."""
+        own = f.own
+        if own is None or own[0] is not f.point:
+            i = self._index(f.point)
+            own = f.own = (f.point, i, float(f.gpu_ms[i]) if f.gpu_ms is not None else 0.0)
+        return own[1], own[2]
+
+    def _in_flight_at(self, ask: _Ask, i: int) -> tuple[float, float, bool] | None:
+        """What the frames in flight make of point ``i``, in one pass over them: None if it does
+        not serve them all (``_serves_in_flight(ask)[i]`` false), else (``_queue_wait(ask)[i]``,
+        a lower bound of ``_queue_wait(ask)`` at every point, whether another app has a frame in
+        flight (the shared hysteresis)), with the same float operations. The bound is the same
+        queue with each frame at its own point's GPU time, the least the full decision counts for
+        it (the recurrence grows with each busy time, rounding included)."""
+        now, app, me = ask.now, ask.app, ask.frame
+        queued: list[_Frame] = []
+        shared = False
+        for k, f in self._frames.items():
+            if k == me:
+                continue
+            if f.app != app:
+                shared = True
+                if f.gpu_ms is not None and f.started <= now:
+                    queued.append(f)
+            if f.lat is None:
+                continue
+            own = f.predicted_ms - f.wait_ms
+            if own < 1e-6:
+                own = 1e-6
+            left = min(max(1.0 - ((now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0)
+            end = f.started + f.deadline_ms / 1e3
+            corr = f.corr
+            if now + left * (float(f.lat[i]) * corr) / 1e3 <= end:
+                continue
+            least = f.lat_sorted[0] if f.lat_sorted else float(f.lat.min())
+            if now + left * (least * corr) / 1e3 <= end:
+                return None  # some point meets this frame's deadline, not this one
+            caps = self._caps.tolist()
+            if not all(v >= min(p, c) for v, p, c in zip(self._geometry.values[i], f.point, caps, strict=True)):
+                return None  # no point can: the frame keeps at least the point it asked for
+        if not queued:
+            return 0.0, 0.0, shared
+        if len(queued) > 1:
+            queued.sort(key=_started)
+        free = least_free = -math.inf
+        for f in queued:
+            own_i, own_ms = self._own_gpu(f)
+            at = float(f.gpu_ms[i])
             started = f.started
-            free = max(free, started) + max(at, own) / 1e3
-            least = max(least, started) + own / 1e3
-        if not others:
-            return 0.0, 0.0
-        return max(free - ask.now, 0.0) * 1e3, max(least - ask.now, 0.0) * 1e3
+            free = max(free, started) + (at if at > own_ms else own_ms) / 1e3
+            least_free = max(least_free, started) + own_ms / 1e3
+        return max(free - now, 0.0) * 1e3, max(least_free - now, 0.0) * 1e3, shared
 
     def _sorted_lat(self, grid: _Grid, level: int) -> list[float]:
         """The grid's latencies at one host level in ascending order (computed once per grid and level)."""
@@ -878,24 +924,6 @@ class Governor:
         own = max(f.predicted_ms - f.wait_ms, 1e-6)
         left = min(max(1.0 - ((now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0)
         return left, f.started + f.deadline_ms / 1e3
-
-    def _serves_at(self, ask: _Ask, i: int) -> bool:
-        """``_serves_in_flight(ask)[i]`` for one point (the same float operations)."""
-        now, values = ask.now, self._geometry.values[i]
-        for k, f in self._frames.items():
-            if k == ask.frame or f.lat is None:
-                continue
-            left, end = self._left_and_end(f, now)
-            corr = f.corr
-            if now + left * (float(f.lat[i]) * corr) / 1e3 <= end:
-                continue
-            least = f.lat_sorted[0] if f.lat_sorted else float(f.lat.min())
-            if now + left * (least * corr) / 1e3 <= end:
-                return False  # some point meets this frame's deadline, not this one
-            # no point can: the frame keeps at least the point it asked for
-            if not all(v >= min(p, c) for v, p, c in zip(values, f.point, self._caps.tolist(), strict=True)):
-                return False
-        return True
 
     def _serves_in_flight(self, ask: _Ask) -> np.ndarray | bool:
         """Points at which every frame in flight still meets its deadline: its work not yet done

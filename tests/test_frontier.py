@@ -266,7 +266,16 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
             ask = _Ask(grid.latency_ms[level], grid.energy_mj[level], grid.gpu_ms, float(rng.uniform(0.8, 1.4)),
                        float(rng.choice([rng.uniform(8, 120), 400.0])), now, f"app{int(rng.integers(6))}")
             assert np.array_equal(gov._serves_in_flight(ask) & np.ones(n, dtype=bool), _reference_serving(gov, ask))
-            assert np.array_equal(np.broadcast_to(gov._queue_wait(ask), n), _reference_wait(gov, ask))
+            wait = _reference_wait(gov, ask)
+            assert np.array_equal(np.broadcast_to(gov._queue_wait(ask), n), wait)
+            serving = _reference_serving(gov, ask)
+            for i in (gov._index(gov._cur), int(rng.integers(n))):  # one point alone, as the shortcut sees it
+                found = gov._in_flight_at(ask, i)
+                assert (found is not None) == serving[i]
+                assert gov._queue_wait_at(ask, i) == wait[i]
+                if found is not None:
+                    assert found[0] == wait[i] and found[1] <= wait.min()
+                    assert found[2] == any(f.app != ask.app for f in gov._frames.values())
             expected = gov._choose(ask, None)
             if rng.random() < 0.6:  # the point in force is the full decision's answer: the common frame
                 gov._cur = values[expected[0]]
