@@ -326,11 +326,13 @@ class Governor:
         if cap != self._caps[k]:
             log.info("%s: %s", d, f"capped at {int(cap)}" if math.isfinite(cap) else "cap lifted")
             self._caps[k] = cap
+            self._active = None
 
     def _hidden_changed(self) -> None:
         """After a change of ``_blind_since``/``_recheck_s``: until when no hidden cap is due to be
         asked past (so that most decisions need not compute ``_active_caps``'s mask)."""
         self._unhide_at = float(np.min(self._blind_since + self._recheck_s))
+        self._active = None
 
     def _note_change(self, before: tuple[int, ...], after: tuple[int, ...], at: float) -> None:
         """Remember, per domain changed, what ran before and when the new frequency takes effect."""
@@ -369,6 +371,7 @@ class Governor:
         self._target = self._cur  # per domain, the frequency we last asked for
         self._written: set[str] = set()  # domains we have written (a pinned limit is then ours)
         self._caps = np.full(len(self.domains), np.inf)
+        self._active: tuple | None = None  # _active_caps's last answer: (caps, from, until)
         # pinned limits at or under a known cap hide it (the kernel shows our pin): since when
         self._blind_since = np.full(len(self.domains), np.inf)
         # how long such a hidden cap is assumed before asking past it: doubled each time the cap
@@ -775,8 +778,15 @@ class Governor:
         standing above them) need no such check: their lift shows at the next read-back."""
         if now < self._unhide_at - 1e-6:  # none due (the margin: rounding of the sum)
             return self._caps
+        # the same answer until the next hidden cap falls due (or the caps or their timers change)
+        found = self._active
+        if found is not None and found[1] <= now < found[2]:
+            return found[0]
         hidden = now - self._blind_since > self._recheck_s
-        return np.where(hidden, np.inf, self._caps) if hidden.any() else self._caps
+        caps = np.where(hidden, np.inf, self._caps) if hidden.any() else self._caps
+        due = (self._blind_since + self._recheck_s)[~hidden]
+        self._active = (caps, now, float(due.min()) - 1e-6 if len(due) else math.inf)
+        return caps
 
     def _predict(self, ask: _Ask) -> np.ndarray:
         """Corrected latency at every point, counting the actuation delay: until a changed domain

@@ -242,6 +242,7 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
             now = time.monotonic()
             gov._frames.clear()
             gov._caps = np.full(len(gov.domains), np.inf)
+            gov._active = None  # (its cache of the caps in force goes with them)
             if rng.random() < 0.2:  # a cap on one domain
                 k = int(rng.integers(len(gov.domains)))
                 gov._caps[k] = float(rng.choice(gov.tables[k][1:]))
