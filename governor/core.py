@@ -15,15 +15,16 @@ and pick the one with the least predicted energy. Only the domains whose frequen
 what is in force are written. After the frame: the measured latency less its predicted queueing
 wait feeds the correction, whose margin (governor/margins.py) keeps the miss rate at the target.
 
-The common frame (no other frame in flight, the point in force still the choice) is decided
-without numpy over the grid: the point in force is predicted alone, in full (actuation delay
-included), and kept when it meets the deadline and costs at most ``(1 + hysteresis)`` x the least
-energy on the cached Pareto frontier (governor/frontier.py) of the points whose plain corrected
-latency meets it, a lower bound of every point's full prediction, so this is exactly what the full
-decision keeps. Otherwise (a change, other apps' frames in flight) the full decision runs: numpy
-over the grid (a few hundred to ~1300 points). Grids for a new context length are computed once per
-bucket and cached (``compute_grid`` is a plain function so the daemon can run it in another
-process, off its event loop).
+The common frame (the point in force still the choice) is decided without numpy over the grid:
+the point in force is predicted alone, in full (actuation delay, queueing wait, the deadlines of
+the frames in flight at that point), and kept when it meets the deadline and costs at most
+``(1 + hysteresis)`` x the least energy on the cached Pareto frontier (governor/frontier.py) of
+the points whose corrected latency with the least possible wait meets it, a lower bound of every
+point's full prediction, so this is exactly what the full decision keeps (infeasible: kept when
+no point can be as fast). Otherwise (a change) the full decision runs: numpy over the grid (a few
+hundred to ~1300 points), the frames in flight as one latency threshold per grid and level.
+Grids for a new context length are computed once per bucket and cached (``compute_grid`` is a
+plain function so the daemon can run it in another process, off its event loop).
 
 Apps are isolated from each other: each (app, model) learns its own correction, frames belong to the
 client that opened them, and the number of apps and of frames per client is bounded. Backend I/O
@@ -142,7 +143,7 @@ class _Frame:
     pending: bool = False  # its pair was not written yet (the backend was busy)
     parts: np.ndarray | None = None  # the energy terms at its point, per host level (power learning)
     # ``lat`` sorted (shared by every frame of its grid and level): the points at which it meets its
-    # deadline are those of latency up to a threshold, found by bisection (``Governor._serving``)
+    # deadline are those of latency up to a threshold, found by bisection (``Governor._serves_in_flight``)
     lat_sorted: list | None = field(default=None, repr=False)
     # (grid index of ``point``, its GPU busy time in s at every point, at least that at ``point``):
     # what frames queued behind it wait, computed once per point it runs at, not per decision
