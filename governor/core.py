@@ -149,6 +149,7 @@ class _Frame:
     # what frames queued behind it wait, computed once per point it runs at, not per decision
     busy: tuple | None = field(default=None, repr=False)
     own: tuple | None = field(default=None, repr=False)  # (point, its grid index, GPU busy ms there)
+    at: tuple | None = field(default=None, repr=False)  # (a point i, ``lat[i]``, ``gpu_ms[i]``): i is mostly the same
 
 
 @dataclass
@@ -212,6 +213,10 @@ def _delayed(lat_ms: float, delay_ms: float, old_ms: float) -> float:
 
 def _started(f: _Frame) -> float:
     return f.started
+
+
+def _first(row: tuple) -> float:
+    return row[0]
 
 
 class Governor:
@@ -884,24 +889,31 @@ class Governor:
         queue with each frame at its own point's GPU time, the least the full decision counts for
         it (the recurrence grows with each busy time, rounding included)."""
         now, app, me = ask.now, ask.app, ask.frame
-        queued: list[_Frame] = []
+        queued: list[tuple[float, float, float]] = []  # (started, GPU time at i, at its own point)
         shared = False
         for k, f in self._frames.items():
             if k == me:
                 continue
+            at = f.at
+            if at is None or at[0] != i:  # its latency and GPU time at i: the same i frame after frame
+                at = f.at = (i, float(f.lat[i]) if f.lat is not None else 0.0,
+                             float(f.gpu_ms[i]) if f.gpu_ms is not None else 0.0)
+            started = f.started
             if f.app != app:
                 shared = True
-                if f.gpu_ms is not None and f.started <= now:
-                    queued.append(f)
+                if f.gpu_ms is not None and started <= now:
+                    queued.append((started, at[2], self._own_gpu(f)[1]))
             if f.lat is None:
                 continue
-            own = f.predicted_ms - f.wait_ms
+            wait = f.wait_ms
+            own = f.predicted_ms - wait
             if own < 1e-6:
                 own = 1e-6
-            left = min(max(1.0 - ((now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0)
-            end = f.started + f.deadline_ms / 1e3
+            left = 1.0 - ((now - started) * 1e3 - wait) / own
+            left = 0.0 if left < 0.0 else 1.0 if left > 1.0 else left
+            end = started + f.deadline_ms / 1e3
             corr = f.corr
-            if now + left * (float(f.lat[i]) * corr) / 1e3 <= end:
+            if now + left * (at[1] * corr) / 1e3 <= end:
                 continue
             least = f.lat_sorted[0] if f.lat_sorted else float(f.lat.min())
             if now + left * (least * corr) / 1e3 <= end:
@@ -912,15 +924,14 @@ class Governor:
         if not queued:
             return 0.0, 0.0, shared
         if len(queued) > 1:
-            queued.sort(key=_started)
+            queued.sort(key=_first)  # stable: frames that started at once keep their order
         free = least_free = -math.inf
-        for f in queued:
-            own_i, own_ms = self._own_gpu(f)
-            at = float(f.gpu_ms[i])
-            started = f.started
-            free = max(free, started) + (at if at > own_ms else own_ms) / 1e3
-            least_free = max(least_free, started) + own_ms / 1e3
-        return max(free - now, 0.0) * 1e3, max(least_free - now, 0.0) * 1e3, shared
+        for started, gpu, own_ms in queued:
+            free = (free if free > started else started) + (gpu if gpu > own_ms else own_ms) / 1e3
+            least_free = (least_free if least_free > started else started) + own_ms / 1e3
+        free = (free - now) * 1e3
+        least_free = (least_free - now) * 1e3
+        return (free if free > 0.0 else 0.0), (least_free if least_free > 0.0 else 0.0), shared
 
     def _sorted_lat(self, grid: _Grid, level: int) -> list[float]:
         """The grid's latencies at one host level in ascending order (computed once per grid and level)."""
