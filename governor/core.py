@@ -15,15 +15,16 @@ and pick the one with the least predicted energy. Only the domains whose frequen
 what is in force are written. After the frame: the measured latency less its predicted queueing
 wait feeds the correction, whose margin (governor/margins.py) keeps the miss rate at the target.
 
-The common frame (no other frame in flight, the point in force still the choice) is decided
-without numpy over the grid: the point in force is predicted alone, in full (actuation delay
-included), and kept when it meets the deadline and costs at most ``(1 + hysteresis)`` x the least
-energy on the cached Pareto frontier (governor/frontier.py) of the points whose plain corrected
-latency meets it, a lower bound of every point's full prediction, so this is exactly what the full
-decision keeps. Otherwise (a change, other apps' frames in flight) the full decision runs: numpy
-over the grid (a few hundred to ~1300 points). Grids for a new context length are computed once per
-bucket and cached (``compute_grid`` is a plain function so the daemon can run it in another
-process, off its event loop).
+The common frame (the point in force still the choice) is decided without numpy over the grid:
+the point in force is predicted alone, in full (actuation delay, queueing wait, the deadlines of
+the frames in flight at that point), and kept when it meets the deadline and costs at most
+``(1 + hysteresis)`` x the least energy on the cached Pareto frontier (governor/frontier.py) of
+the points whose corrected latency with the least possible wait meets it, a lower bound of every
+point's full prediction, so this is exactly what the full decision keeps (infeasible: kept when
+no point can be as fast). Otherwise (a change) the full decision runs: numpy over the grid (a few
+hundred to ~1300 points), the frames in flight as one latency threshold per grid and level.
+Grids for a new context length are computed once per bucket and cached (``compute_grid`` is a
+plain function so the daemon can run it in another process, off its event loop).
 
 Apps are isolated from each other: each (app, model) learns its own correction, frames belong to the
 client that opened them, and the number of apps and of frames per client is bounded. Backend I/O
@@ -39,6 +40,7 @@ import logging
 import math
 import threading
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,6 +109,7 @@ class _Grid:
     energy_parts: np.ndarray | None = field(default=None, repr=False, compare=False)
     # kept with the grid, so a grid evicted or replaced takes its frontiers with it
     frontiers: dict = field(default_factory=dict, repr=False, compare=False)
+    sorted_lat: dict = field(default_factory=dict, repr=False, compare=False)  # per level: latency sorted
 
 
 @dataclass
@@ -139,6 +142,14 @@ class _Frame:
     wait_ms: float = 0.0  # predicted wait behind other apps' GPU work, at the pair it runs at
     pending: bool = False  # its pair was not written yet (the backend was busy)
     parts: np.ndarray | None = None  # the energy terms at its point, per host level (power learning)
+    # ``lat`` sorted (shared by every frame of its grid and level): the points at which it meets its
+    # deadline are those of latency up to a threshold, found by bisection (``Governor._serves_in_flight``)
+    lat_sorted: list | None = field(default=None, repr=False)
+    # (grid index of ``point``, its GPU busy time in s at every point, at least that at ``point``):
+    # what frames queued behind it wait, computed once per point it runs at, not per decision
+    busy: tuple | None = field(default=None, repr=False)
+    own: tuple | None = field(default=None, repr=False)  # (point, its grid index, GPU busy ms there)
+    at: tuple | None = field(default=None, repr=False)  # (a point i, ``lat[i]``, ``gpu_ms[i]``): i is mostly the same
 
 
 @dataclass
@@ -198,6 +209,14 @@ def _delayed(lat_ms: float, delay_ms: float, old_ms: float) -> float:
         return lat_ms + delay_ms
     mixed = old_ms if delay_ms >= old_ms else delay_ms + (1.0 - min(delay_ms / old_ms, 1.0)) * lat_ms
     return max(mixed, lat_ms)
+
+
+def _started(f: _Frame) -> float:
+    return f.started
+
+
+def _first(row: tuple) -> float:
+    return row[0]
 
 
 class Governor:
@@ -313,11 +332,13 @@ class Governor:
         if cap != self._caps[k]:
             log.info("%s: %s", d, f"capped at {int(cap)}" if math.isfinite(cap) else "cap lifted")
             self._caps[k] = cap
+            self._active = None
 
     def _hidden_changed(self) -> None:
         """After a change of ``_blind_since``/``_recheck_s``: until when no hidden cap is due to be
         asked past (so that most decisions need not compute ``_active_caps``'s mask)."""
         self._unhide_at = float(np.min(self._blind_since + self._recheck_s))
+        self._active = None
 
     def _note_change(self, before: tuple[int, ...], after: tuple[int, ...], at: float) -> None:
         """Remember, per domain changed, what ran before and when the new frequency takes effect."""
@@ -356,6 +377,7 @@ class Governor:
         self._target = self._cur  # per domain, the frequency we last asked for
         self._written: set[str] = set()  # domains we have written (a pinned limit is then ours)
         self._caps = np.full(len(self.domains), np.inf)
+        self._active: tuple | None = None  # _active_caps's last answer: (caps, from, until)
         # pinned limits at or under a known cap hide it (the kernel shows our pin): since when
         self._blind_since = np.full(len(self.domains), np.inf)
         # how long such a hidden cap is assumed before asking past it: doubled each time the cap
@@ -514,7 +536,7 @@ class Governor:
             # registered before the write, so decisions made meanwhile serve this frame's deadline
             self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner,
                                          predicted_ms=predicted, lat=ask.lat, corr=corr, gpu_ms=grid.gpu_ms,
-                                         wait_ms=wait)
+                                         wait_ms=wait, lat_sorted=self._sorted_lat(grid, level))
             if self._learner is not None and grid.energy_parts is not None:
                 self._frames[frame].parts = grid.energy_parts[:, :, idx]
             self._limit_frames(owner, app)
@@ -651,10 +673,10 @@ class Governor:
         the frames in flight; else the fastest allowed point (infeasible). Also returns the
         predicted latency (queueing wait included) at the point chosen and that wait.
 
-        With ``frontiers`` (the cache of the grid's level) and no frame in flight, the point in force
-        is kept without looking at the whole grid when the full decision would keep it."""
+        With ``frontiers`` (the cache of the grid's level), the point in force is kept without
+        looking at the whole grid when the full decision would keep it."""
         caps = self._active_caps(ask.now)
-        if frontiers is not None and not self._frames:
+        if frontiers is not None:
             kept = self._keep_in_force(ask, caps, frontiers)
             if kept is not None:
                 return kept
@@ -675,18 +697,20 @@ class Governor:
         return best, True, float(total[best]), float(wait[best])
 
     def _keep_in_force(self, ask: _Ask, caps: np.ndarray, frontiers: dict) -> tuple[int, bool, float, float] | None:
-        """The full decision's answer when it keeps the point in force, else None: for a frame with
-        no other in flight (no queueing wait, no other deadline to serve, the plain hysteresis).
-        (Infeasible at the point in force: kept when no other point can be as fast.)
+        """The full decision's answer when it keeps the point in force, else None (then the full
+        decision runs). (Infeasible at the point in force: kept when no other point can be as fast.)
 
-        The point in force is predicted alone, in full. Every other point changes some domain, so
-        it is in one group: the points equal to the point in force in the domains of longer
-        actuation delay than domain k, differing in k. Its prediction is at least what a point of
-        that latency would take with domain k's delay alone (the prediction grows with the delay),
-        so the least energy of each group's points within the latency that allows (a staircase
-        per group, cached with the mask and the point in force) bounds the full decision's best
-        from below. The point in force within ``hysteresis`` of every group's bound: the full
-        decision keeps it too."""
+        The point in force is predicted alone, in full: actuation delay, queueing wait behind other
+        apps' GPU work, whether every frame in flight still meets its deadline there. Every other
+        point changes some domain, so it is in one group: the points equal to the point in force in
+        the domains of longer actuation delay than domain k, differing in k. Its prediction is at
+        least what a point of that latency would take with domain k's delay alone (the prediction
+        grows with the delay), plus the least queueing wait any point can have (each frame queued
+        ahead at its own point's GPU time, the least the full decision counts for it); the frames
+        in flight only narrow the choice. So the least energy of each group's points within the
+        latency that allows (a staircase per group, cached with the mask and the point in force)
+        bounds the full decision's best from below. The point in force within the hysteresis of
+        every group's bound: the full decision keeps it too."""
         cur_point = self._cur
         mask = (caps.tobytes(), self._reachable_key)
         ordered = frontiers.get(mask)
@@ -703,22 +727,32 @@ class Governor:
         if not allowed:
             return None
         predicted = self._predict_at(ask, cur)
+        wait = least_wait = 0.0
+        hysteresis = self.settings.hysteresis
+        if self._frames:
+            found = self._in_flight_at(ask, cur)
+            if found is None:  # some frame in flight would miss its deadline here: the full decision
+                return None
+            wait, least_wait, shared = found
+            predicted += wait
+            if shared:
+                hysteresis = max(hysteresis, self.settings.shared_hysteresis)
         deadline, corr = ask.deadline_ms, ask.corr
         old = float(ask.lat[self._index(self._running(ask.now))]) * corr
         if predicted > deadline:
             # infeasible here: kept only as the fastest allowed point, no other point possibly as fast
             beyond = predicted * (1 + 1e-9) + 1e-12
             for stair, delay in stairs:
-                if _delayed(stair.f_lat[0] * corr, delay, old) <= beyond:
+                if _delayed(stair.f_lat[0] * corr, delay, old) + least_wait <= beyond:
                     return None
-            return cur, False, predicted, 0.0
+            return cur, False, predicted, wait
         for stair, delay in stairs:
-            limit = _latency_limit(deadline, delay, old)
+            limit = _latency_limit(deadline - least_wait, delay, old)
             # a little wider than the exact limit: the bound may only err on the low side
             limit_ms = math.inf if corr <= 0 else limit / corr * (1 + 1e-9) + 1e-12
-            if stair.least_energy(limit_ms) * (1 + self.settings.hysteresis) < ask.energy_mj[cur]:
+            if stair.least_energy(limit_ms) * (1 + hysteresis) < ask.energy_mj[cur]:
                 return None
-        return cur, True, predicted, 0.0
+        return cur, True, predicted, wait
 
     def _groups(self, ordered: SortedPoints, cur_point: tuple[int, ...]) -> tuple:
         """(index of the point in force, whether it is allowed, [(staircase, delay)] per group)."""
@@ -750,8 +784,15 @@ class Governor:
         standing above them) need no such check: their lift shows at the next read-back."""
         if now < self._unhide_at - 1e-6:  # none due (the margin: rounding of the sum)
             return self._caps
+        # the same answer until the next hidden cap falls due (or the caps or their timers change)
+        found = self._active
+        if found is not None and found[1] <= now < found[2]:
+            return found[0]
         hidden = now - self._blind_since > self._recheck_s
-        return np.where(hidden, np.inf, self._caps) if hidden.any() else self._caps
+        caps = np.where(hidden, np.inf, self._caps) if hidden.any() else self._caps
+        due = (self._blind_since + self._recheck_s)[~hidden]
+        self._active = (caps, now, float(due.min()) - 1e-6 if len(due) else math.inf)
+        return caps
 
     def _predict(self, ask: _Ask) -> np.ndarray:
         """Corrected latency at every point, counting the actuation delay: until a changed domain
@@ -787,49 +828,161 @@ class Governor:
             return lat
         return _delayed(lat, delay, float(ask.lat[self._index(self._running(now))]) * ask.corr)
 
+    def _queued_ahead(self, ask: _Ask) -> list[_Frame]:
+        """Other apps' frames in flight whose GPU work the frame queues behind, in the order they
+        started (a frame started after it queues behind it)."""
+        others = [f for k, f in self._frames.items() if f.app != ask.app and k != ask.frame
+                  and f.gpu_ms is not None and f.started <= ask.now]
+        if len(others) > 1:
+            others.sort(key=_started)
+        return others
+
+    def _busy_s(self, f: _Frame) -> np.ndarray:
+        """Frame ``f``'s GPU work (s) at every candidate's frequency, never counted shorter than at
+        its own point: a raise may come too late to speed up work already queued. Cached on the
+        frame for the point it runs at."""
+        own = self._own_gpu(f)[0]
+        if f.busy is None or f.busy[0] != own:
+            f.busy = (own, np.maximum(f.gpu_ms, f.gpu_ms[own]) / 1e3)
+        return f.busy[1]
+
     def _queue_wait(self, ask: _Ask) -> np.ndarray | float:
         """Per point, how long the frame waits behind other apps' GPU work in flight: their frames
         queue on the GPU in the order they started, each occupying it for its GPU busy time at
         that point's frequency (from its start or when the one before it is done), at least its
         time at its own point."""
-        others = sorted((f for k, f in self._frames.items() if f.app != ask.app and k != ask.frame
-                         and f.gpu_ms is not None and f.started <= ask.now),  # later ones queue behind
-                        key=lambda f: f.started)
+        others = self._queued_ahead(ask)
         if not others:
             return 0.0
         free = np.full(len(self.points), -np.inf)
         for f in others:
-            # its GPU work at the candidate's frequency, never counted shorter than at its own
-            # point: a raise may come too late to speed up work already queued
-            busy = np.maximum(f.gpu_ms, f.gpu_ms[self._index(f.point)])
-            free = np.maximum(free, f.started) + busy / 1e3
-        return np.maximum(free - ask.now, 0.0) * 1e3
+            np.maximum(free, f.started, out=free)
+            free += self._busy_s(f)
+        free -= ask.now
+        np.maximum(free, 0.0, out=free)
+        free *= 1e3
+        return free
 
     def _queue_wait_at(self, ask: _Ask, i: int) -> float:
         """``_queue_wait(ask)[i]`` for one point (the same float operations)."""
-        others = sorted((f for k, f in self._frames.items() if f.app != ask.app and k != ask.frame
-                         and f.gpu_ms is not None and f.started <= ask.now),
-                        key=lambda f: f.started)
         free = -math.inf
+        others = self._queued_ahead(ask)
         for f in others:
-            busy = max(float(f.gpu_ms[i]), float(f.gpu_ms[self._index(f.point)]))
-            free = max(free, f.started) + busy / 1e3
+            own = self._own_gpu(f)[1]
+            at = float(f.gpu_ms[i])
+            free = max(free, f.started) + max(at, own) / 1e3
         return max(free - ask.now, 0.0) * 1e3 if others else 0.0
+
+    def _own_gpu(self, f: _Frame) -> tuple[int, float]:
+        """(grid index of the point frame ``f`` runs at, its GPU busy time there), cached on the frame."""
+        own = f.own
+        if own is None or own[0] is not f.point:
+            i = self._index(f.point)
+            own = f.own = (f.point, i, float(f.gpu_ms[i]) if f.gpu_ms is not None else 0.0)
+        return own[1], own[2]
+
+    def _in_flight_at(self, ask: _Ask, i: int) -> tuple[float, float, bool] | None:
+        """What the frames in flight make of point ``i``, in one pass over them: None if it does
+        not serve them all (``_serves_in_flight(ask)[i]`` false), else (``_queue_wait(ask)[i]``,
+        a lower bound of ``_queue_wait(ask)`` at every point, whether another app has a frame in
+        flight (the shared hysteresis)), with the same float operations. The bound is the same
+        queue with each frame at its own point's GPU time, the least the full decision counts for
+        it (the recurrence grows with each busy time, rounding included)."""
+        now, app, me = ask.now, ask.app, ask.frame
+        queued: list[tuple[float, float, float]] = []  # (started, GPU time at i, at its own point)
+        shared = False
+        for k, f in self._frames.items():
+            if k == me:
+                continue
+            at = f.at
+            if at is None or at[0] != i:  # its latency and GPU time at i: the same i frame after frame
+                at = f.at = (i, float(f.lat[i]) if f.lat is not None else 0.0,
+                             float(f.gpu_ms[i]) if f.gpu_ms is not None else 0.0)
+            started = f.started
+            if f.app != app:
+                shared = True
+                if f.gpu_ms is not None and started <= now:
+                    queued.append((started, at[2], self._own_gpu(f)[1]))
+            if f.lat is None:
+                continue
+            wait = f.wait_ms
+            own = f.predicted_ms - wait
+            if own < 1e-6:
+                own = 1e-6
+            left = 1.0 - ((now - started) * 1e3 - wait) / own
+            left = 0.0 if left < 0.0 else 1.0 if left > 1.0 else left
+            end = started + f.deadline_ms / 1e3
+            corr = f.corr
+            if now + left * (at[1] * corr) / 1e3 <= end:
+                continue
+            least = f.lat_sorted[0] if f.lat_sorted else float(f.lat.min())
+            if now + left * (least * corr) / 1e3 <= end:
+                return None  # some point meets this frame's deadline, not this one
+            caps = self._caps.tolist()
+            if not all(v >= min(p, c) for v, p, c in zip(self._geometry.values[i], f.point, caps, strict=True)):
+                return None  # no point can: the frame keeps at least the point it asked for
+        if not queued:
+            return 0.0, 0.0, shared
+        if len(queued) > 1:
+            queued.sort(key=_first)  # stable: frames that started at once keep their order
+        free = least_free = -math.inf
+        for started, gpu, own_ms in queued:
+            free = (free if free > started else started) + (gpu if gpu > own_ms else own_ms) / 1e3
+            least_free = (least_free if least_free > started else started) + own_ms / 1e3
+        free = (free - now) * 1e3
+        least_free = (least_free - now) * 1e3
+        return (free if free > 0.0 else 0.0), (least_free if least_free > 0.0 else 0.0), shared
+
+    def _sorted_lat(self, grid: _Grid, level: int) -> list[float]:
+        """The grid's latencies at one host level in ascending order (computed once per grid and level)."""
+        found = grid.sorted_lat.get(level)
+        if found is None:
+            found = grid.sorted_lat[level] = np.sort(grid.latency_ms[level]).tolist()
+        return found
+
+    @staticmethod
+    def _left_and_end(f: _Frame, now: float) -> tuple[float, float]:
+        """The share of frame ``f``'s own work not yet done (by its prediction) and its deadline (s)."""
+        own = max(f.predicted_ms - f.wait_ms, 1e-6)
+        left = min(max(1.0 - ((now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0)
+        return left, f.started + f.deadline_ms / 1e3
 
     def _serves_in_flight(self, ask: _Ask) -> np.ndarray | bool:
         """Points at which every frame in flight still meets its deadline: its work not yet done
         (the share of its predicted time that has not elapsed) at the point's latency. A frame that
-        no point can save any more keeps at least the point it asked for."""
+        no point can save any more keeps at least the point it asked for.
+
+        Whether a frame meets its deadline at a point grows with the point's latency alone, so its
+        points are those up to a threshold latency, found by bisection on its grid's sorted
+        latencies (the exact test on the neighbours); frames of one grid and level share the
+        tightest threshold: one array comparison per grid in flight, not per frame."""
         ok: np.ndarray | bool = True
+        now = ask.now
+        tightest: dict[int, list] = {}  # id(sorted latencies) -> [latency array, threshold]
         for k, f in self._frames.items():
             if k == ask.frame or f.lat is None:
                 continue
-            own = max(f.predicted_ms - f.wait_ms, 1e-6)
-            left = min(max(1.0 - ((ask.now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0)
-            meets = ask.now + left * (f.lat * f.corr) / 1e3 <= f.started + f.deadline_ms / 1e3
-            if not meets.any():
-                meets = np.all(self.points >= np.minimum(np.array(f.point), self._caps), axis=1)
-            ok = ok & meets
+            left, end = self._left_and_end(f, now)
+            corr = f.corr
+            s = f.lat_sorted if f.lat_sorted is not None else np.sort(f.lat).tolist()
+            # the exact test (numpy's float operations, element by element) is non-decreasing in
+            # the latency: bisect on an estimate of the threshold, then settle it on the neighbours
+            j = bisect_right(s, (end - now) * 1e3 / (left * corr) if left * corr > 0 else math.inf)
+            while j > 0 and not now + left * (s[j - 1] * corr) / 1e3 <= end:
+                j -= 1
+            while j < len(s) and now + left * (s[j] * corr) / 1e3 <= end:
+                j += 1
+            if j == 0:  # no point can save it any more
+                ok = ok & np.all(self.points >= np.minimum(np.array(f.point), self._caps), axis=1)
+                continue
+            entry = tightest.get(id(s))
+            if entry is None:
+                tightest[id(s)] = [f.lat, s[j - 1], s[-1]]
+            elif s[j - 1] < entry[1]:
+                entry[1] = s[j - 1]
+        for lat, threshold, slowest in tightest.values():
+            if threshold < slowest:  # else every point meets them
+                ok = ok & (lat <= threshold)
         return ok
 
     def _floor(self) -> tuple[int, ...]:

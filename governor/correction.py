@@ -69,10 +69,11 @@ class Correction:
         self._next = (self._next + 1) % FIT_WINDOW
         n = len(self.frames)
         pred, meas = (self._pred, self._meas) if n == FIT_WINDOW else (self._pred[:n], self._meas[:n])
-        level, bias = self._fit_arrays(pred, meas)
+        # the ratios of the whole window; the fast window's are some of its rows (the same values)
+        ratio = meas[:, None] / np.maximum(pred, 1e-9)
+        level, bias = self._fit_ratio(ratio)
         if n > FAST_WINDOW:
-            recent = (np.arange(self._next - FAST_WINDOW, self._next)) % FIT_WINDOW
-            fast_level, fast_bias = self._fit_arrays(self._pred[recent], self._meas[recent])
+            fast_level, fast_bias = self._fit_ratio(ratio[_RECENT[self._next]])
             current = column
             if fast_bias * current[fast_level] > bias * current[level]:
                 level, bias = fast_level, fast_bias
@@ -90,15 +91,27 @@ class Correction:
     @staticmethod
     def _fit_arrays(pred: np.ndarray, measured: np.ndarray) -> tuple[int, float]:
         """``pred`` (frames, levels), ``measured`` (frames,)."""
-        ratio = measured[:, None] / np.maximum(pred, 1e-9)
+        return Correction._fit_ratio(measured[:, None] / np.maximum(pred, 1e-9))
+
+    @staticmethod
+    def _fit_ratio(ratio: np.ndarray) -> tuple[int, float]:
+        """``ratio`` (frames, levels): measured / predicted latency."""
         # the median per level from one sort (np.median costs ten times more on arrays this small)
         ordered = np.sort(ratio, axis=0)
         n = len(ordered)
         bias = ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])  # (levels,)
-        cost = np.abs(np.log(ratio / bias)).sum(axis=0) / n
-        ties = np.flatnonzero(cost <= cost.min() + TIE_TOLERANCE)
+        cost = (np.abs(np.log(ratio / bias)).sum(axis=0) / n).tolist()
+        least = min(cost) + TIE_TOLERANCE
+        ties = [k for k, c in enumerate(cost) if c <= least]
+        if len(ties) == 1:
+            return ties[0], float(bias[ties[0]])
         # Where the frames cannot tell the causes apart (all at one pair), blame the host first:
         # the explanation whose bias is closest to 1. Other load on the inference CPU is the
         # common drift; GPU-side slowdowns from thermal caps show up as lower frequencies instead.
-        level = int(ties[np.argmin(np.abs(np.log(bias[ties])))])
+        off = np.abs(np.log(bias[ties])).tolist()
+        level = ties[off.index(min(off))]
         return level, float(bias[level])
+
+
+# the ring's rows of the last FAST_WINDOW frames, oldest first, for each position of the next write
+_RECENT = [np.arange(k - FAST_WINDOW, k) % FIT_WINDOW for k in range(FIT_WINDOW)]

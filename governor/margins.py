@@ -25,12 +25,19 @@ What is done instead, per (app, model), on the residual ratio r = measured / cor
   fade with a short half-life (``CLUSTER_HALF_LIFE``), so the margin comes back down within tens
   of frames instead of a whole window. Isolated exceedances, the real tail, keep the long half-life.
 
-numpy only (a closed-form fit), a few microseconds per frame at the window sizes used.
+numpy only (a closed-form fit). Per frame only what a frame can change is redone: the plain
+quantile comes from a sorted copy of the window kept up to date (bisection, the very value
+``np.quantile`` gives), and the tail is refitted when the new sample lies above its threshold
+(the tail itself changed), while a cluster is under way or fading, and otherwise every
+``REFIT_EVERY`` frames. Between refits the fit stands: ageing multiplies every weight by the same
+factor, which changes neither the weighted quantiles nor the moments, so what the fit misses is a
+few samples of the body (below the threshold) and the window's oldest samples going.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 
 import numpy as np
@@ -39,6 +46,8 @@ BODY_QUANTILE = 0.80  # threshold of the tail fit
 MIN_TAIL = 8.0  # weighted exceedances needed before the tail is fitted
 CLUSTER_HALF_LIFE = 8.0  # frames: how fast a passed cluster's samples fade
 XI_RANGE = (-0.5, 0.45)  # shape of the fitted tail, kept where the moments exist
+REFIT_EVERY = 16  # frames between refits of the tail while no sample exceeds its threshold
+FADED = 10.0 * CLUSTER_HALF_LIFE  # frames after a cluster by which its samples no longer count (< 1e-3)
 
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
@@ -48,6 +57,22 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
     cum = np.cumsum(weights[order])
     k = int(np.searchsorted(cum, q * cum[-1]))
     return float(values[order[min(k, len(values) - 1)]])
+
+
+def linear_quantile(ordered: list[float], q: float) -> float:
+    """``np.quantile(values, q)`` (its default, linear interpolation, the same float operations)
+    of values already sorted."""
+    n = len(ordered)
+    v = (n - 1) * q
+    if v >= n - 1:
+        return ordered[-1]
+    if v < 0:
+        return ordered[0]
+    i = math.floor(v)
+    g = v - i
+    a, b = ordered[i], ordered[i + 1]
+    d = b - a
+    return b - d * (1 - g) if g >= 0.5 else a + d * g
 
 
 def gpd_quantile(excess: np.ndarray, weights: np.ndarray, exceed_prob: float, target: float) -> float:
@@ -87,6 +112,11 @@ class TailMargin:
         self.base = initial  # the fitted margin before the cluster under way began
         self.fitted = initial
         self.value = initial
+        self._raw_sorted: list[float] = []  # ``raw`` in ascending order (the plain quantile)
+        self._threshold = -math.inf  # the tail fit's threshold u at the last refit
+        self._since_fit = 0  # frames since the last refit
+        self._transients = 0  # samples marked transient in the window
+        self._decay: np.ndarray | None = None  # the age weights for a full window
 
     def __len__(self) -> int:
         return len(self.ratios)
@@ -100,39 +130,53 @@ class TailMargin:
         fit's multiplier on the uncorrected prediction when the ratio was taken, so that a cluster
         the fit has since caught up with (the bias moved) stops raising the margin on top of it."""
         ratio = float(ratio)
+        raw = ratio * scale
+        if len(self.raw) == self.raw.maxlen:  # the oldest sample leaves the window
+            gone = self.raw[0]
+            del self._raw_sorted[bisect_left(self._raw_sorted, gone)]
+            self._transients -= self.transient[0]
         self.ratios.append(ratio)
-        self.raw.append(ratio * scale)
+        self.raw.append(raw)
+        insort(self._raw_sorted, raw)
         self.transient.append(False)
         level = self.base if self.in_cluster else self.fitted
-        recent = list(self.ratios)[-self.cluster_window:]
-        above = [r for r in recent if r > level]
-        if ratio > level and len(above) >= self.cluster:
+        n, w = len(self.ratios), min(self.cluster_window, len(self.ratios))
+        above = sum(1 for k in range(n - w, n) if self.ratios[k] > level)
+        if ratio > level and above >= self.cluster:
             if not self.in_cluster:
                 self.base = self.fitted
             # a cluster: its samples are a transient, and the margin covers them at once
-            for k in range(len(self.ratios) - len(recent), len(self.ratios)):
-                self.transient[k] = self.transient[k] or self.ratios[k] > self.base
+            for k in range(n - w, n):
+                if not self.transient[k] and self.ratios[k] > self.base:
+                    self.transient[k] = True
+                    self._transients += 1
             self.since_cluster = 0
         else:
             self.since_cluster += 1
-        if len(self.ratios) >= self.min_samples:
+        self._since_fit += 1
+        if n >= self.min_samples and (
+                ratio > self._threshold or self._since_fit >= REFIT_EVERY or self.in_cluster
+                or (self._transients and self.since_cluster < FADED + self.cluster_window)):
             self.fitted = max(self._fit(), 1.0)
+            self._since_fit = 0
         boost = 1.0
         if self.in_cluster:  # the cluster's slowest frame, against the fit as it is now
-            boost = max(list(self.raw)[-self.cluster_window:], default=scale) / scale
+            boost = max((self.raw[k] for k in range(n - w, n)), default=scale) / scale
         fitted = self.fitted
-        if len(self.raw) >= self.min_samples:
+        if n >= self.min_samples:
             # never more than the plain quantile of what was measured asks for: a fit that follows
             # a regime quickly and a margin that learned the lag would otherwise count it twice
-            plain = float(np.quantile(np.fromiter(self.raw, float, len(self.raw)), 1.0 - self.target))
+            plain = linear_quantile(self._raw_sorted, 1.0 - self.target)
             fitted = max(1.0, min(fitted, plain / scale))
         self.value = max(fitted, boost)
         return self.value
 
     def _weights(self) -> np.ndarray:
         n = len(self.ratios)
-        w = 0.5 ** (np.arange(n - 1, -1, -1, dtype=float) / self.half_life)
-        if not self.in_cluster:  # the cluster has passed: its samples go, quickly
+        if self._decay is None or len(self._decay) != n:
+            self._decay = 0.5 ** (np.arange(n - 1, -1, -1, dtype=float) / self.half_life)
+        w = self._decay
+        if self._transients and not self.in_cluster:  # the cluster has passed: its samples go, quickly
             transient = np.fromiter(self.transient, bool, n)
             gone = max(0.0, self.since_cluster - self.cluster_window + 1)
             w = np.where(transient, w * 0.5 ** (gone / CLUSTER_HALF_LIFE), w)
@@ -143,7 +187,7 @@ class TailMargin:
         w = self._weights()
         keep = w >= 1e-3 * w.max()
         r, w = r[keep], w[keep]
-        u = weighted_quantile(r, w, BODY_QUANTILE)
+        u = self._threshold = weighted_quantile(r, w, BODY_QUANTILE)
         tail = r > u
         tail_w = float(w[tail].sum())
         if tail_w < MIN_TAIL * float(w.max()) or tail.sum() < 3:

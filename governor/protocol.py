@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from json.encoder import encode_basestring_ascii
 from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -154,14 +155,26 @@ def encode(msg: dict) -> bytes:
 
 
 _LEARNED = {True: b'{"ok":true,"learned":true}\n', False: b'{"ok":true,"learned":false}\n'}
+_BOOL = {True: "true", False: "false"}
+
+
+def _notes_json(notes) -> str | None:
+    """``,"notes":[...]`` as ``encode`` writes it (ASCII-escaped strings), "" for none; None when a
+    note is not a plain string (then ``encode`` formats the whole reply)."""
+    if not notes:
+        return ""
+    if not all(type(n) is str for n in notes):
+        return None
+    return ',"notes":[' + ",".join(encode_basestring_ascii(n) for n in notes) + "]"
 
 
 def encode_decision(d) -> bytes:
     """The reply to ``before_frame`` for a ``core.Decision``: what ``encode`` would write for
-    ``{"ok": true, "frame", "cpu_khz", "gpu_hz", "predicted_ms", "feasible"[, "notes"]}``, byte
-    for byte, formatted directly in the common case."""
+    ``{"ok": true, "frame", "cpu_khz", "gpu_hz", "predicted_ms", "feasible"[, "mem_hz"][, "notes"]}``,
+    byte for byte, formatted directly (the common replies: boards with a memory domain, notes)."""
     pred = d.predicted_ms
-    if d.notes or d.mem_hz is not None or type(pred) is not float or not math.isfinite(pred):
+    notes = _notes_json(d.notes)
+    if notes is None or type(pred) is not float or not math.isfinite(pred):
         out = {"ok": True, "frame": d.frame, "cpu_khz": d.cpu_khz, "gpu_hz": d.gpu_hz, "predicted_ms": pred,
                "feasible": d.feasible}
         if d.mem_hz is not None:  # a board with a memory domain: the level in force
@@ -170,12 +183,19 @@ def encode_decision(d) -> bytes:
             out["notes"] = list(d.notes)
         return encode(out)
     gpu = "null" if d.gpu_hz is None else int(d.gpu_hz)
+    mem = "" if d.mem_hz is None else f',"mem_hz":{int(d.mem_hz)}'
     return (f'{{"ok":true,"frame":{int(d.frame)},"cpu_khz":{int(d.cpu_khz)},"gpu_hz":{gpu},'
-            f'"predicted_ms":{pred!r},"feasible":{"true" if d.feasible else "false"}}}\n').encode()
+            f'"predicted_ms":{pred!r},"feasible":{_BOOL[bool(d.feasible)]}{mem}{notes}}}\n').encode()
 
 
 def encode_done(done: dict) -> bytes:
     """The reply to ``after_frame`` for what ``Governor.after_frame`` returned."""
-    if len(done) == 1 and done.get("learned") in (True, False):
-        return _LEARNED[done["learned"]]
+    learned = done.get("learned")
+    if learned is True or learned is False:
+        if len(done) == 1:
+            return _LEARNED[learned]
+        if len(done) == 2 and "notes" in done:
+            notes = _notes_json(done["notes"])
+            if notes is not None and notes:
+                return f'{{"ok":true,"learned":{_BOOL[learned]}{notes}}}\n'.encode()
     return encode({"ok": True, **done})

@@ -4,6 +4,8 @@ then the real governor on the virtual board, with and without the frontier, fram
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -179,3 +181,106 @@ def test_the_point_in_force_is_kept_only_when_the_full_model_keeps_it():
             kept += 1
             assert brute == cur_index, f"case {case}: kept the point in force, the brute force chose {brute}"
     assert kept > 300
+
+
+def _reference_serving(gov, ask):
+    """In-flight deadlines as the governor first computed them: per frame, numpy over every point."""
+    ok = np.ones(len(gov.points), dtype=bool)
+    for k, f in gov._frames.items():
+        if k == ask.frame or f.lat is None:
+            continue
+        own = max(f.predicted_ms - f.wait_ms, 1e-6)
+        left = min(max(1.0 - ((ask.now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0)
+        meets = ask.now + left * (f.lat * f.corr) / 1e3 <= f.started + f.deadline_ms / 1e3
+        if not meets.any():
+            meets = np.all(gov.points >= np.minimum(np.array(f.point), gov._caps), axis=1)
+        ok &= meets
+    return ok
+
+
+def _reference_wait(gov, ask):
+    """The GPU queue as the governor first computed it: per frame, numpy over every point."""
+    others = sorted((f for k, f in gov._frames.items() if f.app != ask.app and k != ask.frame
+                     and f.started <= ask.now), key=lambda f: f.started)
+    free = np.full(len(gov.points), -np.inf)
+    for f in others:
+        busy = np.maximum(f.gpu_ms, f.gpu_ms[gov._index(f.point)])
+        free = np.maximum(free, f.started) + busy / 1e3
+    return np.maximum(free - ask.now, 0.0) * 1e3 if others else np.zeros(len(gov.points))
+
+
+def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tmp_path, estimators):
+    """Random states of the real governor (SD888: CPU x GPU x memory, 1330 points): frames of several
+    apps in flight (started at different times, at different points and host levels, deadlines
+    that can or cannot be met any more), the point in force anywhere (often the full decision's own
+    answer), changes still landing, caps. On every state the decision with the shortcut (the point
+    in force kept without the grid) equals numpy over the grid; the in-flight deadlines and the GPU
+    queue equal the per-frame computation they replaced; and the shortcut answers many of the
+    states with frames in flight, feasible and infeasible."""
+    from governor.core import _Ask, _Frame
+    from governor.correction import HOST_LEVELS
+
+    board, ests = estimators
+    vb = VirtualBoard(tmp_path / "b", board)
+    gov = Governor(vb.backend(tmp_path / "s.json"), board, ests)
+    shortcut = gov._keep_in_force
+    kept = []
+
+    def counted(*args):
+        got = shortcut(*args)
+        if got is not None and gov._frames:
+            kept.append(got[1])
+        return got
+
+    gov._keep_in_force = counted
+    rng = np.random.default_rng(11)
+    values = gov._geometry.values
+    n = len(values)
+    with gov:
+        grids = {"yolo": gov._grid("yolo", None), "llm": gov._grid("llm", 300)}
+        for case in range(1500):
+            now = time.monotonic()
+            gov._frames.clear()
+            gov._caps = np.full(len(gov.domains), np.inf)
+            gov._active = None  # (its cache of the caps in force goes with them)
+            if rng.random() < 0.2:  # a cap on one domain
+                k = int(rng.integers(len(gov.domains)))
+                gov._caps[k] = float(rng.choice(gov.tables[k][1:]))
+            pending = rng.random(len(gov.domains)) < 0.15
+            gov._lands_at = np.where(pending, now + rng.uniform(0, 0.01, len(gov.domains)), 0.0)
+            gov._landed_by = float(gov._lands_at.max())
+            gov._from = values[int(rng.integers(n))]
+            gov._cur = values[int(rng.integers(n))]
+            for j in range(int(rng.integers(1, 14))):
+                model = str(rng.choice(["yolo", "llm"]))
+                grid, level = grids[model], int(rng.integers(len(HOST_LEVELS)))
+                idx = int(rng.integers(n)) if rng.random() < 0.5 else gov._index(gov._cur)
+                own = float(grid.latency_ms[level, idx])
+                wait = float(rng.choice([0.0, rng.uniform(0, 30)]))
+                gov._frames[1000 + j] = _Frame(
+                    f"app{int(rng.integers(5))}", model, float(rng.uniform(5, 90)), grid.latency_ms[:, idx],
+                    values[idx], now - float(rng.uniform(-0.002, 0.05)), predicted_ms=own + wait,
+                    lat=grid.latency_ms[level], corr=float(rng.uniform(0.7, 1.6)), gpu_ms=grid.gpu_ms,
+                    wait_ms=wait, lat_sorted=gov._sorted_lat(grid, level))
+            model = str(rng.choice(["yolo", "llm"]))
+            grid, level = grids[model], int(rng.integers(len(HOST_LEVELS)))
+            ask = _Ask(grid.latency_ms[level], grid.energy_mj[level], grid.gpu_ms, float(rng.uniform(0.8, 1.4)),
+                       float(rng.choice([rng.uniform(8, 120), 400.0])), now, f"app{int(rng.integers(6))}")
+            assert np.array_equal(gov._serves_in_flight(ask) & np.ones(n, dtype=bool), _reference_serving(gov, ask))
+            wait = _reference_wait(gov, ask)
+            assert np.array_equal(np.broadcast_to(gov._queue_wait(ask), n), wait)
+            serving = _reference_serving(gov, ask)
+            for i in (gov._index(gov._cur), int(rng.integers(n))):  # one point alone, as the shortcut sees it
+                found = gov._in_flight_at(ask, i)
+                assert (found is not None) == serving[i]
+                assert gov._queue_wait_at(ask, i) == wait[i]
+                if found is not None:
+                    assert found[0] == wait[i] and found[1] <= wait.min()
+                    assert found[2] == any(f.app != ask.app for f in gov._frames.values())
+            expected = gov._choose(ask, None)
+            if rng.random() < 0.6:  # the point in force is the full decision's answer: the common frame
+                gov._cur = values[expected[0]]
+                expected = gov._choose(ask, None)
+            got = gov._choose(ask, gov._frontiers_for(grid, level))
+            assert got == expected, (case, got, expected)
+    assert sum(kept) >= 100 and len(kept) - sum(kept) >= 100, (sum(kept), len(kept))

@@ -103,11 +103,17 @@ def test_common_requests_take_the_fast_path_and_the_rest_the_models(line, fast):
 def test_replies_are_byte_for_byte_what_encode_writes():
     for d in [Decision(1, 652800, None, 3.25, True, False), Decision(2**40, 2841600, 840000000, 12.0, False, True),
               Decision(3, 1, 2, 0.1 + 0.2, True, False, ("not applied yet",)),
-              Decision(4, 1, 2, float("inf"), False, False)]:
+              Decision(4, 1, 2, float("inf"), False, False),
+              Decision(5, 2841600, 840000000, 91.4856, False, False, (), 8136),  # a memory domain
+              Decision(6, 1, 2, 7.5, True, True, ('a "quoted"\\ note\n', "caf\u00e9 \U0001f600"), 2929)]:
         expected = {"ok": True, "frame": d.frame, "cpu_khz": d.cpu_khz, "gpu_hz": d.gpu_hz,
                     "predicted_ms": d.predicted_ms, "feasible": d.feasible}
+        if d.mem_hz is not None:
+            expected["mem_hz"] = d.mem_hz
         if d.notes:
             expected["notes"] = list(d.notes)
         assert encode_decision(d) == encode(expected)
-    for done in [{"learned": True}, {"learned": False}, {"learned": False, "notes": ["over"]}]:
+    for done in [{"learned": True}, {"learned": False}, {"learned": False, "notes": ["over"]},
+                 {"learned": False, "notes": ["predicted to wait 12.3 ms behind other apps' GPU work", 'a "b"\u00e9']},
+                 {"learned": False, "notes": []}, {"learned": True, "extra": 1}]:
         assert encode_done(done) == encode({"ok": True, **done})
