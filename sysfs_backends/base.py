@@ -52,6 +52,7 @@ class DomainInfo(BaseModel):
     cur_source: Literal["hardware", "last_target"] = "hardware"
     hw_min: int
     hw_max: int
+    cooling_devices: list[str] = []  # the thermal cooling devices capping it, for people
 
 
 class DomainState(BaseModel):
@@ -64,6 +65,10 @@ class DomainState(BaseModel):
     cur: int
     min: int
     max: int
+    # the cap the domain's thermal cooling devices set now (the table's top when none is active),
+    # in the domain's unit; None when no cooling device maps to it. Seen even where our pinned
+    # limits lie under it (then min/max show only our pin)
+    cooling_cap: int | None = None
 
 
 class Discovery(BaseModel):
@@ -94,6 +99,7 @@ class ApplyResult(BaseModel):
     writes: int
     round_trips: int
     settle_ns: int = 0
+    cooling_caps: dict[str, int] = {}  # per domain with a cooling device: DomainState.cooling_cap
     notes: list[str] = []
 
     @property

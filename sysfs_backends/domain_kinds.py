@@ -43,6 +43,7 @@ CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
 DEVFREQ_DIR = "/sys/class/devfreq"
 KGSL_DIR = "/sys/class/kgsl/kgsl-3d0"
 BPMP_CLK_DIR = "/sys/kernel/debug/bpmp/debug/clk"
+THERMAL_DIR = "/sys/class/thermal"  # cooling_deviceN/{type,cur_state,max_state}
 SETTLE_MARGIN_NS = 5_000_000  # beyond the transition latency, for the kernel's work items to run
 SECTION = {"cpu": "cpu", "gpu": "gpu", "mem": "memory"}  # the board config's section of each domain
 BPMP_LOCKED, BPMP_FREE = "locked", "bpmp"  # who decides a BPMP clock's rate
@@ -104,6 +105,11 @@ class SysfsDomain:
 
     def owns(self, path: str) -> bool:
         return path.startswith(self.files.dir + "/")
+
+    def cooling_types(self, policies: list[str]) -> list[str]:
+        """The ``type`` names a thermal cooling device that caps this domain has (after discovery);
+        ``policies`` are the kernel's cpufreq policy directories in order. None by default."""
+        return []
 
     # ---- discovery -----------------------------------------------------------------
     def info_paths(self) -> list[str]:
@@ -306,6 +312,18 @@ class CpufreqPolicy(GovernedDomain):
             transition=f"{d}/cpuinfo_transition_latency", cpus=f"{d}/related_cpus",
         ))
 
+    def cooling_types(self, policies):
+        """cpufreq_cooling names its device after the policy's first CPU (``cpufreq-cpuN``, kernel
+        5.x and later); older kernels numbered them in registration order (``thermal-cpufreq-N``,
+        N counting policies from 0, the order they come up in: by first CPU)."""
+        cpus = self.info.cpus if self.info is not None else []
+        names = [f"cpufreq-cpu{c}" for c in cpus]
+        ours = self.files.dir.rsplit("/", 1)[-1]
+        order = sorted(policies, key=lambda p: int(p[6:]) if p[6:].isdigit() else 1 << 30)
+        if ours in order:
+            names.append(f"thermal-cpufreq-{order.index(ours)}")
+        return names
+
     def probe(self, transport):
         f = self.files
         probe = transport.run([Read(f.cur)])[0]
@@ -323,6 +341,11 @@ class DevfreqDevice(GovernedDomain):
     """A devfreq device: a GPU, or a memory/bus node (whose unit may be MB/s, used as is)."""
 
     kind = "devfreq"
+
+    def cooling_types(self, policies):
+        """devfreq_cooling names its device ``devfreq-<device>`` (the devfreq node's parent, whose
+        name the node carries), a GPU driver registering it itself likewise (panfrost, lima)."""
+        return [f"devfreq-{self.spec.node}"]
 
     @classmethod
     def locate(cls, spec, transport, board):
@@ -438,6 +461,58 @@ class BpmpClock(SysfsDomain):
 KINDS: dict[str, type[SysfsDomain]] = {
     cls.kind: cls for cls in (CpufreqPolicy, DevfreqDevice, KgslGpu, MaliGpu, BpmpClock)
 }
+
+
+class CoolingDevice(BaseModel):
+    """A thermal cooling device that caps one domain: at state ``s`` (of ``max_state``) the domain
+    may run at most the ``s``-th frequency of its table counted from the top (0: no cap), as
+    cpufreq_cooling and devfreq_cooling map states to frequencies."""
+
+    dir: str
+    type: str
+    max_state: int
+
+    @property
+    def cur_state(self) -> str:
+        return f"{self.dir}/cur_state"
+
+    def cap(self, state: int, table: list[int]) -> int:
+        """The highest frequency the domain may run at ``state`` (the table's top at state 0)."""
+        return table[max(0, len(table) - 1 - min(max(state, 0), self.max_state))]
+
+
+def find_cooling(doms: dict[str, SysfsDomain], transport: Transport,
+                 notes: list[str]) -> dict[str, list[CoolingDevice]]:
+    """Per domain, the cooling devices under /sys/class/thermal that cap it (by type name), after
+    discovery. A device whose number of states does not match the domain's table (``max_state``
+    is the table's length less one) is left out with a note: its states cannot be mapped."""
+    if not transport.exists(THERMAL_DIR):
+        return {}
+    devs = [n for n in transport.listdir(THERMAL_DIR) if n.startswith("cooling_device")]
+    policies = [p for p in transport.listdir(CPUFREQ_DIR) if p.startswith("policy")] \
+        if transport.exists(CPUFREQ_DIR) else []
+    ops = [Read(f"{THERMAL_DIR}/{n}/{a}") for n in devs for a in ("type", "max_state")]
+    res = transport.run(ops) if ops else []
+    found: dict[str, list[CoolingDevice]] = {}
+    for k, n in enumerate(devs):
+        kind, top = res[2 * k], res[2 * k + 1]
+        if not (kind.ok and top.ok):
+            continue
+        name = str(kind.value).strip()
+        for dname, dom in doms.items():
+            if dom.info is None or name not in dom.cooling_types(policies):
+                continue
+            try:
+                max_state = to_int(top)
+            except SysfsIOError:
+                continue
+            if max_state != len(dom.info.frequencies) - 1:
+                notes.append(f"{dname}: cooling device {THERMAL_DIR}/{n} ({name}) has {max_state + 1} "
+                             f"states for {len(dom.info.frequencies)} frequencies; not used for caps")
+                continue
+            found.setdefault(dname, []).append(CoolingDevice(dir=f"{THERMAL_DIR}/{n}", type=name,
+                                                             max_state=max_state))
+    return found
 
 
 def locate(spec: DomainSpec, transport: Transport, board: str) -> SysfsDomain:

@@ -50,7 +50,10 @@ from sysfs_backends.domain_kinds import (  # noqa: F401 - the paths, re-exported
     CPUFREQ_DIR,
     DEVFREQ_DIR,
     KGSL_DIR,
+    THERMAL_DIR,
+    CoolingDevice,
     SysfsDomain,
+    find_cooling,
     locate,
     to_int,
 )
@@ -120,6 +123,7 @@ class SysfsBackend(Backend):
         self.target: str | None = None  # which board this is (tree or phone), checked against state files
         self.notes: list[str] = []
         self._meter: EnergyMeter | None = None
+        self._cooling: dict[str, list[CoolingDevice]] = {}  # per domain, found with discovery
 
     # ---- transport helpers ----------------------------------------------------------
     def _batch(self, ops: list) -> list[OpResult]:
@@ -174,8 +178,34 @@ class SysfsBackend(Backend):
             paths = dom.info_paths()
             res = {r.op.path: r for r in self._batch([Read(p) for p in paths])} if paths else {}
             info[name] = dom.discover(res, self.notes)
+        self._cooling = find_cooling(doms, self.transport, self.notes)
+        for name, devs in self._cooling.items():
+            info[name] = info[name].model_copy(update={"cooling_devices": [f"{c.dir} ({c.type})" for c in devs]})
         self._info = info
         return info
+
+    def _cooling_paths(self) -> list[str]:
+        """The ``cur_state`` of every cooling device that caps a domain, read with each read-back."""
+        return [c.cur_state for devs in self._cooling.values() for c in devs]
+
+    def _cooling_caps(self, results: dict[str, OpResult]) -> dict[str, int]:
+        """Per domain with cooling devices, the cap their states set now (the lowest of them; the
+        table's top at state 0). A device whose state cannot be read is left out."""
+        out = {}
+        for name, devs in self._cooling.items():
+            table = self._info[name].frequencies if self._info else []
+            caps = []
+            for c in devs:
+                r = results.get(c.cur_state)
+                if r is None or not r.ok:
+                    continue
+                try:
+                    caps.append(c.cap(_int(r), table))
+                except SysfsIOError:
+                    continue
+            if caps and table:
+                out[name] = min(caps)
+        return out
 
     def discover(self) -> Discovery:
         info = self.domains()
@@ -195,8 +225,16 @@ class SysfsBackend(Backend):
     # ---- reading --------------------------------------------------------------------
     def state(self) -> dict[str, DomainState]:
         doms = self._domain_files()
-        res = self._read_many([p for d in doms.values() for p in d.state_paths()])
-        out = {name: dom.parse_state(*res[4 * k: 4 * k + 4]) for k, (name, dom) in enumerate(doms.items())}
+        self.domains()  # the cooling devices are found with discovery
+        paths = [p for d in doms.values() for p in d.state_paths()]
+        cooling = self._cooling_paths()
+        res = self._batch([Read(p) for p in [*paths, *cooling]])
+        for r in res[:len(paths)]:
+            if not r.ok:
+                raise SysfsIOError(r.errno or errno.EIO, r.op.path)
+        caps = self._cooling_caps({r.op.path: r for r in res[len(paths):]})
+        out = {name: dom.parse_state(*res[4 * k: 4 * k + 4]).model_copy(update={"cooling_cap": caps.get(name)})
+               for k, (name, dom) in enumerate(doms.items())}
         self._known = {k: v.model_copy() for k, v in out.items()}
         for k, v in out.items():  # what we have not asked for ourselves, the kernel shows
             self._requested.setdefault(k, (v.min, v.max))
@@ -488,7 +526,10 @@ class SysfsBackend(Backend):
         before = {name: self._requested.get(name) for name in target}
         writes = [w for name, t in target.items() for w in self._domain_writes(name, t, flip=final)]
         readback = [Read(p) for name in target for p in self._doms[name].readback_paths()]
-        results = self._batch([*writes, *readback])
+        cooling = {p: None for p in self._cooling_paths()}
+        results = self._batch([*writes, *readback, *(Read(p) for p in cooling)])
+        for r in results[len(writes) + len(readback):]:
+            cooling[r.op.path] = r
         failed = next((r for r in results if not r.ok and not r.skipped), None)
         if failed is not None and isinstance(failed.op, Write):
             done = [r.op for r in results if r.ok and isinstance(r.op, Write)]
@@ -506,7 +547,7 @@ class SysfsBackend(Backend):
             reads = self._settle({n: (lambda r, n=n: self._shows_request(n, target[n], *r)) for n in target},
                                  reads,
                                  {n: (lambda r, n=n: self._still_pending(n, target[n], shown_before[n], *r))
-                                  for n in target})
+                                  for n in target}, cooling)
         settle_ns = time.monotonic_ns() - t0
         effective, limits, conditions = {}, {}, {}
         for name, (cur, lo, hi) in reads.items():
@@ -538,6 +579,7 @@ class SysfsBackend(Backend):
                              f"clock runs {cur} {unit}: it cannot reach that frequency")
         return ApplyResult(requested=requested, target=target, effective=effective, limits=limits,
                            conditions=conditions, writes=len(writes), settle_ns=settle_ns,
+                           cooling_caps=self._cooling_caps(cooling),
                            round_trips=self.transport.round_trips - trips_before, notes=notes)
 
     @staticmethod
@@ -579,6 +621,7 @@ class SysfsBackend(Backend):
     def _settle(self, shows: dict[str, Callable[[tuple[int, int, int]], bool]],
                 reads: dict[str, tuple[int, int, int]] | None = None,
                 pending: dict[str, Callable[[tuple[int, int, int]], bool]] | None = None,
+                cooling: dict[str, OpResult | None] | None = None,
                 ) -> dict[str, tuple[int, int, int]]:
         """Re-read (cur, min, max) until every domain ``shows`` what was asked, or its settle time
         has passed.
@@ -586,7 +629,9 @@ class SysfsBackend(Backend):
         A kernel that applies limits asynchronously shows the previous limits and frequency for a
         while; only a read that shows the request, or the last read once the domain has had its
         transition latency plus a margin, says what is in force. A read that ``pending`` says is
-        the kernel still at work is waited on up to PENDING_TIMEOUT_NS."""
+        the kernel still at work is waited on up to PENDING_TIMEOUT_NS. ``cooling`` (cooling
+        devices' ``cur_state`` paths) are read again with each re-read, updated in place, so the
+        caps they show are as fresh as the limits."""
         info = self.domains()
         start = time.monotonic_ns()
         deadline = {n: start + info[n].settle_timeout_ns for n in shows}
@@ -610,7 +655,13 @@ class SysfsBackend(Backend):
             time.sleep(wait_ns / 1e9)
             wait_ns = min(2 * wait_ns, SETTLE_POLL_NS[1])
             paths = [p for n in open_ for p in self._doms[n].readback_paths()]
-            fresh = self._read_many(paths)
+            extra = list(cooling or ())
+            fresh = self._batch([Read(p) for p in [*paths, *extra]])
+            for r in fresh[:len(paths)]:
+                if not r.ok:
+                    raise SysfsIOError(r.errno or errno.EIO, r.op.path)
+            for r in fresh[len(paths):]:
+                cooling[r.op.path] = r
             for k, n in enumerate(open_):
                 reads[n] = tuple(_int(r) for r in fresh[3 * k: 3 * k + 3])
 
