@@ -13,6 +13,11 @@ rate) until ``1`` is written to ``mrq_rate_locked``; a rate written to ``rate`` 
 lockable rate, clamped to ``max_rate``) then holds, and writing ``0`` hands the clock back to the
 firmware. Faults (EBUSY, EACCES, EPERM, ...) can be injected per file for tests.
 
+Thermal cooling devices (``/sys/class/thermal/cooling_deviceN/{type,max_state,cur_state}``, one
+per cpufreq policy, ``cpufreq-cpu<first CPU>``, and one per GPU devfreq device, ``devfreq-<node>``)
+show the thermal cap as the kernel's cooling devices do: ``cur_state`` is how many frequencies from
+the top of the domain's table the cap rules out (0: none). Read-only for users, as on a kernel.
+
 All state lives in the tree (``.virtual/state.json``, guarded by an flock), so the governor daemon,
 the apps and the demo driver, each in its own process, share one board.
 """
@@ -36,7 +41,7 @@ from dvfs_schema.domains import highest_at_most as _resolve_down
 from dvfs_schema.domains import round_to_table as _resolve_up
 from dvfs_schema.workload import ModelSpec
 from sysfs_backends.linux import LinuxBackend
-from sysfs_backends.sysfs import BPMP_CLK_DIR, CPUFREQ_DIR, DEVFREQ_DIR, KGSL_DIR
+from sysfs_backends.sysfs import BPMP_CLK_DIR, CPUFREQ_DIR, DEVFREQ_DIR, KGSL_DIR, THERMAL_DIR
 from sysfs_backends.virtual import power_files
 from sysfs_backends.virtual.simulator import Simulator
 
@@ -65,8 +70,10 @@ def _domain_state(kind: str, table: list[int], governors: list[str], governor: s
     return dom
 
 
-def build_tree(root: str | Path, board: BoardConfig) -> Path:
-    """Create the board's /sys tree under ``root`` in its default (boot) state."""
+def build_tree(root: str | Path, board: BoardConfig, cooling_devices: bool = True) -> Path:
+    """Create the board's /sys tree under ``root`` in its default (boot) state; without
+    ``cooling_devices`` (a kernel built without CPU/devfreq thermal cooling) no thermal cap shows
+    beyond the limits."""
     root = Path(root)
     sim = board.simulation
     (root / ".virtual").mkdir(parents=True, exist_ok=True)
@@ -116,6 +123,8 @@ def build_tree(root: str | Path, board: BoardConfig) -> Path:
     state = {"domains": domains, "faults": {}, "options": options,
              "thermal": {"temp_c": AMBIENT_C, "capped": False, "forced": None},
              "background_load": 0.0}
+    if cooling_devices:
+        _build_cooling(root, board, domains)
     power_files.build(root, board, state)  # the board's power monitors, fed by run_frame
     (root / STATE).write_text(json.dumps(state))
     (root / LOCK).touch()
@@ -157,6 +166,19 @@ def _build_bpmp(root: Path, spec, domains: dict, unreachable: list[int], boot: i
     domains[d] = _domain_state("bpmp_emc", freqs, ["bpmp", "locked"], "bpmp", spec.transition_latency_ns,
                                unreachable, boot, spec.name)
     domains[d]["setspeed"] = None  # no rate asked from Linux yet
+
+
+def _build_cooling(root: Path, board: BoardConfig, domains: dict) -> None:
+    """One cooling device per cpufreq policy and for the GPU's devfreq device (cpufreq_cooling /
+    devfreq_cooling register theirs so): state 0 at boot, ``max_state`` the table's length less
+    one. The domain remembers its device; ``_settle`` keeps ``cur_state`` on the cap in force."""
+    named = [(f"cpufreq-cpu{pol.cpus[0]}", f"{CPUFREQ_DIR}/{name}") for name, pol in board.cpu.policies.items()]
+    if board.gpu is not None:
+        named.append((f"devfreq-{board.gpu.node}", f"{DEVFREQ_DIR}/{board.gpu.node}"))
+    for n, (kind, d) in enumerate(named):
+        cdev = f"{THERMAL_DIR}/cooling_device{n}"
+        _write_files(root, cdev, {"type": kind, "max_state": len(domains[d]["table"]) - 1, "cur_state": 0}, {})
+        domains[d]["cooling"] = cdev
 
 
 def _write_files(root: Path, d: str, ro: dict, rw: dict, root_only: dict | None = None) -> None:
@@ -403,6 +425,11 @@ class VirtualKernel:
             if dom.get("shown", {}).get(name) != value:
                 _force_write(base / name, value)
         dom["shown"] = files
+        if dom.get("cooling"):  # the cooling device's state: frequencies ruled out from the top
+            level = len(table) - 1 - table.index(self._thermal_cap(state, dom))
+            if dom.get("cooling_shown") != level:
+                _force_write(self.root / dom["cooling"].lstrip("/") / "cur_state", level)
+                dom["cooling_shown"] = level
 
     def _thermal_cap(self, state: dict, dom: dict) -> int:
         if not state["thermal"]["capped"]:
