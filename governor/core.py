@@ -302,37 +302,52 @@ class Governor:
         spec = next(d for d in self.board.domains if d.name == domain)
         return spec.actuation_latency_ns / 1e6
 
-    def _observe(self, k: int, max_shown: int, condition: str) -> None:
-        """Update domain ``k``'s cap from a settled read-back of its max (called under ``_lock``).
+    def _observe(self, k: int, max_shown: int, condition: str, cooling: int | None = None) -> None:
+        """Update domain ``k``'s cap from a settled read-back of its max and, where the kernel has
+        one for it, of its thermal cooling device (called under ``_lock``).
 
+        The cooling device's cap (``cooling``, the table's top when none is active) is the thermal
+        cap itself, seen at every read-back whatever our limits: its onset and lift need no guess.
         Under the userspace governor the limits are never ours, so the max the kernel shows is the
         cap (thermal, another agent): below the table's top it is in force, at the top there is
         none. With pinned limits (min == max == our target) the max shows the cap only while it
         holds our request lower; showing our request above a known cap means the cap has lifted;
-        showing a request at or under it says nothing, so the cap is kept until a read-back does."""
-        if condition == "pending":  # the kernel has not taken our write up: old limits, no news
-            return
+        showing a request at or under it says nothing, so the cap is kept until a read-back does
+        (and asked past after ``_recheck_s``: see ``_active_caps``). On a domain with a cooling
+        device that applies only to a max the cooling cap does not explain (another agent's)."""
         d, top = self.domains[k], int(self.tables[k][-1])
-        ours = self._mechanism.get(d) == "minmax" and d in self._written
-        if not ours:
-            cap = float(max_shown) if max_shown < top else math.inf
-        elif max_shown < self._target[k]:
-            cap = float(max_shown)
-            if time.monotonic() - self._blind_since[k] > self._recheck_s[k]:  # asked past it: still there
-                self._recheck_s[k] = min(2 * self._recheck_s[k], MAX_RECHECK * self.settings.cap_recheck_s)
-            self._blind_since[k] = math.inf  # our request stands above it: its lift will show
-        elif max_shown > self._caps[k]:
-            cap = math.inf
-        else:
-            return
-        if not math.isfinite(cap):
-            self._blind_since[k] = math.inf
-            self._recheck_s[k] = self.settings.cap_recheck_s
-        self._hidden_changed()
+        if cooling is not None and self._has_cooling[k]:
+            self._cool[k] = float(cooling) if cooling < top else math.inf
+        if condition != "pending":  # pending: the kernel has not taken our write up: old limits, no news
+            self._observe_shown(k, max_shown, top)
+        cap = min(self._shown[k], self._cool[k])
         if cap != self._caps[k]:
             log.info("%s: %s", d, f"capped at {int(cap)}" if math.isfinite(cap) else "cap lifted")
             self._caps[k] = cap
             self._active = None
+
+    def _observe_shown(self, k: int, max_shown: int, top: int) -> None:
+        """The cap the kernel's max shows (``_shown``), with the timers of a cap hidden by our pin."""
+        d = self.domains[k]
+        ours = self._mechanism.get(d) == "minmax" and d in self._written
+        if self._has_cooling[k] and max_shown >= self._cool[k]:
+            shown = math.inf  # the cooling device explains it: no other cap below the thermal one
+        elif not ours:
+            shown = float(max_shown) if max_shown < top else math.inf
+        elif max_shown < self._target[k]:
+            shown = float(max_shown)
+            if time.monotonic() - self._blind_since[k] > self._recheck_s[k]:  # asked past it: still there
+                self._recheck_s[k] = min(2 * self._recheck_s[k], MAX_RECHECK * self.settings.cap_recheck_s)
+            self._blind_since[k] = math.inf  # our request stands above it: its lift will show
+        elif max_shown > self._shown[k]:
+            shown = math.inf
+        else:
+            return
+        if not math.isfinite(shown):
+            self._blind_since[k] = math.inf
+            self._recheck_s[k] = self.settings.cap_recheck_s
+        self._hidden_changed()
+        self._shown[k] = shown
 
     def _hidden_changed(self) -> None:
         """After a change of ``_blind_since``/``_recheck_s``: until when no hidden cap is due to be
@@ -376,7 +391,11 @@ class Governor:
         self._cur = self._read_point(state)
         self._target = self._cur  # per domain, the frequency we last asked for
         self._written: set[str] = set()  # domains we have written (a pinned limit is then ours)
-        self._caps = np.full(len(self.domains), np.inf)
+        self._caps = np.full(len(self.domains), np.inf)  # in force: the lower of the two below
+        self._shown = np.full(len(self.domains), np.inf)  # caps the kernel's max shows
+        self._cool = np.full(len(self.domains), np.inf)  # caps the thermal cooling devices show
+        # domains with a cooling device: their thermal cap is read, never assumed (no recheck)
+        self._has_cooling = [state[d].cooling_cap is not None for d in self.domains]
         self._active: tuple | None = None  # _active_caps's last answer: (caps, from, until)
         # pinned limits at or under a known cap hide it (the kernel shows our pin): since when
         self._blind_since = np.full(len(self.domains), np.inf)
@@ -385,7 +404,7 @@ class Governor:
         self._recheck_s = np.full(len(self.domains), self.settings.cap_recheck_s)
         self._hidden_changed()
         for k, d in enumerate(self.domains):
-            self._observe(k, state[d].max, "ok")
+            self._observe(k, state[d].max, "ok", state[d].cooling_cap)
         self._from = self._cur  # what ran before the last change of each domain
         self._lands_at = np.zeros(len(self.domains))  # when that change takes effect (monotonic s)
         self._landed_by = 0.0  # every change has landed by then (the latest of ``_lands_at``)
@@ -781,7 +800,8 @@ class Governor:
         show only the pin) is assumed for ``cap_recheck_s``, then asked past once: the kernel's
         read-back of that request shows the cap again (the next check waits twice as long), or
         that it has lifted. Caps the kernel's limits show (the userspace governor, or our request
-        standing above them) need no such check: their lift shows at the next read-back."""
+        standing above them) need no such check: their lift shows at the next read-back; nor do
+        the caps a thermal cooling device shows (kept while the hidden one is asked past)."""
         if now < self._unhide_at - 1e-6:  # none due (the margin: rounding of the sum)
             return self._caps
         # the same answer until the next hidden cap falls due (or the caps or their timers change)
@@ -789,7 +809,7 @@ class Governor:
         if found is not None and found[1] <= now < found[2]:
             return found[0]
         hidden = now - self._blind_since > self._recheck_s
-        caps = np.where(hidden, np.inf, self._caps) if hidden.any() else self._caps
+        caps = np.where(hidden, self._cool, self._caps) if hidden.any() else self._caps
         due = (self._blind_since + self._recheck_s)[~hidden]
         self._active = (caps, now, float(due.min()) - 1e-6 if len(due) else math.inf)
         return caps
@@ -1036,7 +1056,7 @@ class Governor:
             self._read_at = now
             caps = self._caps.copy()
             for k, d in enumerate(self.domains):
-                self._observe(k, state[d].max, "ok")
+                self._observe(k, state[d].max, "ok", state[d].cooling_cap)
             if eff != self._cur:
                 log.info("frequencies in force now %s", self._describe(eff))
                 self._note_change(self._cur, eff, now)
@@ -1104,8 +1124,9 @@ class Governor:
             self._target = tuple(changes.get(d, t) for d, t in zip(self.domains, self._target, strict=True))
             self._written |= set(changes)
             for k, d in enumerate(self.domains):
-                if (d in changes and self._mechanism.get(d) == "minmax" and changes[d] <= self._caps[k]
-                        and not math.isfinite(self._blind_since[k])):
+                if (d in changes and self._mechanism.get(d) == "minmax" and changes[d] <= self._shown[k]
+                        and not math.isfinite(self._blind_since[k])
+                        and not (self._has_cooling[k] and math.isinf(self._shown[k]))):
                     self._blind_since[k] = time.monotonic()
                     self._hidden_changed()
         at = time.monotonic()
@@ -1120,7 +1141,10 @@ class Governor:
                     log.warning("%s: %s cannot be reached (the clock runs %s); planning without it",
                                 domain, res.target[domain], res.unreachable[domain])
                 if domain in res.limits:
-                    self._observe(k, res.limits[domain][1], res.conditions.get(domain, "ok"))
+                    self._observe(k, res.limits[domain][1], res.conditions.get(domain, "ok"),
+                                  res.cooling_caps.get(domain))
+                elif domain in res.cooling_caps:  # not written: its limits unchanged, its cooling read
+                    self._observe(k, int(self.tables[k][-1]), "pending", res.cooling_caps[domain])
             self._note_change(self._cur, eff, at)
             self._cur = eff
         return res
