@@ -63,9 +63,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dvfs_schema.domains import highest_at_most
 from dvfs_schema.loading import available, load_board, load_model_spec
 from governor.app import fit_on_virtual_board
+from governor.baselines import PointGrid
 from governor.client import GovernorClient, wait_for_daemon
 from sysfs_backends.virtual.board import VirtualBoard
 from sysfs_backends.virtual.fuse_mount import fuse_unavailable, mounted
@@ -85,62 +85,26 @@ NOISE_DRAWS = 400
 
 # ---- references ------------------------------------------------------------------------------
 class Truth:
-    """Noise-free latency/energy of one model at every point of a board (every domain it has, the
-    memory clock included: the governor may choose it, so the references must too), and the noise
-    quantile."""
+    """Noise-free latency/energy of one model at every point of a board (``PointGrid``: every
+    domain it has, the memory clock included), and the noise quantile at the miss target."""
 
     def __init__(self, board, model: str, ctx0: int | None) -> None:
-        self.board = board
-        self.sim = Simulator(board, load_model_spec(model))
-        tables = board.domain_tables
-        self.has_gpu, self.has_mem = "gpu" in tables, "mem" in tables
-        cg, gg, mg = np.meshgrid(tables["cpu"], tables.get("gpu", [0]), tables.get("mem", [0]), indexing="ij")
-        self.cpu, self.gpu, self.mem = (a.ravel().astype(float) for a in (cg, gg, mg))
-        self._run_gpu = self.gpu if self.has_gpu else None
-        self._run_mem = self.mem if self.has_mem else None
-        self._cache: dict = {}
-        base, _ = self.at(ctx0, 0.0)
+        self.grid = PointGrid(board, Simulator(board, load_model_spec(model)))
+        g = self.grid
+        base, _ = g.at(ctx0, 0.0)
         rng = np.random.default_rng(12345)
-        draws = np.stack([self.sim.run(self.cpu, self._run_gpu, ctx0, rng, mem_hz=self._run_mem).latency_ns
-                          / 1e6 / base for _ in range(NOISE_DRAWS)])
+        draws = np.stack([g.run(g.c, g.g, g.m, ctx0, 0.0, rng)[0].latency_ns / 1e6 / base
+                          for _ in range(NOISE_DRAWS)])
         self.q_ratio = np.quantile(draws, 1 - MISS_TARGET, axis=0)
 
-    def _grid(self, ctx: int | None, load: float):
-        key = (ctx, load)
-        if key not in self._cache:
-            r = self.sim.run(self.cpu, self._run_gpu, ctx, None, host_slowdown=1.0 + load, mem_hz=self._run_mem)
-            self._cache[key] = (r.latency_ns / 1e6, self.board.frame_energy_j(
-                self.cpu, self._run_gpu, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns, mem_hz=self._run_mem))
-        return self._cache[key]
-
-    def at(self, ctx: int | None, load: float, step: int = 32):
-        if ctx is None:
-            return self._grid(None, load)
-        lo = ctx // step * step  # linear in the context between grid points
-        w = (ctx - lo) / step
-        (l0, e0), (l1, e1) = self._grid(lo, load), self._grid(lo + step, load)
-        return l0 + w * (l1 - l0), e0 + w * (e1 - e0)
+    def at(self, ctx: int | None, load: float):
+        return self.grid.at(ctx, load)
 
     def index(self, cpu_khz: int, gpu_hz: int | None, mem_hz: int | None = None) -> int:
-        at = (self.cpu == cpu_khz) & ((self.gpu == gpu_hz) if self.has_gpu else True)
-        if self.has_mem:
-            at &= self.mem == (mem_hz if mem_hz is not None else self.mem.max())
-        return int(np.flatnonzero(at)[0])
+        return self.grid.index(cpu_khz, gpu_hz, mem_hz)
 
     def allowed(self, capped: bool) -> np.ndarray:
-        sim = self.board.simulation
-        if not capped:
-            return np.ones_like(self.cpu, dtype=bool)
-        ok = self.cpu <= _resolve_down(sim.thermal_cap_cpu_khz, self.board.domain_tables["cpu"])
-        if self.has_gpu:
-            ok &= self.gpu <= _resolve_down(sim.thermal_cap_gpu_hz, self.board.domain_tables["gpu"])
-        if self.has_mem:
-            ok &= self.mem <= _resolve_down(sim.thermal_cap_mem_hz, self.board.domain_tables["mem"])
-        return ok
-
-
-def _resolve_down(cap: int | None, table: list[int]) -> int:
-    return highest_at_most(cap, table) if cap else table[-1]
+        return self.grid.allowed(capped)
 
 
 def _pick(ok: np.ndarray, allowed: np.ndarray, energy: np.ndarray, latency: np.ndarray) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from dvfs_schema.board import BoardConfig
+from dvfs_schema.domains import highest_at_most
 from sysfs_backends.virtual.simulator import Simulator
 
 
@@ -46,13 +47,16 @@ class PolicyResult(BaseModel):
     misses_with_noise: int | None = None
 
 
-class _Domains:
-    """The board's domains as the replays need them: tables, thermal caps, and the grid of every
-    point. A board without a GPU or memory domain has the one 'level' None there."""
+class PointGrid:
+    """One model on a board as the references need it: every point of the board's domains (the
+    memory level included: the governor may choose it, so the references must too), each domain's
+    highest level under a thermal cap, and the noise-free latency and energy at every point
+    (cached per context and background load). A board without a GPU or memory domain has the one
+    'level' None there. Used by the replays below and by benchmarks/governor_dynamics.py."""
 
-    def __init__(self, board: BoardConfig) -> None:
+    def __init__(self, board: BoardConfig, sim: Simulator) -> None:
         tables = board.domain_tables
-        self.board = board
+        self.board, self.sim = board, sim
         self.cpu = tables["cpu"]
         self.gpu = tables.get("gpu", [None])
         self.mem = tables.get("mem", [None])
@@ -60,6 +64,7 @@ class _Domains:
                             [0 if m is None else m for m in self.mem], indexing="ij")
         self.c, self.g, self.m = (a.ravel().astype(float) for a in grids)
         self.has_gpu, self.has_mem = board.gpu is not None, "mem" in tables
+        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def caps(self, capped: bool) -> tuple[int, int | None, int | None]:
         """The highest level of each domain a thermal cap allows (the tops when uncapped)."""
@@ -68,25 +73,53 @@ class _Domains:
             return self.cpu[-1], self.gpu[-1], self.mem[-1]
 
         def under(table, cap):
-            return table[-1] if table[-1] is None or cap is None else max(f for f in table if f <= cap)
+            return table[-1] if table[-1] is None or cap is None else highest_at_most(cap, table)
 
         return (under(self.cpu, sim.thermal_cap_cpu_khz), under(self.gpu, sim.thermal_cap_gpu_hz),
                 under(self.mem, sim.thermal_cap_mem_hz))
 
-    def run(self, sim: Simulator, f: FrameTrace, cpu, gpu, mem, rng=None):
-        r = sim.run(cpu, gpu if self.has_gpu else None, f.context_len, rng, host_slowdown=1.0 + f.background_load,
-                    mem_hz=mem if self.has_mem else None)
-        energy = self.board.frame_energy_j(cpu, gpu if self.has_gpu else None, r.host_busy_ns, r.gpu_busy_ns,
-                                           r.latency_ns, mem_hz=mem if self.has_mem else None)
-        return r, energy
+    def allowed(self, capped: bool) -> np.ndarray:
+        """The points a thermal cap (or none) allows."""
+        cap_c, cap_g, cap_m = self.caps(capped)
+        return ((self.c <= cap_c) & ((self.g <= cap_g) if self.has_gpu else True)
+                & ((self.m <= cap_m) if self.has_mem else True))
+
+    def index(self, cpu_khz: int, gpu_hz: int | None, mem_hz: int | None) -> int:
+        """The grid index of a point (a memory level not given: the top one, the default)."""
+        at = (self.c == cpu_khz) & ((self.g == gpu_hz) if self.has_gpu else True)
+        if self.has_mem:
+            at &= self.m == (mem_hz if mem_hz is not None else self.mem[-1])
+        return int(np.flatnonzero(at)[0])
+
+    def run(self, cpu, gpu, mem, context_len: int | None, load: float, rng=None):
+        """The simulator at one point or arrays of them, and the energy model's energy there."""
+        gpu, mem = (gpu if self.has_gpu else None), (mem if self.has_mem else None)
+        r = self.sim.run(cpu, gpu, context_len, rng, host_slowdown=1.0 + load, mem_hz=mem)
+        return r, self.board.frame_energy_j(cpu, gpu, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns, mem_hz=mem)
+
+    def _truth(self, ctx: int | None, load: float) -> tuple[np.ndarray, np.ndarray]:
+        key = (ctx, load)
+        if key not in self._cache:
+            r, e = self.run(self.c, self.g, self.m, ctx, load)
+            self._cache[key] = (r.latency_ns / 1e6, e)
+        return self._cache[key]
+
+    def at(self, ctx: int | None, load: float, step: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Noise-free latency (ms) and energy (J) at every point for one frame's conditions."""
+        if ctx is None:
+            return self._truth(None, load)
+        lo = ctx // step * step  # latency and energy are linear in the context between grid points
+        w = (ctx - lo) / step
+        (l0, e0), (l1, e1) = self._truth(lo, load), self._truth(lo + step, load)
+        return l0 + w * (l1 - l0), e0 + w * (e1 - e0)
 
 
 def performance(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) -> PolicyResult:
-    doms = _Domains(board)
+    grid = PointGrid(board, sim)
     misses, energy = 0, 0.0
     for f in frames:
-        c, g, m = doms.caps(f.capped)
-        r, e = doms.run(sim, f, c, g, m, np.random.default_rng(f.seed))
+        c, g, m = grid.caps(f.capped)
+        r, e = grid.run(c, g, m, f.context_len, f.background_load, np.random.default_rng(f.seed))
         misses += r.latency_ns[0] / 1e6 > f.deadline_ms
         energy += float(e[0])
     return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4))
@@ -95,61 +128,41 @@ def performance(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) ->
 def ondemand(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) -> PolicyResult:
     """Each domain follows its own utilisation; the memory level follows the busier side's (a
     bandwidth monitor sees the traffic of whichever side is working)."""
-    doms = _Domains(board)
-    c, g, m = doms.cpu[-1], doms.gpu[-1], doms.mem[-1]
+    grid = PointGrid(board, sim)
+    c, g, m = grid.cpu[-1], grid.gpu[-1], grid.mem[-1]
     misses, energy = 0, 0.0
 
     def follow(table, now, util):
         return now if now is None else next((x for x in table if x >= 1.25 * now * util), table[-1])
 
     for f in frames:
-        cap_c, cap_g, cap_m = doms.caps(f.capped)
+        cap_c, cap_g, cap_m = grid.caps(f.capped)
         c = min(c, cap_c)
         g = min(g, cap_g) if g is not None else None
         m = min(m, cap_m) if m is not None else None
-        r, e = doms.run(sim, f, c, g, m, np.random.default_rng(f.seed))
+        r, e = grid.run(c, g, m, f.context_len, f.background_load, np.random.default_rng(f.seed))
         lat_ns = float(r.latency_ns[0])
         misses += lat_ns / 1e6 > f.deadline_ms
         energy += float(e[0])
         period_ns = max(f.period_ms * 1e6, lat_ns)
         util_c, util_g = r.host_busy_ns[0] / period_ns, r.gpu_busy_ns[0] / period_ns
-        c, g, m = follow(doms.cpu, c, util_c), follow(doms.gpu, g, util_g), follow(doms.mem, m, max(util_c, util_g))
+        c, g, m = follow(grid.cpu, c, util_c), follow(grid.gpu, g, util_g), follow(grid.mem, m, max(util_c, util_g))
     return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4))
 
 
 def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
            context_step: int = 32) -> PolicyResult:
-    doms = _Domains(board)
-    cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-
-    def truth(ctx: int | None, load: float) -> tuple[np.ndarray, np.ndarray]:
-        key = (ctx, load)
-        if key not in cache:
-            probe = FrameTrace(t_s=0, deadline_ms=1, period_ms=1, context_len=ctx, background_load=load,
-                               capped=False, seed=0, cpu_khz=0, gpu_hz=None, latency_ms=0, energy_j=0)
-            r, e = doms.run(sim, probe, doms.c, doms.g, doms.m)
-            cache[key] = (r.latency_ns / 1e6, e)
-        return cache[key]
-
+    grid = PointGrid(board, sim)
     misses, noisy_misses, energy = 0, 0, 0.0
     for f in frames:
-        if f.context_len is None:
-            lat, en = truth(None, f.background_load)
-        else:  # latency and energy are linear in the context between grid points of `step`
-            lo = f.context_len // context_step * context_step
-            w = (f.context_len - lo) / context_step
-            (l0, e0), (l1, e1) = truth(lo, f.background_load), truth(lo + context_step, f.background_load)
-            lat, en = l0 + w * (l1 - l0), e0 + w * (e1 - e0)
-        cap_c, cap_g, cap_m = doms.caps(f.capped)
-        allowed = ((doms.c <= cap_c) & ((doms.g <= cap_g) if doms.has_gpu else True)
-                   & ((doms.m <= cap_m) if doms.has_mem else True))
+        lat, en = grid.at(f.context_len, f.background_load, context_step)
+        allowed = grid.allowed(f.capped)
         ok = allowed & (lat <= f.deadline_ms)
         i = int(np.argmin(np.where(ok, en, np.inf))) if ok.any() else int(np.argmin(np.where(allowed, lat, np.inf)))
         misses += lat[i] > f.deadline_ms
         # the same frame's noise (measured / true at the point that ran it) applied to the pick
-        ran = ((doms.c == f.cpu_khz) & ((doms.g == f.gpu_hz) if doms.has_gpu else True)
-               & ((doms.m == (f.mem_hz if f.mem_hz is not None else doms.mem[-1])) if doms.has_mem else True))
-        noisy_misses += lat[i] * f.latency_ms / lat[int(np.flatnonzero(ran)[0])] > f.deadline_ms
+        ran = grid.index(f.cpu_khz, f.gpu_hz, f.mem_hz)
+        noisy_misses += lat[i] * f.latency_ms / lat[ran] > f.deadline_ms
         energy += float(en[i])
     return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4),
                         misses_with_noise=int(noisy_misses))
