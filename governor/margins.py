@@ -114,6 +114,7 @@ class TailMargin:
         self.value = initial
         self._raw_sorted: list[float] = []  # ``raw`` in ascending order (the plain quantile)
         self._threshold = -math.inf  # the tail fit's threshold u at the last refit
+        self._low = math.inf  # the body's low end (weighted 1 - BODY_QUANTILE quantile) then
         self._since_fit = 0  # frames since the last refit
         self._transients = 0  # samples marked transient in the window
         self._decay: np.ndarray | None = None  # the age weights for a full window
@@ -171,6 +172,32 @@ class TailMargin:
         self.value = max(fitted, boost)
         return self.value
 
+    def revise(self, ratios: np.ndarray) -> None:
+        """The ratios of the latest ``len(ratios)`` samples (oldest first, the newest excluded)
+        against the correction's fit as it stands now (inf: not to be revised). A sample that lay
+        above the margin and that the fit now explains (its ratio against the fit is back in the
+        body: under the tail's threshold, over the body's low end) takes its ratio against the
+        fit: it ran slow because the regime changed (a load step, the first frame of a burst)
+        while the fit lagged, and must not hold the margin up for a whole half-life as if it were
+        the noise's tail (measured: one such frame at a load step kept the SD888's language model
+        on a 12% costlier point for ~100 frames). A sample far under the body now belongs to the
+        old regime and stays. Only such samples: revising every sample to the smallest of its
+        ratios under later fits would pull the whole tail down by the fits' own jitter. The tail
+        is refitted at the next sample."""
+        n = len(self.ratios)
+        m = min(len(ratios), n - 1)
+        body, low, level = self._threshold, self._low, self.value
+        if m <= 0 or not math.isfinite(body) or not math.isfinite(low):
+            return
+        for j in range(m):
+            k = n - 1 - m + j
+            old = self.ratios[k]
+            if old > level:
+                new = float(ratios[len(ratios) - m + j])
+                if low <= new <= body:  # far under the body: a sample of the old regime
+                    self.ratios[k] = new
+                    self._since_fit = REFIT_EVERY
+
     def _weights(self) -> np.ndarray:
         n = len(self.ratios)
         if self._decay is None or len(self._decay) != n:
@@ -188,6 +215,7 @@ class TailMargin:
         keep = w >= 1e-3 * w.max()
         r, w = r[keep], w[keep]
         u = self._threshold = weighted_quantile(r, w, BODY_QUANTILE)
+        self._low = weighted_quantile(r, w, 1.0 - BODY_QUANTILE)
         tail = r > u
         tail_w = float(w[tail].sum())
         if tail_w < MIN_TAIL * float(w.max()) or tail.sum() < 3:
