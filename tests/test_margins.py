@@ -115,3 +115,32 @@ def test_refitting_only_when_due_follows_a_refit_on_every_frame(draw, monkeypatc
     rel = np.abs(np.array(lazy_values) / np.array(eager_values) - 1.0)
     assert rel.max() < 0.01 and float(np.percentile(rel, 99)) < 0.005, (rel.max(), np.percentile(rel, 99))
     assert 0 < np.count_nonzero(rel) < len(rel)  # it did skip refits, and they were not all the same
+
+
+def _frames_at_one_pair(slowdowns, outlier_at=None, seed=3):
+    """The correction fed frames at one pair whose host side (60% of the frame) runs ``slowdowns[n]``
+    times slower than profiled, with 0.5% noise; the largest residual its margin's tail still holds."""
+    from governor.config import GovernorSettings
+    from governor.correction import HOST_LEVELS, Correction
+
+    rng = np.random.default_rng(seed)
+    column = 10.0 * (0.4 + 0.6 * HOST_LEVELS)  # ms at each host level
+    c = Correction(GovernorSettings())
+    for n, s in enumerate(slowdowns):
+        measured = 10.0 * (0.4 + 0.6 * s) * float(np.exp(rng.normal(0.0, 0.005)))
+        if n == outlier_at:
+            measured *= 1.12
+        c.add(column, measured)
+    return max(c.margin.ratios), c
+
+
+def test_a_frame_slow_because_the_regime_changed_leaves_the_tail_once_explained():
+    """A load step: its first frame is measured against the old fit (~20% over it). Once the fit
+    has caught up (the host slowdown moved), that frame is the fit's lag, not noise, and leaves the
+    tail the margin is fitted to; the same kind of frame with no change of regime is the noise's
+    tail and stays."""
+    step, c = _frames_at_one_pair([1.0] * 300 + [1.3] * 100)
+    spike, _ = _frames_at_one_pair([1.0] * 400, outlier_at=300)
+    assert c.host_slowdown > 1.2  # the fit followed the load
+    assert step < 1.03  # the step's first frame is no longer in the tail
+    assert spike > 1.1  # an isolated slow frame in one regime is
