@@ -130,3 +130,20 @@ def quantized_conv(path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def ort_profile(model: Path, prefix: Path, runs: int = 4) -> str:
+    """Run ``model`` ``runs`` times under ONNX Runtime's profiler on the CPU (graph optimisations
+    off, so the graph's own nodes show) and return the profile file, written next to ``prefix``."""
+    import pytest
+
+    ort = pytest.importorskip("onnxruntime")
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(prefix)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the graph's nodes
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
+    for _ in range(runs):
+        sess.run(None, {"x": x})
+    return sess.end_profiling()

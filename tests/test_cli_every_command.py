@@ -97,10 +97,9 @@ def test_simulate_fit_and_import_summaries_as_json(tmp_path):
 def test_import_ort_summary_as_json(tmp_path):
     pytest.importorskip("onnx")
     sys.path.insert(0, str(Path(__file__).parent))
-    from onnx_builders import tiny_cnn
-    from test_onnx_model import ort_profile
+    from onnx_builders import ort_profile, tiny_cnn
 
-    prof = ort_profile(tiny_cnn(tmp_path / "cnn.onnx"), tmp_path)
+    prof = ort_profile(tiny_cnn(tmp_path / "cnn.onnx"), tmp_path / "ort")
     out = cli("import-ort", f"{prof}@2000000,100000000", "-o", tmp_path / "o.json", "--json")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)

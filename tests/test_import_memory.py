@@ -70,31 +70,16 @@ def test_positional_form_still_works_and_writes_no_memory_axis(tmp_path):
     assert data["frequencies"] == {"cpu_khz": [1000000, 2000000], "gpu_hz": [600000000, 1020000000]}
 
 
-def ort_profile_file(model, tmp_path, tag: str, runs: int = 3) -> str:
-    ort = pytest.importorskip("onnxruntime")
-    import numpy as np
-
-    so = ort.SessionOptions()
-    so.enable_profiling = True
-    so.profile_file_prefix = str(tmp_path / f"ort_{tag}")
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
-    for _ in range(runs):
-        sess.run(None, {"x": x})
-    return sess.end_profiling()
-
-
 def test_onnxruntime_profiles_at_memory_levels_fit_three_domains(tmp_path):
     pytest.importorskip("onnx")
     sys.path.insert(0, str(Path(__file__).parent))
-    from onnx_builders import tiny_cnn
+    from onnx_builders import ort_profile, tiny_cnn
 
     model = tiny_cnn(tmp_path / "cnn.onnx")
     labels = []
     for m in RK_MEM:
         for c, g in RK_POINTS:
-            labels.append(f"{ort_profile_file(model, tmp_path, f'{m}_{c}')}@cpu={c},gpu={g},mem={m}")
+            labels.append(f"{ort_profile(model, tmp_path / f'ort_{m}_{c}', runs=3)}@cpu={c},gpu={g},mem={m}")
     out = run_cli("import-ort", *labels, "--warmup", 1, "--model", "cnn",
                   "--cpu-table", ",".join(str(c) for c, _ in sorted(RK_POINTS)),
                   "--gpu-table", "500000000,1000000000", "--mem-table", ",".join(map(str, RK_MEM)),

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from onnx_builders import detector_with_nms, quantized_conv, tiny_cnn, tiny_transformer  # noqa: E402
+from onnx_builders import detector_with_nms, ort_profile, quantized_conv, tiny_cnn, tiny_transformer  # noqa: E402
 
 from dvfs_schema.loading import ConfigError, load_model_spec  # noqa: E402
 from dvfs_schema.onnx_model import OnnxModelError, load_onnx  # noqa: E402
@@ -132,23 +132,10 @@ def test_profile_onnx_cnn_on_opencl_and_fit(tmp_path):
     assert 0.3 * measured < predicted < 3 * measured  # a shared CPU is noisy: the right magnitude
 
 
-def ort_profile(model_path, tmp_path, runs: int = 4):
-    ort = pytest.importorskip("onnxruntime")
-    so = ort.SessionOptions()
-    so.enable_profiling = True
-    so.profile_file_prefix = str(tmp_path / "ort")
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the graph's nodes
-    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
-    for _ in range(runs):
-        sess.run(None, {"x": x})
-    return sess.end_profiling()
-
-
 def test_import_ort_profile_of_the_tiny_cnn(tmp_path):
     model = tiny_cnn(tmp_path / "cnn.onnx")
-    fast = ort_profile(model, tmp_path)
-    slow = ort_profile(model, tmp_path)
+    fast = ort_profile(model, tmp_path / "ort")
+    slow = ort_profile(model, tmp_path / "ort")
     out = run_cli("import-ort", f"{fast}@2000000,100000000", f"{slow}@1000000,100000000", "--warmup", 1,
                   "--model", "cnn", "-o", tmp_path / "ort.profile.json")
     assert out.returncode == 0, out.stderr
