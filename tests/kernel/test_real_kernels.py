@@ -272,13 +272,17 @@ def test_sigkill_then_restore_cli(guest):
     assert not s["state_files_left"], f"{guest.arch}: state files left: {s['state_files_left']}"
 
 
-def mirror_board(guest: GuestResult):
+def mirror_board(guest: GuestResult, start: dict[str, dict] | None = None):
     """A virtual board laid out like the guest: its tables, governors and boot governors, the OPPs
-    its clocks were seen unable to run, and no cpuinfo_cur_freq where the guest has none."""
+    its clocks were seen unable to run, and no cpuinfo_cur_freq where the guest has none. Its
+    clocks start where the guest's were at boot, or where ``start`` (per kind, ``cpufreq`` /
+    ``devfreq``: a snapshot of the domain's files) says they were when a sequence began: under a
+    dynamic boot governor they move with the guest's load in between."""
     from dvfs_schema.board import BoardConfig
 
     report, doms = guest.report, guest.report["domains"]
     boot = report["boot_snapshot"]
+    start = start or {}
     unreachable = {"cpu": set(), "gpu": set()}
     for name in ("api_userspace", "api_minmax"):
         for e in report["steps"].get(name, {}).get("unreachable", []):
@@ -291,14 +295,14 @@ def mirror_board(guest: GuestResult):
                "transition_latency_ns": cpu["transition_latency_ns"]}}},
            "simulation": {"unreachable_cpu_khz": sorted(unreachable["cpu"]),
                           "cpu_clock_readback": cpu["truth_file"] == "cpuinfo_cur_freq",
-                          "boot_cpu_khz": int(boot["cpu"][cpu["truth_file"]])}}
+                          "boot_cpu_khz": int(start.get("cpufreq", boot["cpu"])[cpu["truth_file"]])}}
     if "gpu" in doms:
         gpu = doms["gpu"]
         cfg["gpu"] = {"kind": "devfreq", "node": gpu["node"], "frequencies_hz": gpu["table"],
                       "governors": gpu["governors"], "default_governor": boot["gpu"]["governor"]}
         cfg["simulation"].update(gpu_flops_per_cycle=128, gpu_dram_gbps=8,
                                  unreachable_gpu_hz=sorted(unreachable["gpu"]),
-                                 boot_gpu_hz=int(boot["gpu"]["cur_freq"]))
+                                 boot_gpu_hz=int(start.get("devfreq", boot["gpu"])["cur_freq"]))
     return BoardConfig.model_validate(cfg)
 
 
@@ -311,7 +315,7 @@ def test_virtual_kernel_follows_the_real_one(guest, tmp_path):
     from tests.kernel.write_sequence import differences, run_sequence
 
     real = step(guest, "write_sequence")
-    board = mirror_board(guest)
+    board = mirror_board(guest, {r["kind"]: r["before"] for r in real["records"] if "before" in r})
     vb = VirtualBoard(tmp_path / "vb", board)
     dirs = {"cpufreq": "/sys/devices/system/cpu/cpufreq/policy0"}
     if board.gpu is not None:

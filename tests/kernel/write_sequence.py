@@ -73,12 +73,16 @@ def _snapshot(read, d: str, names: tuple[str, ...]) -> dict[str, str | None]:
 def run_sequence(read, write, domains: list[dict]) -> list[dict]:
     """``domains``: ``{"kind": "cpufreq"|"devfreq", "dir": path, "table": [...], "governors": [...]}``.
     Returns one record per write: the value, the errno (0 when accepted), the files read at once
-    and once settled."""
+    and once settled; a domain's first record also has ``before``, what the domain showed before
+    its first write (a dynamic boot governor such as schedutil leaves its clock wherever the load
+    had it, and the first step, switching to userspace, keeps that clock: the other side must start
+    from the same one)."""
     records = []
     for dom in domains:
         cpufreq = dom["kind"] == "cpufreq"
         steps = (_steps_cpufreq if cpufreq else _steps_devfreq)(dom["dir"], dom["table"], dom["governors"])
         names = CPUFREQ_SHOWN if cpufreq else DEVFREQ_SHOWN
+        before = _snapshot(read, dom["dir"], names)
         for path, value in steps:
             err = 0
             try:
@@ -90,6 +94,8 @@ def run_sequence(read, write, domains: list[dict]) -> list[dict]:
             settled = _snapshot(read, dom["dir"], names)
             records.append({"kind": dom["kind"], "attr": path[len(dom["dir"]) + 1:], "value": value,
                             "errno": err, "at_once": at_once, "settled": settled})
+            if before is not None:
+                records[-1]["before"], before = before, None
     return records
 
 
