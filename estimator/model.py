@@ -19,6 +19,7 @@ from dvfs_schema.domains import DOMAIN_ORDER, DomainName
 from estimator.fit import domain_design, fit_columns
 from estimator.profile import Profile
 from estimator.recursion import Breakdown, simulate_pipeline
+from estimator.repeat_noise import RepeatNoise, repeat_noise
 from estimator.roofline import ROOF_WIDTH, fit_roofline_columns, fit_whole_model, roofline, roofline_term
 from estimator.segments import extract_segments
 
@@ -76,6 +77,9 @@ class EstimatorFile(BaseModel):
     tail_device_context: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     queue_depth: int | None = None
     training: dict[str, float | int | list[list[int]]] = {}
+    # the spread of the profile's repeats at one point: the governor's noise margin until it has
+    # measured enough frames (absent in files fitted before it, or from a profile without repeats)
+    repeat_noise: RepeatNoise | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -350,6 +354,7 @@ class Estimator:
                                for (n, t), r in zip(tables.items(), refs, strict=True)],
             context_scale=context_scale, profiled_context_len=contexts,
             training={"runs": len(profile.runs), "points": [list(p) for p in points]},
+            repeat_noise=repeat_noise(profile),
         )
         if profile.is_end_to_end:
             data = cls._fit_end_to_end(seg, fitter, common)

@@ -56,7 +56,9 @@ class GovernorSettings(BaseModel):
     margin: float = Field(0.0, ge=0, lt=1, description="extra headroom on top of the learned correction "
                           "(0: the noise margin's fitted tail alone aims at miss_rate_target; 0.01 cost 10-15% "
                           "energy where one more percent of latency means the next GPU step)")
-    initial_margin: float = Field(0.10, ge=0, lt=1, description="headroom before enough frames are measured")
+    initial_margin: float | None = Field(None, ge=0, lt=1, description="headroom before min_samples frames are "
+                                         "measured; unset: from the spread of the profile's repeats that the "
+                                         "estimator keeps (governor.margins.prior_margin), 0.10 where it has none")
     correction_window: int = Field(300, ge=10, description="recent frames the correction learns from")
     min_samples: int = Field(20, ge=1)
     hysteresis: float = Field(0.03, ge=0, lt=1, description="keep the pair in force unless the best saves more")

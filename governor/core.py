@@ -54,6 +54,7 @@ from estimator.model import Estimator
 from governor.config import GovernorSettings
 from governor.correction import HOST_LEVELS, Correction
 from governor.frontier import GridGeometry, SortedPoints, Staircase
+from governor.margins import prior_margin
 from governor.measured_power import PowerTracker
 from governor.power_online import PowerLearner
 from governor.recording import FrameRecord, RunRecorder
@@ -219,6 +220,19 @@ def _first(row: tuple) -> float:
     return row[0]
 
 
+def _gpu_free_after(free: float, started: float, at_s: float, own_s: float, now: float) -> float:
+    """When the GPU is free after one more frame in the queue (s): the frame begins once the GPU is
+    free and it has started; by ``now`` it ran at its own point (``own_s`` of GPU work in all),
+    the rest takes its share of ``at_s`` (its time at the candidate's frequency). ``_queue_wait``
+    does the same over every point at once, with the same float operations."""
+    begin = free if free > started else started
+    if own_s <= 0.0:
+        return begin + at_s if begin >= now else begin
+    left = 1.0 - (now - begin) / own_s
+    left = 0.0 if left < 0.0 else 1.0 if left > 1.0 else left
+    return (begin if begin > now else now) + left * at_s if left > 0.0 else begin + own_s
+
+
 class Governor:
     """Use as ``with Governor(...) as gov:`` (saves and restores), then ``before_frame``/
     ``after_frame`` or the ``frame`` context manager."""
@@ -237,6 +251,10 @@ class Governor:
         self.board = board
         self.models = models
         self.settings = settings or GovernorSettings()
+        # per model, the noise margin until enough frames are measured: from its profile's repeats
+        self._priors = {name: prior_margin(e.data.repeat_noise.log_sd, e.data.repeat_noise.dof,
+                                           self.settings.miss_rate_target)
+                        for name, e in models.items() if e.data.repeat_noise is not None}
         self._lock = threading.Lock()  # bookkeeping only: never held during backend I/O
         self._io = threading.Lock()  # one backend operation at a time
         self._ids = itertools.count(1)
@@ -248,6 +266,11 @@ class Governor:
         self._released = False  # domains handed back while idle; taken again by the next frame
         self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.inline_refresh = True  # the daemon re-reads on its own schedule instead
+        # a language model's next context bucket is computed ahead in a thread (the daemon does it
+        # in its grid worker process instead); the keys under way
+        self.prefetch_in_thread = True
+        self._prefetch_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._prefetching: set[tuple[str, int | None]] = set()
         # what holds ``_io`` now: "write" (a frame's write, maybe to a stalled phone: frames do not
         # queue behind it) or anything else (a re-read of the state, short: frames wait for it)
         self._io_holder: str | None = None
@@ -418,6 +441,9 @@ class Governor:
         if not self._started:
             return []
         self._started = False
+        if self._prefetch_pool is not None:
+            self._prefetch_pool.shutdown(wait=False, cancel_futures=True)
+            self._prefetch_pool = None
         try:
             with self._io:  # after any write under way; none starts once _started is False
                 if self._released:
@@ -454,6 +480,36 @@ class Governor:
     def has_grid(self, key: tuple[str, int | None]) -> bool:
         with self._lock:
             return key in self._grids
+
+    def grid_ahead(self, key: tuple[str, int | None]) -> tuple[str, int | None] | None:
+        """The grid a language model's coming frames will want, when it is not cached yet: the next
+        context bucket (a decoder's context grows by a token a frame). Computed ahead, the first
+        frame at a new bucket does not wait for it (a grid takes ~100 ms for the SD888's
+        smollm_135m, once per ``context_bucket`` tokens). None for a fixed-shape model."""
+        if key[1] is None:
+            return None
+        ahead = (key[0], key[1] + self.settings.context_bucket)
+        with self._lock:
+            return None if ahead in self._grids else ahead
+
+    def _prefetch(self, key: tuple[str, int | None]) -> None:
+        """In process: compute the next bucket's grid in a background thread, once."""
+        ahead = self.grid_ahead(key)
+        if ahead is None or ahead in self._prefetching:
+            return
+        if self._prefetch_pool is None:
+            self._prefetch_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grid-ahead")
+        self._prefetching.add(ahead)
+
+        def job() -> None:
+            try:
+                self.add_grid(ahead, compute_grid(*self.grid_job(ahead)))
+            except Exception:  # noqa: BLE001 - only a head start: the frame computes it if this failed
+                log.exception("computing the grid of %s ahead", ahead)
+            finally:
+                self._prefetching.discard(ahead)
+
+        self._prefetch_pool.submit(job)
 
     def grid_job(self, key: tuple[str, int | None]) -> tuple:
         """Arguments of ``compute_grid`` for ``key``."""
@@ -529,6 +585,8 @@ class Governor:
             if not may_block:
                 raise NeedsBackend  # computing a grid takes ~20 ms: not on the caller's loop
             grid = self._grid(model, context_len)
+        if key[1] is not None and self.prefetch_in_thread:
+            self._prefetch(key)
         now = time.monotonic()
         if not self._released and ((self.inline_refresh and now >= self._next_refresh)
                                    or (self._stale_at is not None and now >= self._stale_at)):
@@ -650,7 +708,7 @@ class Governor:
     def _correction(self, stats: _AppStats, model: str) -> Correction:
         c = stats.corrections.get(model)
         if c is None:
-            c = stats.corrections[model] = Correction(self.settings)
+            c = stats.corrections[model] = Correction(self.settings, self._priors.get(model))
         return c
 
     def correction(self, app: str, model: str) -> Correction:
@@ -658,7 +716,7 @@ class Governor:
         with self._lock:
             stats = self._apps.get(app)
             found = stats.corrections.get(model) if stats else None
-            return found if found is not None else Correction(self.settings)
+            return found if found is not None else Correction(self.settings, self._priors.get(model))
 
     def _limit_frames(self, owner: object, app: str) -> None:
         """At most ``max_frames_per_client`` frames in flight per client (per app in process): the
@@ -868,17 +926,23 @@ class Governor:
 
     def _queue_wait(self, ask: _Ask) -> np.ndarray | float:
         """Per point, how long the frame waits behind other apps' GPU work in flight: their frames
-        queue on the GPU in the order they started, each occupying it for its GPU busy time at
-        that point's frequency (from its start or when the one before it is done), at least its
-        time at its own point."""
+        queue on the GPU in the order they started, each occupying it for its GPU busy time (from
+        its start or when the one before it is done): what it has run by now at its own point's
+        frequency, the rest at that point's, never shorter than at its own (``_gpu_free_after``).
+        Counting the whole of a frame half done at the candidate's frequency made every cheaper
+        GPU point look blocked behind work already finished (a decoder sharing the SD888's GPU
+        with a detector was predicted to wait up to 7 ms where it waited none)."""
         others = self._queued_ahead(ask)
         if not others:
             return 0.0
         free = np.full(len(self.points), -np.inf)
+        now = ask.now
         for f in others:
-            np.maximum(free, f.started, out=free)
-            free += self._busy_s(f)
-        free -= ask.now
+            begin = np.maximum(free, f.started)
+            own = self._own_gpu(f)[1] / 1e3
+            left = np.clip(1.0 - (now - begin) / own, 0.0, 1.0) if own > 0 else np.where(begin >= now, 1.0, 0.0)
+            free = np.where(left > 0.0, np.maximum(begin, now) + left * self._busy_s(f), begin + own)
+        free -= now
         np.maximum(free, 0.0, out=free)
         free *= 1e3
         return free
@@ -890,7 +954,7 @@ class Governor:
         for f in others:
             own = self._own_gpu(f)[1]
             at = float(f.gpu_ms[i])
-            free = max(free, f.started) + max(at, own) / 1e3
+            free = _gpu_free_after(free, f.started, max(at, own) / 1e3, own / 1e3, ask.now)
         return max(free - ask.now, 0.0) * 1e3 if others else 0.0
 
     def _own_gpu(self, f: _Frame) -> tuple[int, float]:
@@ -947,8 +1011,8 @@ class Governor:
             queued.sort(key=_first)  # stable: frames that started at once keep their order
         free = least_free = -math.inf
         for started, gpu, own_ms in queued:
-            free = (free if free > started else started) + (gpu if gpu > own_ms else own_ms) / 1e3
-            least_free = (least_free if least_free > started else started) + own_ms / 1e3
+            free = _gpu_free_after(free, started, (gpu if gpu > own_ms else own_ms) / 1e3, own_ms / 1e3, now)
+            least_free = _gpu_free_after(least_free, started, own_ms / 1e3, own_ms / 1e3, now)
         free = (free - now) * 1e3
         least_free = (least_free - now) * 1e3
         return (free if free > 0.0 else 0.0), (least_free if least_free > 0.0 else 0.0), shared
@@ -1345,9 +1409,11 @@ class Governor:
             models = {}
             for m, e in self.models.items():
                 users = [(st.last_seen, st.corrections[m]) for st in self._apps.values() if m in st.corrections]
-                c = max(users, key=lambda u: u[0])[1] if users else Correction(self.settings)
+                c = max(users, key=lambda u: u[0])[1] if users else Correction(self.settings, self._priors.get(m))
                 models[m] = {"language_model": e.is_language_model, "correction": round(c.factor, 4),
                              "host_slowdown": c.host_slowdown, "samples": len(c.frames), "apps": len(users)}
+                if e.is_language_model:  # the context buckets whose grid is ready (see grid_ahead)
+                    models[m]["context_buckets"] = sorted(b for k, b in self._grids if k == m)
             return {
                 **self._status_frequencies(),
                 "capped": bool(self._started and np.isfinite(self._caps).any()),

@@ -17,7 +17,9 @@ things are learned per model from the frames just measured:
   supplies it (a fitted tail, raised at once by a cluster of misses, let go once it has passed).
 
 Adaptation is asymmetric on purpose: a fit over the last few frames may raise the prediction at
-once (a deadline is at stake), lowering waits for the longer window.
+once (a deadline is at stake); lowering waits for the longer window, unless the last few frames all
+ran faster than every older one (a burst or a load has ended: a drop that noise alone makes once in
+thousands of frames), when the fast window's fit is taken at once.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections import deque
 import numpy as np
 
 from governor.config import GovernorSettings
-from governor.margins import TailMargin
+from governor.margins import FALLBACK_PRIOR, TailMargin
 
 # host slowdowns the grid is precomputed for: 6% apart up to 3x. A level 15-25% off the real load
 # (another process taking 40% of the core is 1.67x), as the earlier eight levels could be, leaves
@@ -38,14 +40,20 @@ from governor.margins import TailMargin
 HOST_LEVELS = np.round(1.06 ** np.arange(20), 4)
 FIT_WINDOW = 24
 FAST_WINDOW = 6
+DROP_WINDOW = 4  # frames all faster than every older one: the regime dropped (see Correction._dropped)
+DROP_OLDER = 8  # older frames the test needs (C(12, 4) = 495 orderings at the least)
 REGIME_LOG = 0.15  # |log| move of the host slowdown or bias that counts as another regime (not the
 # level-for-bias reshuffles of the fit at one pair, a step or two of HOST_LEVELS)
 TIE_TOLERANCE = 0.003  # mean |log error| within this of the best counts as a tie
 
 
 class Correction:
-    def __init__(self, settings: GovernorSettings) -> None:
+    def __init__(self, settings: GovernorSettings, prior: float | None = None) -> None:
+        """``prior``: the margin until ``min_samples`` frames are measured (``initial_margin``
+        when that is set, else this, else FALLBACK_PRIOR)."""
         self.settings = settings
+        initial = (1.0 + settings.initial_margin if settings.initial_margin is not None
+                   else prior if prior is not None else FALLBACK_PRIOR)
         self.frames: deque[tuple[np.ndarray, float]] = deque(maxlen=FIT_WINDOW)
         # the same frames as arrays, oldest first once full (a ring): the fit runs on these without
         # building arrays from the deque on every frame
@@ -56,11 +64,11 @@ class Correction:
         self._fit_then = np.ones((FIT_WINDOW, 2))
         self.margin = TailMargin(settings.miss_rate_target, settings.correction_window,
                                  settings.margin_half_life_frames, settings.min_samples,
-                                 1.0 + settings.initial_margin, settings.miss_cluster,
+                                 initial, settings.miss_cluster,
                                  settings.cluster_window)
         self.level = 0  # index into HOST_LEVELS
         self.bias = 1.0
-        self.spread = 1.0 + settings.initial_margin
+        self.spread = initial
 
     @property
     def host_slowdown(self) -> float:
@@ -86,7 +94,8 @@ class Correction:
         if n > FAST_WINDOW:
             fast_level, fast_bias = self._fit_ratio(ratio[_LAST[FAST_WINDOW][self._next]])
             current = column
-            if fast_bias * current[fast_level] > bias * current[level]:
+            if fast_bias * current[fast_level] > bias * current[level] or (
+                    n >= DROP_OLDER + DROP_WINDOW and self._dropped(ratio[:, level], n)):
                 level, bias = fast_level, fast_bias
         self.level, self.bias = level, bias
         if n > 1:
@@ -105,6 +114,15 @@ class Correction:
         expected = bias * float(column[level])
         if expected > 0:
             self.spread = self.margin.add(measured_ms / expected, expected / max(float(column[0]), 1e-9))
+
+    def _dropped(self, ratio: np.ndarray, n: int) -> bool:
+        """Whether the latest DROP_WINDOW frames all ran faster, against the fit, than every older
+        frame of the window: the regime has dropped (a burst or a background load has ended). By
+        chance, with nothing changed, that is one ordering in C(n, DROP_WINDOW) (1 in 10626 for a
+        full window). Lowering then follows the fast window instead of waiting for the long
+        window's median to turn, which held a burst's fast point for ~12 frames after it ended."""
+        rows = _LAST[n][self._next]
+        return float(ratio[rows[-DROP_WINDOW:]].max()) < float(ratio[rows[:-DROP_WINDOW]].min())
 
     @staticmethod
     def _fit(frames: list[tuple[np.ndarray, float]]) -> tuple[int, float]:

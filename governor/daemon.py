@@ -412,10 +412,10 @@ class Daemon:
                     d = self.governor.before_frame(req.model, req.deadline_ms, req.context_len, req.app,
                                                    owner=client, may_block=False)
                 except NeedsBackend:  # a write or a new grid: in a task, so a slow backend blocks no one
-                    task = asyncio.get_running_loop().create_task(self._answer_later(req, client))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._spawn(self._answer_later(req, client))
                     return None
+                if req.context_len is not None:
+                    self._grid_ahead(req.model, req.context_len)
                 return encode_decision(d)
             if op == "after_frame":
                 # bookkeeping only (never backend I/O): answered on the loop
@@ -427,11 +427,33 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - sorted out below; never let one request take the daemon down
             return encode(self._error_reply(exc))
 
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _grid_ahead(self, model: str, context_len: int) -> None:
+        """Start computing the grid a language model's coming frames will want (the next context
+        bucket), so that the first frame there is answered at once instead of waiting for it."""
+        ahead = self.governor.grid_ahead(self.governor.grid_key(model, context_len))
+        if ahead is not None and ahead not in self._grid_pending:
+            self._spawn(self._ensure_grid_quietly(ahead))
+
+    async def _ensure_grid_quietly(self, key: tuple) -> None:
+        try:
+            await self._ensure_grid(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - only a head start: the frame that needs it computes it again
+            log.exception("computing the grid of %s ahead", key)
+
     async def _answer_later(self, req: BeforeFrame | FastBeforeFrame, client: _Client) -> None:
         try:
             key = self.governor.grid_key(req.model, req.context_len)
             if not self.governor.has_grid(key):
                 await self._ensure_grid(key)
+            if req.context_len is not None:
+                self._grid_ahead(req.model, req.context_len)
             d = await self._call(self.governor.before_frame, req.model, req.deadline_ms, req.context_len,
                                  req.app, owner=client)
             reply = encode_decision(d)
@@ -561,6 +583,7 @@ class Daemon:
         ours = os.lstat(self.socket_path)
         log.info("serving %s", self.socket_path)
         self.governor.inline_refresh = False  # re-read on the schedule below, not in a client's request
+        self.governor.prefetch_in_thread = False  # the grid worker computes them ahead (_grid_ahead)
         self.governor.write_wait_s = self.settings.backend_wait_s  # a stalled phone holds no client long
         idle = asyncio.create_task(self._idle_watch())
         refresh = asyncio.create_task(self._refresh_loop())

@@ -240,3 +240,20 @@ def test_demo_json_end_to_end():
         assert result["sysfs"].startswith("FUSE mount at ")
     else:
         assert result["sysfs"] == "in-process hook" and fuse_unavailable() in out.stderr
+
+
+def test_the_next_context_bucket_is_computed_before_a_frame_asks_for_it(daemon):
+    """A decoder's context grows a token a frame: the grid of the next bucket (16 tokens on) is
+    computed in the daemon's worker while the app runs, so the first frame there does not wait."""
+    _, tmp = daemon
+    with GovernorClient(str(tmp / "gov.sock"), app="chat") as c:
+        d = c.before_frame("llm", 80.0, context_len=100)  # bucket 112
+        c.after_frame(d["frame"], 40.0)
+        buckets: list[int] = []
+        for _ in range(300):
+            buckets = c.status()["models"]["llm"]["context_buckets"]
+            if 128 in buckets:
+                break
+            time.sleep(0.05)
+        assert buckets == [112, 128]  # asked for, and the next one: no frame asked at 113..128
+        assert "context_buckets" not in c.status()["models"]["yolo"]

@@ -50,10 +50,15 @@ def test_a_cluster_raises_it_at_once_and_it_lets_go_once_passed():
     for _ in range(200):
         m.add(1.0 + rng.normal(0.0, 0.02))
     before = m.value
+    m.add(1.07)
+    assert m.value < 1.07  # one frame over the margin, near it, is the tail, not a cluster
+    m.add(1.06)
+    assert m.value >= 1.07  # the second within the window: covered at once
+    for _ in range(60):
+        m.add(1.0 + rng.normal(0.0, 0.02))
+    assert m.value <= before * 1.03
     m.add(1.5)
-    assert m.value < 1.5  # one slow frame is the tail, not a cluster
-    m.add(1.45)
-    assert m.value >= 1.5  # the second within the window: covered at once
+    assert m.value >= 1.5  # far past the margin (25 sigma): a cluster's first frame, covered at once
     for _ in range(20):
         m.add(1.5 + rng.normal(0.0, 0.03))
     assert m.value >= 1.45
@@ -70,7 +75,7 @@ def test_a_regime_the_fit_has_followed_is_not_counted_twice():
     scale moves to 1.35), so those three ratios are lag, not noise. The margin on top of the new
     scale never asks more than the plain quantile of what was measured (no cluster logic here)."""
     rng = np.random.default_rng(5)
-    m = margin(cluster=1000)
+    m = margin(cluster=1000, gross=math.inf)
     for _ in range(150):
         m.add(1.0 + rng.normal(0.0, 0.01), 1.0)
     for n in range(60):
@@ -144,3 +149,25 @@ def test_a_frame_slow_because_the_regime_changed_leaves_the_tail_once_explained(
     assert c.host_slowdown > 1.2  # the fit followed the load
     assert step < 1.03  # the step's first frame is no longer in the tail
     assert spike > 1.1  # an isolated slow frame in one regime is
+
+
+def test_when_a_load_ends_the_fit_lets_go_within_a_few_frames_and_noise_alone_does_not_drop_it():
+    """A background load (host side 1.6x) ends: the frames' ratios fall below every older one, and
+    the fit follows within DROP_WINDOW + 1 frames instead of waiting for the 24-frame median to turn
+    (12 frames: the governor held the load's costlier point meanwhile). On steady noise the same
+    test never fires a lowering the long fit would not make."""
+    from governor.correction import DROP_WINDOW
+
+    loaded = [1.0] * 40 + [1.6] * 60
+    _, c = _frames_at_one_pair(loaded)
+    assert c.host_slowdown > 1.5
+    lag = None
+    for k in range(1, 13):
+        _, c = _frames_at_one_pair(loaded + [1.0] * k)
+        if c.host_slowdown * c.bias < 1.1:
+            lag = k
+            break
+    assert lag is not None and lag <= DROP_WINDOW + 1
+    # steady noise: the predicted latency (host level x bias) stays within the noise of 1
+    _, steady = _frames_at_one_pair([1.0] * 400, seed=11)
+    assert 0.98 < steady.host_slowdown * steady.bias < 1.02
