@@ -14,10 +14,7 @@ What is done instead, per (app, model), on the residual ratio r = measured / cor
   target: u + sigma/xi ((p_u/p)^xi - 1). A few hundred frames give a stable 1% quantile this way;
   below ``MIN_TAIL`` weighted exceedances the weighted empirical quantile is used;
 * **clusters raise it at once**: when ``miss_cluster`` of the last ``cluster_window`` frames ran
-  above the margin, or one ran far past it (``GROSS`` times the body-to-margin distance beyond:
-  a burst's first frame, not the noise; measured on the SD888's detector, slack deadline: burst
-  misses 12 -> 9 against the target oracle's 0, same energy), the margin becomes the largest of
-  those ratios (no waiting for the fit),
+  above the margin, the margin becomes the largest of those ratios (no waiting for the fit),
   measured against the fit as it is now: once the correction's bias has caught up with a slower
   regime the cluster no longer counts twice;
 * **never twice**: the fitted margin times the fit's scale stays under the plain (1 - target) quantile of
@@ -51,7 +48,6 @@ MIN_TAIL = 8.0  # weighted exceedances needed before the tail is fitted
 CLUSTER_HALF_LIFE = 8.0  # frames: how fast a passed cluster's samples fade
 XI_RANGE = (-0.5, 0.45)  # shape of the fitted tail, kept where the moments exist
 REFIT_EVERY = 16  # frames between refits of the tail while no sample exceeds its threshold
-GROSS = 3.0  # a frame this many body-to-margin distances past the margin starts a cluster alone
 FADED = 10.0 * CLUSTER_HALF_LIFE  # frames after a cluster by which its samples no longer count (< 1e-3)
 
 
@@ -121,9 +117,8 @@ class TailMargin:
     """The multiplier (>= 1) on a corrected prediction that leaves ``target`` of frames late."""
 
     def __init__(self, target: float, window: int, half_life_frames: float, min_samples: int,
-                 initial: float, cluster: int = 2, cluster_window: int = 10, gross: float = GROSS) -> None:
+                 initial: float, cluster: int = 2, cluster_window: int = 10) -> None:
         self.target = target
-        self.gross = gross
         self.half_life = float(half_life_frames)
         self.min_samples = min_samples
         self.cluster = cluster
@@ -166,11 +161,7 @@ class TailMargin:
         level = self.base if self.in_cluster else self.fitted
         n, w = len(self.ratios), min(self.cluster_window, len(self.ratios))
         above = sum(1 for k in range(n - w, n) if self.ratios[k] > level)
-        # a frame far beyond the tail (GROSS times the body-to-margin distance past the margin)
-        # is a cluster's first frame, not the noise: on real boards the frame after such a miss
-        # misses too (74% on an Orin Nano, in the study issue 11 cites)
-        gross = n >= self.min_samples and ratio > level + self.gross * (level - min(self._threshold, level))
-        if ratio > level and (above >= self.cluster or gross):
+        if ratio > level and above >= self.cluster:
             if not self.in_cluster:
                 self.base = self.fitted
             # a cluster: its samples are a transient, and the margin covers them at once

@@ -50,15 +50,10 @@ def test_a_cluster_raises_it_at_once_and_it_lets_go_once_passed():
     for _ in range(200):
         m.add(1.0 + rng.normal(0.0, 0.02))
     before = m.value
-    m.add(1.07)
-    assert m.value < 1.07  # one frame over the margin, near it, is the tail, not a cluster
-    m.add(1.06)
-    assert m.value >= 1.07  # the second within the window: covered at once
-    for _ in range(60):
-        m.add(1.0 + rng.normal(0.0, 0.02))
-    assert m.value <= before * 1.03
     m.add(1.5)
-    assert m.value >= 1.5  # far past the margin (25 sigma): a cluster's first frame, covered at once
+    assert m.value < 1.5  # one slow frame is the tail, not a cluster
+    m.add(1.45)
+    assert m.value >= 1.5  # the second within the window: covered at once
     for _ in range(20):
         m.add(1.5 + rng.normal(0.0, 0.03))
     assert m.value >= 1.45
@@ -75,7 +70,7 @@ def test_a_regime_the_fit_has_followed_is_not_counted_twice():
     scale moves to 1.35), so those three ratios are lag, not noise. The margin on top of the new
     scale never asks more than the plain quantile of what was measured (no cluster logic here)."""
     rng = np.random.default_rng(5)
-    m = margin(cluster=1000, gross=math.inf)
+    m = margin(cluster=1000)
     for _ in range(150):
         m.add(1.0 + rng.normal(0.0, 0.01), 1.0)
     for n in range(60):
