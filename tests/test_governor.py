@@ -26,7 +26,9 @@ def setup(tmp_path, estimators):
     board = load_board(BOARD)
     vb = VirtualBoard(tmp_path / "b", board)
     backend = vb.backend(tmp_path / "s.json")
-    gov = Governor(backend, board, estimators)
+    # the decisions' mechanics at a fixed warm-up margin (the prior from the profile's repeats is
+    # tested in test_first_frames): the deadlines below were chosen against a 10% one
+    gov = Governor(backend, board, estimators, GovernorSettings(initial_margin=0.10))
     gov.start()
     yield gov, vb, backend
     gov.stop()
