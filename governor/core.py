@@ -42,7 +42,7 @@ import threading
 import time
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -111,6 +111,8 @@ class _Grid:
     # kept with the grid, so a grid evicted or replaced takes its frontiers with it
     frontiers: dict = field(default_factory=dict, repr=False, compare=False)
     sorted_lat: dict = field(default_factory=dict, repr=False, compare=False)  # per level: latency sorted
+    # a language model's next context bucket was asked for when this grid was first used (once)
+    asked_ahead: bool = field(default=False, repr=False, compare=False)
 
 
 @dataclass
@@ -266,11 +268,12 @@ class Governor:
         self._released = False  # domains handed back while idle; taken again by the next frame
         self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.inline_refresh = True  # the daemon re-reads on its own schedule instead
-        # a language model's next context bucket is computed ahead in a thread (the daemon does it
-        # in its grid worker process instead); the keys under way
-        self.prefetch_in_thread = True
-        self._prefetch_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._prefetching: set[tuple[str, int | None]] = set()
+        # where the grid of a language model's next context bucket is computed ahead: called with
+        # its key, on the deciding thread, must not block. In process a thread (the keys under
+        # way); the daemon replaces it with its grid worker process
+        self.compute_ahead: Callable[[tuple[str, int | None]], None] = self._compute_ahead_in_thread
+        self._ahead_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._ahead_pending: set[tuple[str, int | None]] = set()
         # what holds ``_io`` now: "write" (a frame's write, maybe to a stalled phone: frames do not
         # queue behind it) or anything else (a re-read of the state, short: frames wait for it)
         self._io_holder: str | None = None
@@ -441,9 +444,9 @@ class Governor:
         if not self._started:
             return []
         self._started = False
-        if self._prefetch_pool is not None:
-            self._prefetch_pool.shutdown(wait=False, cancel_futures=True)
-            self._prefetch_pool = None
+        if self._ahead_pool is not None:
+            self._ahead_pool.shutdown(wait=False, cancel_futures=True)
+            self._ahead_pool = None
         try:
             with self._io:  # after any write under way; none starts once _started is False
                 if self._released:
@@ -481,35 +484,35 @@ class Governor:
         with self._lock:
             return key in self._grids
 
-    def grid_ahead(self, key: tuple[str, int | None]) -> tuple[str, int | None] | None:
-        """The grid a language model's coming frames will want, when it is not cached yet: the next
-        context bucket (a decoder's context grows by a token a frame). Computed ahead, the first
-        frame at a new bucket does not wait for it (a grid takes ~100 ms for the SD888's
-        smollm_135m, once per ``context_bucket`` tokens). None for a fixed-shape model."""
-        if key[1] is None:
-            return None
-        ahead = (key[0], key[1] + self.settings.context_bucket)
-        with self._lock:
-            return None if ahead in self._grids else ahead
-
-    def _prefetch(self, key: tuple[str, int | None]) -> None:
-        """In process: compute the next bucket's grid in a background thread, once."""
-        ahead = self.grid_ahead(key)
-        if ahead is None or ahead in self._prefetching:
+    def _ask_ahead(self, key: tuple[str, int | None], grid: _Grid) -> None:
+        """On a language model's grid's first use, have the next context bucket's grid computed
+        (``compute_ahead``): a decoder's context grows by a token a frame, and computed ahead the
+        first frame at the new bucket does not wait for it (a grid takes ~100 ms for the SD888's
+        smollm_135m, once per ``context_bucket`` tokens). One attribute test per frame after that."""
+        if key[1] is None or grid.asked_ahead:
             return
-        if self._prefetch_pool is None:
-            self._prefetch_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grid-ahead")
-        self._prefetching.add(ahead)
+        grid.asked_ahead = True
+        ahead = (key[0], key[1] + self.settings.context_bucket)
+        if not self.has_grid(ahead):
+            self.compute_ahead(ahead)
+
+    def _compute_ahead_in_thread(self, key: tuple[str, int | None]) -> None:
+        """In process: compute a grid in a background thread, once per key under way."""
+        if key in self._ahead_pending:
+            return
+        if self._ahead_pool is None:
+            self._ahead_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grid-ahead")
+        self._ahead_pending.add(key)
 
         def job() -> None:
             try:
-                self.add_grid(ahead, compute_grid(*self.grid_job(ahead)))
+                self.add_grid(key, compute_grid(*self.grid_job(key)))
             except Exception:  # noqa: BLE001 - only a head start: the frame computes it if this failed
-                log.exception("computing the grid of %s ahead", ahead)
+                log.exception("computing the grid of %s ahead", key)
             finally:
-                self._prefetching.discard(ahead)
+                self._ahead_pending.discard(key)
 
-        self._prefetch_pool.submit(job)
+        self._ahead_pool.submit(job)
 
     def grid_job(self, key: tuple[str, int | None]) -> tuple:
         """Arguments of ``compute_grid`` for ``key``."""
@@ -585,8 +588,7 @@ class Governor:
             if not may_block:
                 raise NeedsBackend  # computing a grid takes ~20 ms: not on the caller's loop
             grid = self._grid(model, context_len)
-        if key[1] is not None and self.prefetch_in_thread:
-            self._prefetch(key)
+        self._ask_ahead(key, grid)
         now = time.monotonic()
         if not self._released and ((self.inline_refresh and now >= self._next_refresh)
                                    or (self._stale_at is not None and now >= self._stale_at)):
@@ -705,10 +707,14 @@ class Governor:
             self._owner_apps.setdefault(owner, set()).add(app)
         return stats
 
+    def _new_correction(self, model: str) -> Correction:
+        """What an app starts from for a model: nothing learned, the margin from its profile's repeats."""
+        return Correction(self.settings, self._priors.get(model))
+
     def _correction(self, stats: _AppStats, model: str) -> Correction:
         c = stats.corrections.get(model)
         if c is None:
-            c = stats.corrections[model] = Correction(self.settings, self._priors.get(model))
+            c = stats.corrections[model] = self._new_correction(model)
         return c
 
     def correction(self, app: str, model: str) -> Correction:
@@ -716,7 +722,7 @@ class Governor:
         with self._lock:
             stats = self._apps.get(app)
             found = stats.corrections.get(model) if stats else None
-            return found if found is not None else Correction(self.settings, self._priors.get(model))
+            return found if found is not None else self._new_correction(model)
 
     def _limit_frames(self, owner: object, app: str) -> None:
         """At most ``max_frames_per_client`` frames in flight per client (per app in process): the
@@ -1409,10 +1415,10 @@ class Governor:
             models = {}
             for m, e in self.models.items():
                 users = [(st.last_seen, st.corrections[m]) for st in self._apps.values() if m in st.corrections]
-                c = max(users, key=lambda u: u[0])[1] if users else Correction(self.settings, self._priors.get(m))
+                c = max(users, key=lambda u: u[0])[1] if users else self._new_correction(m)
                 models[m] = {"language_model": e.is_language_model, "correction": round(c.factor, 4),
                              "host_slowdown": c.host_slowdown, "samples": len(c.frames), "apps": len(users)}
-                if e.is_language_model:  # the context buckets whose grid is ready (see grid_ahead)
+                if e.is_language_model:  # the context buckets whose grid is ready (see _ask_ahead)
                     models[m]["context_buckets"] = sorted(b for k, b in self._grids if k == m)
             return {
                 **self._status_frequencies(),

@@ -353,6 +353,7 @@ class Daemon:
         self._grids: concurrent.futures.Executor | None = None
         self._grid_worker_ready = False
         self._grid_pending: dict[tuple, asyncio.Future] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop serving, once it does
         self._clients: dict[_Client, None] = {}  # connected, in order
         self._tasks: set[asyncio.Task] = set()  # requests being answered off the loop
         self.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))  # see _Client.get_buffer
@@ -414,8 +415,6 @@ class Daemon:
                 except NeedsBackend:  # a write or a new grid: in a task, so a slow backend blocks no one
                     self._spawn(self._answer_later(req, client))
                     return None
-                if req.context_len is not None:
-                    self._grid_ahead(req.model, req.context_len)
                 return encode_decision(d)
             if op == "after_frame":
                 # bookkeeping only (never backend I/O): answered on the loop
@@ -432,12 +431,15 @@ class Daemon:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _grid_ahead(self, model: str, context_len: int) -> None:
-        """Start computing the grid a language model's coming frames will want (the next context
-        bucket), so that the first frame there is answered at once instead of waiting for it."""
-        ahead = self.governor.grid_ahead(self.governor.grid_key(model, context_len))
-        if ahead is not None and ahead not in self._grid_pending:
-            self._spawn(self._ensure_grid_quietly(ahead))
+    def _compute_ahead(self, key: tuple) -> None:
+        """The governor's ``compute_ahead``: the grid a language model's coming frames will want,
+        computed in the grid worker. Called from a decision (on the loop, or in a decision
+        thread): scheduled on the loop."""
+        self._loop.call_soon_threadsafe(self._compute_ahead_on_loop, key)
+
+    def _compute_ahead_on_loop(self, key: tuple) -> None:
+        if key not in self._grid_pending and not self.governor.has_grid(key):
+            self._spawn(self._ensure_grid_quietly(key))
 
     async def _ensure_grid_quietly(self, key: tuple) -> None:
         try:
@@ -452,8 +454,6 @@ class Daemon:
             key = self.governor.grid_key(req.model, req.context_len)
             if not self.governor.has_grid(key):
                 await self._ensure_grid(key)
-            if req.context_len is not None:
-                self._grid_ahead(req.model, req.context_len)
             d = await self._call(self.governor.before_frame, req.model, req.deadline_ms, req.context_len,
                                  req.app, owner=client)
             reply = encode_decision(d)
@@ -583,7 +583,8 @@ class Daemon:
         ours = os.lstat(self.socket_path)
         log.info("serving %s", self.socket_path)
         self.governor.inline_refresh = False  # re-read on the schedule below, not in a client's request
-        self.governor.prefetch_in_thread = False  # the grid worker computes them ahead (_grid_ahead)
+        self._loop = loop
+        self.governor.compute_ahead = self._compute_ahead  # in the grid worker, not a thread of ours
         self.governor.write_wait_s = self.settings.backend_wait_s  # a stalled phone holds no client long
         idle = asyncio.create_task(self._idle_watch())
         refresh = asyncio.create_task(self._refresh_loop())
