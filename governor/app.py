@@ -21,12 +21,12 @@ from sysfs_backends.virtual.simulator import Simulator
 log = logging.getLogger(__name__)
 
 
-def fit_on_virtual_board(board: BoardConfig, model: str, seed: int = 0) -> Estimator:
-    """Profile a model on the virtual board (5 planned points x 3 repeats) and fit it."""
+def fit_on_virtual_board(board: BoardConfig, model: str, seed: int = 0, repeats: int = 3) -> Estimator:
+    """Profile a model on the virtual board (the planned points x ``repeats``) and fit it."""
     spec = load_model_spec(model)
     sim = Simulator(board, spec)
     pairs = plan_grid(list(board.domain_tables.values()))
-    profile = sim.profile(pairs, 3, spec.profile_context_len or None, np.random.default_rng(seed))
+    profile = sim.profile(pairs, repeats, spec.profile_context_len or None, np.random.default_rng(seed))
     return Estimator.fit(parse_profile(profile))
 
 

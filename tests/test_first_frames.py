@@ -11,8 +11,7 @@ import pytest
 
 from dvfs_schema.loading import load_board, load_model_spec
 from estimator.model import Estimator
-from estimator.planner import plan_grid
-from estimator.profile import parse_profile
+from governor.app import fit_on_virtual_board
 from governor.config import GovernorSettings
 from governor.core import Governor
 from governor.correction import Correction
@@ -23,13 +22,11 @@ from sysfs_backends.virtual.simulator import Simulator
 BOARD = "sd888_phone"
 
 
-def fitted(model: str, repeats: int, seed: int = 0) -> tuple[Estimator, Simulator]:
+def fitted(model: str, repeats: int) -> tuple[Estimator, Simulator]:
+    """The estimator fitted on the virtual board from ``repeats`` runs per point, and that board's
+    simulator of the model (fresh frames to hold the prior against)."""
     board = load_board(BOARD)
-    spec = load_model_spec(model)
-    sim = Simulator(board, spec)
-    pairs = plan_grid(list(board.domain_tables.values()))
-    profile = sim.profile(pairs, repeats, spec.profile_context_len or None, np.random.default_rng(seed))
-    return Estimator.fit(parse_profile(profile)), sim
+    return fit_on_virtual_board(board, model, repeats=repeats), Simulator(board, load_model_spec(model))
 
 
 @pytest.mark.parametrize("model", ["mobilenet_v2", "yolo_tiny"])
