@@ -51,6 +51,7 @@ class GovernorClient:
         self._retry_at = 0.0
         self._backoff_s = RECONNECT_FIRST_S
         self._warned = False
+        self._unread = 0  # replies to reports sent without waiting (after_frame(wait=False)), in order
         self._connect()
 
     # ---- connection -----------------------------------------------------------------------
@@ -67,6 +68,7 @@ class GovernorClient:
                 "`dvfs-gov run --config <governor.yaml>` (or pass that config's `socket:` path)") from None
         self._sock, self._reader = sock, sock.makefile("rb")
         self._backoff_s = RECONNECT_FIRST_S
+        self._unread = 0
 
     def _drop(self) -> None:
         if self._reader is not None:
@@ -97,17 +99,23 @@ class GovernorClient:
             warnings.warn(f"reconnected to the governor on {self.socket_path}", RuntimeWarning, stacklevel=4)
             self._warned = False
 
-    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def request(self, msg: dict[str, Any], wait: bool = True) -> dict[str, Any] | None:
         """One request, one reply. GovernorUnavailable when the daemon cannot be reached (the
-        connection is dropped and retried later), GovernorClientError when it answers an error."""
+        connection is dropped and retried later), GovernorClientError when it answers an error.
+
+        ``wait=False``: send it and return None; its reply (replies come in order) is read before
+        the next request's. Meant for reports: the app does not wait a round trip after its frame,
+        and the daemon's reply finds no process blocked on it to wake."""
         self._ensure_connected()
         try:
             self._sock.sendall(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-            line = self._reader.readline()
-            if not line:
-                raise ConnectionResetError("the governor closed the connection")
-            # the daemon's replies are UTF-8 objects: decoding here skips json's encoding detection
-            reply = json.loads(line.decode("utf-8", "surrogatepass") if line[:2] == b'{"' else line)
+            if not wait:
+                self._unread += 1
+                return None
+            while self._unread:
+                self._unread -= 1
+                self._check_report(self._read_reply())
+            reply = self._read_reply()
         except (OSError, ValueError) as exc:  # broken pipe, reset, timeout, a torn reply
             self._drop()
             self._retry_at = time.monotonic()  # the first retry is immediate, then back-off
@@ -116,6 +124,22 @@ class GovernorClient:
         if not reply.get("ok"):
             raise GovernorClientError(reply.get("error", "unknown"), reply.get("message", ""))
         return reply
+
+    def _read_reply(self) -> dict[str, Any]:
+        line = self._reader.readline()
+        if not line:
+            raise ConnectionResetError("the governor closed the connection")
+        # the daemon's replies are UTF-8 objects: decoding here skips json's encoding detection
+        return json.loads(line.decode("utf-8", "surrogatepass") if line[:2] == b'{"' else line)
+
+    @staticmethod
+    def _check_report(reply: dict[str, Any]) -> None:
+        """The reply to a report sent without waiting. Its frame is over: an error is warned about,
+        not raised into the next request (unknown_frame, a frame that expired or a daemon that
+        restarted meanwhile, is expected and silent)."""
+        if not reply.get("ok") and reply.get("error") != "unknown_frame":
+            warnings.warn(f"the governor refused a frame report: {reply.get('error')}: {reply.get('message')}",
+                          RuntimeWarning, stacklevel=4)
 
     # ---- the protocol ---------------------------------------------------------------------
     def before_frame(self, model: str, deadline_ms: float, context_len: int | None = None,
@@ -127,15 +151,17 @@ class GovernorClient:
             msg["app"] = app or self.app
         return self.request(msg)
 
-    def after_frame(self, frame: int, latency_ms: float | None = None, failed: bool = False) -> dict[str, Any]:
+    def after_frame(self, frame: int, latency_ms: float | None = None, failed: bool = False,
+                    wait: bool = True) -> dict[str, Any] | None:
         """Report a frame's measured latency, or ``failed=True`` for a frame whose inference
-        failed (counted by the daemon, never used as a latency)."""
+        failed (counted by the daemon, never used as a latency). ``wait=False``: do not wait for
+        the reply (None is returned; an error in it is warned about at the next request)."""
         msg: dict[str, Any] = {"op": "after_frame", "frame": frame}
         if failed:
             msg["failed"] = True
         if latency_ms is not None:
             msg["latency_ms"] = latency_ms
-        return self.request(msg)
+        return self.request(msg, wait=wait)
 
     def status(self) -> dict[str, Any]:
         return self.request({"op": "status"})
@@ -168,13 +194,10 @@ class GovernorClient:
     def _report(self, decision: dict[str, Any], latency_ms: float | None, failed: bool = False) -> None:
         if "frame" not in decision or not self.connected:
             return
-        try:
-            self.after_frame(decision["frame"], latency_ms, failed=failed)
+        try:  # the frame is over: its reply is read (and checked) before the next request's
+            self.after_frame(decision["frame"], latency_ms, failed=failed, wait=False)
         except GovernorUnavailable as exc:
             self._warn_away(exc)
-        except GovernorClientError as exc:
-            if exc.code != "unknown_frame":  # expired, or the daemon restarted meanwhile: nothing to report
-                raise
 
     def close(self) -> None:
         self._drop()

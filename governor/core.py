@@ -218,10 +218,6 @@ def _started(f: _Frame) -> float:
     return f.started
 
 
-def _first(row: tuple) -> float:
-    return row[0]
-
-
 def _gpu_free_after(free: float, started: float, at_s: float, own_s: float, now: float) -> float:
     """When the GPU is free after one more frame in the queue (s): the frame begins once the GPU is
     free and it has started; by ``now`` it ran at its own point (``own_s`` of GPU work in all),
@@ -979,8 +975,10 @@ class Governor:
         queue with each frame at its own point's GPU time, the least the full decision counts for
         it (the recurrence grows with each busy time, rounding included)."""
         now, app, me = ask.now, ask.app, ask.frame
-        queued: list[tuple[float, float, float]] = []  # (started, GPU time at i, at its own point)
-        shared = False
+        # (started, frame id, GPU time at i, at its own point): sorted as tuples, the id keeps frames
+        # that started at once in the order they were registered, as the full decision's stable sort
+        queued: list[tuple[float, int, float, float]] = []
+        shared = longer = False  # longer: some frame's GPU time at i exceeds that at its own point
         for k, f in self._frames.items():
             if k == me:
                 continue
@@ -992,7 +990,12 @@ class Governor:
             if f.app != app:
                 shared = True
                 if f.gpu_ms is not None and started <= now:
-                    queued.append((started, at[2], self._own_gpu(f)[1]))
+                    own = f.own
+                    own_ms = own[2] if own is not None and own[0] is f.point else self._own_gpu(f)[1]
+                    gpu = at[2]
+                    if gpu > own_ms:
+                        longer = True
+                    queued.append((started, k, gpu, own_ms))
             if f.lat is None:
                 continue
             wait = f.wait_ms
@@ -1014,11 +1017,16 @@ class Governor:
         if not queued:
             return 0.0, 0.0, shared
         if len(queued) > 1:
-            queued.sort(key=_first)  # stable: frames that started at once keep their order
-        free = least_free = -math.inf
-        for started, gpu, own_ms in queued:
-            free = _gpu_free_after(free, started, (gpu if gpu > own_ms else own_ms) / 1e3, own_ms / 1e3, now)
-            least_free = _gpu_free_after(least_free, started, own_ms / 1e3, own_ms / 1e3, now)
+            queued.sort()
+        least_free = -math.inf
+        for started, _, _, own_ms in queued:
+            own_s = own_ms / 1e3
+            least_free = _gpu_free_after(least_free, started, own_s, own_s, now)
+        free = least_free
+        if longer:  # else the queue at i is the bound's, float for float
+            free = -math.inf
+            for started, _, gpu, own_ms in queued:
+                free = _gpu_free_after(free, started, (gpu if gpu > own_ms else own_ms) / 1e3, own_ms / 1e3, now)
         free = (free - now) * 1e3
         least_free = (least_free - now) * 1e3
         return (free if free > 0.0 else 0.0), (least_free if least_free > 0.0 else 0.0), shared

@@ -86,6 +86,30 @@ def test_protocol_round_trip_and_frequencies_written_before_reply(daemon):
             c.before_frame("nope", 10.0)
         assert info.value.code == "unknown_model"
 
+def test_a_report_is_not_waited_for_and_its_reply_is_read_before_the_next(daemon):
+    """``frame()`` (and ``after_frame(wait=False)``) send the report and return without a round
+    trip; the reply is read, in order, before the next request's: the next reply is never taken
+    for the report's, the daemon has learned the report by then, and a refused report is warned
+    about (unknown_frame, a frame that expired, silently) instead of failing the next request."""
+    _, tmp = daemon
+    with GovernorClient(str(tmp / "gov.sock"), app="camera") as c:
+        for _ in range(3):
+            with c.frame("yolo", 25.0) as d:
+                assert d["ok"]
+        assert c.status()["in_flight"] == 0 and c.status()["apps"]["camera"]["frames"] == 3
+        first = c.before_frame("yolo", 25.0)
+        assert c.after_frame(first["frame"], 20.0, wait=False) is None
+        assert c.after_frame(10**9, 5.0, wait=False) is None  # not in flight: silent
+        second = c.before_frame("yolo", 25.0)
+        assert second["ok"] and second["frame"] > first["frame"] and "cpu_khz" in second
+        with pytest.warns(RuntimeWarning, match="bad_field"):
+            c.after_frame(second["frame"], -1.0, wait=False)
+            st = c.status()
+        assert st["ok"] and "apps" in st
+        c.after_frame(second["frame"], 20.0)  # refused above, so still in flight: reported now
+        assert c.status()["in_flight"] == 0
+
+
 def test_infeasible_is_served_at_fastest_pair(daemon):
     _, tmp = daemon
     with GovernorClient(str(tmp / "gov.sock")) as c:
