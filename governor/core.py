@@ -380,6 +380,8 @@ class Governor:
     def _note_change(self, before: tuple[int, ...], after: tuple[int, ...], at: float) -> None:
         """Remember, per domain changed, what ran before and when the new frequency takes effect."""
         running = self._running(at)
+        if before != after:
+            self._changed_at = at
         for k, (b, a) in enumerate(zip(before, after, strict=True)):
             if a != b:
                 self._from = self._from[:k] + (running[k],) + self._from[k + 1:]
@@ -430,6 +432,7 @@ class Governor:
         self._from = self._cur  # what ran before the last change of each domain
         self._lands_at = np.zeros(len(self.domains))  # when that change takes effect (monotonic s)
         self._landed_by = 0.0  # every change has landed by then (the latest of ``_lands_at``)
+        self._changed_at = -math.inf  # when the point in force last changed (``lower_dwell_ms``)
         self._stale_at: float | None = None  # a late frame asks for an early re-read of the state
         self._read_at = time.monotonic()  # the last settled read-back
         self._next_refresh = time.monotonic() + self.settings.state_refresh_s
@@ -771,7 +774,8 @@ class Governor:
             return fastest, False, float(total[fastest]), float(wait[fastest])
         best = int(np.argmin(np.where(ok, ask.energy_mj, np.inf)))
         cur = self._index(self._cur)
-        if ok[cur] and ask.energy_mj[cur] <= ask.energy_mj[best] * (1 + self._hysteresis(ask)):
+        if ok[cur] and (self._dwelling(ask.now)
+                        or ask.energy_mj[cur] <= ask.energy_mj[best] * (1 + self._hysteresis(ask))):
             best = cur
         return best, True, float(total[best]), float(wait[best])
 
@@ -817,6 +821,8 @@ class Governor:
             if shared:
                 hysteresis = max(hysteresis, self.settings.shared_hysteresis)
         deadline, corr = ask.deadline_ms, ask.corr
+        if predicted <= deadline and self._dwelling(ask.now):
+            return cur, True, predicted, wait
         old = float(ask.lat[self._index(self._running(ask.now))]) * corr
         if predicted > deadline:
             # infeasible here: kept only as the fastest allowed point, no other point possibly as fast
@@ -845,6 +851,14 @@ class Governor:
                 stairs.append((stair, self._actuation_list[k]))
             same &= equal[:, k]
         return cur, ordered.allowed[cur], stairs
+
+    def _dwelling(self, now: float) -> bool:
+        """Whether the point in force changed less than ``lower_dwell_ms`` ago: then it is kept while it
+        meets the deadline and serves the frames in flight (only a raise goes through). Frames of
+        several apps come and go every few milliseconds, and the cheapest point serving those in
+        flight went down with each lull and up with the next frame, two writes each time (measured:
+        32 apps at 120 fps, 500 writes in 3 s, 0.1% of the decisions on schedule behind them)."""
+        return now < self._changed_at + self.settings.lower_dwell_ms / 1e3
 
     def _hysteresis(self, ask: _Ask) -> float:
         """How much more energy the pair in force may cost before it is changed. Higher while another

@@ -256,6 +256,8 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
             gov._landed_by = float(gov._lands_at.max())
             gov._from = values[int(rng.integers(n))]
             gov._cur = values[int(rng.integers(n))]
+            # the point in force changed just now (a cheaper point waits: lower_dwell_ms) or long ago
+            gov._changed_at = now - float(rng.choice([0.001, 10.0]))
             for j in range(int(rng.integers(1, 14))):
                 model = str(rng.choice(["yolo", "llm"]))
                 grid, level = grids[model], int(rng.integers(len(HOST_LEVELS)))

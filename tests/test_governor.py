@@ -83,6 +83,35 @@ def test_no_write_when_decision_unchanged(setup):
     assert not d2.changed and backend.transport.writes == writes
 
 
+def test_a_cheaper_pair_waits_out_the_dwell_a_raise_does_not(setup):
+    """After the pair in force changed, a cheaper pair is taken only once ``lower_dwell_ms`` has
+    passed (the pair in force meeting the deadline meanwhile); a raise goes through at once."""
+    import time
+
+    gov, _, _ = setup
+    dwell_s = gov.settings.lower_dwell_ms / 1e3
+    assert dwell_s > 0
+
+    def frame(deadline_ms):
+        d = gov.before_frame("yolo", deadline_ms)
+        gov.after_frame(d.frame, d.predicted_ms)
+        return d
+
+    time.sleep(dwell_s)
+    cheap = frame(1000.0)
+    assert cheap.changed  # from the boot's fastest point to the cheapest
+    t_raise = time.monotonic()
+    fast = frame(cheap.predicted_ms * 0.9)
+    assert fast.changed and fast.feasible, "a raise is never held by the dwell"
+    held = frame(1000.0)
+    assert time.monotonic() - t_raise < dwell_s, "the machine was too slow for this check"
+    assert not held.changed and held.feasible and (held.cpu_khz, held.gpu_hz) == (fast.cpu_khz, fast.gpu_hz)
+    time.sleep(dwell_s)
+    lowered = frame(1000.0)
+    assert lowered.changed and (lowered.cpu_khz, lowered.gpu_hz, lowered.mem_hz) == \
+        (cheap.cpu_khz, cheap.gpu_hz, cheap.mem_hz)
+
+
 def test_infeasible_deadline_runs_fastest_and_says_so(setup):
     gov, _, _ = setup
     d = gov.before_frame("yolo", 1.0)
