@@ -65,7 +65,7 @@ import yaml
 
 from dvfs_schema.loading import available, load_board, load_model_spec
 from governor.app import fit_on_virtual_board
-from governor.baselines import PointGrid
+from governor.baselines import PointGrid, noise_quantile, pick
 from governor.client import GovernorClient, wait_for_daemon
 from sysfs_backends.virtual.board import VirtualBoard
 from sysfs_backends.virtual.fuse_mount import fuse_unavailable, mounted
@@ -80,7 +80,6 @@ BACKGROUND_LOAD = 0.6
 BURST_FACTOR = 1.35
 DEADLINE_FACTORS = {"slack": 1.6, "tight": 1.15}
 SHARED = {"2apps": ["yolo_tiny", "smollm_135m"], "3apps": ["yolo_tiny", "smollm_135m", "mobilenet_v2"]}
-NOISE_DRAWS = 400
 
 
 # ---- references ------------------------------------------------------------------------------
@@ -90,12 +89,7 @@ class Truth:
 
     def __init__(self, board, model: str, ctx0: int | None) -> None:
         self.grid = PointGrid(board, Simulator(board, load_model_spec(model)))
-        g = self.grid
-        base, _ = g.at(ctx0, 0.0)
-        rng = np.random.default_rng(12345)
-        draws = np.stack([g.run(g.c, g.g, g.m, ctx0, 0.0, rng)[0].latency_ns / 1e6 / base
-                          for _ in range(NOISE_DRAWS)])
-        self.q_ratio = np.quantile(draws, 1 - MISS_TARGET, axis=0)
+        self.q_ratio = noise_quantile(self.grid, ctx0, MISS_TARGET)
 
     def at(self, ctx: int | None, load: float):
         return self.grid.at(ctx, load)
@@ -107,12 +101,6 @@ class Truth:
         return self.grid.allowed(capped)
 
 
-def _pick(ok: np.ndarray, allowed: np.ndarray, energy: np.ndarray, latency: np.ndarray) -> int:
-    if ok.any():
-        return int(np.argmin(np.where(ok, energy, np.inf)))
-    return int(np.argmin(np.where(allowed, latency, np.inf)))  # infeasible: the fastest allowed pair
-
-
 def references(truth: Truth, f: dict) -> dict:
     """Both oracles' pick for one governed frame, on its conditions and its noise."""
     lat, en = truth.at(f["ctx"], f["load"])
@@ -121,8 +109,8 @@ def references(truth: Truth, f: dict) -> dict:
     d, wait = f["deadline_ms"], f["wait_ms"]
     ran = truth.index(f["cpu_khz"], f["gpu_hz"], f.get("mem_hz"))
     noise = (f["run_ms"] - f["transition_ms"]) / lat[ran]  # this frame's noise: measured / true
-    i = _pick(allowed & (lat + wait <= d), allowed, en, lat)
-    j = _pick(allowed & (lat * truth.q_ratio + wait <= d), allowed, en, lat * truth.q_ratio)
+    i = pick(allowed & (lat + wait <= d), allowed, en, lat)
+    j = pick(allowed & (lat * truth.q_ratio + wait <= d), allowed, en, lat * truth.q_ratio)
     return {"oracle_j": float(en[i]), "oracle_miss": bool(lat[i] + wait > d),
             "target_j": float(en[j]), "target_miss": bool(lat[j] * noise + wait > d)}
 

@@ -7,7 +7,12 @@
   energy among those whose true (noise-free) latency meets the deadline, under that frame's
   conditions (context, background load, cap).
   It cannot miss by construction; ``misses_with_noise`` says how often its pick would have been
-  late with the noise that frame really had, which a causal governor must leave headroom for.
+  late with the noise that frame really had, which a causal governor must leave headroom for;
+* ``oracle_target``: the oracle at the miss target, the fair reference for a governor with that
+  target: per frame the point of least energy whose latency with the (1 - target) quantile of the
+  frame noise (per point, from the simulator's noise) meets the deadline, its misses counted with
+  the noise that frame really had. What a governor that knew each frame's conditions (context,
+  load, cap) but not its noise could do at best.
 
 Frames are replayed with the same noise as the governed run where the policy allows it. Boards
 without a GPU or a memory domain work the same way over the domains they have.
@@ -150,6 +155,28 @@ def ondemand(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) -> Po
     return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4))
 
 
+NOISE_DRAWS = 400  # frames per point the noise quantile is taken over
+
+
+def pick(ok: np.ndarray, allowed: np.ndarray, energy: np.ndarray, latency: np.ndarray) -> int:
+    """The point of least energy among ``ok``; none: the fastest allowed (infeasible)."""
+    if ok.any():
+        return int(np.argmin(np.where(ok, energy, np.inf)))
+    return int(np.argmin(np.where(allowed, latency, np.inf)))
+
+
+def noise_quantile(grid: PointGrid, context_len: int | None, target: float, draws: int = NOISE_DRAWS,
+                   seed: int = 12345) -> np.ndarray:
+    """Per point, the (1 - ``target``) quantile of latency / noise-free latency over ``draws`` frames
+    of the simulator's noise (at ``context_len``, no load): the room a pick must leave to be late no
+    more than ``target`` of the time."""
+    base, _ = grid.at(context_len, 0.0)
+    rng = np.random.default_rng(seed)
+    ratios = np.stack([grid.run(grid.c, grid.g, grid.m, context_len, 0.0, rng)[0].latency_ns / 1e6 / base
+                       for _ in range(draws)])
+    return np.quantile(ratios, 1 - target, axis=0)
+
+
 def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
            context_step: int = 32) -> PolicyResult:
     grid = PointGrid(board, sim)
@@ -157,8 +184,7 @@ def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
     for f in frames:
         lat, en = grid.at(f.context_len, f.background_load, context_step)
         allowed = grid.allowed(f.capped)
-        ok = allowed & (lat <= f.deadline_ms)
-        i = int(np.argmin(np.where(ok, en, np.inf))) if ok.any() else int(np.argmin(np.where(allowed, lat, np.inf)))
+        i = pick(allowed & (lat <= f.deadline_ms), allowed, en, lat)
         misses += lat[i] > f.deadline_ms
         # the same frame's noise (measured / true at the point that ran it) applied to the pick
         ran = grid.index(f.cpu_khz, f.gpu_hz, f.mem_hz)
@@ -168,6 +194,28 @@ def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
                         misses_with_noise=int(noisy_misses))
 
 
-def all_baselines(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) -> dict[str, dict]:
-    return {name: fn(board, sim, frames).model_dump()
-            for name, fn in (("performance", performance), ("ondemand", ondemand), ("oracle", oracle))}
+def oracle_target(board: BoardConfig, sim: Simulator, frames: list[FrameTrace], target: float,
+                  context_step: int = 32) -> PolicyResult:
+    grid = PointGrid(board, sim)
+    q = noise_quantile(grid, frames[0].context_len if frames else None, target)
+    misses, energy = 0, 0.0
+    for f in frames:
+        lat, en = grid.at(f.context_len, f.background_load, context_step)
+        allowed = grid.allowed(f.capped)
+        need = lat * q
+        j = pick(allowed & (need <= f.deadline_ms), allowed, en, need)
+        ran = grid.index(f.cpu_khz, f.gpu_hz, f.mem_hz)
+        misses += lat[j] * f.latency_ms / lat[ran] > f.deadline_ms  # with the noise the frame had
+        energy += float(en[j])
+    return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4))
+
+
+def all_baselines(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
+                  miss_target: float | None = None) -> dict[str, dict]:
+    """Every reference on the same frames; ``oracle_target`` too when the governor's miss target
+    is given."""
+    out = {name: fn(board, sim, frames).model_dump()
+           for name, fn in (("performance", performance), ("ondemand", ondemand), ("oracle", oracle))}
+    if miss_target is not None:
+        out["oracle_target"] = oracle_target(board, sim, frames, miss_target).model_dump()
+    return out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dvfs_schema.loading import load_board, load_model_spec
-from governor.baselines import FrameTrace, all_baselines, oracle, performance
+from governor.baselines import FrameTrace, all_baselines, oracle, oracle_target, performance
 from sysfs_backends.virtual.simulator import Simulator
 
 
@@ -73,3 +73,19 @@ def test_thermal_cap_bounds_every_policy_and_boards_with_one_domain_work():
     sim1 = Simulator(one, load_model_spec("yolo_tiny"))
     res = all_baselines(one, sim1, frames_at(one, sim1, {"cpu": one.domain_tables["cpu"][-1]}, 500.0, n=3))
     assert set(res) == {"performance", "ondemand", "oracle"} and res["oracle"]["energy_j"] > 0
+
+
+def test_the_oracle_at_the_miss_target_leaves_room_for_the_noise():
+    """The fair reference for a governor with a miss target: it pays for the noise's quantile, so
+    it costs at least the noise-free oracle, more the stricter the target, and with each frame's
+    real noise it is late far less often than the noise-free oracle's picks would be."""
+    board = load_board("sd888_phone")
+    sim = Simulator(board, load_model_spec("yolo_tiny"))
+    top = {name: table[-1] for name, table in board.domain_tables.items()}
+    fastest = float(sim.run(top["cpu"], top["gpu"], None, None, mem_hz=top["mem"]).latency_ns[0]) / 1e6
+    frames = frames_at(board, sim, top, 1.3 * fastest, n=200)
+    free = oracle(board, sim, frames)
+    loose, strict = oracle_target(board, sim, frames, 0.2), oracle_target(board, sim, frames, 0.01)
+    assert free.energy_j < loose.energy_j < strict.energy_j
+    assert free.misses_with_noise > 40 and strict.misses <= 6 < free.misses_with_noise
+    assert set(all_baselines(board, sim, frames[:3], 0.01)) == {"performance", "ondemand", "oracle", "oracle_target"}
