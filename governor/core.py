@@ -380,8 +380,6 @@ class Governor:
     def _note_change(self, before: tuple[int, ...], after: tuple[int, ...], at: float) -> None:
         """Remember, per domain changed, what ran before and when the new frequency takes effect."""
         running = self._running(at)
-        if before != after:
-            self._changed_at = at
         for k, (b, a) in enumerate(zip(before, after, strict=True)):
             if a != b:
                 self._from = self._from[:k] + (running[k],) + self._from[k + 1:]
@@ -432,7 +430,7 @@ class Governor:
         self._from = self._cur  # what ran before the last change of each domain
         self._lands_at = np.zeros(len(self.domains))  # when that change takes effect (monotonic s)
         self._landed_by = 0.0  # every change has landed by then (the latest of ``_lands_at``)
-        self._changed_at = -math.inf  # when the point in force last changed (``lower_dwell_ms``)
+        self._changed_at = -math.inf  # when a write of ours last changed the point in force (``lower_dwell_ms``)
         self._stale_at: float | None = None  # a late frame asks for an early re-read of the state
         self._read_at = time.monotonic()  # the last settled read-back
         self._next_refresh = time.monotonic() + self.settings.state_refresh_s
@@ -1238,6 +1236,8 @@ class Governor:
                 elif domain in res.cooling_caps:  # not written: its limits unchanged, its cooling read
                     self._observe(k, int(self.tables[k][-1]), "pending", res.cooling_caps[domain])
             self._note_change(self._cur, eff, at)
+            if eff != self._cur:  # our own change (a cap or another agent seen at a refresh starts no dwell)
+                self._changed_at = at
             self._cur = eff
         return res
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,7 @@ def test_pinned_governor_sees_onset_and_lift_from_the_cooling_device(tmp_path, e
         assert (d.cpu_khz, d.gpu_hz) == top
         gov.after_frame(d.frame, d.predicted_ms)
         vb.kernel.force_thermal_cap(True)
+        time.sleep(gov.settings.lower_dwell_ms / 1e3)  # a cheaper point is taken once the dwell is over
         d = gov.before_frame("yolo", tight * 3)  # its write's read-back shows the onset
         gov.after_frame(d.frame, d.predicted_ms)
         d = gov.before_frame("yolo", tight)

@@ -139,7 +139,9 @@ def test_another_clients_after_frame_is_refused(run):
 
 
 def test_frames_of_a_client_that_disconnects_are_dropped_at_once(run):
-    _, tmp = run(governor={"frame_timeout_s": 60})
+    # no dwell: the point may drop at the next frame once the floor is gone (lower_dwell_ms
+    # would hold it 25 ms after the fast frame's write, whoever asks)
+    _, tmp = run(governor={"frame_timeout_s": 60, "lower_dwell_ms": 0})
     other, fo = raw(tmp / "gov.sock")
     ask(other, fo, {"op": "status"})
     easy_alone = ask(other, fo, {"op": "before_frame", "model": "yolo", "deadline_ms": 200, "app": "b"})
@@ -187,7 +189,8 @@ def test_absurd_latencies_are_not_learned_and_never_move_another_apps_decisions(
     # a decision also depends on the point in force (the time to change frequencies counts against
     # the deadline), which the other app moves: decisions are compared once the good app has settled
     # on its own point, and its learned state is compared exactly
-    _, tmp = run(governor={"hysteresis": 0.0})
+    # (no hysteresis and no dwell: a repeated decision that keeps its point has settled)
+    _, tmp = run(governor={"hysteresis": 0.0, "lower_dwell_ms": 0})
     good, fg = raw(tmp / "gov.sock")
     bad, fb = raw(tmp / "gov.sock")
     for _ in range(25):  # the good app learns its correction from honest reports
