@@ -18,7 +18,8 @@
 The machine's load average is recorded before and after (other work on a small machine moves
 the tails); run it more than once. Prints JSON. ``--profile`` adds where the in-process time goes
 (cProfile of the same calls, the functions of most own time) to the JSON.
-``PYTHONPATH=. python benchmarks/decision_latency.py [--seconds 3] [--clients 32] [--fps 120] [--profile]``.
+``PYTHONPATH=. python benchmarks/decision_latency.py [--seconds 3] [--clients 32] [--fps 120] [--profile] [--fuse]``
+(``--fuse``: the daemon on the Linux backend over the FUSE-mounted virtual board, as a board runs).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ from governor.app import fit_on_virtual_board
 from governor.client import GovernorClient
 from governor.core import Governor
 from sysfs_backends.virtual.board import VirtualBoard
+from sysfs_backends.virtual.fuse_mount import mounted
 
 BOARD, MODEL = "sd888_phone", "yolo_tiny"
 DEADLINE_MS = 20.0
@@ -219,10 +222,14 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--fps", type=float, default=120.0)
     ap.add_argument("--profile", action="store_true", help="add cProfile's top functions of the in-process runs")
+    ap.add_argument("--fuse", action="store_true",
+                    help="the daemon on the Linux backend over the virtual board mounted as a file system "
+                         "(the way a board runs: writes are system calls served by another process), "
+                         "not the in-process virtual backend")
     args = ap.parse_args()
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     load_before = [round(x, 2) for x in os.getloadavg()]
-    with tempfile.TemporaryDirectory(dir=base) as d:
+    with tempfile.TemporaryDirectory(dir=base) as d, ExitStack() as stack:
         root = Path(d)
         result = {"benchmark": "decision_latency", "in_process_before_frame": in_process(root),
                   "in_process_shared": in_process_shared(root)}
@@ -236,6 +243,14 @@ def main() -> None:
                "backend": {"kind": "virtual", "virtual_root": str(root / "vb"),
                            "state_file": str(root / "saved.json")},
                "models": {MODEL: {"simulate": MODEL}}}
+        if args.fuse:  # raises FuseUnavailable (with the reason) where FUSE cannot work
+            board = load_board(BOARD)
+            VirtualBoard(root / "vb", board)
+            mount = stack.enter_context(mounted(root / "vb", root / "sys"))
+            (root / "est.json").write_text(fit_on_virtual_board(board, MODEL).to_json())
+            cfg["backend"] = {"kind": "linux", "sysfs_root": str(mount), "state_file": str(root / "saved.json")}
+            cfg["models"] = {MODEL: {"estimator": str(root / "est.json")}}
+        result["daemon_backend"] = "linux over FUSE" if args.fuse else "virtual (in process)"
         (root / "gov.yaml").write_text(yaml.safe_dump(cfg))
         daemon = subprocess.Popen([sys.executable, "-m", "governor.cli", "run", "--config", str(root / "gov.yaml")])
         try:
