@@ -851,11 +851,12 @@ class Governor:
         return cur, ordered.allowed[cur], stairs
 
     def _dwelling(self, now: float) -> bool:
-        """Whether the point in force changed less than ``lower_dwell_ms`` ago: then it is kept while it
-        meets the deadline and serves the frames in flight (only a raise goes through). Frames of
-        several apps come and go every few milliseconds, and the cheapest point serving those in
-        flight went down with each lull and up with the next frame, two writes each time (measured:
-        32 apps at 120 fps, 500 writes in 3 s, 0.1% of the decisions on schedule behind them)."""
+        """Whether a write of ours changed the point in force less than ``lower_dwell_ms`` ago: then
+        it is kept while it meets the deadline and serves the frames in flight (only a raise goes
+        through). Frames of several apps come and go every few milliseconds, and the cheapest point
+        serving those in flight went down with each lull and up with the next frame, two writes each
+        time (measured: 32 apps at 120 fps, 500 writes in 3 s, 0.1% of the decisions on schedule
+        behind them). A change seen at a refresh (a cap, another agent) starts no dwell."""
         return now < self._changed_at + self.settings.lower_dwell_ms / 1e3
 
     def _hysteresis(self, ask: _Ask) -> float:
