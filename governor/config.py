@@ -64,11 +64,12 @@ class GovernorSettings(BaseModel):
     hysteresis: float = Field(0.03, ge=0, lt=1, description="keep the pair in force unless the best saves more")
     shared_hysteresis: float = Field(0.15, ge=0, lt=1, description="the same while another app's frame is in "
                                      "flight: their best pairs differ, and a write per frame costs them round trips")
-    lower_dwell_ms: float = Field(25.0, ge=0, description="after the pair in force changed, a cheaper pair is "
-                                  "taken only once this long has passed while the pair in force still meets the "
-                                  "deadline (a raise is never held): with several apps the frames in flight come "
-                                  "and go, and the cheapest pair serving them moved down and up with them, a "
-                                  "write each time")
+    lower_dwell_ms: float = Field(25.0, ge=0, description="after a write of ours changed the pair in force, a "
+                                  "cheaper pair is taken only once this long has passed while the pair in force "
+                                  "still meets the deadline (a raise is never held): with several apps the frames "
+                                  "in flight come and go, and the cheapest pair serving them moved down and up "
+                                  "with them, a write each time (a change seen at a refresh, such as a cap, "
+                                  "starts none)")
     context_bucket: int = Field(16, ge=1, description="context lengths are rounded up to a multiple of this "
                                 "(a grid per bucket; rounding up 64 tokens cost a GPU step at tight deadlines)")
     cap_recheck_s: float = Field(1.0, gt=0, description="pinned limits (min == max) at or under a cap hide it: "

@@ -1003,8 +1003,7 @@ class Governor:
             if f.app != app:
                 shared = True
                 if f.gpu_ms is not None and started <= now:
-                    own = f.own
-                    own_ms = own[2] if own is not None and own[0] is f.point else self._own_gpu(f)[1]
+                    own_ms = self._own_gpu(f)[1]
                     gpu = at[2]
                     if gpu > own_ms:
                         longer = True
