@@ -11,8 +11,9 @@
   ``GovernorClient.frame`` sends it) for a few seconds: 100% of the frames served on schedule (the
   decision within the frame's 1/fps slot) and none lost (every request answered), with the
   round-trip percentiles under load. Twice: at the 20 ms deadline (32 apps' GPU work queued on
-  one GPU leaves most frames infeasible and moves the point: frequency writes, on this virtual
-  board ~4 ms of the daemon's CPU each), and at 1000 ms (``load_no_change``: the cheapest point
+  one GPU leaves most frames infeasible and moves the point: frequency writes, through the
+  in-process virtual backend ~4 ms of the daemon's CPU each; with ``--fuse`` the mount's process
+  does that work), and at 1000 ms (``load_no_change``: the cheapest point
   serves every frame in flight, so request handling alone is measured).
 
 The machine's load average is recorded before and after (other work on a small machine moves
