@@ -8,9 +8,10 @@ What runs:
 * the governor **daemon as a real subprocess** (`dvfs-gov run`) with the **Linux backend** on that
   mount (no in-process hook), estimators fitted beforehand on the same virtual board;
 * apps as client processes over the daemon's socket (`GovernorClient`, one process and connection
-  per app, so their frames overlap in real time): ask before each frame, run it with
-  ``VirtualKernel.run_frame`` (so what runs is the frequency really in force, including a change
-  still in its transition latency), hold the device for the frame's duration, report the latency.
+  per app, so their frames overlap in real time): ask before each frame, run it over time on the
+  board (``running_frame``: behind the GPU work of frames ahead of it in the board's one GPU
+  queue, at whatever point is in force from moment to moment, so a change made for one app's frame
+  reaches the other app's frame in flight, transitions included), report the latency.
 
 Workloads the governor has not seen, in phases of ``--frames-per-phase`` frames of the first app:
 ``steady``; ``load`` (background load 0.6 on the CPU: host work stretches 1.6x); ``recovery`` (load
@@ -19,24 +20,25 @@ gone); ``cap`` (thermal cap forced: both maxima lowered); ``after_cap`` (cap lif
 Deadlines: ``slack`` 1.6x and ``tight`` 1.15x the fastest pair's latency (at the largest context a
 language model reaches); one frame per deadline. Single-app cases: every bundled board x model x
 deadline. Shared-GPU cases (boards with a GPU): two apps (detector + decoder) and three (+ classifier).
+A shared app's deadline budget is the factor x (its fastest latency + the other apps' GPU busy
+time at the fastest pair: the longest it can wait), and it runs one frame per (number of apps x
+deadline), so the GPU is never booked beyond its capacity and the case stays feasible at the
+fastest pair.
 
-Sharing the GPU, kept simple: one GPU queue in the harness. A frame that starts while other apps'
-GPU work is in flight waits for it first (``wait_ms``), then runs; its own GPU busy time then
-occupies the queue. The app reports wait + run as its latency, as a real app measures it. A shared
-app's deadline budget is the factor x (its fastest latency + the other apps' GPU busy time at the
-fastest pair: the longest it can wait), and it runs one frame per (number of apps x deadline), so
-the GPU is never booked beyond its capacity and the case stays feasible at the fastest pair.
+References on the same frames and noise (each frame's context, load, cap, burst factor and noise):
 
-References on the same frames and noise (per frame, under that frame's context, load, cap, burst
-factor and queueing wait):
+* ``oracle_joint_target`` (what the case is judged by): ``governor.baselines.joint_frames``: the
+  frames replayed with the same physics (one GPU queue, progress at the point in force), the point
+  chosen at each frame's arrival, knowing every condition but the noise: the cheapest point at
+  which every frame in flight meets its deadline with the (1 - target) quantile of its noise
+  (measured per point from the simulator's noise, 400 draws). The governor's own structure with
+  perfect knowledge. Its misses are counted with the noise each frame really had;
+* per frame, each frame on its own as if no other were in flight, with the wait it really had:
+  ``oracle`` (noise-free latency meets the deadline) and ``oracle_target`` (the quantile does).
+  Where frames overlap these are bounds no governor can reach (one point is in force at a time);
+  alone they agree with the joint one.
 
-* ``oracle``: the cheapest pair whose noise-free latency meets the deadline;
-* ``oracle_target``: the cheapest pair whose latency at the (1 - target) quantile of the frame noise
-  (measured per pair from the simulator's noise, 400 draws) meets the deadline: the best a governor
-  with that miss target can do. Its misses are counted with the noise each frame really had.
-
-Both are per frame, so in shared-GPU cases they may pick different GPU frequencies for overlapping
-frames: an optimistic bound there. Energy is each frame's own (busy power + idle over its run).
+Energy is each frame's own (busy power + idle over its run, each stretch at its point).
 
 Reported per case, per phase and per app: frames, misses (and whether within the target oracle's
 misses + 1% of frames), energy ratio to each oracle, decision round-trip p50/p99 (before_frame over
@@ -65,10 +67,11 @@ import yaml
 
 from dvfs_schema.loading import available, load_board, load_model_spec
 from governor.app import fit_on_virtual_board
-from governor.baselines import PointGrid, noise_quantile, pick
+from governor.baselines import FrameTrace, PointGrid, joint_frames, noise_quantile, pick
 from governor.client import GovernorClient, wait_for_daemon
 from sysfs_backends.virtual.board import VirtualBoard
 from sysfs_backends.virtual.fuse_mount import fuse_unavailable, mounted
+from sysfs_backends.virtual.running_frame import run_frame_over_time
 from sysfs_backends.virtual.simulator import Simulator
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -102,17 +105,30 @@ class Truth:
 
 
 def references(truth: Truth, f: dict) -> dict:
-    """Both oracles' pick for one governed frame, on its conditions and its noise."""
+    """Both per-frame oracles' pick for one governed frame, on its conditions, its wait behind other
+    apps' GPU work as it happened, and its noise. Per frame: each frame its own point, as if no
+    other frame were in flight (a bound no governor reaches where frames overlap; see ``joint``)."""
     lat, en = truth.at(f["ctx"], f["load"])
     lat = lat * f["burst"]
     allowed = truth.allowed(f["capped"])
     d, wait = f["deadline_ms"], f["wait_ms"]
-    ran = truth.index(f["cpu_khz"], f["gpu_hz"], f.get("mem_hz"))
-    noise = (f["run_ms"] - f["transition_ms"]) / lat[ran]  # this frame's noise: measured / true
+    noise = f["noise"]
     i = pick(allowed & (lat + wait <= d), allowed, en, lat)
     j = pick(allowed & (lat * truth.q_ratio + wait <= d), allowed, en, lat * truth.q_ratio)
-    return {"oracle_j": float(en[i]), "oracle_miss": bool(lat[i] + wait > d),
-            "target_j": float(en[j]), "target_miss": bool(lat[j] * noise + wait > d)}
+    return {"oracle_j": float(en[i] * f["burst"] * noise), "oracle_miss": bool(lat[i] + wait > d),
+            "target_j": float(en[j] * f["burst"] * noise), "target_miss": bool(lat[j] * noise + wait > d)}
+
+
+def joint(board, truths: list[Truth], frames: list[list[dict]]) -> list[list[tuple[float, bool]]]:
+    """The oracle at the miss target with one point at a time for every frame in flight
+    (``governor.baselines.joint_frames``), frame by frame: (energy J, late)."""
+    traces = [[FrameTrace(t_s=0.0, deadline_ms=f["deadline_ms"], period_ms=0.0, context_len=f["ctx"],
+                          background_load=f["load"], capped=f["capped"], seed=0, cpu_khz=f["cpu_khz"],
+                          gpu_hz=f["gpu_hz"], mem_hz=f["mem_hz"], latency_ms=f["latency_ms"],
+                          energy_j=f["energy_j"], start_ns=f["start_ns"], wait_ms=f["wait_ms"],
+                          noise=f["noise"], slowdown=f["burst"]) for f in fs] for fs in frames]
+    return joint_frames(board, [(t.grid.sim, tr) for t, tr in zip(truths, traces, strict=True)], MISS_TARGET,
+                        quantiles=[t.q_ratio for t in truths])
 
 
 # ---- the closed loop ---------------------------------------------------------------------------
@@ -145,10 +161,9 @@ class Harness:
         self.deadlines = [round(factor * (lat + sum(g for j, (_, g) in enumerate(fast) if j != k)), 3)
                           for k, (lat, _) in enumerate(fast)]
         self.periods_s = [len(models) * d / 1e3 for d in self.deadlines]
-        # shared by the app processes (forked): the GPU queue, the phase in force and when it began
+        # shared by the app processes (forked): the phase in force and when it began
         mp = multiprocessing.get_context("fork")
         self.lock = mp.Lock()
-        self.gpu_free_s = mp.Value("d", 0.0, lock=False)  # when the GPU work in flight ends (monotonic s)
         self.phase_idx = mp.Value("i", 0, lock=False)
         self.phase_start_ns = mp.Array("q", [0] * len(PHASES), lock=False)
         self.done = mp.Event()
@@ -188,26 +203,23 @@ class Harness:
                 # a store reached the mount during this round trip (ours, or one it queued behind)
                 stored = os.stat(self.work / "stores.jsonl").st_size != logged
                 seed = 1_000_003 * (k + 1) + n
-                fr = vb.kernel.run_frame(sim, ctx, np.random.default_rng(seed), self.periods_s[k])
                 with self.lock:
                     phase = PHASES[self.phase_idx.value]
-                    now = time.monotonic()
-                    wait_s = max(0.0, self.gpu_free_s.value - now) if len(self.models) > 1 else 0.0
                     in_phase_s = (time.monotonic_ns() - self.phase_start_ns[self.phase_idx.value]) / 1e9
-                    self.gpu_free_s.value = now + wait_s + fr.gpu_busy_ns / 1e9
                 burst = 1.0
                 if phase == "burst" and int(in_phase_s / (self.per_phase * self.periods_s[0] / 6)) % 2 == 1:
                     burst = BURST_FACTOR
-                run_ms = fr.latency_ns / 1e6
-                latency_ms = run_ms * burst + wait_s * 1e3
-                time.sleep(latency_ms / 1e3)  # the frame occupies the device for its duration
+                # the frame runs over time on the board: behind the GPU work of frames ahead of it,
+                # at whatever point is in force from moment to moment (a change lands mid-frame)
+                fr = run_frame_over_time(vb.kernel, sim, ctx, np.random.default_rng(seed), burst, self.periods_s[k])
+                latency_ms = fr.latency_ns / 1e6
                 client.after_frame(decision["frame"], latency_ms)
                 out.write(json.dumps({
                     "phase": phase, "ctx": ctx, "load": fr.background_load, "capped": fr.capped,
-                    "burst": burst, "wait_ms": wait_s * 1e3, "run_ms": run_ms * burst,
-                    "transition_ms": fr.transition_ns / 1e6 * burst, "latency_ms": latency_ms,
+                    "burst": burst, "wait_ms": fr.wait_ns / 1e6, "stall_ms": fr.stall_ns / 1e6,
+                    "noise": fr.noise, "start_ns": fr.start_ns, "latency_ms": latency_ms,
                     "deadline_ms": deadline, "cpu_khz": fr.cpu_khz, "gpu_hz": fr.gpu_hz, "mem_hz": fr.mem_hz,
-                    "energy_j": fr.energy_j, "rt_us": rt_us, "stored": stored,
+                    "points": len(fr.points), "energy_j": fr.energy_j, "rt_us": rt_us, "stored": stored,
                     "answered": [decision.get("cpu_khz"), decision.get("gpu_hz"), decision.get("predicted_ms")]})
                           + "\n")
                 n += 1
@@ -266,10 +278,11 @@ class Harness:
         out = {"board": self.board.name, "apps": self.models, "deadline": self.kind,
                "deadlines_ms": self.deadlines, "errors": self.errors + [f"daemon: {e}" for e in daemon_err if e][:3],
                "phases": {}, "apps_total": []}
-        refs = []
-        for k, model in enumerate(self.models):
-            truth = Truth(self.board, model, MODELS[model])
-            refs.append([references(truth, f) for f in self.frames[k]])
+        truths = [Truth(self.board, model, MODELS[model]) for model in self.models]
+        refs = [[references(truth, f) for f in self.frames[k]] for k, truth in enumerate(truths)]
+        for k, per_frame in enumerate(joint(self.board, truths, self.frames)):
+            for r, (energy_j, late) in zip(refs[k], per_frame, strict=True):
+                r["joint_j"], r["joint_miss"] = energy_j, late
         for name in PHASES:
             if name not in windows:
                 continue
@@ -297,6 +310,7 @@ def _summary(model: str, rows: list[tuple[dict, dict]]) -> dict:
     energy = sum(f["energy_j"] for f, _ in rows)
     misses = sum(f["latency_ms"] > f["deadline_ms"] for f, _ in rows)
     o_e, t_e = sum(r["oracle_j"] for _, r in rows), sum(r["target_j"] for _, r in rows)
+    j_e, j_miss = float(sum(r["joint_j"] for _, r in rows)), sum(r["joint_miss"] for _, r in rows)
     t_miss = sum(r["target_miss"] for _, r in rows)
     rt = np.array([f["rt_us"] for f, _ in rows])
     quiet = np.array([f["rt_us"] for f, _ in rows if not f["stored"]] or [np.nan])
@@ -305,8 +319,13 @@ def _summary(model: str, rows: list[tuple[dict, dict]]) -> dict:
             "misses": int(misses), "miss_rate": round(misses / n, 4),
             "oracle_misses": int(sum(r["oracle_miss"] for _, r in rows)), "oracle_target_misses": int(t_miss),
             "misses_within_target_plus_1pct": bool(misses <= t_miss + 0.01 * n),
+            "oracle_joint_target_misses": int(j_miss),
+            "misses_within_joint_target_plus_1pct": bool(misses <= j_miss + 0.01 * n),
             "energy_j": round(energy, 5), "energy_vs_oracle": round(energy / o_e, 4),
             "energy_vs_oracle_target": round(energy / t_e, 4),
+            "energy_vs_oracle_joint_target": round(float(energy / j_e), 4),
+            "waited_ms_mean": round(float(np.mean([f["wait_ms"] for f, _ in rows])), 3),
+            "frames_over_several_points": sum(f["points"] > 1 for f, _ in rows),
             "decision_rt_us_p50": round(float(np.percentile(rt, 50)), 1),
             "decision_rt_us_p99": round(float(np.percentile(rt, 99)), 1),
             "decisions_with_store": sum(f["stored"] for f, _ in rows),
@@ -378,8 +397,9 @@ def main(argv: list[str] | None = None) -> dict:
             results.append(res)
             tot = res["apps_total"]
             print(f"[{i + 1}/{len(todo)}] {board_name} {'+'.join(models)} {kind}: "
-                  + "; ".join(f"{a['model']} E/oracle_target {a.get('energy_vs_oracle_target')} misses "
-                              f"{a.get('misses')}/{a.get('frames')} (target oracle {a.get('oracle_target_misses')})"
+                  + "; ".join(f"{a['model']} E/joint target oracle {a.get('energy_vs_oracle_joint_target')} "
+                              f"(per frame {a.get('energy_vs_oracle_target')}) misses {a.get('misses')}/"
+                              f"{a.get('frames')} (joint {a.get('oracle_joint_target_misses')})"
                               for a in tot)
                   + f"; writes {res['writes']} above cap {res['writes_above_cap']} ({res['wall_s']} s)",
                   file=sys.stderr, flush=True)
@@ -403,10 +423,18 @@ def _overall(results: list[dict]) -> dict:
     quiet99 = [a["decision_rt_us_p99_no_store"] for r in results for a in r["apps_total"] if a.get("frames")]
     if not rows:
         return {}
-    ratios = [a["energy_vs_oracle_target"] for a in rows]
+    ratios = [a["energy_vs_oracle_joint_target"] for a in rows]
+    per_frame = [a["energy_vs_oracle_target"] for a in rows]
     return {"cases": len(results), "phase_app_rows": len(rows),
-            "energy_vs_oracle_target_max": max(ratios), "energy_vs_oracle_target_median": float(np.median(ratios)),
+            # judged against the joint oracle at the target (one point at a time for every frame in flight)
+            "energy_vs_oracle_joint_target_max": max(ratios),
+            "energy_vs_oracle_joint_target_median": float(np.median(ratios)),
             "rows_within_1_05": sum(x <= 1.05 for x in ratios),
+            "rows_misses_within_joint_target_plus_1pct": sum(a["misses_within_joint_target_plus_1pct"] for a in rows),
+            # against the per-frame bound (each frame its own point)
+            "energy_vs_oracle_target_max": max(per_frame),
+            "energy_vs_oracle_target_median": float(np.median(per_frame)),
+            "rows_within_1_05_per_frame": sum(x <= 1.05 for x in per_frame),
             "rows_misses_within_target_plus_1pct": sum(a["misses_within_target_plus_1pct"] for a in rows),
             "writes": sum(r["writes"] for r in results),
             "writes_above_cap": sum(r["writes_above_cap"] for r in results),

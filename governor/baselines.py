@@ -43,6 +43,11 @@ class FrameTrace(BaseModel):
     latency_ms: float
     energy_j: float
     mem_hz: int | None = None  # the memory level in force (its unit); None on a board without one
+    # where frames of several apps share the GPU and run over time (running_frame.RunningFrame):
+    start_ns: int | None = None  # when the frame started (CLOCK_MONOTONIC, common to the apps)
+    wait_ms: float = 0.0  # behind other frames' GPU work (part of latency_ms)
+    noise: float | None = None  # its noise factor: latency / noise-free latency at any point
+    slowdown: float = 1.0  # a known condition that stretched it (a burst), beside the noise
 
 
 class PolicyResult(BaseModel):
@@ -102,21 +107,29 @@ class PointGrid:
         r = self.sim.run(cpu, gpu, context_len, rng, host_slowdown=1.0 + load, mem_hz=mem)
         return r, self.board.frame_energy_j(cpu, gpu, r.host_busy_ns, r.gpu_busy_ns, r.latency_ns, mem_hz=mem)
 
-    def _truth(self, ctx: int | None, load: float) -> tuple[np.ndarray, np.ndarray]:
+    def _truth(self, ctx: int | None, load: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         key = (ctx, load)
         if key not in self._cache:
             r, e = self.run(self.c, self.g, self.m, ctx, load)
-            self._cache[key] = (r.latency_ns / 1e6, e)
+            self._cache[key] = (r.latency_ns / 1e6, e, r.gpu_busy_ns / 1e6)
         return self._cache[key]
+
+    def _interpolated(self, ctx: int | None, load: float, step: int) -> tuple[np.ndarray, ...]:
+        if ctx is None:
+            return self._truth(None, load)
+        lo = ctx // step * step  # latency, energy and busy time are linear in the context between grid points
+        w = (ctx - lo) / step
+        return tuple(a + w * (b - a) for a, b in zip(self._truth(lo, load), self._truth(lo + step, load),
+                                                       strict=True))
 
     def at(self, ctx: int | None, load: float, step: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Noise-free latency (ms) and energy (J) at every point for one frame's conditions."""
-        if ctx is None:
-            return self._truth(None, load)
-        lo = ctx // step * step  # latency and energy are linear in the context between grid points
-        w = (ctx - lo) / step
-        (l0, e0), (l1, e1) = self._truth(lo, load), self._truth(lo + step, load)
-        return l0 + w * (l1 - l0), e0 + w * (e1 - e0)
+        lat, en, _ = self._interpolated(ctx, load, step)
+        return lat, en
+
+    def gpu_at(self, ctx: int | None, load: float, step: int = 32) -> np.ndarray:
+        """Noise-free GPU busy time (ms) at every point: how long the frame holds a shared GPU."""
+        return self._interpolated(ctx, load, step)[2]
 
 
 def performance(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) -> PolicyResult:
@@ -165,6 +178,13 @@ def pick(ok: np.ndarray, allowed: np.ndarray, energy: np.ndarray, latency: np.nd
     return int(np.argmin(np.where(allowed, latency, np.inf)))
 
 
+def _noise(grid: PointGrid, f: FrameTrace, lat: np.ndarray) -> float:
+    """The frame's own noise factor: recorded, or measured / noise-free at the point that ran it."""
+    if f.noise is not None:
+        return f.noise
+    return (f.latency_ms - f.wait_ms) / lat[grid.index(f.cpu_khz, f.gpu_hz, f.mem_hz)]
+
+
 def noise_quantile(grid: PointGrid, context_len: int | None, target: float, draws: int = NOISE_DRAWS,
                    seed: int = 12345) -> np.ndarray:
     """Per point, the (1 - ``target``) quantile of latency / noise-free latency over ``draws`` frames
@@ -183,12 +203,13 @@ def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
     misses, noisy_misses, energy = 0, 0, 0.0
     for f in frames:
         lat, en = grid.at(f.context_len, f.background_load, context_step)
+        lat = lat * f.slowdown
+        budget = f.deadline_ms - f.wait_ms
         allowed = grid.allowed(f.capped)
-        i = pick(allowed & (lat <= f.deadline_ms), allowed, en, lat)
-        misses += lat[i] > f.deadline_ms
-        # the same frame's noise (measured / true at the point that ran it) applied to the pick
-        ran = grid.index(f.cpu_khz, f.gpu_hz, f.mem_hz)
-        noisy_misses += lat[i] * f.latency_ms / lat[ran] > f.deadline_ms
+        i = pick(allowed & (lat <= budget), allowed, en, lat)
+        misses += lat[i] > budget
+        # the same frame's noise applied to the pick
+        noisy_misses += lat[i] * _noise(grid, f, lat) > budget
         energy += float(en[i])
     return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4),
                         misses_with_noise=int(noisy_misses))
@@ -201,13 +222,168 @@ def oracle_target(board: BoardConfig, sim: Simulator, frames: list[FrameTrace], 
     misses, energy = 0, 0.0
     for f in frames:
         lat, en = grid.at(f.context_len, f.background_load, context_step)
+        lat = lat * f.slowdown
+        budget = f.deadline_ms - f.wait_ms
         allowed = grid.allowed(f.capped)
         need = lat * q
-        j = pick(allowed & (need <= f.deadline_ms), allowed, en, need)
-        ran = grid.index(f.cpu_khz, f.gpu_hz, f.mem_hz)
-        misses += lat[j] * f.latency_ms / lat[ran] > f.deadline_ms  # with the noise the frame had
+        j = pick(allowed & (need <= budget), allowed, en, need)
+        misses += lat[j] * _noise(grid, f, lat) > budget  # with the noise the frame had
         energy += float(en[j])
     return PolicyResult(frames=len(frames), misses=int(misses), energy_j=round(energy, 4))
+
+
+class _JointFrame:
+    """One frame in the joint replay: its arrays over every point and its progress."""
+
+    __slots__ = ("app", "k", "deadline_ms", "lat", "gpu", "energy", "need", "need_gpu", "scale",
+                 "allowed", "top", "arrive", "start", "x", "y", "end", "energy_j")
+
+    def __init__(self, app: int, k: int, f: FrameTrace, grid: PointGrid, q: np.ndarray, step: int) -> None:
+        lat, en = grid.at(f.context_len, f.background_load, step)
+        gpu = grid.gpu_at(f.context_len, f.background_load, step) if grid.has_gpu else np.zeros_like(lat)
+        self.app, self.k, self.deadline_ms = app, k, f.deadline_ms
+        self.lat, self.gpu, self.energy = lat * f.slowdown, gpu * f.slowdown, en * f.slowdown
+        self.need, self.need_gpu = self.lat * q, self.gpu * q  # what the reference plans with
+        self.scale = _noise(grid, f, self.lat)  # what the frame really takes (x the noise-free)
+        self.allowed = grid.allowed(f.capped)
+        self.top = grid.index(*grid.caps(f.capped))  # the highest point the cap in force allows
+        self.arrive = self.start = self.end = None
+        self.x = self.y = 0.0
+        self.energy_j = 0.0
+
+
+_EPS_MS = 1e-9  # events this close together are one (float rounding of the times)
+
+
+def oracle_joint(board: BoardConfig, apps: list[tuple[Simulator, list[FrameTrace]]], target: float | None,
+                 context_step: int = 32, quantiles: list[np.ndarray] | None = None) -> list[PolicyResult]:
+    """The oracle where one point at a time serves every frame in flight (several apps, one board).
+
+    Per-frame oracles give each frame its own point, although frames of several apps overlap and
+    one point is in force at a time: an optimistic bound no governor can reach there. This replay
+    runs the apps' frames the way ``running_frame.RunningFrame`` runs them on the virtual board (a
+    frame's progress at rate 1 / its latency at the point in force, one GPU queue in start order)
+    and chooses the point when each frame arrives, knowing every frame's conditions (context, load,
+    cap, slowdown) but not its noise: the point of least energy for the work in flight at which
+    every frame in flight, planned with the (1 - ``target``) quantile of the noise (None: no noise),
+    meets its deadline, held until the next arrival; none: the point that is least late. Frames
+    then run with the noise they really had. This is the governor's own structure (a decision
+    before each frame, for all frames in flight) with perfect knowledge of everything but the
+    noise. Frame transitions are free here. An app's frame arrives at its recorded start, or when
+    its previous frame ends here, whichever is later. Frames need ``start_ns``; returns one result
+    per app (``joint_frames``: per frame). ``quantiles``: each app's ``noise_quantile`` at
+    ``target``, when the caller has them already."""
+    out = []
+    for per_frame in joint_frames(board, apps, target, context_step, quantiles):
+        out.append(PolicyResult(frames=len(per_frame), misses=sum(m for _, m in per_frame),
+                                energy_j=round(sum(e for e, _ in per_frame), 6)))
+    return out
+
+
+def joint_frames(board: BoardConfig, apps: list[tuple[Simulator, list[FrameTrace]]], target: float | None,
+                 context_step: int = 32, quantiles: list[np.ndarray] | None = None,
+                 performance: bool = False) -> list[list[tuple[float, bool]]]:
+    """``oracle_joint`` frame by frame: per app, each frame's (energy in J, late). ``performance``:
+    the same frames under the same queue at the highest point a cap allows instead."""
+    grids = [PointGrid(board, sim) for sim, _ in apps]
+    if quantiles is not None:
+        qs = quantiles
+    else:
+        qs = [noise_quantile(g, frames[0].context_len if frames else None, target) if target is not None
+              else np.ones(len(g.c)) for g, (_, frames) in zip(grids, apps, strict=True)]
+    queues = [[_JointFrame(a, k, f, grids[a], qs[a], context_step) for k, f in enumerate(frames)]
+              for a, (_, frames) in enumerate(apps)]
+    t0_ns = min((f.start_ns for _, frames in apps for f in frames), default=0)
+    starts = [[(f.start_ns - t0_ns) / 1e6 for f in frames] for _, frames in apps]  # ms from the first
+    nxt = [0] * len(apps)  # each app's next frame to arrive
+    prev_end = [-np.inf] * len(apps)
+    flight: list[_JointFrame] = []  # arrived, not ended, in GPU-queue order
+    point = None
+    t = min((s[0] for s in starts if s), default=0.0)
+
+    def arrival(a: int) -> float:
+        if nxt[a] >= len(queues[a]) or (nxt[a] > 0 and queues[a][nxt[a] - 1].end is None):
+            return np.inf  # none left, or its previous frame still runs
+        return max(starts[a][nxt[a]], prev_end[a])
+
+    def holder() -> _JointFrame | None:  # the frame whose GPU work holds the queue
+        return next((f for f in flight if f.y < 1.0), None)
+
+    while True:
+        # the next event: an arrival, the GPU work of the queue's head ending, a frame ending
+        t_arr = min((arrival(a) for a in range(len(apps))), default=np.inf)
+        head = holder()
+        events = [t_arr]
+        if point is not None:
+            if head is not None and head.start is not None:
+                events.append(t + (1.0 - head.y) * head.gpu[point] * head.scale)
+            events += [t + (1.0 - f.x) * f.lat[point] * f.scale for f in flight if f.start is not None]
+        t_next = min(events)
+        if not np.isfinite(t_next):
+            break
+        if point is not None:  # run every started frame from t to t_next at the point
+            dt = t_next - t
+            for f in flight:
+                if f.start is None:
+                    continue
+                if f.y < 1.0 and f is head:  # its GPU work ends at t_next (within float rounding)
+                    gpu_ms = f.gpu[point] * f.scale
+                    f.y = 1.0 if t + (1.0 - f.y) * gpu_ms <= t_next + _EPS_MS else f.y + dt / gpu_ms
+                lat_ms = f.lat[point] * f.scale
+                done = t + (1.0 - f.x) * lat_ms <= t_next + _EPS_MS
+                share = 1.0 - f.x if done else dt / lat_ms
+                f.x += share
+                f.energy_j += share * f.energy[point] * f.scale
+                if done:
+                    f.x, f.end = 1.0, t_next
+        t = t_next
+        for f in [f for f in flight if f.end is not None]:
+            flight.remove(f)
+            prev_end[f.app] = f.end
+        arrived = False
+        for a in range(len(apps)):
+            while arrival(a) <= t:
+                f = queues[a][nxt[a]]
+                f.arrive = t
+                nxt[a] += 1
+                flight.append(f)
+                arrived = True
+        for f in flight:  # a frame runs once nothing ahead of it holds the GPU
+            if f.start is None:
+                f.start = t
+                if f.gpu[0] <= 0:
+                    f.y = 1.0
+            if f.y < 1.0:
+                break
+        if arrived:
+            point = flight[-1].top if performance else _choose_joint(flight, t)
+    return [[(f.energy_j, bool(f.end - f.arrive > f.deadline_ms + _EPS_MS)) for f in frames] for frames in queues]
+
+
+def _choose_joint(flight: list[_JointFrame], t: float) -> int:
+    """The point of least energy for the remaining work in flight at which every frame, planned
+    with its quantile noise and the GPU queue in order, meets its deadline (None fits: least late)."""
+    n = len(flight[0].lat)
+    gpu_free = np.full(n, t)
+    worst = np.full(n, -np.inf)  # the latest finish against its deadline, per point
+    energy = np.zeros(n)
+    for f in flight:
+        if f.start is not None:
+            begin = np.full(n, f.start)
+            end = t + (1.0 - f.x) * f.need
+            gpu_end = t + (1.0 - f.y) * f.need_gpu
+        else:
+            begin = np.maximum(gpu_free, t)
+            end = begin + f.need
+            gpu_end = begin + f.need_gpu
+        gpu_free = np.maximum(gpu_free, gpu_end)
+        worst = np.maximum(worst, end - (f.arrive + f.deadline_ms))
+        energy += (1.0 - f.x) * f.energy
+    allowed = flight[-1].allowed  # the cap in force now: the newest frame's
+    ok = allowed & (worst <= 0)
+    if ok.any():
+        return int(np.argmin(np.where(ok, energy, np.inf)))
+    return int(np.argmin(np.where(allowed, worst, np.inf)))
 
 
 def all_baselines(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
@@ -218,4 +394,30 @@ def all_baselines(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
            for name, fn in (("performance", performance), ("ondemand", ondemand), ("oracle", oracle))}
     if miss_target is not None:
         out["oracle_target"] = oracle_target(board, sim, frames, miss_target).model_dump()
+    return out
+
+
+def shared_baselines(board: BoardConfig, apps: list[tuple[Simulator, list[FrameTrace]]],
+                     miss_target: float) -> list[dict[str, dict]]:
+    """The references for apps sharing one board (frames with ``start_ns``), per app: ``performance``,
+    ``oracle`` and ``oracle_target`` replayed together (one GPU queue, one point at a time for
+    every frame in flight, ``oracle_joint``); ``ondemand`` and ``oracle_target_per_frame`` frame by
+    frame (each frame alone on the board: ``ondemand`` follows each domain's own utilisation, which
+    this replay does not model across apps; the per-frame oracle is the bound no governor reaches
+    when frames overlap)."""
+    qs = [noise_quantile(PointGrid(board, sim), frames[0].context_len if frames else None, miss_target)
+          for sim, frames in apps]
+    perf = joint_frames(board, apps, None, performance=True)
+    free = joint_frames(board, apps, None)
+    fair = joint_frames(board, apps, miss_target, quantiles=qs)
+
+    def total(per_frame: list[tuple[float, bool]]) -> dict:
+        return PolicyResult(frames=len(per_frame), misses=sum(m for _, m in per_frame),
+                            energy_j=round(sum(e for e, _ in per_frame), 4)).model_dump()
+
+    out = []
+    for k, (sim, frames) in enumerate(apps):
+        out.append({"performance": total(perf[k]), "ondemand": ondemand(board, sim, frames).model_dump(),
+                    "oracle": total(free[k]), "oracle_target": total(fair[k]),
+                    "oracle_target_per_frame": oracle_target(board, sim, frames, miss_target).model_dump()})
     return out

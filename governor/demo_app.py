@@ -1,6 +1,6 @@
 """A simulated app for the demo: asks the governor before each frame, runs the frame on the
-virtual board at the frequencies in force (holding it for its simulated duration), reports the
-measured latency, and writes its frame trace as JSON lines on exit.
+virtual board over time (behind other apps' GPU work, at the frequencies in force from moment to
+moment: ``running_frame``), reports the measured latency, and writes its frame trace as JSON lines.
 
     python -m governor.demo_app --socket S --virtual-root R --app camera --model yolo_tiny \
         --deadline-ms 33.3 --fps 30 --duration 20 --trace camera.jsonl
@@ -19,6 +19,7 @@ from dvfs_schema.loading import load_model_spec
 from governor.baselines import FrameTrace
 from governor.client import GovernorClient
 from sysfs_backends.virtual.board import VirtualBoard
+from sysfs_backends.virtual.running_frame import run_frame_over_time
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,16 +49,18 @@ def main(argv: list[str] | None = None) -> None:
         while time.monotonic() - t0 < args.duration:
             seed = args.seed * 1_000_003 + n
             decision = client.before_frame(args.model, args.deadline_ms, ctx)
-            frame = vb.kernel.run_frame(sim, ctx, np.random.default_rng(seed), period_s or None)
+            # the frame runs over time: behind other apps' GPU work, at whatever point is in force
+            # from moment to moment (occupying the app for its whole latency, as on a board)
+            frame = run_frame_over_time(vb.kernel, sim, ctx, np.random.default_rng(seed), period_s=period_s or None)
             latency_ms = frame.latency_ns / 1e6
-            time.sleep(latency_ms / 1e3)  # the frame occupies the device for its duration
             client.after_frame(decision["frame"], latency_ms)
             trace = FrameTrace(
                 t_s=round(time.monotonic() - t0, 4), deadline_ms=args.deadline_ms,
                 period_ms=period_s * 1e3 if period_s else latency_ms, context_len=ctx,
                 background_load=frame.background_load, capped=frame.capped, seed=seed,
                 cpu_khz=frame.cpu_khz, gpu_hz=frame.gpu_hz, mem_hz=frame.mem_hz, latency_ms=round(latency_ms, 4),
-                energy_j=frame.energy_j,
+                energy_j=frame.energy_j, start_ns=frame.start_ns, wait_ms=round(frame.wait_ns / 1e6, 4),
+                noise=frame.noise,
             )
             out.write(trace.model_dump_json() + "\n")
             n += 1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dvfs_schema.loading import load_board, load_model_spec
-from governor.baselines import FrameTrace, all_baselines, oracle, oracle_target, performance
+from governor.baselines import FrameTrace, all_baselines, oracle, oracle_joint, oracle_target, performance
 from sysfs_backends.virtual.simulator import Simulator
 
 
@@ -89,3 +89,51 @@ def test_the_oracle_at_the_miss_target_leaves_room_for_the_noise():
     assert free.energy_j < loose.energy_j < strict.energy_j
     assert free.misses_with_noise > 40 and strict.misses <= 6 < free.misses_with_noise
     assert set(all_baselines(board, sim, frames[:3], 0.01)) == {"performance", "ondemand", "oracle", "oracle_target"}
+
+
+def _trace(deadline_ms, start_ms, noise=1.0, ctx=None):
+    return FrameTrace(t_s=0.0, deadline_ms=deadline_ms, period_ms=0.0, context_len=ctx, background_load=0.0,
+                      capped=False, seed=0, cpu_khz=0, gpu_hz=0, latency_ms=0.0, energy_j=0.0,
+                      start_ns=int(start_ms * 1e6), noise=noise)
+
+
+def test_the_joint_oracle_of_one_app_whose_frames_never_overlap_is_the_per_frame_oracle():
+    board = load_board("sd888_phone")
+    sim = Simulator(board, load_model_spec("yolo_tiny"))
+    top = {name: table[-1] for name, table in board.domain_tables.items()}
+    fastest = float(sim.run(top["cpu"], top["gpu"], None, None, mem_hz=top["mem"]).latency_ns[0]) / 1e6
+    # deadlines from tight to slack, one frame per 100 ms: each frame alone on the board
+    frames = [_trace(fastest * f, 100.0 * k) for k, f in enumerate((1.05, 1.2, 1.6, 2.5, 4.0))]
+    per_frame = oracle(board, sim, frames)
+    (joint,) = oracle_joint(board, [(sim, frames)], None)
+    assert joint.misses == per_frame.misses == 0
+    assert joint.energy_j == pytest.approx(per_frame.energy_j, abs=1e-4)  # (rounded there to 0.1 mJ)
+
+
+def test_one_point_for_overlapping_frames_costs_more_and_serves_both():
+    board = load_board("sd888_phone")
+    det, lm = (Simulator(board, load_model_spec(m)) for m in ("yolo_tiny", "smollm_135m"))
+    top = {name: table[-1] for name, table in board.domain_tables.items()}
+
+    def fastest(sim, ctx=None):
+        r = sim.run(top["cpu"], top["gpu"], ctx, None, mem_hz=top["mem"])
+        return float(r.latency_ns[0]) / 1e6, float(r.gpu_busy_ns[0]) / 1e6
+
+    (d_lat, d_gpu), (l_lat, l_gpu) = fastest(det), fastest(lm, 256)
+    # both apps start a frame together every 100 ms; each deadline leaves room for the other's GPU work
+    dets = [_trace(1.6 * (d_lat + l_gpu), 100.0 * k) for k in range(4)]
+    lms = [_trace(1.6 * (l_lat + d_gpu), 100.0 * k + 0.5, ctx=256) for k in range(4)]
+    joint = oracle_joint(board, [(det, dets), (lm, lms)], None)
+    per_app = [oracle_joint(board, [(det, dets)], None)[0], oracle_joint(board, [(lm, lms)], None)[0]]
+    per_frame = [oracle(board, det, dets), oracle(board, lm, lms)]
+    for j, alone, pf in zip(joint, per_app, per_frame, strict=True):
+        assert j.misses == 0 and j.frames == 4
+        assert alone.energy_j == pytest.approx(pf.energy_j, abs=1e-4)  # alone: the per-frame oracle
+    # one point at a time, and the second frame waits for the first's GPU work: dearer than each alone
+    assert sum(j.energy_j for j in joint) > sum(a.energy_j for a in per_app) * 1.02
+    # planned at a noise quantile above the noise the frames had, none is late either
+    noisy = oracle_joint(board, [(det, dets), (lm, lms)], 0.01,
+                         quantiles=[np.full(len(board.domain_tables["cpu"]) * len(board.domain_tables["gpu"])
+                                            * len(board.domain_tables["mem"]), 1.05)] * 2)
+    assert all(j.misses == 0 for j in noisy)
+    assert sum(j.energy_j for j in noisy) >= sum(j.energy_j for j in joint)

@@ -253,12 +253,15 @@ def test_demo_json_end_to_end():
     assert set(apps) == {"camera", "assistant"}
     for a in apps.values():
         assert a["frames"] > 10
-        assert set(a["baselines"]) == {"performance", "ondemand", "oracle", "oracle_target"}
-        for b in a["baselines"].values():
-            assert b["frames"] == a["frames"] and b["energy_j"] > 0
+        b = a["baselines"]
+        assert set(b) == {"performance", "ondemand", "oracle", "oracle_target", "oracle_target_per_frame"}
+        for ref in b.values():
+            assert ref["frames"] == a["frames"] and ref["energy_j"] > 0
         # the fair reference pays for the noise's 99% quantile: never below the noise-free oracle
-        assert a["baselines"]["oracle_target"]["energy_j"] >= a["baselines"]["oracle"]["energy_j"]
-        assert a["energy_j"] < a["baselines"]["performance"]["energy_j"]
+        # (both replayed with the apps together: one GPU queue, one point at a time)
+        assert b["oracle_target"]["energy_j"] >= b["oracle"]["energy_j"] - 1e-3
+        assert b["oracle_target"]["energy_j"] < b["performance"]["energy_j"]
+        assert a["energy_j"] < b["performance"]["energy_j"]
     assert "background load" in out.stderr  # progress went to stderr
     from sysfs_backends.virtual.fuse_mount import fuse_unavailable
 

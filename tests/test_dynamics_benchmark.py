@@ -30,6 +30,9 @@ def test_quick_smallest_case_runs_and_reports_every_phase():
         # the kernel really was capped in the cap phase only: the phases drive the board, not labels
         assert app["capped_frames"] == (3 if name == "cap" else 0)
         assert app["energy_vs_oracle"] > 0 and app["energy_vs_oracle_target"] > 0
+        # one app alone: its frames never overlap, so the joint reference is the per-frame one
+        assert app["energy_vs_oracle_joint_target"] == pytest.approx(app["energy_vs_oracle_target"], rel=0.02)
+        assert app["waited_ms_mean"] == 0
         assert app["decision_rt_us_p50"] > 0
         if name != "cap":
             assert phase["writes_above_cap"] == 0

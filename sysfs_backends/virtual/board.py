@@ -487,6 +487,14 @@ class VirtualKernel:
                 self._settle(state, directory)
 
     # ---- running a frame -----------------------------------------------------------------
+    def frame_domains(self) -> tuple[str, str | None, str | None]:
+        """The state keys of the domains an inference runs on: the inference CPU policy, the GPU
+        and the memory clock (None where the board has none)."""
+        board = self.board
+        return (f"{CPUFREQ_DIR}/{board.cpu.inference_policy}",
+                f"{DEVFREQ_DIR}/{board.gpu.node}" if board.gpu is not None else None,
+                _domain_dir(board.domain("mem")) if board.memory is not None else None)
+
     def run_frame(
         self,
         sim: Simulator,
@@ -495,15 +503,15 @@ class VirtualKernel:
         period_s: float | None = None,
     ) -> FrameResult:
         """One inference at the frequencies in force now; energy from the board's OPP tables.
+        The frame runs wholly at that point and queues behind no other frame: for frames that
+        overlap (several apps, changes landing mid-frame) see ``running_frame.RunningFrame``.
 
         A frequency change still in its transition latency delays the frame by what remains.
         ``period_s`` (the frame period) feeds the temperature model with the average power.
         """
         with self._locked() as state:
             board = self.board
-            cpu_dir = f"{CPUFREQ_DIR}/{board.cpu.inference_policy}"
-            gpu_dir = f"{DEVFREQ_DIR}/{board.gpu.node}" if board.gpu is not None else None
-            mem_dir = _domain_dir(board.domain("mem")) if board.memory is not None else None
+            cpu_dir, gpu_dir, mem_dir = self.frame_domains()
             now = time.monotonic_ns()
             transition = 0.0
             for d in (cpu_dir, gpu_dir, mem_dir):
