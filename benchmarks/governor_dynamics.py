@@ -45,6 +45,11 @@ misses + 1% of frames), energy ratio to each oracle, decision round-trip p50/p99
 the socket), overall and for the decisions during which no store reached the mount; per phase:
 stores to the mount and stores above an active cap (from the FUSE store log).
 
+For diagnosis, with ``--keep DIR``: ``DYNAMICS_STATUS=1`` adds the daemon's status (each model's
+learned correction) at every phase change to ``status.jsonl``; ``DYNAMICS_SETTINGS='{"lower_dwell_ms": 0}'``
+runs the daemon with those governor settings. Each app's ``app<k>.jsonl`` holds every frame with
+the daemon's reply (``decision``) beside what ran.
+
     python benchmarks/governor_dynamics.py --quick      # one board, two cases, < 2 min
     python benchmarks/governor_dynamics.py              # everything (saved to benchmarks/results/)
 """
@@ -194,12 +199,16 @@ class Harness:
                     if n == total:
                         break
                     if n % self.per_phase == 0:
+                        if n and os.environ.get("DYNAMICS_STATUS"):  # diagnosis: the learned state per phase
+                            with open(self.work / "status.jsonl", "a") as st:
+                                st.write(json.dumps(client.status()) + "\n")
                         self._set_phase(vb.kernel, PHASES[n // self.per_phase])
                 ctx = None if ctx0 is None else ctx0 + (n * 7) % CONTEXT_GROWTH
                 logged = os.stat(self.work / "stores.jsonl").st_size
                 t0 = time.perf_counter()
                 decision = client.before_frame(model, deadline, ctx)
                 rt_us = (time.perf_counter() - t0) * 1e6
+                t_reply_ns = time.monotonic_ns()
                 # a store reached the mount during this round trip (ours, or one it queued behind)
                 stored = os.stat(self.work / "stores.jsonl").st_size != logged
                 seed = 1_000_003 * (k + 1) + n
@@ -220,7 +229,8 @@ class Harness:
                     "noise": fr.noise, "start_ns": fr.start_ns, "latency_ms": latency_ms,
                     "deadline_ms": deadline, "cpu_khz": fr.cpu_khz, "gpu_hz": fr.gpu_hz, "mem_hz": fr.mem_hz,
                     "points": len(fr.points), "energy_j": fr.energy_j, "rt_us": rt_us, "stored": stored,
-                    "answered": [decision.get("cpu_khz"), decision.get("gpu_hz"), decision.get("predicted_ms")]})
+                    "answered": [decision.get("cpu_khz"), decision.get("gpu_hz"), decision.get("predicted_ms")],
+                    "decision": decision, "t_reply_ns": t_reply_ns})
                           + "\n")
                 n += 1
                 next_start += self.periods_s[k]
@@ -241,6 +251,8 @@ class Harness:
             gov_cfg = {"board": self.board.name, "socket": str(sock), "log_level": "warning",
                        "backend": {"kind": "linux", "sysfs_root": str(mp), "state_file": str(self.work / "saved.json")},
                        "models": {m: {"estimator": str(self.estimators[m])} for m in set(self.models)}}
+            if os.environ.get("DYNAMICS_SETTINGS"):  # diagnosis: governor settings to try (JSON)
+                gov_cfg["governor"] = json.loads(os.environ["DYNAMICS_SETTINGS"])
             (self.work / "governor.yaml").write_text(yaml.safe_dump(gov_cfg))
             daemon = subprocess.Popen([sys.executable, "-m", "governor.cli", "run", "--config",
                                        str(self.work / "governor.yaml")], stderr=subprocess.PIPE, text=True)

@@ -127,6 +127,7 @@ class _Ask:
     now: float
     app: str
     frame: int = 0  # its id once registered (a frame does not constrain its own decision)
+    seen: tuple | None = None  # the point in force when it was decided (None: not yet)
 
 
 @dataclass
@@ -273,6 +274,8 @@ class Governor:
         # what holds ``_io`` now: "write" (a frame's write, maybe to a stalled phone: frames do not
         # queue behind it) or anything else (a re-read of the state, short: frames wait for it)
         self._io_holder: str | None = None
+        self._writes_under_way = 0  # decisions between their choice and their reply on the write path
+        self._moved_at = -math.inf  # when the point in force last changed (a write's, or seen at a read)
         # longest a frame waits for its write (None: until done). The daemon sets it from
         # settings.backend_wait_s so that a stalled phone cannot hold its clients; in process the
         # caller waits, as a plain function call would.
@@ -380,6 +383,8 @@ class Governor:
     def _note_change(self, before: tuple[int, ...], after: tuple[int, ...], at: float) -> None:
         """Remember, per domain changed, what ran before and when the new frequency takes effect."""
         running = self._running(at)
+        if after != before:
+            self._moved_at = at  # frames in flight since then ran at more than one point
         for k, (b, a) in enumerate(zip(before, after, strict=True)):
             if a != b:
                 self._from = self._from[:k] + (running[k],) + self._from[k + 1:]
@@ -604,7 +609,10 @@ class Governor:
             ask = _Ask(grid.latency_ms[level], grid.energy_mj[level], grid.gpu_ms, corr, deadline_ms, now, app)
             idx, feasible, predicted, wait = self._choose(ask, self._frontiers_for(grid, level))
             point = self._geometry.values[idx]
-            changed = resume or point != self._cur
+            # while another decision's write is under way the point in force is about to change:
+            # this frame is decided again once it has (a reply naming the old point would start the
+            # frame at the new one, which was chosen without it)
+            changed = resume or point != self._cur or self._writes_under_way > 0
             if changed and not may_block:
                 raise NeedsBackend
             frame = next(self._ids)
@@ -618,8 +626,21 @@ class Governor:
             self._limit_frames(owner, app)
             if not changed:  # the common frame: answered under this same lock
                 return self._decided(frame, stats, point, predicted, feasible, deadline_ms, False, (), context_len, now)
+            self._writes_under_way += 1
+            ask.seen = self._cur
+        try:
+            return self._decide_with_write(frame, stats, point, ask, grid, feasible, deadline_ms, context_len, now)
+        finally:
+            with self._lock:
+                self._writes_under_way -= 1
+
+    def _decide_with_write(self, frame: int, stats: _AppStats, point: tuple[int, ...], ask: _Ask, grid,
+                           feasible: bool, deadline_ms: float, context_len: int | None, now: float) -> Decision:
+        """The rest of ``before_frame`` for a frame whose point must be written (or that came while
+        another write was under way): write it on the I/O thread, answer with what is in force."""
         notes: list[str] = []
         applied = True
+        seen = ask.seen
         # a re-read of the state may hold the backend for a moment: wait for it (as long as a
         # frame may wait for its own write), so no frame is left unwritten behind a refresh;
         # behind another frame's write wait only as long as a write normally takes: a frame
@@ -662,8 +683,8 @@ class Governor:
                     f.point = point
                 if f.parts is not None:
                     f.parts = grid.energy_parts[:, :, eff]
-            return self._decided(frame, stats, point, predicted, feasible, deadline_ms, True, tuple(notes),
-                                 context_len, now)
+            return self._decided(frame, stats, point, predicted, feasible, deadline_ms, point != seen,
+                                 tuple(notes), context_len, now)
 
     def _decided(self, frame: int, stats: _AppStats, point: tuple[int, ...], predicted: float,
                  feasible: bool, deadline_ms: float, changed: bool, notes: tuple[str, ...],
@@ -1169,6 +1190,12 @@ class Governor:
         writes may be slow. Returns the point in force, as the kernel shows it."""
         notes: list[str] = []
         try:
+            with self._lock:
+                if ask is not None and ask.seen is not None and self._cur != ask.seen:
+                    # another decision's write went first: decide again from what is in force now
+                    ask.now = time.monotonic()
+                    point = tuple(int(v) for v in self.points[self._choose(ask)[0]])
+                    ask.seen = self._cur
             if time.monotonic() - self._read_at > FRESH_READ_S and self._read_state(time.monotonic()):
                 # a cap set in since the last read-back: decide again under it before writing
                 with self._lock:
@@ -1287,6 +1314,10 @@ class Governor:
             if f.wait_ms > WAIT_LEARN_SHARE * latency_ms:
                 return {"learned": False, "notes": [f"predicted to wait {f.wait_ms:.3g} ms behind other "
                                                     "apps' GPU work: not learned from"]}
+            # the point in force changed while it ran (another app's decision, a cap): it ran at more
+            # than the point its prediction is for, and its time says nothing about that prediction
+            if self._moved_at > f.started:
+                return {"learned": False, "notes": ["the point in force changed while it ran: not learned from"]}
             self._correction(stats, f.model).add(f.column, latency_ms - f.wait_ms)
             return {"learned": True}
 

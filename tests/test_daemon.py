@@ -257,9 +257,9 @@ def test_demo_json_end_to_end():
         assert set(b) == {"performance", "ondemand", "oracle", "oracle_target", "oracle_target_per_frame"}
         for ref in b.values():
             assert ref["frames"] == a["frames"] and ref["energy_j"] > 0
-        # the fair reference pays for the noise's 99% quantile: never below the noise-free oracle
-        # (both replayed with the apps together: one GPU queue, one point at a time)
-        assert b["oracle_target"]["energy_j"] >= b["oracle"]["energy_j"] - 1e-3
+        # the fair reference (replayed with the apps together: one GPU queue, one point at a time)
+        # plans with the noise's 99% quantile: about 1% of its frames late, for less than performance
+        assert b["oracle_target"]["misses"] <= 0.03 * a["frames"] + 1
         assert b["oracle_target"]["energy_j"] < b["performance"]["energy_j"]
         assert a["energy_j"] < b["performance"]["energy_j"]
     assert "background load" in out.stderr  # progress went to stderr

@@ -164,3 +164,49 @@ def test_other_apps_gpu_work_is_waiting_not_a_slower_host(tmp_path, estimators):
             gov.after_frame(b.frame, own_b + queued)  # b measured its wait too
         second = gov.correction("second", "yolo")
         assert second.host_slowdown == 1.0 and second.bias < 1.05
+
+
+class SlowStores(StoreLog):
+    """A backend whose stores take a while (a phone over ADB, a busy mount)."""
+
+    delay_s = 0.02
+
+    def write(self, path: str, value: str) -> None:
+        time.sleep(self.delay_s)
+        super().write(path, value)
+
+
+def test_a_frame_asked_during_another_apps_write_is_answered_with_what_runs(tmp_path, estimators):
+    """App b needs the fastest point (its deadline is beyond even that); app a's decision lowers it
+    (slow stores); b asks again meanwhile. Answered at once with the point in force then (still the
+    fastest), b's frame would run at a's point, chosen without it. b waits for the write, decides
+    again from what is in force after it, raises back, and its reply names what the kernel runs."""
+    import threading
+
+    gov, vb, log = governed(tmp_path, estimators, "sd888_phone", lower_dwell_ms=0, hysteresis=0)
+    slow = SlowStores(vb.kernel)
+    gov.backend.transport.hook = slow
+    dirs = vb.kernel.frame_domains()
+    tight = fastest_ms(gov) * 0.99
+    with gov:
+        d = gov.before_frame("yolo", tight, app="b")  # the fastest point
+        gov.after_frame(d.frame, d.predicted_ms)
+        decided = {}
+
+        def app_a():
+            decided["a"] = gov.before_frame("yolo", tight * 12, app="a")  # far cheaper: a slow write
+
+        a = threading.Thread(target=app_a)
+        stores = len(slow.stores)
+        a.start()
+        while len(slow.stores) == stores:  # a's write is under way
+            time.sleep(0.001)
+        b = gov.before_frame("yolo", tight, app="b")
+        a.join()
+        state = vb.kernel.read_state()["domains"]
+        in_force = tuple(state[k]["cur"] if k else None for k in dirs)
+        assert decided["a"].changed and decided["a"].cpu_khz < d.cpu_khz  # a lowered the point
+        assert (b.cpu_khz, b.gpu_hz, b.mem_hz) == in_force  # b's reply is what runs, a's write done
+        # raised back (the memory clock, 8 ms to take effect, would help this frame less than it costs)
+        assert b.changed and (b.cpu_khz, b.gpu_hz) == (d.cpu_khz, d.gpu_hz)
+        assert slow.above_cap() == []
