@@ -282,9 +282,9 @@ def oracle_joint(board: BoardConfig, apps: list[tuple[Simulator, list[FrameTrace
 
 def joint_frames(board: BoardConfig, apps: list[tuple[Simulator, list[FrameTrace]]], target: float | None,
                  context_step: int = 32, quantiles: list[np.ndarray] | None = None,
-                 performance: bool = False) -> list[list[tuple[float, bool]]]:
-    """``oracle_joint`` frame by frame: per app, each frame's (energy in J, late). ``performance``:
-    the same frames under the same queue at the highest point a cap allows instead."""
+                 at_top: bool = False) -> list[list[tuple[float, bool]]]:
+    """``oracle_joint`` frame by frame: per app, each frame's (energy in J, late). ``at_top``: the
+    same frames under the same queue at the highest point a cap allows instead (``performance``)."""
     grids = [PointGrid(board, sim) for sim, _ in apps]
     if quantiles is not None:
         qs = quantiles
@@ -356,7 +356,7 @@ def joint_frames(board: BoardConfig, apps: list[tuple[Simulator, list[FrameTrace
             if f.y < 1.0:
                 break
         if arrived:
-            point = flight[-1].top if performance else _choose_joint(flight, t)
+            point = flight[-1].top if at_top else _choose_joint(flight, t)
     return [[(f.energy_j, bool(f.end - f.arrive > f.deadline_ms + _EPS_MS)) for f in frames] for frames in queues]
 
 
@@ -407,7 +407,7 @@ def shared_baselines(board: BoardConfig, apps: list[tuple[Simulator, list[FrameT
     when frames overlap)."""
     qs = [noise_quantile(PointGrid(board, sim), frames[0].context_len if frames else None, miss_target)
           for sim, frames in apps]
-    perf = joint_frames(board, apps, None, performance=True)
+    perf = joint_frames(board, apps, None, at_top=True)
     free = joint_frames(board, apps, None)
     fair = joint_frames(board, apps, miss_target, quantiles=qs)
 

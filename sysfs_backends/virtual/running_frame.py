@@ -16,7 +16,12 @@ point for all of their frames at once, so the harness that judges it has to run 
   ahead of it is done (from the moment it was done, not when its owner looked), and its own GPU
   work, G(p) at rate 1 / G(p), then holds the queue;
 * **energy**: each stretch at one point is that share of the frame at that point under the board's
-  energy model; when the frame ends it is charged to the board's rails and temperature.
+  energy model (a transition stall costs nothing here); when the frame ends it is charged to the
+  board's rails and temperature.
+
+What it leaves out: the board's actuation delay (``actuation_latency_ns``: a new frequency taking
+effect milliseconds after the write) is not modelled, as in ``run_frame``; host and GPU work share
+one noise factor.
 
 The app polls: ``advance()`` integrates up to now and says how long to wait before looking again.
 Between looks the point seen last is taken to have held; a change seen later is placed at its
