@@ -114,7 +114,9 @@ class PointGrid:
             self._cache[key] = (r.latency_ns / 1e6, e, r.gpu_busy_ns / 1e6)
         return self._cache[key]
 
-    def _interpolated(self, ctx: int | None, load: float, step: int) -> tuple[np.ndarray, ...]:
+    def at_with_gpu(self, ctx: int | None, load: float, step: int = 32) -> tuple[np.ndarray, ...]:
+        """``at`` and the noise-free GPU busy time (ms) at every point: how long the frame holds a
+        shared GPU."""
         if ctx is None:
             return self._truth(None, load)
         lo = ctx // step * step  # latency, energy and busy time are linear in the context between grid points
@@ -124,12 +126,8 @@ class PointGrid:
 
     def at(self, ctx: int | None, load: float, step: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Noise-free latency (ms) and energy (J) at every point for one frame's conditions."""
-        lat, en, _ = self._interpolated(ctx, load, step)
+        lat, en, _ = self.at_with_gpu(ctx, load, step)
         return lat, en
-
-    def gpu_at(self, ctx: int | None, load: float, step: int = 32) -> np.ndarray:
-        """Noise-free GPU busy time (ms) at every point: how long the frame holds a shared GPU."""
-        return self._interpolated(ctx, load, step)[2]
 
 
 def performance(board: BoardConfig, sim: Simulator, frames: list[FrameTrace]) -> PolicyResult:
@@ -216,9 +214,10 @@ def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
 
 
 def oracle_target(board: BoardConfig, sim: Simulator, frames: list[FrameTrace], target: float,
-                  context_step: int = 32) -> PolicyResult:
+                  context_step: int = 32, quantile: np.ndarray | None = None) -> PolicyResult:
+    """``quantile``: the model's ``noise_quantile`` at ``target``, when the caller has it already."""
     grid = PointGrid(board, sim)
-    q = noise_quantile(grid, frames[0].context_len if frames else None, target)
+    q = quantile if quantile is not None else noise_quantile(grid, frames[0].context_len if frames else None, target)
     misses, energy = 0, 0.0
     for f in frames:
         lat, en = grid.at(f.context_len, f.background_load, context_step)
@@ -239,8 +238,9 @@ class _JointFrame:
                  "allowed", "top", "arrive", "start", "x", "y", "end", "energy_j")
 
     def __init__(self, app: int, k: int, f: FrameTrace, grid: PointGrid, q: np.ndarray, step: int) -> None:
-        lat, en = grid.at(f.context_len, f.background_load, step)
-        gpu = grid.gpu_at(f.context_len, f.background_load, step) if grid.has_gpu else np.zeros_like(lat)
+        lat, en, gpu = grid.at_with_gpu(f.context_len, f.background_load, step)
+        if not grid.has_gpu:
+            gpu = np.zeros_like(lat)
         self.app, self.k, self.deadline_ms = app, k, f.deadline_ms
         self.lat, self.gpu, self.energy = lat * f.slowdown, gpu * f.slowdown, en * f.slowdown
         self.need, self.need_gpu = self.lat * q, self.gpu * q  # what the reference plans with
@@ -419,5 +419,6 @@ def shared_baselines(board: BoardConfig, apps: list[tuple[Simulator, list[FrameT
     for k, (sim, frames) in enumerate(apps):
         out.append({"performance": total(perf[k]), "ondemand": ondemand(board, sim, frames).model_dump(),
                     "oracle": total(free[k]), "oracle_target": total(fair[k]),
-                    "oracle_target_per_frame": oracle_target(board, sim, frames, miss_target).model_dump()})
+                    "oracle_target_per_frame": oracle_target(board, sim, frames, miss_target,
+                                                             quantile=qs[k]).model_dump()})
     return out

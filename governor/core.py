@@ -1193,15 +1193,12 @@ class Governor:
             with self._lock:
                 if ask is not None and ask.seen is not None and self._cur != ask.seen:
                     # another decision's write went first: decide again from what is in force now
-                    ask.now = time.monotonic()
-                    point = tuple(int(v) for v in self.points[self._choose(ask)[0]])
+                    point = self._choose_now(ask)
                     ask.seen = self._cur
             if time.monotonic() - self._read_at > FRESH_READ_S and self._read_state(time.monotonic()):
                 # a cap set in since the last read-back: decide again under it before writing
                 with self._lock:
-                    ask.now = time.monotonic()
-                    idx = self._choose(ask)[0]
-                point = tuple(int(v) for v in self.points[idx])
+                    point = self._choose_now(ask)
             # each round that does not end it sets a cap or rules out a frequency: bounded by the tables
             for _ in range(sum(len(t) for t in self.tables) + 1):
                 res = self._write_point(point)
@@ -1213,9 +1210,7 @@ class Governor:
                 with self._lock:
                     # decided again as of now: what the last write changed has landed or will soon
                     # (with the frame's old start time its changes would count as still pending)
-                    ask.now = time.monotonic()
-                    idx = self._choose(ask)[0]
-                point = tuple(int(v) for v in self.points[idx])
+                    point = self._choose_now(ask)
             with self._lock:
                 # frames decided while this write was under way (answered with the old pair) asked
                 # for more: give it to them, within the caps
@@ -1230,6 +1225,11 @@ class Governor:
             # keep serving: the frame runs at whatever is in force; retried on the next frame
             notes.append(f"not applied: {exc}")
         return self._cur, notes
+
+    def _choose_now(self, ask: _Ask) -> tuple[int, ...]:
+        """The point ``ask`` gets when decided again as of now (under ``_lock``)."""
+        ask.now = time.monotonic()
+        return tuple(int(v) for v in self.points[self._choose(ask)[0]])
 
     def _write_point(self, point: tuple[int, ...]):
         """Write the domains of ``point`` not in force; update what runs and the caps from the

@@ -226,10 +226,14 @@ class RunningFrame:
             left = min(left, (1.0 - self.y) * gpu * self.scale)
         return int(min(max(left, 50_000), POLL_NS))
 
+    def _drop(self, state: dict) -> None:
+        """Take this frame's entry out of the board's GPU queue."""
+        queue = state.get("gpu_queue", [])
+        queue[:] = [e for e in queue if e[0] != self.id]
+
     def _leave_queue(self, gpu_end_ns: float) -> None:
         with self.kernel._locked() as state:
-            queue = state.get("gpu_queue", [])
-            queue[:] = [e for e in queue if e[0] != self.id]
+            self._drop(state)
             state["gpu_free_ns"] = max(state.get("gpu_free_ns", 0), int(gpu_end_ns))
         self._queued = False
 
@@ -238,8 +242,7 @@ class RunningFrame:
         energy = 0.0
         with self.kernel._locked() as state:
             if self._queued:  # no GPU work (a frame all on the host)
-                queue = state.get("gpu_queue", [])
-                queue[:] = [e for e in queue if e[0] != self.id]
+                self._drop(state)
                 self._queued = False
             for (cpu, gpu, mem), share in self.shares.items():
                 lat, g, h = (v * self.scale * share for v in self._profile((cpu, gpu, mem)))
