@@ -418,6 +418,11 @@ class Governor:
         self._cur = self._read_point(state)
         self._target = self._cur  # per domain, the frequency we last asked for
         self._written: set[str] = set()  # domains we have written (a pinned limit is then ours)
+        # domains the kernel holds at our request. Until then the kernel's own governor (schedutil,
+        # simple_ondemand) moves the clock: a point it happens to run is not in force, it must be
+        # written like any other (seen on a real kernel: schedutil ran 2.4 GHz during a frame told 2.0)
+        self._held: set[str] = set()
+        self._all_held = False
         self._caps = np.full(len(self.domains), np.inf)  # in force: the lower of the two below
         self._shown = np.full(len(self.domains), np.inf)  # caps the kernel's max shows
         self._cool = np.full(len(self.domains), np.inf)  # caps the thermal cooling devices show
@@ -612,7 +617,7 @@ class Governor:
             # while another decision's write is under way the point in force is about to change:
             # this frame is decided again once it has (a reply naming the old point would start the
             # frame at the new one, which was chosen without it)
-            changed = resume or point != self._cur or self._writes_under_way > 0
+            changed = resume or point != self._cur or not self._all_held or self._writes_under_way > 0
             if changed and not may_block:
                 raise NeedsBackend
             frame = next(self._ids)
@@ -1234,7 +1239,8 @@ class Governor:
     def _write_point(self, point: tuple[int, ...]):
         """Write the domains of ``point`` not in force; update what runs and the caps from the
         read-back. Returns the backend's result, None when nothing differed."""
-        changes = {d: v for d, v, c in zip(self.domains, point, self._cur, strict=True) if v != c}
+        changes = {d: v for d, v, c in zip(self.domains, point, self._cur, strict=True)
+                   if v != c or d not in self._held}
         if not changes:
             return None
         with self._lock:
@@ -1249,6 +1255,8 @@ class Governor:
         at = time.monotonic()
         res = self._write(changes)
         with self._lock:
+            self._held |= set(changes)
+            self._all_held = len(self._held) == len(self.domains)
             self._read_at = time.monotonic()
             eff = tuple(int(res.effective.get(d, c)) for d, c in zip(self.domains, self._cur, strict=True))
             for k, domain in enumerate(self.domains):
@@ -1402,12 +1410,11 @@ class Governor:
                 self._cur = self._from = self._read_point(state)
                 self._target = self._cur
                 self._written = set()  # the original limits are back: none of them is ours
+                self._held, self._all_held = set(), False  # and the kernel's governors move the clocks
                 for k, d in enumerate(self.domains):
                     self._observe(k, state[d].max, "ok")
                 self._released = False
             log.info("resuming: domains taken again")
-            if point == self._cur:
-                return point, []
         return self._apply(point, ask)
 
     @contextmanager

@@ -210,3 +210,35 @@ def test_a_frame_asked_during_another_apps_write_is_answered_with_what_runs(tmp_
         # raised back (the memory clock, 8 ms to take effect, would help this frame less than it costs)
         assert b.changed and (b.cpu_khz, b.gpu_hz) == (d.cpu_khz, d.gpu_hz)
         assert slow.above_cap() == []
+
+
+@pytest.mark.parametrize("board_name", ["rk3588", "sd888_phone"])  # userspace, pinned min == max
+def test_a_point_the_kernels_own_governor_runs_is_written_all_the_same(tmp_path, estimators, board_name):
+    """At start the kernel's own governors (schedutil, simple_ondemand, ...) move the clocks; under
+    an inference the virtual kernel's run the top of each table. A frame that needs the top point
+    finds it running, yet it is not in force: the kernel may move it mid-frame (a real 6.1 kernel's
+    schedutil ran 2.4 GHz during a frame told 2.0). Each domain is written once all the same, and
+    the reply names frequencies the kernel holds: userspace setpoints or min == max."""
+    gov, vb, log = governed(tmp_path, estimators, board_name)
+    dirs = [k for k in vb.kernel.frame_domains() if k]
+    before = vb.kernel.read_state()["domains"]
+    assert all(before[k]["governor"] != "userspace" for k in dirs)  # the kernel's own governors
+    with gov:
+        d = gov.before_frame("yolo", fastest_ms(gov) * 1.0001)
+        tops = tuple(before[k]["table"][-1] for k in dirs)
+        assert point_of(d) == tops == tuple(before[k]["cur"] for k in dirs)  # what was running
+        state = vb.kernel.read_state()["domains"]
+        for k, value in zip(dirs, point_of(d), strict=True):
+            dom = state[k]
+            shown = dom["shown"]
+            pinned = tuple(shown.get(f"scaling_{f}", shown.get(f)) for f in ("min_freq", "max_freq"))
+            held = (dom["governor"] == "userspace" and dom["setspeed"] == value) if board_name == "rk3588" \
+                else pinned == (value, value)
+            assert held, (k, dom["governor"], dom["shown"])
+        assert {path.split("/")[-3] if "userspace" in path else path.split("/")[-2] for path, _, _ in log.stores} \
+            == {k.rstrip("/").split("/")[-1] for k in dirs}  # a store in every domain
+        gov.after_frame(d.frame, d.predicted_ms)
+        # held now: the same point again is answered without a store
+        n = len(log.stores)
+        d = gov.before_frame("yolo", fastest_ms(gov) * 1.0001)
+        assert point_of(d) == tops and not d.changed and len(log.stores) == n
