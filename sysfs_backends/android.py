@@ -143,16 +143,26 @@ class AdbTransport:
         except Exception as exc:
             self._lost(exc)
             raise BackendUnavailable(f"lost the phone: {type(exc).__name__}: {exc}") from None
+        except BaseException:
+            # Ctrl-C or SIGTERM in the middle of a command: its answer is still on its way, so the
+            # next command on this connection would read it (a profile interrupted mid-write then
+            # could not restore: the restore timed out). Drop the connection; the next batch (the
+            # restore) makes a new one
+            self._drop("interrupted in the middle of a command")
+            raise
         self.round_trips += 1
         return out
 
-    def _lost(self, exc: Exception) -> None:
+    def _drop(self, why: str) -> None:
         self.connected = False
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error = why
         try:
             self._device.close()
         except Exception:  # noqa: S110 - already broken
             pass
+
+    def _lost(self, exc: Exception) -> None:
+        self._drop(f"{type(exc).__name__}: {exc}")
         if not self._reconnecting:
             self._reconnecting = True
             threading.Thread(target=self._reconnect_loop, daemon=True).start()
@@ -197,6 +207,8 @@ class AdbTransport:
         if not ops:
             return []
         with self._lock:
+            if not self.connected and not self._reconnecting:
+                self._connect()  # dropped without a loss (an interrupted command): connect again now
             if not self.connected:
                 raise BackendUnavailable(f"phone not connected ({self.last_error}); reconnecting")
             out = self._shell(self._script(ops))

@@ -188,6 +188,29 @@ def test_stopped_while_phone_away_restored_when_back(phone, tmp_path):
     again.close()
 
 
+def test_ctrl_c_in_the_middle_of_a_command_still_restores(phone, tmp_path):
+    """SIGINT lands while a write waits for the phone's answer. That answer is still on its way:
+    the restore must not read it as its own (it timed out, and the phone stayed pinned). The
+    interrupted connection is dropped and the restore makes a new one."""
+    import signal
+    import threading
+
+    from sysfs_backends.lifecycle import Stopped, restoring
+
+    vb, dev = phone
+    be = connect(dev, tmp_path, timeout=5.0)
+    with pytest.raises(Stopped), restoring(be):
+        be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
+        assert read(vb, f"{POLICY}/scaling_max_freq") == "1305600"
+        dev.stall_s = 1.0  # its answer comes a second late
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        threading.Timer(0.4, setattr, (dev, "stall_s", 0.0)).start()  # the restore's at once
+        be.apply(cpu_khz=844_800, gpu_hz=315_000_000)  # Ctrl-C while it waits
+    assert read(vb, f"{POLICY}/scaling_max_freq") == "2841600"
+    assert read(vb, f"{POLICY}/scaling_min_freq") == "844800"
+    assert not (tmp_path / "saved.json").exists()
+
+
 @pytest.mark.skipif(shutil.which("adb") is None, reason="Debian's adb is not installed")
 def test_stock_adb_client_talks_to_the_test_device(phone, tmp_path):
     vb, dev = phone
