@@ -248,7 +248,10 @@ class Harness:
         cfg = self.board.model_copy(deep=True)
         VirtualBoard(vroot, cfg)
         with mounted(vroot, self.work / "sys", store_log=log) as mp:
-            gov_cfg = {"board": self.board.name, "socket": str(sock), "log_level": "warning",
+            # diagnosis: DYNAMICS_LOG_LEVEL=info puts the daemon's decisions on caps and writes in
+            # daemon.log (kept with --keep)
+            gov_cfg = {"board": self.board.name, "socket": str(sock),
+                       "log_level": os.environ.get("DYNAMICS_LOG_LEVEL", "warning"),
                        "backend": {"kind": "linux", "sysfs_root": str(mp), "state_file": str(self.work / "saved.json")},
                        "models": {m: {"estimator": str(self.estimators[m])} for m in set(self.models)}}
             if os.environ.get("DYNAMICS_SETTINGS"):  # diagnosis: governor settings to try (JSON)
@@ -280,6 +283,7 @@ class Harness:
                 except subprocess.TimeoutExpired:
                     daemon.kill()
                     _, err = daemon.communicate()
+            (self.work / "daemon.log").write_text(err or "")
             stores = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         return self._report(stores, end_ns, (err or "").strip().splitlines()[-3:])
 

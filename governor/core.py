@@ -111,6 +111,7 @@ class _Grid:
     # kept with the grid, so a grid evicted or replaced takes its frontiers with it
     frontiers: dict = field(default_factory=dict, repr=False, compare=False)
     sorted_lat: dict = field(default_factory=dict, repr=False, compare=False)  # per level: latency sorted
+    least_energy: dict = field(default_factory=dict, repr=False, compare=False)  # per level: min energy_mj
     # a language model's next context bucket was asked for when this grid was first used (once)
     asked_ahead: bool = field(default=False, repr=False, compare=False)
 
@@ -146,6 +147,10 @@ class _Frame:
     wait_ms: float = 0.0  # predicted wait behind other apps' GPU work, at the pair it runs at
     pending: bool = False  # its pair was not written yet (the backend was busy)
     parts: np.ndarray | None = None  # the energy terms at its point, per host level (power learning)
+    # (points,) its predicted energy at every point, and the least of it: a decision while it runs
+    # sets the point its remaining work runs at, so that work's energy is part of the choice
+    energy: np.ndarray | None = field(default=None, repr=False)
+    least_energy: float = 0.0
     # ``lat`` sorted (shared by every frame of its grid and level): the points at which it meets its
     # deadline are those of latency up to a threshold, found by bisection (``Governor._serves_in_flight``)
     lat_sorted: list | None = field(default=None, repr=False)
@@ -540,6 +545,7 @@ class Governor:
     def _store_grid(self, key: tuple[str, int | None], grid: _Grid) -> None:
         if self._learner is not None and self._learner.applied_fits and grid.energy_parts is not None:
             grid.energy_mj = self._learner.energy_mj(grid.energy_parts)  # computed at the tables' power
+            grid.least_energy.clear()
         self._grids[key] = grid
         self._grids.move_to_end(key)
         while len(self._grids) > MAX_CACHED_GRIDS:
@@ -617,7 +623,8 @@ class Governor:
             # while another decision's write is under way the point in force is about to change:
             # this frame is decided again once it has (a reply naming the old point would start the
             # frame at the new one, which was chosen without it)
-            changed = resume or point != self._cur or not self._all_held or self._writes_under_way > 0
+            writes = resume or point != self._cur or not self._all_held
+            changed = writes or self._writes_under_way > 0
             if changed and not may_block:
                 raise NeedsBackend
             frame = next(self._ids)
@@ -625,19 +632,26 @@ class Governor:
             # registered before the write, so decisions made meanwhile serve this frame's deadline
             self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner,
                                          predicted_ms=predicted, lat=ask.lat, corr=corr, gpu_ms=grid.gpu_ms,
-                                         wait_ms=wait, lat_sorted=self._sorted_lat(grid, level))
+                                         wait_ms=wait, lat_sorted=self._sorted_lat(grid, level),
+                                         energy=ask.energy_mj, least_energy=self._least_energy(grid, level))
             if self._learner is not None and grid.energy_parts is not None:
                 self._frames[frame].parts = grid.energy_parts[:, :, idx]
             self._limit_frames(owner, app)
             if not changed:  # the common frame: answered under this same lock
                 return self._decided(frame, stats, point, predicted, feasible, deadline_ms, False, (), context_len, now)
-            self._writes_under_way += 1
+            # only a decision that writes holds others back: one that merely came during a write
+            # waits for it without counting, else with frames arriving faster than writes end the
+            # count never fell to zero and every frame took this path (32 apps x 120 fps: 1.8 ms
+            # of the daemon's CPU per frame, none decided on schedule); a write it makes itself
+            # counts in ``_write_point``
+            self._writes_under_way += writes
             ask.seen = self._cur
         try:
             return self._decide_with_write(frame, stats, point, ask, grid, feasible, deadline_ms, context_len, now)
         finally:
-            with self._lock:
-                self._writes_under_way -= 1
+            if writes:
+                with self._lock:
+                    self._writes_under_way -= 1
 
     def _decide_with_write(self, frame: int, stats: _AppStats, point: tuple[int, ...], ask: _Ask, grid,
                            feasible: bool, deadline_ms: float, context_len: int | None, now: float) -> Decision:
@@ -796,12 +810,34 @@ class Governor:
         if not ok.any():
             fastest = int(np.argmin(np.where(allowed, total, np.inf)))
             return fastest, False, float(total[fastest]), float(wait[fastest])
-        best = int(np.argmin(np.where(ok, ask.energy_mj, np.inf)))
+        energy = self._energy_in_flight(ask)
+        best = int(np.argmin(np.where(ok, energy, np.inf)))
         cur = self._index(self._cur)
-        if ok[cur] and (self._dwelling(ask.now)
-                        or ask.energy_mj[cur] <= ask.energy_mj[best] * (1 + self._hysteresis(ask))):
+        if ok[cur] and (self._dwelling(ask.now) or energy[cur] <= energy[best] * (1 + self._hysteresis(ask))):
             best = cur
         return best, True, float(total[best]), float(wait[best])
+
+    def _energy_in_flight(self, ask: _Ask) -> np.ndarray:
+        """Per point, the predicted energy of this frame and of the work the frames in flight have
+        left (the share of their predicted time not yet elapsed): the point chosen now is what that
+        work runs at too, until the next decision. Choosing by the new frame's energy alone, a
+        decoder's token arriving during a detector's frame was given the point cheapest for the
+        token, whatever it made the detector's remaining GPU work cost."""
+        energy = ask.energy_mj
+        for k, f in self._frames.items():
+            if k == ask.frame or f.energy is None or f.lat is None:
+                continue
+            left = self._left_and_end(f, ask.now)[0]
+            if left > 0.0:
+                energy = energy + left * f.energy
+        return energy
+
+    def _least_energy(self, grid: _Grid, level: int) -> float:
+        """The least energy over every point at one host level (computed once per grid and level)."""
+        found = grid.least_energy.get(level)
+        if found is None:
+            found = grid.least_energy[level] = float(grid.energy_mj[level].min())
+        return found
 
     def _keep_in_force(self, ask: _Ask, caps: np.ndarray, frontiers: dict) -> tuple[int, bool, float, float] | None:
         """The full decision's answer when it keeps the point in force, else None (then the full
@@ -836,11 +872,13 @@ class Governor:
         predicted = self._predict_at(ask, cur)
         wait = least_wait = 0.0
         hysteresis = self.settings.hysteresis
+        energy_cur = float(ask.energy_mj[cur])
+        least_other = 0.0  # the least the work in flight can cost at any point
         if self._frames:
             found = self._in_flight_at(ask, cur)
             if found is None:  # some frame in flight would miss its deadline here: the full decision
                 return None
-            wait, least_wait, shared = found
+            wait, least_wait, shared, energy_cur, least_other = found
             predicted += wait
             if shared:
                 hysteresis = max(hysteresis, self.settings.shared_hysteresis)
@@ -859,7 +897,7 @@ class Governor:
             limit = _latency_limit(deadline - least_wait, delay, old)
             # a little wider than the exact limit: the bound may only err on the low side
             limit_ms = math.inf if corr <= 0 else limit / corr * (1 + 1e-9) + 1e-12
-            if stair.least_energy(limit_ms) * (1 + hysteresis) < ask.energy_mj[cur]:
+            if (stair.least_energy(limit_ms) + least_other) * (1 + hysteresis) < energy_cur:
                 return None
         return cur, True, predicted, wait
 
@@ -1006,18 +1044,20 @@ class Governor:
             own = f.own = (f.point, i, float(f.gpu_ms[i]) if f.gpu_ms is not None else 0.0)
         return own[1], own[2]
 
-    def _in_flight_at(self, ask: _Ask, i: int) -> tuple[float, float, bool] | None:
+    def _in_flight_at(self, ask: _Ask, i: int) -> tuple[float, float, bool, float, float] | None:
         """What the frames in flight make of point ``i``, in one pass over them: None if it does
         not serve them all (``_serves_in_flight(ask)[i]`` false), else (``_queue_wait(ask)[i]``,
         a lower bound of ``_queue_wait(ask)`` at every point, whether another app has a frame in
-        flight (the shared hysteresis)), with the same float operations. The bound is the same
-        queue with each frame at its own point's GPU time, the least the full decision counts for
-        it (the recurrence grows with each busy time, rounding included)."""
+        flight (the shared hysteresis), ``_energy_in_flight(ask)[i]``, the least the work in flight
+        can take at any point), with the same float operations. The bound is the same queue with
+        each frame at its own point's GPU time, the least the full decision counts for it (the
+        recurrence grows with each busy time, rounding included)."""
         now, app, me = ask.now, ask.app, ask.frame
         # (started, frame id, GPU time at i, at its own point): sorted as tuples, the id keeps frames
         # that started at once in the order they were registered, as the full decision's stable sort
         queued: list[tuple[float, int, float, float]] = []
         shared = longer = False  # longer: some frame's GPU time at i exceeds that at its own point
+        energy_i, least_other = float(ask.energy_mj[i]), 0.0
         for k, f in self._frames.items():
             if k == me:
                 continue
@@ -1042,6 +1082,9 @@ class Governor:
                 own = 1e-6
             left = 1.0 - ((now - started) * 1e3 - wait) / own
             left = 0.0 if left < 0.0 else 1.0 if left > 1.0 else left
+            if f.energy is not None and left > 0.0:
+                energy_i += left * float(f.energy[i])
+                least_other += left * f.least_energy
             end = started + f.deadline_ms / 1e3
             corr = f.corr
             if now + left * (at[1] * corr) / 1e3 <= end:
@@ -1053,7 +1096,7 @@ class Governor:
             if not all(v >= min(p, c) for v, p, c in zip(self._geometry.values[i], f.point, caps, strict=True)):
                 return None  # no point can: the frame keeps at least the point it asked for
         if not queued:
-            return 0.0, 0.0, shared
+            return 0.0, 0.0, shared, energy_i, least_other
         if len(queued) > 1:
             queued.sort()
         least_free = -math.inf
@@ -1067,7 +1110,7 @@ class Governor:
                 free = _gpu_free_after(free, started, (gpu if gpu > own_ms else own_ms) / 1e3, own_ms / 1e3, now)
         free = (free - now) * 1e3
         least_free = (least_free - now) * 1e3
-        return (free if free > 0.0 else 0.0), (least_free if least_free > 0.0 else 0.0), shared
+        return (free if free > 0.0 else 0.0), (least_free if least_free > 0.0 else 0.0), shared, energy_i, least_other
 
     def _sorted_lat(self, grid: _Grid, level: int) -> list[float]:
         """The grid's latencies at one host level in ascending order (computed once per grid and level)."""
@@ -1246,6 +1289,7 @@ class Governor:
         with self._lock:
             self._target = tuple(changes.get(d, t) for d, t in zip(self.domains, self._target, strict=True))
             self._written |= set(changes)
+            self._writes_under_way += 1  # frames asked meanwhile wait for it (``before_frame``)
             for k, d in enumerate(self.domains):
                 if (d in changes and self._mechanism.get(d) == "minmax" and changes[d] <= self._shown[k]
                         and not math.isfinite(self._blind_since[k])
@@ -1253,7 +1297,11 @@ class Governor:
                     self._blind_since[k] = time.monotonic()
                     self._hidden_changed()
         at = time.monotonic()
-        res = self._write(changes)
+        try:
+            res = self._write(changes)
+        finally:
+            with self._lock:
+                self._writes_under_way -= 1
         with self._lock:
             self._held |= set(changes)
             self._all_held = len(self._held) == len(self.domains)
@@ -1455,6 +1503,7 @@ class Governor:
                 for grid in self._grids.values():
                     if grid.energy_parts is not None:
                         grid.energy_mj = self._learner.energy_mj(grid.energy_parts)
+                        grid.least_energy.clear()
                         grid.frontiers.clear()
         if self.recorder is not None:
             self.recorder.power(self._power.status(), step, self._learner.status() if self._learner else None)

@@ -269,6 +269,9 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
                     values[idx], now - float(rng.uniform(-0.002, 0.05)), predicted_ms=own + wait,
                     lat=grid.latency_ms[level], corr=float(rng.uniform(0.7, 1.6)), gpu_ms=grid.gpu_ms,
                     wait_ms=wait, lat_sorted=gov._sorted_lat(grid, level))
+                if rng.random() < 0.8:  # its remaining work's energy counts in the choice
+                    gov._frames[1000 + j].energy = grid.energy_mj[level]
+                    gov._frames[1000 + j].least_energy = gov._least_energy(grid, level)
             model = str(rng.choice(["yolo", "llm"]))
             grid, level = grids[model], int(rng.integers(len(HOST_LEVELS)))
             ask = _Ask(grid.latency_ms[level], grid.energy_mj[level], grid.gpu_ms, float(rng.uniform(0.8, 1.4)),
@@ -284,6 +287,8 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
                 if found is not None:
                     assert found[0] == wait[i] and found[1] <= wait.min()
                     assert found[2] == any(f.app != ask.app for f in gov._frames.values())
+                    assert found[3] == gov._energy_in_flight(ask)[i]
+                    assert found[4] <= gov._energy_in_flight(ask).min() - ask.energy_mj.min() + 1e-9
             expected = gov._choose(ask, None)
             if rng.random() < 0.6:  # the point in force is the full decision's answer: the common frame
                 gov._cur = values[expected[0]]
