@@ -24,6 +24,7 @@ from pathlib import Path
 
 from dvfs_schema.board import BoardConfig
 from sysfs_backends.base import BackendUnavailable
+from sysfs_backends.lifecycle import signals_held
 from sysfs_backends.sysfs import BackendError, SysfsBackend, board_lock_path, saved_state_path
 from sysfs_backends.transport import Op, OpResult, Read, Write
 
@@ -137,20 +138,20 @@ class AdbTransport:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _shell(self, command: str) -> str:
-        try:
-            out = self._device.shell(command, timeout_s=self.command_timeout_s,
-                                     read_timeout_s=self.command_timeout_s)
-        except Exception as exc:
-            self._lost(exc)
-            raise BackendUnavailable(f"lost the phone: {type(exc).__name__}: {exc}") from None
-        except BaseException:
-            # Ctrl-C or SIGTERM in the middle of a command: its answer is still on its way, so the
-            # next command on this connection would read it (a profile interrupted mid-write then
-            # could not restore: the restore timed out). Drop the connection; the next batch (the
-            # restore) makes a new one
-            self._drop("interrupted in the middle of a command")
-            raise
-        self.round_trips += 1
+        with signals_held():  # a first Ctrl-C waits for the answer, then stops us
+            try:
+                out = self._device.shell(command, timeout_s=self.command_timeout_s,
+                                         read_timeout_s=self.command_timeout_s)
+            except Exception as exc:
+                self._lost(exc)
+                raise BackendUnavailable(f"lost the phone: {type(exc).__name__}: {exc}") from None
+            except BaseException:
+                # a second Ctrl-C or SIGTERM in the middle of a command: its answer is still on
+                # its way, so the next command on this connection would read it (the restore then
+                # timed out). Drop the connection; the next batch (the restore) makes a new one
+                self._drop("interrupted in the middle of a command")
+                raise
+            self.round_trips += 1
         return out
 
     def _drop(self, why: str) -> None:

@@ -252,10 +252,10 @@ class GovernedDomain(SysfsDomain):
             if exc is not None:
                 failures.append(f"{name}: governor {saved.governor!r} not restored: {exc}")
                 gov_ok = False
-        exc = attempt(name, limit_writes(f, lo, hi, saved.min, saved.max))
+        exc = attempt(name, limit_writes(f, lo, hi, saved.min, saved.max, every=True))
         if exc is not None and exc.errno == errno.EINVAL:
             # the kernel's requests were not what we thought: the other order must work
-            exc = attempt(name, limit_writes(f, lo, hi, saved.min, saved.max, flip=True))
+            exc = attempt(name, limit_writes(f, lo, hi, saved.min, saved.max, flip=True, every=True))
         if exc is not None:
             failures.append(f"{name}: limits {saved.min}..{saved.max} not restored: {exc}")
         else:
@@ -275,18 +275,21 @@ class GovernedDomain(SysfsDomain):
 
 
 def limit_writes(f: DomainFiles, cur_min: int, cur_max: int, new_min: int, new_max: int,
-                 flip: bool = False) -> list[Write]:
+                 flip: bool = False, every: bool = False) -> list[Write]:
     """Writes taking limits to (new_min, new_max) without ever having min > max.
 
     ``flip`` inverts the order: the last resort when the kernel's view of the limits is not what
-    we could read (see ``SysfsBackend._requested``)."""
+    we could read (see ``SysfsBackend._requested``). ``every`` writes both limits even where
+    (cur_min, cur_max) says one is there already: the restore's rule, since that belief can be
+    wrong (a command interrupted after the board ran it; a thermal cap showing the original
+    value while our request is still in force)."""
     writes = []
     first_max = (new_min > cur_max) != flip
-    if first_max and new_max != cur_max:
+    if first_max and (every or new_max != cur_max):
         writes.append(Write(f.max, str(new_max)))
-    if new_min != cur_min:
+    if every or new_min != cur_min:
         writes.append(Write(f.min, str(new_min)))
-    if not first_max and new_max != cur_max:
+    if not first_max and (every or new_max != cur_max):
         writes.append(Write(f.max, str(new_max)))
     return writes
 

@@ -527,7 +527,16 @@ class SysfsBackend(Backend):
         writes = [w for name, t in target.items() for w in self._domain_writes(name, t, flip=final)]
         readback = [Read(p) for name in target for p in self._doms[name].readback_paths()]
         cooling = {p: None for p in self._cooling_paths()}
-        results = self._batch([*writes, *readback, *(Read(p) for p in cooling)])
+        try:
+            results = self._batch([*writes, *readback, *(Read(p) for p in cooling)])
+        except BaseException:
+            # the writes may or may not have run (the answer was lost, or a stop came): what we
+            # asked for is unknown until the kernel is read again
+            for name in target:
+                self._requested.pop(name, None)
+                self._setpoint.pop(name, None)
+            self._known = {}
+            raise
         for r in results[len(writes) + len(readback):]:
             cooling[r.op.path] = r
         failed = next((r for r in results if not r.ok and not r.skipped), None)

@@ -188,10 +188,11 @@ def test_stopped_while_phone_away_restored_when_back(phone, tmp_path):
     again.close()
 
 
-def test_ctrl_c_in_the_middle_of_a_command_still_restores(phone, tmp_path):
-    """SIGINT lands while a write waits for the phone's answer. That answer is still on its way:
-    the restore must not read it as its own (it timed out, and the phone stayed pinned). The
-    interrupted connection is dropped and the restore makes a new one."""
+def test_ctrl_c_in_the_middle_of_a_command_waits_for_its_answer_then_restores(phone, tmp_path):
+    """SIGINT lands while a write waits for the phone's answer. The phone runs that write whatever
+    we do, so the stop waits for the answer: cut off, the answer was read by the restore as its own
+    (it timed out and the phone stayed pinned), and a write the phone ran late could undo the
+    restore. One connection throughout, and the originals come back."""
     import signal
     import threading
 
@@ -202,10 +203,74 @@ def test_ctrl_c_in_the_middle_of_a_command_still_restores(phone, tmp_path):
     with pytest.raises(Stopped), restoring(be):
         be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
         assert read(vb, f"{POLICY}/scaling_max_freq") == "1305600"
+        connections = dev.connections
         dev.stall_s = 1.0  # its answer comes a second late
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
         threading.Timer(0.4, setattr, (dev, "stall_s", 0.0)).start()  # the restore's at once
+        t0 = time.monotonic()
         be.apply(cpu_khz=844_800, gpu_hz=315_000_000)  # Ctrl-C while it waits
+    assert time.monotonic() - t0 >= 0.9  # the stop came after the answer, not at the signal
+    assert dev.connections == connections  # nothing was cut off
+    assert read(vb, f"{POLICY}/scaling_max_freq") == "2841600"
+    assert read(vb, f"{POLICY}/scaling_min_freq") == "844800"
+    assert not (tmp_path / "saved.json").exists()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_a_third_cannot_cut_the_restore_short(phone, tmp_path, capfd):
+    """The phone is slow to answer (3 s): a second Ctrl-C stops at once (the connection is
+    dropped); a third, while the restore waits for the phone, is told the restore comes first."""
+    import signal
+    import threading
+
+    from sysfs_backends.lifecycle import Stopped, restoring
+
+    vb, dev = phone
+    be = connect(dev, tmp_path, timeout=6.0)
+    stopped_after = None
+    with pytest.raises(Stopped), restoring(be):
+        be.apply(cpu_khz=1_305_600, gpu_hz=443_000_000)
+        dev.stall_s = 3.0
+        for at in (0.2, 0.4, 1.0):
+            threading.Timer(at, os.kill, (os.getpid(), signal.SIGINT)).start()
+        threading.Timer(0.5, setattr, (dev, "stall_s", 0.0)).start()
+        t0 = time.monotonic()
+        try:
+            be.apply(cpu_khz=844_800, gpu_hz=315_000_000)
+        except Stopped:
+            stopped_after = time.monotonic() - t0
+            raise
+    assert stopped_after is not None and stopped_after < 0.9
+    err = capfd.readouterr().err
+    assert "again to stop at once" in err and "putting the original settings back first" in err
+    assert read(vb, f"{POLICY}/scaling_max_freq") == "2841600"
+    assert read(vb, f"{POLICY}/scaling_min_freq") == "844800"
+    assert not (tmp_path / "saved.json").exists()
+
+
+def test_a_stop_right_after_the_phone_answered_still_restores_every_limit(phone, tmp_path):
+    """The signal lands once the phone has run a write but before the backend has noted it (seen
+    in CI: a profile stopped while moving to the top point kept scaling_min_freq at the top). The
+    restore must not trust its picture of the requests: it writes both limits."""
+    import signal
+
+    from sysfs_backends.lifecycle import Stopped, restoring
+    from sysfs_backends.transport import Write
+
+    vb, dev = phone
+    be = connect(dev, tmp_path, timeout=5.0)
+    real_run = be.transport.run
+
+    def run_then_signal(ops):
+        out = real_run(ops)
+        if any(isinstance(op, Write) and op.path.endswith("policy7/scaling_min_freq") for op in ops):
+            os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode: right here
+        return out
+
+    with pytest.raises(Stopped), restoring(be):
+        be.apply(cpu_khz=844_800, gpu_hz=315_000_000)  # min = max = 844800
+        be.transport.run = run_then_signal
+        be.apply(cpu_khz=2_841_600, gpu_hz=840_000_000)
+    be.transport.run = real_run
     assert read(vb, f"{POLICY}/scaling_max_freq") == "2841600"
     assert read(vb, f"{POLICY}/scaling_min_freq") == "844800"
     assert not (tmp_path / "saved.json").exists()

@@ -301,5 +301,5 @@ def test_ctrl_c_keeps_what_was_measured_and_restores(tmp_path, phone):
     assert "interrupted after" in err
     prof = parse_profile(json.loads((tmp_path / "p.json").read_text()))
     assert 0 < len(prof.runs) < 100
-    assert (pol / "scaling_max_freq").read_text().strip() == "2841600"
-    assert (pol / "scaling_min_freq").read_text().strip() == "844800"
+    assert (pol / "scaling_max_freq").read_text().strip() == "2841600", err
+    assert (pol / "scaling_min_freq").read_text().strip() == "844800", err
