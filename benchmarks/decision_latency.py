@@ -179,6 +179,8 @@ def load(sock: str, daemon_pid: int, args, deadline_ms: float) -> dict:
     queue = mp.Queue()
     procs = [mp.Process(target=client_worker, args=(sock, args.fps, args.seconds, queue, deadline_ms))
              for _ in range(args.clients)]
+    with GovernorClient(sock, app="bench-status") as c:
+        before = c.status()
     t0 = time.monotonic()
     daemon_cpu0 = cpu_s(daemon_pid)
     for p in procs:
@@ -188,6 +190,10 @@ def load(sock: str, daemon_pid: int, args, deadline_ms: float) -> dict:
         p.join()
     wall = time.monotonic() - t0
     daemon_cpu = cpu_s(daemon_pid) - daemon_cpu0
+    with GovernorClient(sock, app="bench-status") as c:
+        after = c.status()
+    infeasible = sum(a["infeasible"] for a in after["apps"].values()) - sum(
+        a["infeasible"] for a in before["apps"].values())
     clients_cpu = sum(r[4] for r in results)
     sent = sum(r[0] for r in results)
     answered = sum(r[1] for r in results)
@@ -203,6 +209,10 @@ def load(sock: str, daemon_pid: int, args, deadline_ms: float) -> dict:
         "frames_scheduled": scheduled, "frames_decided_on_schedule": on_time,
         # a frame is served when its decision came within its slot (1 / fps)
         "served_ratio": round(on_time / scheduled, 4),
+        # points the daemon wrote meanwhile (each a batch of stores and its settled read-back, which
+        # the frames asked during it wait for) and frames it found no point to meet
+        "frequency_writes": after["writes"] - before["writes"],
+        "infeasible_frames": infeasible,
         "before_frame_round_trip": pct([x for r in results for x in r[2]]),
         # CPU per frame served (load-independent): the daemon's, and the 32 clients' own
         "daemon_cpu_us_per_frame": round(daemon_cpu / max(frames, 1) * 1e6, 1),

@@ -280,6 +280,7 @@ class Governor:
         # queue behind it) or anything else (a re-read of the state, short: frames wait for it)
         self._io_holder: str | None = None
         self._writes_under_way = 0  # decisions between their choice and their reply on the write path
+        self.writes = 0  # points written (each a batch of stores and its settled read-back), for status
         self._moved_at = -math.inf  # when the point in force last changed (a write's, or seen at a read)
         # longest a frame waits for its write (None: until done). The daemon sets it from
         # settings.backend_wait_s so that a stalled phone cannot hold its clients; in process the
@@ -1058,6 +1059,9 @@ class Governor:
         queued: list[tuple[float, int, float, float]] = []
         shared = longer = False  # longer: some frame's GPU time at i exceeds that at its own point
         energy_i, least_other = float(ask.energy_mj[i]), 0.0
+        # per point asked for: whether point i keeps it (frames no point can save any more keep at
+        # least what they asked for): with many apps' frames late at once, most share a point
+        keeps: dict[tuple[int, ...], bool] = {}
         for k, f in self._frames.items():
             if k == me:
                 continue
@@ -1092,8 +1096,11 @@ class Governor:
             least = f.lat_sorted[0] if f.lat_sorted else float(f.lat.min())
             if now + left * (least * corr) / 1e3 <= end:
                 return None  # some point meets this frame's deadline, not this one
-            caps = self._caps.tolist()
-            if not all(v >= min(p, c) for v, p, c in zip(self._geometry.values[i], f.point, caps, strict=True)):
+            kept = keeps.get(f.point)
+            if kept is None:
+                kept = keeps[f.point] = all(v >= min(p, c) for v, p, c in zip(
+                    self._geometry.values[i], f.point, self._caps.tolist(), strict=True))
+            if not kept:
                 return None  # no point can: the frame keeps at least the point it asked for
         if not queued:
             return 0.0, 0.0, shared, energy_i, least_other
@@ -1290,6 +1297,7 @@ class Governor:
             self._target = tuple(changes.get(d, t) for d, t in zip(self.domains, self._target, strict=True))
             self._written |= set(changes)
             self._writes_under_way += 1  # frames asked meanwhile wait for it (``before_frame``)
+            self.writes += 1
             for k, d in enumerate(self.domains):
                 if (d in changes and self._mechanism.get(d) == "minmax" and changes[d] <= self._shown[k]
                         and not math.isfinite(self._blind_since[k])
@@ -1539,6 +1547,7 @@ class Governor:
                              "corrections": {m: round(c.factor, 4) for m, c in s.corrections.items()}}
                          for a, s in self._apps.items()},
                 "in_flight": len(self._frames),
+                "writes": self.writes,
                 "backend": self.backend.name,
                 "backend_connected": self.backend.connected,
                 **self.measured_power(),

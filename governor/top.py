@@ -54,7 +54,7 @@ def snapshot(status: dict[str, Any], fps: dict[str, float | None]) -> dict[str, 
     out = {"time": round(time.time(), 3), "pid": status.get("pid"), "backend": status.get("backend"),
            "backend_connected": status.get("backend_connected"), "domains": domains,
            "capped": bool(status.get("capped")), "released": bool(status.get("released")),
-           "in_flight": status.get("in_flight", 0), "apps": apps,
+           "in_flight": status.get("in_flight", 0), "writes": status.get("writes"), "apps": apps,
            "models": {m: {"correction": v.get("correction"), "host_slowdown": v.get("host_slowdown"),
                           "samples": v.get("samples")} for m, v in status.get("models", {}).items()}}
     if status.get("power_mw") is not None:  # shown only where the board has power rails
@@ -135,7 +135,8 @@ def screen(snap: dict[str, Any], source: str) -> str:
              f"{'   (released: domains handed back while idle)' if snap['released'] else ''}"
              + (f"   measured {_power(snap)} ({snap.get('power_rail')})" if "power_mw" in snap else ""),
              *([_learning(snap)] if snap.get("power_learning") else []),
-             f"frames in flight: {snap['in_flight']}", "",
+             f"frames in flight: {snap['in_flight']}"
+             + (f"   points written: {snap['writes']}" if snap.get("writes") is not None else ""), "",
              f"{'APP':16s} {'FPS':>7s} {'FRAMES':>8s} {'MISSES':>7s} {'INFEAS':>7s} {'FAILED':>7s}  CORRECTION"]
     for app, a in snap["apps"].items():
         corr = ", ".join(f"{m} x{c}" for m, c in a["corrections"].items()) or "-"

@@ -239,10 +239,12 @@ def test_a_point_the_kernels_own_governor_runs_is_written_all_the_same(tmp_path,
         assert {path.split("/")[-3] if "userspace" in path else path.split("/")[-2] for path, _, _ in log.stores} \
             == {k.rstrip("/").split("/")[-1] for k in dirs}  # a store in every domain
         gov.after_frame(d.frame, d.predicted_ms)
+        assert gov.status()["writes"] == 1  # one point written (a store per domain)
         # held now: the same point again is answered without a store
         n = len(log.stores)
         d = gov.before_frame("yolo", fastest_ms(gov) * 1.0001)
         assert point_of(d) == tops and not d.changed and len(log.stores) == n
+        assert gov.status()["writes"] == 1
 
 
 def test_a_frame_arriving_during_another_apps_frame_is_given_the_least_energy_for_both(
