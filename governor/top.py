@@ -124,7 +124,8 @@ def plain_line(snap: dict[str, Any]) -> str:
         power += f"; {_learning(snap)}"
     apps = "; ".join(f"{app} fps {_fps(a['fps'])} frames {a['frames']} misses {a['misses']} "
                      f"infeasible {a['infeasible']} failed {a['failed']}" for app, a in snap["apps"].items())
-    return f"{stamp} {_freqs(snap)}{flags}{power} | {apps or 'no apps'}"
+    writes = f" writes {snap['writes']}" if snap.get("writes") is not None else ""
+    return f"{stamp} {_freqs(snap)}{flags}{writes}{power} | {apps or 'no apps'}"
 
 
 def screen(snap: dict[str, Any], source: str) -> str:

@@ -75,6 +75,7 @@ def test_piped_top_prints_one_plain_line_per_refresh(busy_daemon):
     for line in lines:
         assert "cpu " in line and "MHz" in line and "gpu " in line and "| cam fps " in line
     assert "cam fps - " in lines[0]  # no rate before a second sample
+    assert int(lines[-1].split(" writes ")[1].split()[0]) >= 1  # the points the governor wrote
     fps = float(lines[-1].split("cam fps ")[1].split()[0])
     assert 10 < fps < 150  # one frame every ~10 ms plus the round trips
 
@@ -91,6 +92,7 @@ def test_top_json_one_object_per_refresh(busy_daemon):
     assert cam["fps"] > 0 and cam["frames"] > snaps[0]["apps"]["cam"]["frames"]
     assert {"misses", "infeasible", "failed", "corrections"} <= set(cam) and "yolo" in cam["corrections"]
     assert "yolo" in last["models"]
+    assert isinstance(last["writes"], int) and last["writes"] >= snaps[0]["writes"] >= 1
     # the virtual phone's battery is measured; this app runs no frame on the board, so nothing is drawn
     assert last["power_rail"] == "battery" and last["power_mw"] == 0.0
 
@@ -118,7 +120,7 @@ def test_top_in_a_terminal_redraws_in_place(busy_daemon):
     assert proc.wait(timeout=30) == 0
     text = data.decode()
     assert text.count("\x1b[H\x1b[2J") == 2  # cleared and homed once per refresh
-    assert "APP" in text and "cam" in text and "frequencies: cpu" in text
+    assert "APP" in text and "cam" in text and "frequencies: cpu" in text and "points written: " in text
 
 
 def test_status_watch_follows_until_interrupted(busy_daemon):
