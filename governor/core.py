@@ -115,6 +115,12 @@ class _Grid:
     # a language model's next context bucket was asked for when this grid was first used (once)
     asked_ahead: bool = field(default=False, repr=False, compare=False)
 
+    def reprice(self, energy_mj: np.ndarray) -> None:
+        """New energies (power learning's scales): what was derived from the old ones goes too."""
+        self.energy_mj = energy_mj
+        self.least_energy.clear()
+        self.frontiers.clear()
+
 
 @dataclass
 class _Ask:
@@ -545,8 +551,7 @@ class Governor:
 
     def _store_grid(self, key: tuple[str, int | None], grid: _Grid) -> None:
         if self._learner is not None and self._learner.applied_fits and grid.energy_parts is not None:
-            grid.energy_mj = self._learner.energy_mj(grid.energy_parts)  # computed at the tables' power
-            grid.least_energy.clear()
+            grid.reprice(self._learner.energy_mj(grid.energy_parts))  # computed at the tables' power
         self._grids[key] = grid
         self._grids.move_to_end(key)
         while len(self._grids) > MAX_CACHED_GRIDS:
@@ -1510,9 +1515,7 @@ class Governor:
             with self._lock:  # new scales: every grid's energies, and the frontiers built on them
                 for grid in self._grids.values():
                     if grid.energy_parts is not None:
-                        grid.energy_mj = self._learner.energy_mj(grid.energy_parts)
-                        grid.least_energy.clear()
-                        grid.frontiers.clear()
+                        grid.reprice(self._learner.energy_mj(grid.energy_parts))
         if self.recorder is not None:
             self.recorder.power(self._power.status(), step, self._learner.status() if self._learner else None)
 
