@@ -49,3 +49,28 @@ def test_guest_pieces(tmp_path):
     assert {"init", "bin/busybox", "cmd.sh", "modules.list"} <= set(listing)
     loaded = [n for n in listing if n.startswith("modules/")]
     assert [n.split("-", 1)[1] for n in sorted(loaded)] == [m.name for m in image.modules]
+
+
+def test_write_sequence_counts_the_kernels_clock_changes():
+    """The sequence tells whether a dynamic governor moved the clock between its first snapshot and
+    its first write from the kernel's own counters, in the layouts the kernel prints them: cpufreq's
+    stats/total_trans, devfreq's trans_stat table ending in its total (drivers/devfreq/devfreq.c);
+    None where the kernel keeps no count."""
+    from tests.kernel.write_sequence import _transitions
+
+    trans_stat = ("     From  :   To\n"
+                  "           : 100000000 200000000   time(ms)\n"
+                  "* 100000000:         0         3        120\n"
+                  "  200000000:         4         0        480\n"
+                  "Total transition : 7\n")
+    files = {"/c/stats/total_trans": "49\n", "/g/trans_stat": trans_stat}
+
+    def read(path):
+        if path not in files:
+            raise FileNotFoundError(path)
+        return files[path]
+
+    assert _transitions(read, "/c", True) == 49
+    assert _transitions(read, "/g", False) == 7
+    assert _transitions(read, "/none", True) is None
+    assert _transitions(read, "/none", False) is None

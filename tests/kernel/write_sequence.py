@@ -60,6 +60,21 @@ CPUFREQ_SHOWN = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "sc
 DEVFREQ_SHOWN = ("governor", "min_freq", "max_freq", "cur_freq", "target_freq", "userspace/set_freq")
 
 
+def _transitions(read, d: str, cpufreq: bool) -> int | None:
+    """The kernel's count of clock changes in the domain (cpufreq's stats/total_trans, devfreq's
+    trans_stat), or None where the kernel keeps none: it tells whether a dynamic governor moved
+    the clock between two moments."""
+    try:
+        if cpufreq:
+            return int(read(f"{d}/stats/total_trans").strip())
+        for line in read(f"{d}/trans_stat").splitlines():
+            if line.strip().lower().startswith("total transition"):
+                return int(line.split(":")[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _snapshot(read, d: str, names: tuple[str, ...]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for n in names:
@@ -76,12 +91,16 @@ def run_sequence(read, write, domains: list[dict]) -> list[dict]:
     and once settled; a domain's first record also has ``before``, what the domain showed before
     its first write (a dynamic boot governor such as schedutil leaves its clock wherever the load
     had it, and the first step, switching to userspace, keeps that clock: the other side must start
-    from the same one)."""
+    from the same one), and ``moved_before_first_write``: whether the kernel counted a clock change
+    between that snapshot and the first write's effect (None where it keeps no count). When it did,
+    the clock the switch kept is not the one ``before`` shows (CI saw schedutil move it in that
+    window on x86_64)."""
     records = []
     for dom in domains:
         cpufreq = dom["kind"] == "cpufreq"
         steps = (_steps_cpufreq if cpufreq else _steps_devfreq)(dom["dir"], dom["table"], dom["governors"])
         names = CPUFREQ_SHOWN if cpufreq else DEVFREQ_SHOWN
+        moves_before = _transitions(read, dom["dir"], cpufreq)
         before = _snapshot(read, dom["dir"], names)
         for path, value in steps:
             err = 0
@@ -89,6 +108,8 @@ def run_sequence(read, write, domains: list[dict]) -> list[dict]:
                 write(path, value)
             except OSError as exc:
                 err = exc.errno or -1
+            if before is not None:
+                moves_after = _transitions(read, dom["dir"], cpufreq)
             at_once = _snapshot(read, dom["dir"], names)
             time.sleep(SETTLE_S)
             settled = _snapshot(read, dom["dir"], names)
@@ -96,6 +117,8 @@ def run_sequence(read, write, domains: list[dict]) -> list[dict]:
                             "errno": err, "at_once": at_once, "settled": settled})
             if before is not None:
                 records[-1]["before"], before = before, None
+                records[-1]["moved_before_first_write"] = (
+                    None if moves_before is None or moves_after is None else moves_after != moves_before)
     return records
 
 
