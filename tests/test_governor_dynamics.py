@@ -328,3 +328,63 @@ def test_a_frame_waiting_for_another_write_holds_no_frame_back(tmp_path, estimat
         assert point_of(got["b"]) == point_of(d)
         for f in (c, got["b"]):
             gov.after_frame(f.frame, f.predicted_ms)
+
+
+@pytest.mark.parametrize("overload", [True, False])
+def test_under_an_overload_a_lowering_that_did_not_hold_holds_the_next_one_back(
+        tmp_path, estimators, monkeypatch, overload):
+    """Apps on the SD888's GPU whose deadlines only the fastest point meets, on a clock
+    of the test's own. Another app's frame with a long deadline lowers the point, and the apps'
+    next frames raise it again. When the apps need more of the GPU than it has, that lowering did
+    not hold: the dwell doubles, and the long-deadline app's next frame, 40 ms after the raise
+    (past the usual 25 ms), keeps the point in force; once the longer dwell is over it lowers it.
+    When their work fits the GPU (two apps at 30 fps), the usual 25 ms apply. Under the overload
+    (enough apps at 120 fps) every decision keeps to the points of the GPU's fastest work."""
+    import governor.core as core
+
+    gov, vb, log = governed(tmp_path, estimators, "sd888_phone")
+    clock = [1000.0]
+    monkeypatch.setattr(core.time, "monotonic", lambda: clock[0])
+    grid = gov._grid("yolo", None)
+    tight = fastest_ms(gov) * 1.0001
+    # at 120 fps enough apps to need more than the whole GPU at its fastest; or two at 30 fps
+    fps = 120 if overload else 30
+    apps = int(max(tight, 1000 / fps) / float(grid.gpu_ms.min())) + 2 if overload else 2
+    least_gpu = set(gov.points[grid.gpu_ms <= grid.gpu_ms.min() * (1 + 1e-9)][:, 1].tolist())
+    chosen_gpu = []
+
+    def frame(app, deadline_ms):
+        d = gov.before_frame("yolo", deadline_ms, app=app)
+        gov.after_frame(d.frame, d.predicted_ms)
+        chosen_gpu.append(d.gpu_hz)
+        return d
+
+    def run_for(ms):
+        """The apps' frames, one round every 1 / fps, for ``ms``; the writes made meanwhile."""
+        writes, end = gov.writes, clock[0] + ms / 1e3
+        while clock[0] < end:
+            for k in range(apps):
+                frame(f"bg{k}", tight)
+            clock[0] += 1 / fps
+        return gov.writes - writes
+
+    with gov:
+        run_for(200)
+        assert gov._share.total() is not None and gov._share.overloaded() == overload
+        top = gov._cur
+        lucky = frame("x", 1000.0)  # the cheapest point allowed
+        assert lucky.changed and lucky.cpu_khz < top[0]
+        assert run_for(10) >= 1 and gov._cur == top  # the apps' frames raise it again
+        raised_at = gov._changed_at
+        base = gov.settings.lower_dwell_ms / 1e3
+        clock[0] = raised_at + 0.040
+        again = frame("x", 1000.0)
+        if overload:
+            assert gov._dwell_s(clock[0]) > 1.9 * base
+            assert not again.changed and point_of(again) == top  # held: the lowering did not hold
+            clock[0] = raised_at + gov._dwell_s(raised_at) + 0.001
+            assert frame("x", 1000.0).changed  # the longer dwell over
+            assert set(chosen_gpu) <= least_gpu  # the GPU's fastest work throughout
+        else:
+            assert gov._dwell_s(clock[0]) == pytest.approx(base)
+            assert again.changed and again.cpu_khz < top[0]
