@@ -627,6 +627,7 @@ class Governor:
             self.last_frame_at = now
             stats = self._app(app, owner, now)
             self._expire(now)
+            self._share.tick(now)
             # handed back while idle: take the domains again, on the I/O thread like any write
             resume = self._released
             correction = self._correction(stats, model)

@@ -70,6 +70,12 @@ class GpuShare:
         if now_s >= self._next_expire_s:
             self._expire(now_s)
 
+    def tick(self, now_s: float) -> None:
+        """Let apps not heard from for long enough stop counting (before a decision: the apps that
+        went quiet must not hold the next one back)."""
+        if now_s >= self._next_expire_s:
+            self._expire(now_s)
+
     def _count(self, rate: _AppRate, gpu_ms: np.ndarray | None, scale: float) -> None:
         if rate.counted is not None:
             self._total -= rate.counted

@@ -91,3 +91,15 @@ def test_a_rate_that_moves_is_followed():
             share.note("b", t + 0.005 + j * 0.010, GPU_MS, 10.0)
     after = share.total()
     np.testing.assert_allclose(after - GPU_MS / 10.0, (before - GPU_MS / 10.0) / 4, rtol=0.06)
+
+
+def test_apps_gone_quiet_stop_counting_before_the_next_decision():
+    """``tick`` (called before each decision) lets quiet apps go without waiting for a frame to be
+    noted: the decision right after a quiet spell is not held back by apps that stopped."""
+    share = GpuShare(len(GPU_MS))
+    feed(share, "a", 0.0, 0.010, 6, 10.0)
+    end = feed(share, "b", 0.005, 0.010, 6, 10.0)
+    share.tick(end + 0.05)
+    assert share.total() is not None  # within their stale time (0.1 s at least)
+    share.tick(end + 0.2)
+    assert share.total() is None
