@@ -201,13 +201,13 @@ def _reference_serving(gov, ask):
 def _reference_wait(gov, ask):
     """The GPU queue, per frame, numpy over every point: each frame ahead begins when the GPU is
     free and it has started; what it ran by now went at its own point, the rest runs at the
-    candidate's frequency (never faster than at its own point)."""
+    candidate's frequency."""
     others = sorted((f for k, f in gov._frames.items() if f.app != ask.app and k != ask.frame
                      and f.started <= ask.now), key=lambda f: f.started)
     free = np.full(len(gov.points), -np.inf)
     for f in others:
         own = f.gpu_ms[gov._index(f.point)] / 1e3
-        busy = np.maximum(f.gpu_ms, f.gpu_ms[gov._index(f.point)]) / 1e3
+        busy = f.gpu_ms / 1e3
         begin = np.maximum(free, f.started)
         ran = np.clip(ask.now - begin, 0.0, own)
         free = np.where(ran >= own, begin + own, np.maximum(begin, ask.now) + (1.0 - ran / own) * busy)
