@@ -163,14 +163,21 @@ def test_emulated_memory_clock_slows_bandwidth_bound_kernels_more(device):
     compute = ModelSpec.model_validate({"name": "cb", "kind": "cnn", "layers": [
         {"repeat": 4, "layers": [{"name": "c", "op": "conv", "h": 8, "w": 8, "cin": 64, "cout": 32, "k": 3}]}]})
 
-    def device_ns(runner, **kw):  # the least noisy of a few runs: total kernel time
-        return min(sum(x.gpu_end_ns - x.gpu_start_ns for x in runner.run(**kw).layers) for _ in range(5))
+    def device_ns(runner, **kw):  # total kernel time of one run
+        return sum(x.gpu_end_ns - x.gpu_start_ns for x in runner.run(**kw).layers)
 
     slowdown = {}
     for name, spec in (("streaming", streaming), ("compute", compute)):
         runner = ModelRunner(spec, device)
         runner.run(mem_scale=4.0)  # allocate and touch the ring before timing
-        slowdown[name] = device_ns(runner, mem_scale=4.0) / device_ns(runner)
+        # the two clocks taken in turns, the least of each kept: other work on a shared machine
+        # slows whichever runs while it does (CI once saw the convolution 1.6x slower at f/4 from
+        # five runs of one clock, then five of the other; alone it is within 1.07x)
+        base, slow = [], []
+        for _ in range(7):
+            base.append(device_ns(runner))
+            slow.append(device_ns(runner, mem_scale=4.0))
+        slowdown[name] = min(slow) / min(base)
     assert slowdown["streaming"] > 2.0, slowdown
     assert slowdown["compute"] < 1.5, slowdown
     assert slowdown["streaming"] > 2 * slowdown["compute"], slowdown
