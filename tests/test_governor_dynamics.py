@@ -208,8 +208,11 @@ def test_a_frame_asked_during_another_apps_write_is_answered_with_what_runs(tmp_
         in_force = tuple(state[k]["cur"] if k else None for k in dirs)
         assert decided["a"].changed and decided["a"].cpu_khz < d.cpu_khz  # a lowered the point
         assert (b.cpu_khz, b.gpu_hz, b.mem_hz) == in_force  # b's reply is what runs, a's write done
-        # raised back (the memory clock, 8 ms to take effect, would help this frame less than it costs)
-        assert b.changed and (b.cpu_khz, b.gpu_hz) == (d.cpu_khz, d.gpu_hz)
+        # raised back. The memory clock (8 ms to take effect) may stay where a put it or come back:
+        # it also speeds a's GPU work queued ahead of b, by how much depends on when b decides
+        assert (b.cpu_khz, b.gpu_hz) == (d.cpu_khz, d.gpu_hz)
+        # a's write was under way when b asked: what was in force then was still d's point
+        assert b.changed == (point_of(b) != point_of(d))
         assert slow.above_cap() == []
 
 
