@@ -162,9 +162,9 @@ class _Frame:
     # ``lat`` sorted (shared by every frame of its grid and level): the points at which it meets its
     # deadline are those of latency up to a threshold, found by bisection (``Governor._serves_in_flight``)
     lat_sorted: list | None = field(default=None, repr=False)
-    # (unused, its GPU busy time in s at every point): what frames queued behind it wait, computed
-    # once per frame, not per decision; and the least of its GPU busy time over the grid (ms)
-    busy: tuple | None = field(default=None, repr=False)
+    # its GPU busy time in s at every point: what frames queued behind it wait, computed once per
+    # frame, not per decision; and the least of its GPU busy time over the grid (ms)
+    busy: np.ndarray | None = field(default=None, repr=False)
     gpu_least: float | None = field(default=None, repr=False)
     own: tuple | None = field(default=None, repr=False)  # (point, its grid index, GPU busy ms there)
     at: tuple | None = field(default=None, repr=False)  # (a point i, ``lat[i]``, ``gpu_ms[i]``): i is mostly the same
@@ -1072,8 +1072,8 @@ class Governor:
         a frame that had already finished: SD888 detector + decoder at 1.20 / 1.40x the joint
         oracle, 1.13 / 1.09x with the work at the candidate's speed.) Cached on the frame."""
         if f.busy is None:
-            f.busy = (None, f.gpu_ms / 1e3)
-        return f.busy[1]
+            f.busy = f.gpu_ms / 1e3
+        return f.busy
 
     def _queue_wait(self, ask: _Ask) -> np.ndarray | float:
         """Per point, how long the frame waits behind other apps' GPU work in flight: their frames

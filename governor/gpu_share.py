@@ -45,7 +45,6 @@ class GpuShare:
     scalar operations (an array operation only when an app's rate or model changes)."""
 
     def __init__(self, n_points: int) -> None:
-        self._n = n_points
         self._apps: dict[str, _AppRate] = {}
         self._total = np.zeros(n_points)
         self._counted = 0  # apps whose share is in the total
@@ -67,8 +66,7 @@ class GpuShare:
                 scale = 1.0 / max(rate.period_s * 1e3, deadline_ms)
                 if gpu_ms is not rate.gpu_ms or abs(scale - rate.scale) > RESCALE * rate.scale:
                     self._count(rate, gpu_ms, scale)
-        if now_s >= self._next_expire_s:
-            self._expire(now_s)
+        self.tick(now_s)
 
     def tick(self, now_s: float) -> None:
         """Let apps not heard from for long enough stop counting (before a decision: the apps that
