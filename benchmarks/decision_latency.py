@@ -10,11 +10,14 @@
 * load: 32 client processes at 120 fps each (before_frame, then the report sent as
   ``GovernorClient.frame`` sends it) for a few seconds: 100% of the frames served on schedule (the
   decision within the frame's 1/fps slot) and none lost (every request answered), with the
-  round-trip percentiles under load. Twice: at the 20 ms deadline (32 apps' GPU work queued on
-  one GPU leaves most frames infeasible and moves the point: frequency writes, through the
-  in-process virtual backend ~4 ms of the daemon's CPU each; with ``--fuse`` the mount's process
-  does that work), and at 1000 ms (``load_no_change``: the cheapest point
-  serves every frame in flight, so request handling alone is measured).
+  round-trip percentiles under load. The clients connect first and start their schedules together,
+  each at its own phase of the period (as apps started at different times run): the steady state,
+  not 32 interpreters forking on two cores (until 2026-11-25 the schedules started as each process
+  came up, and the first 250 ms held every late frame of the 1000 ms case). Twice: at the 20 ms
+  deadline (32 apps' GPU work queued on one GPU leaves most frames infeasible and moves the
+  point: frequency writes, through the in-process virtual backend ~2-4 ms of the daemon's CPU
+  each; with ``--fuse`` the mount's process does that work), and at 1000 ms (``load_no_change``:
+  the cheapest point serves every frame in flight, so request handling alone is measured).
 
 The machine's load average is recorded before and after (other work on a small machine moves
 the tails); run it more than once. Prints JSON. ``--profile`` adds where the in-process time goes
@@ -55,6 +58,7 @@ from sysfs_backends.virtual.fuse_mount import mounted
 BOARD, MODEL = "sd888_phone", "yolo_tiny"
 DEADLINE_MS = 20.0
 ROOMY_DEADLINE_MS = 1000.0
+START_LEAD_S = 0.05  # from every client connected to the first frame due
 
 
 def pct(samples: list[float]) -> dict:
@@ -140,14 +144,22 @@ def slots(seconds: float, fps: float) -> int:
     return math.ceil(seconds * fps - 1e-9)
 
 
-def client_worker(sock: str, fps: float, seconds: float, queue, deadline_ms: float = DEADLINE_MS) -> None:
+def client_worker(sock: str, fps: float, seconds: float, queue, deadline_ms: float = DEADLINE_MS,
+                  ready=None, phase: float = 0.0) -> None:
     """One app: a frame due every 1 / fps; a frame is on schedule when its decision came within its
-    slot (before the next frame is due). A client that falls behind runs every frame still, late."""
+    slot (before the next frame is due). A client that falls behind runs every frame still, late.
+    With ``ready`` (a barrier) its schedule starts once every client is connected, ``phase`` of a
+    period after a common lead: the steady state of 32 running apps, not 32 interpreters starting
+    on two cores (each app's first frame is still in its schedule)."""
     client = GovernorClient(sock, app=f"client{mp.current_process().pid}")
     period = 1.0 / fps
     sent = answered = frames = on_time = 0
     rtts = []
-    start = time.monotonic()
+    if ready is not None:
+        ready.wait()
+        start = time.monotonic() + START_LEAD_S + phase * period
+    else:
+        start = time.monotonic()
     for k in range(slots(seconds, fps)):
         due = start + k * period
         time.sleep(max(0.0, due - time.monotonic()))
@@ -177,14 +189,18 @@ def client_worker(sock: str, fps: float, seconds: float, queue, deadline_ms: flo
 def load(sock: str, daemon_pid: int, args, deadline_ms: float) -> dict:
     """``args.clients`` client processes at ``args.fps`` for ``args.seconds``, one app each."""
     queue = mp.Queue()
-    procs = [mp.Process(target=client_worker, args=(sock, args.fps, args.seconds, queue, deadline_ms))
-             for _ in range(args.clients)]
+    ready = mp.Barrier(args.clients + 1)
+    # phases spread evenly over a period (fixed, so runs compare): apps started at different times
+    procs = [mp.Process(target=client_worker, args=(sock, args.fps, args.seconds, queue, deadline_ms, ready,
+                                                    k / args.clients))
+             for k in range(args.clients)]
     with GovernorClient(sock, app="bench-status") as c:
         before = c.status()
-    t0 = time.monotonic()
-    daemon_cpu0 = cpu_s(daemon_pid)
     for p in procs:
         p.start()
+    ready.wait(timeout=60)  # every client connected: the schedules start together
+    t0 = time.monotonic()
+    daemon_cpu0 = cpu_s(daemon_pid)
     results = [queue.get(timeout=args.seconds + 60) for _ in procs]
     for p in procs:
         p.join()

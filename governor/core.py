@@ -1377,10 +1377,14 @@ class Governor:
         at = time.monotonic()
         try:
             res = self._write(changes)
-        finally:
+        except BaseException:
             with self._lock:
                 self._writes_under_way -= 1
+            raise
         with self._lock:
+            # ended here, with what it put in force recorded below under the same lock: a frame
+            # decided in between would otherwise see no write under way and the old point
+            self._writes_under_way -= 1
             self._held |= set(changes)
             self._all_held = len(self._held) == len(self.domains)
             self._read_at = time.monotonic()
