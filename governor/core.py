@@ -168,6 +168,13 @@ class _Frame:
     gpu_least: float | None = field(default=None, repr=False)
     own: tuple | None = field(default=None, repr=False)  # (point, its grid index, GPU busy ms there)
     at: tuple | None = field(default=None, repr=False)  # (a point i, ``lat[i]``, ``gpu_ms[i]``): i is mostly the same
+    # the earliest its GPU work can have begun (s): its start, or later once a frame it queued
+    # behind has been reported, when that frame's GPU work was done (``Governor._ahead_done``)
+    gpu_from: float = -math.inf
+
+    def __post_init__(self) -> None:
+        if self.gpu_from < self.started:
+            self.gpu_from = self.started
 
 
 @dataclass
@@ -716,6 +723,8 @@ class Governor:
             if f is not None:
                 f.column, f.predicted_ms, f.wait_ms = grid.latency_ms[:, eff], predicted, wait
                 f.started = ask.now
+                if f.gpu_from < ask.now:
+                    f.gpu_from = ask.now
                 f.pending = not applied
                 if applied:
                     f.point = point
@@ -1089,7 +1098,7 @@ class Governor:
         free = np.full(len(self.points), -np.inf)
         now = ask.now
         for f in others:
-            begin = np.maximum(free, f.started)
+            begin = np.maximum(free, f.gpu_from)
             own = self._own_gpu(f)[1] / 1e3
             left = np.clip(1.0 - (now - begin) / own, 0.0, 1.0) if own > 0 else np.where(begin >= now, 1.0, 0.0)
             free = np.where(left > 0.0, np.maximum(begin, now) + left * self._busy_s(f), begin + own)
@@ -1104,7 +1113,7 @@ class Governor:
         others = self._queued_ahead(ask)
         for f in others:
             own = self._own_gpu(f)[1]
-            free = _gpu_free_after(free, f.started, float(f.gpu_ms[i]) / 1e3, own / 1e3, ask.now)
+            free = _gpu_free_after(free, f.gpu_from, float(f.gpu_ms[i]) / 1e3, own / 1e3, ask.now)
         return max(free - ask.now, 0.0) * 1e3 if others else 0.0
 
     def _own_gpu(self, f: _Frame) -> tuple[int, float]:
@@ -1125,7 +1134,8 @@ class Governor:
         decision counts for it at any point (the recurrence grows with each busy time, rounding
         included)."""
         now, app, me = ask.now, ask.app, ask.frame
-        # (started, frame id, GPU time at i, at its own point, least over the grid): sorted as tuples,
+        # (started, frame id, GPU time at i, at its own point, least over the grid, when its GPU
+        # work can begin): sorted as tuples,
         # the id keeps frames that started at once in the order they were registered, as the full
         # decision's stable sort
         queued: list[tuple[float, int, float, float, float]] = []
@@ -1150,7 +1160,7 @@ class Governor:
                     least_ms = f.gpu_least
                     if least_ms is None:
                         least_ms = f.gpu_least = float(f.gpu_ms.min())
-                    queued.append((started, k, gpu, own_ms, least_ms))
+                    queued.append((started, k, gpu, own_ms, least_ms, f.gpu_from))
             if f.lat is None:
                 continue
             wait = f.wait_ms
@@ -1181,10 +1191,10 @@ class Governor:
             queued.sort()
         least_free = -math.inf
         free = -math.inf
-        for started, _, gpu, own_ms, least_ms in queued:
+        for _, _, gpu, own_ms, least_ms, gpu_from in queued:
             own_s = own_ms / 1e3
-            least_free = _gpu_free_after(least_free, started, least_ms / 1e3, own_s, now)
-            free = _gpu_free_after(free, started, gpu / 1e3, own_s, now)
+            least_free = _gpu_free_after(least_free, gpu_from, least_ms / 1e3, own_s, now)
+            free = _gpu_free_after(free, gpu_from, gpu / 1e3, own_s, now)
         free = (free - now) * 1e3
         least_free = (least_free - now) * 1e3
         return (free if free > 0.0 else 0.0), (least_free if least_free > 0.0 else 0.0), shared, energy_i, least_other
@@ -1419,6 +1429,8 @@ class Governor:
                 raise GovernorError("unknown_frame", f"frame {frame!r} is not in flight on this connection "
                                     "(done, expired or opened by another client)")
             del self._frames[frame]
+            if not failed:
+                self._ahead_done(f, latency_ms)
             stats = self._apps.get(f.app)
             if stats is None:  # evicted meanwhile
                 return {"learned": False}
@@ -1458,6 +1470,27 @@ class Governor:
                 return {"learned": False, "notes": ["the point in force changed while it ran: not learned from"]}
             self._correction(stats, f.model).add(f.column, latency_ms - f.wait_ms)
             return {"learned": True}
+
+    def _ahead_done(self, f: _Frame, latency_ms: float) -> None:
+        """Frame ``f`` has ended: the frames in flight that queued behind it on the GPU began their
+        GPU work no earlier than its GPU work was done, by the queue's own account (when it could
+        begin, plus its GPU busy time at its point), and no later than it ended. Without this the
+        queue forgot, once ``f`` was reported, that it had held them: a decoder's token that had
+        waited 10 ms behind a detector's frame was counted as done 10 ms before it was, and the
+        detector's next frame, predicted to wait none, waited 7 ms; taken as noise, that wait
+        raised its margin to 1.38 for the rest of the phase (SD888, detector + decoder). Under
+        ``_lock``."""
+        if f.gpu_ms is None or not self._frames:
+            return
+        # when it ended: its start plus what it measured, never later than now (a report is sent
+        # after the frame; a latency longer than that is not to be trusted here)
+        end = min(f.started + latency_ms / 1e3, time.monotonic())
+        done = f.gpu_from + self._own_gpu(f)[1] / 1e3
+        if done < end:
+            end = done
+        for g in self._frames.values():
+            if f.started <= g.started < end and g.gpu_from < end:
+                g.gpu_from = end
 
     def _record(self, f: _Frame, frame: int, latency_ms: float) -> None:
         """Append the finished frame to the run record (decision, prediction, measurement)."""

@@ -208,7 +208,7 @@ def _reference_wait(gov, ask):
     for f in others:
         own = f.gpu_ms[gov._index(f.point)] / 1e3
         busy = f.gpu_ms / 1e3
-        begin = np.maximum(free, f.started)
+        begin = np.maximum(free, f.gpu_from)  # its start, or later: a frame it queued behind was reported
         ran = np.clip(ask.now - begin, 0.0, own)
         free = np.where(ran >= own, begin + own, np.maximum(begin, ask.now) + (1.0 - ran / own) * busy)
     return np.maximum(free - ask.now, 0.0) * 1e3 if others else np.zeros(len(gov.points))
@@ -269,6 +269,8 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
                     values[idx], now - float(rng.uniform(-0.002, 0.05)), predicted_ms=own + wait,
                     lat=grid.latency_ms[level], corr=float(rng.uniform(0.7, 1.6)), gpu_ms=grid.gpu_ms,
                     wait_ms=wait, lat_sorted=gov._sorted_lat(grid, level))
+                if rng.random() < 0.3:  # a frame it queued behind was reported: its GPU work began later
+                    gov._frames[1000 + j].gpu_from += float(rng.uniform(0, 0.03))
                 if rng.random() < 0.8:  # its remaining work's energy counts in the choice
                     gov._frames[1000 + j].energy = grid.energy_mj[level]
                     gov._frames[1000 + j].least_energy = gov._least_energy(grid, level)
