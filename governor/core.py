@@ -1517,7 +1517,9 @@ class Governor:
 
     def drop_client(self, owner: object) -> int:
         """A client went away: its frames in flight (and their frequency floors) go at once, its
-        app names become evictable. Returns the number of frames dropped."""
+        app names become evictable, and the GPU share of those no other client uses stops counting
+        (else it held the others' decisions for up to three of its periods). Returns the number
+        of frames dropped."""
         with self._lock:
             gone = [k for k, f in self._frames.items() if f.owner is owner]
             for k in gone:
@@ -1526,6 +1528,8 @@ class Governor:
                 stats = self._apps.get(app)
                 if stats is not None:
                     stats.owners.discard(owner)
+                    if not stats.owners:  # no frame of it will come: its GPU share holds no one back
+                        self._share.forget(app)
             return len(gone)
 
     # ---- idle release ------------------------------------------------------------------

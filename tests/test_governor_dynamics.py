@@ -428,3 +428,22 @@ def test_under_an_overload_a_lowering_that_did_not_hold_holds_the_next_one_back(
         else:
             assert gov._dwell_s(clock[0]) == pytest.approx(base)
             assert again.changed and again.cpu_khz < top[0]
+
+
+def test_a_client_that_goes_away_takes_its_gpu_share_with_it(tmp_path, estimators):
+    """Two clients' apps share the GPU: both counted. When one disconnects (the daemon calls
+    ``drop_client``), its share stops counting at once, not after its stale time, so the other's
+    next decision is no longer held to the points where both would keep up. An app another live
+    client still uses keeps counting."""
+    gov, _, _ = governed(tmp_path, estimators, "sd888_phone")
+    first, second, third = object(), object(), object()
+    with gov:
+        for _ in range(4):
+            for owner, app in ((first, "camera"), (second, "assistant"), (third, "assistant")):
+                d = gov.before_frame("yolo", 200.0, app=app, owner=owner)
+                gov.after_frame(d.frame, d.predicted_ms, owner=owner)
+        assert gov._share.total() is not None  # two apps counted
+        gov.drop_client(third)  # "assistant" is still used by the second client
+        assert gov._share.total() is not None
+        gov.drop_client(first)
+        assert gov._share.total() is None  # "camera" went with its only client
