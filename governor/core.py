@@ -41,7 +41,7 @@ import math
 import threading
 import time
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
 MISS_REFRESH_S = 0.05  # after a late frame, re-read the state within this (not on every late frame)
 WRITE_QUEUE_S = 0.05  # longest a frame waits behind another frame's write (then answered, pair not in force)
+HISTORY = 512  # changes of the point in force remembered: a frame that ran across some is learned from
 MAX_RECHECK = 16  # a hidden cap found still there is asked past again after at most 16 x cap_recheck_s
 WAIT_LEARN_SHARE = 0.1  # a frame predicted to wait longer than this share of its latency is not learned from
 FRESH_READ_S = 0.0  # a write follows a read-back at most this old; else the state is read first
@@ -168,6 +169,9 @@ class _Frame:
     gpu_least: float | None = field(default=None, repr=False)
     own: tuple | None = field(default=None, repr=False)  # (point, its grid index, GPU busy ms there)
     at: tuple | None = field(default=None, repr=False)  # (a point i, ``lat[i]``, ``gpu_ms[i]``): i is mostly the same
+    # (host levels, points) its grid's latencies (the grid's array, not a copy): what it would
+    # take at each point it may run at, for learning from a frame that ran at several
+    grid_lat: np.ndarray | None = field(default=None, repr=False)
     # the earliest its GPU work can have begun (s): its start, or later once a frame it queued
     # behind has been reported, when that frame's GPU work was done (``Governor._ahead_done``)
     gpu_from: float = -math.inf
@@ -298,6 +302,9 @@ class Governor:
         self._writes_under_way = 0  # decisions between their choice and their reply on the write path
         self.writes = 0  # points written (each a batch of stores and its settled read-back), for status
         self._moved_at = -math.inf  # when the point in force last changed (a write's, or seen at a read)
+        # (when, before, after) of each change of the point in force, the newest last: what a
+        # frame that ran across changes ran at (``_ran_column``)
+        self._history: deque[tuple[float, tuple[int, ...], tuple[int, ...]]] = deque(maxlen=HISTORY)
         # longest a frame waits for its write (None: until done). The daemon sets it from
         # settings.backend_wait_s so that a stalled phone cannot hold its clients; in process the
         # caller waits, as a plain function call would.
@@ -410,6 +417,7 @@ class Governor:
         running = self._running(at)
         if after != before:
             self._moved_at = at  # frames in flight since then ran at more than one point
+            self._history.append((at, before, after))
         for k, (b, a) in enumerate(zip(before, after, strict=True)):
             if a != b:
                 self._from = self._from[:k] + (running[k],) + self._from[k + 1:]
@@ -656,7 +664,8 @@ class Governor:
             self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner,
                                          predicted_ms=predicted, lat=ask.lat, corr=corr, gpu_ms=grid.gpu_ms,
                                          wait_ms=wait, lat_sorted=self._sorted_lat(grid, level),
-                                         energy=ask.energy_mj, least_energy=self._least_energy(grid, level))
+                                         energy=ask.energy_mj, least_energy=self._least_energy(grid, level),
+                                         grid_lat=grid.latency_ms)
             if self._learner is not None and grid.energy_parts is not None:
                 self._frames[frame].parts = grid.energy_parts[:, :, idx]
             self._limit_frames(owner, app)
@@ -1464,12 +1473,49 @@ class Governor:
             if f.wait_ms > WAIT_LEARN_SHARE * latency_ms:
                 return {"learned": False, "notes": [f"predicted to wait {f.wait_ms:.3g} ms behind other "
                                                     "apps' GPU work: not learned from"]}
-            # the point in force changed while it ran (another app's decision, a cap): it ran at more
-            # than the point its prediction is for, and its time says nothing about that prediction
+            column = f.column
             if self._moved_at > f.started:
-                return {"learned": False, "notes": ["the point in force changed while it ran: not learned from"]}
-            self._correction(stats, f.model).add(f.column, latency_ms - f.wait_ms)
+                # the point in force changed while it ran (another app's decision, a cap): it is
+                # learned from against what it ran at (with two apps taking turns, nearly every
+                # frame does: the demo's assistant learned from 9 of its 400 frames)
+                column = self._ran_column(f, latency_ms)
+                if column is None:
+                    return {"learned": False, "notes": ["the point in force changed while it ran, and what "
+                                                        "it ran at is no longer known: not learned from"]}
+            self._correction(stats, f.model).add(column, latency_ms - f.wait_ms)
             return {"learned": True}
+
+    def _ran_column(self, f: _Frame, latency_ms: float) -> np.ndarray | None:
+        """Per host level, the latency that frame ``f``'s prediction comes to at the points it
+        ran at, each for the time it was in force (its own work: from its start plus its
+        predicted wait to its end). A frame whose work goes at rate 1 / (r L(p)) at point p,
+        r its ratio to the prediction, ends when the shares sum to one: r = sum of dt / L(p). So
+        the frame compares with ``measured / sum(dt / L(p))``, which is L(p) for a frame at one
+        point. None when the changes it ran across are older than the history. Under ``_lock``."""
+        if f.grid_lat is None:
+            return None
+        t0 = f.started + f.wait_ms / 1e3
+        t1 = f.started + latency_ms / 1e3
+        if t1 <= t0:
+            return None
+        history = self._history
+        k = len(history) - 1
+        while k >= 0 and history[k][0] > t0:
+            k -= 1
+        if k < 0 and len(history) == history.maxlen:
+            return None  # it started before the oldest change remembered
+        point = history[k][2] if k >= 0 else (history[0][1] if history else self._cur)
+        work = None
+        t = t0
+        for at, _, after in list(history)[k + 1:]:
+            if at >= t1:
+                break
+            share = (at - t) * 1e3 / f.grid_lat[:, self._index(point)]
+            work = share if work is None else work + share
+            t, point = at, after
+        share = (t1 - t) * 1e3 / f.grid_lat[:, self._index(point)]
+        work = share if work is None else work + share
+        return (t1 - t0) * 1e3 / work
 
     def _ahead_done(self, f: _Frame, latency_ms: float) -> None:
         """Frame ``f`` has ended: the frames in flight that queued behind it on the GPU began their
