@@ -1147,7 +1147,7 @@ class Governor:
         # work can begin): sorted as tuples,
         # the id keeps frames that started at once in the order they were registered, as the full
         # decision's stable sort
-        queued: list[tuple[float, int, float, float, float]] = []
+        queued: list[tuple[float, int, float, float, float, float]] = []
         shared = False
         energy_i, least_other = float(ask.energy_mj[i]), 0.0
         # per point asked for: whether point i keeps it (frames no point can save any more keep at
