@@ -144,22 +144,18 @@ def slots(seconds: float, fps: float) -> int:
     return math.ceil(seconds * fps - 1e-9)
 
 
-def client_worker(sock: str, fps: float, seconds: float, queue, deadline_ms: float = DEADLINE_MS,
-                  ready=None, phase: float = 0.0) -> None:
+def client_worker(sock: str, fps: float, seconds: float, queue, deadline_ms: float, ready, phase: float) -> None:
     """One app: a frame due every 1 / fps; a frame is on schedule when its decision came within its
     slot (before the next frame is due). A client that falls behind runs every frame still, late.
-    With ``ready`` (a barrier) its schedule starts once every client is connected, ``phase`` of a
+    Its schedule starts once every client is connected (``ready``, a barrier), ``phase`` of a
     period after a common lead: the steady state of 32 running apps, not 32 interpreters starting
     on two cores (each app's first frame is still in its schedule)."""
     client = GovernorClient(sock, app=f"client{mp.current_process().pid}")
     period = 1.0 / fps
     sent = answered = frames = on_time = 0
     rtts = []
-    if ready is not None:
-        ready.wait()
-        start = time.monotonic() + START_LEAD_S + phase * period
-    else:
-        start = time.monotonic()
+    ready.wait()
+    start = time.monotonic() + START_LEAD_S + phase * period
     for k in range(slots(seconds, fps)):
         due = start + k * period
         time.sleep(max(0.0, due - time.monotonic()))

@@ -301,9 +301,8 @@ class Governor:
         self._io_holder: str | None = None
         self._writes_under_way = 0  # decisions between their choice and their reply on the write path
         self.writes = 0  # points written (each a batch of stores and its settled read-back), for status
-        self._moved_at = -math.inf  # when the point in force last changed (a write's, or seen at a read)
-        # (when, before, after) of each change of the point in force, the newest last: what a
-        # frame that ran across changes ran at (``_ran_column``)
+        # (when, before, after) of each change of the point in force (a write's, or seen at a read),
+        # the newest last: whether a frame ran across one, and what it ran at (``_ran_column``)
         self._history: deque[tuple[float, tuple[int, ...], tuple[int, ...]]] = deque(maxlen=HISTORY)
         # longest a frame waits for its write (None: until done). The daemon sets it from
         # settings.backend_wait_s so that a stalled phone cannot hold its clients; in process the
@@ -415,8 +414,7 @@ class Governor:
     def _note_change(self, before: tuple[int, ...], after: tuple[int, ...], at: float) -> None:
         """Remember, per domain changed, what ran before and when the new frequency takes effect."""
         running = self._running(at)
-        if after != before:
-            self._moved_at = at  # frames in flight since then ran at more than one point
+        if after != before:  # frames in flight since then ran at more than one point
             self._history.append((at, before, after))
         for k, (b, a) in enumerate(zip(before, after, strict=True)):
             if a != b:
@@ -1474,7 +1472,7 @@ class Governor:
                 return {"learned": False, "notes": [f"predicted to wait {f.wait_ms:.3g} ms behind other "
                                                     "apps' GPU work: not learned from"]}
             column = f.column
-            if self._moved_at > f.started:
+            if self._history and self._history[-1][0] > f.started:
                 # the point in force changed while it ran (another app's decision, a cap): it is
                 # learned from against what it ran at (with two apps taking turns, nearly every
                 # frame does: the demo's assistant learned from 9 of its 400 frames)
@@ -1507,7 +1505,7 @@ class Governor:
         point = history[k][2] if k >= 0 else (history[0][1] if history else self._cur)
         work = None
         t = t0
-        for at, _, after in list(history)[k + 1:]:
+        for at, _, after in itertools.islice(history, k + 1, None):
             if at >= t1:
                 break
             share = (at - t) * 1e3 / f.grid_lat[:, self._index(point)]
