@@ -190,7 +190,7 @@ def _reference_serving(gov, ask):
         if k == ask.frame or f.lat is None:
             continue
         own = max(f.predicted_ms - f.wait_ms, 1e-6)
-        left = min(max(1.0 - ((ask.now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0)
+        left = min(max(1.0 - ((ask.now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0) if f.answered else 1.0
         meets = ask.now + left * (f.lat * f.corr) / 1e3 <= f.started + f.deadline_ms / 1e3
         if not meets.any():
             meets = np.all(gov.points >= np.minimum(np.array(f.point), gov._caps), axis=1)
@@ -198,20 +198,22 @@ def _reference_serving(gov, ask):
     return ok
 
 
-def _reference_wait(gov, ask):
+def _reference_wait(gov, ask, lead_s: float = 0.0):
     """The GPU queue, per frame, numpy over every point: each frame ahead begins when the GPU is
     free and it has started; what it ran by now went at its own point, the rest runs at the
-    candidate's frequency."""
+    candidate's frequency. ``lead_s``: the frame starts that much later (after a write), the
+    frames ahead running on at their own point meanwhile."""
     others = sorted((f for k, f in gov._frames.items() if f.app != ask.app and k != ask.frame
-                     and f.started <= ask.now), key=lambda f: f.started)
+                     and f.answered and f.started <= ask.now), key=lambda f: f.started)
     free = np.full(len(gov.points), -np.inf)
     for f in others:
         own = f.gpu_ms[gov._index(f.point)] / 1e3
         busy = f.gpu_ms / 1e3
         begin = np.maximum(free, f.gpu_from)  # its start, or later: a frame it queued behind was reported
-        ran = np.clip(ask.now - begin, 0.0, own)
-        free = np.where(ran >= own, begin + own, np.maximum(begin, ask.now) + (1.0 - ran / own) * busy)
-    return np.maximum(free - ask.now, 0.0) * 1e3 if others else np.zeros(len(gov.points))
+        now = ask.now + lead_s
+        ran = np.clip(now - begin, 0.0, own)
+        free = np.where(ran >= own, begin + own, np.maximum(begin, now) + (1.0 - ran / own) * busy)
+    return np.maximum(free - ask.now - lead_s, 0.0) * 1e3 if others else np.zeros(len(gov.points))
 
 
 def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tmp_path, estimators):
@@ -239,11 +241,12 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
 
     gov._keep_in_force = counted
     rng = np.random.default_rng(11)
+    unanswered = np.random.default_rng(12)  # its own draws: the cases of ``rng`` stay as they were
     values = gov._geometry.values
     n = len(values)
     with gov:
         grids = {"yolo": gov._grid("yolo", None), "llm": gov._grid("llm", 300)}
-        for case in range(1500):
+        for case in range(2100):
             now = time.monotonic()
             gov._frames.clear()
             gov._caps = np.full(len(gov.domains), np.inf)
@@ -258,6 +261,8 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
             gov._cur = values[int(rng.integers(n))]
             # the point in force changed just now (a cheaper point waits: lower_dwell_ms) or long ago
             gov._changed_at = now - float(rng.choice([0.001, 10.0]))
+            # a decision that writes starts its frame this much later (none measured yet: 0)
+            gov._write_lead_s = float(unanswered.uniform(0.0, 0.012)) if unanswered.random() < 0.25 else 0.0
             for j in range(int(rng.integers(1, 14))):
                 model = str(rng.choice(["yolo", "llm"]))
                 grid, level = grids[model], int(rng.integers(len(HOST_LEVELS)))
@@ -271,6 +276,8 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
                     wait_ms=wait, lat_sorted=gov._sorted_lat(grid, level))
                 if rng.random() < 0.3:  # a frame it queued behind was reported: its GPU work began later
                     gov._frames[1000 + j].gpu_from += float(rng.uniform(0, 0.03))
+                if unanswered.random() < 0.15:  # its decision waits for a write: not begun, not queued yet
+                    gov._frames[1000 + j].answered = False
                 if rng.random() < 0.8:  # its remaining work's energy counts in the choice
                     gov._frames[1000 + j].energy = grid.energy_mj[level]
                     gov._frames[1000 + j].least_energy = gov._least_energy(grid, level)
@@ -281,13 +288,17 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
             assert np.array_equal(gov._serves_in_flight(ask) & np.ones(n, dtype=bool), _reference_serving(gov, ask))
             wait = _reference_wait(gov, ask)
             assert np.array_equal(np.broadcast_to(gov._queue_wait(ask), n), wait)
+            # what the choice counts: from now at the point in force, after the write elsewhere
+            waits = _reference_wait(gov, ask, gov._write_lead_s)
+            waits[gov._index(gov._cur)] = wait[gov._index(gov._cur)]
+            assert np.allclose(gov._queue_waits(ask), waits, rtol=0, atol=1e-9)
             serving = _reference_serving(gov, ask)
             for i in (gov._index(gov._cur), int(rng.integers(n))):  # one point alone, as the shortcut sees it
                 found = gov._in_flight_at(ask, i)
                 assert (found is not None) == serving[i]
                 assert gov._queue_wait_at(ask, i) == wait[i]
                 if found is not None:
-                    assert found[0] == wait[i] and found[1] <= wait.min()
+                    assert found[0] == wait[i] and found[1] <= waits.min() + 1e-9
                     assert found[2] == any(f.app != ask.app for f in gov._frames.values())
                     assert found[3] == gov._energy_in_flight(ask)[i]
                     assert found[4] <= gov._energy_in_flight(ask).min() - ask.energy_mj.min() + 1e-9

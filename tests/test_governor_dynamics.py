@@ -214,6 +214,92 @@ class SlowStores(StoreLog):
         super().write(path, value)
 
 
+def test_a_frame_waiting_for_a_write_is_not_queued_ahead_of_the_frame_answered_first(tmp_path, estimators):
+    """App a's decision writes (slow stores); app b asks meanwhile and waits for that write. a is
+    answered first and starts first: b's GPU work, not begun, is not ahead of a's (counted ahead,
+    a was predicted to wait b's whole GPU time: in the demo an assistant's tokens were predicted
+    to wait 13 ms where they waited none, and those frames were not learned from). b, answered
+    after, queues behind a."""
+    import threading
+
+    gov, vb, _ = governed(tmp_path, estimators, "sd888_phone", lower_dwell_ms=0, hysteresis=0)
+    slow = SlowStores(vb.kernel)
+    slow.delay_s = 0.002  # a's write is over before b's GPU work could have been, had it begun
+    gov.backend.transport.hook = slow
+    tight = fastest_ms(gov) * 0.99
+    with gov:
+        d = gov.before_frame("yolo", tight, app="a")  # the fastest point
+        gov.after_frame(d.frame, d.predicted_ms)
+        decided = {}
+
+        def ask(app: str, deadline_ms: float) -> None:
+            decided[app] = gov.before_frame("yolo", deadline_ms, app=app)
+
+        a = threading.Thread(target=ask, args=("a", tight * 12))  # far cheaper: a slow write
+        b = threading.Thread(target=ask, args=("b", tight * 12))
+        stores = len(slow.stores)
+        a.start()
+        while len(slow.stores) == stores:  # a's write is under way
+            time.sleep(0.001)
+        b.start()
+        while not any(f.app == "b" for f in gov._frames.values()):  # b registered, waiting
+            time.sleep(0.001)
+        a.join()
+        fa = gov._frames[decided["a"].frame]
+        fb = next(f for f in gov._frames.values() if f.app == "b")
+        gpu_b_s = float(fb.gpu_ms[gov._index(point_of(decided["a"]))]) / 1e3
+        assert fa.started - fb.started < gpu_b_s  # had b begun at its ask, its GPU work were not done
+        assert decided["a"].changed and fa.wait_ms == 0.0  # b's GPU work has not begun
+        b.join()
+        fb = gov._frames[decided["b"].frame]
+        assert fb.started > fa.started and fb.wait_ms > 0.0  # b queues behind a
+
+
+def test_a_written_frame_is_in_the_gpu_queue_before_the_next_write_decides(tmp_path, estimators):
+    """a's decision writes; b asks meanwhile and waits for the backend. When b's turn comes its
+    point is decided again from what is in force (a's write changed it): a's frame must be in the
+    GPU queue by then, started at a's reply. Started afterwards by a's own thread, it could be
+    missing from b's decision: b kept a's point, predicted with no wait, and waited behind a
+    (the demo's assistant, late by 4-5 ms behind the camera's frame)."""
+    import threading
+
+    gov, vb, _ = governed(tmp_path, estimators, "sd888_phone", lower_dwell_ms=0, hysteresis=0)
+    slow = SlowStores(vb.kernel)
+    slow.delay_s = 0.002
+    gov.backend.transport.hook = slow
+    tight = fastest_ms(gov) * 0.99
+    seen_by_b: list[tuple[bool, float]] = []
+    apply = gov._resume_and_apply
+
+    def noting(point, ask):
+        if ask.app == "b":  # what b's write sees of a's frame when it decides again
+            seen_by_b.extend((f.answered, f.wait_ms) for f in gov._frames.values() if f.app == "a")
+        return apply(point, ask)
+
+    gov._resume_and_apply = noting
+    with gov:
+        d = gov.before_frame("yolo", tight, app="a")  # the fastest point
+        gov.after_frame(d.frame, d.predicted_ms)
+        decided = {}
+
+        def ask(app: str, deadline_ms: float) -> None:
+            decided[app] = gov.before_frame("yolo", deadline_ms, app=app)
+
+        a = threading.Thread(target=ask, args=("a", tight * 12))  # far cheaper: a slow write
+        b = threading.Thread(target=ask, args=("b", tight * 12))
+        stores = len(slow.stores)
+        a.start()
+        while len(slow.stores) == stores:
+            time.sleep(0.001)
+        b.start()
+        a.join()
+        b.join()
+        assert decided["a"].changed and len(seen_by_b) == 1
+        assert seen_by_b[0][0]  # a's frame had started when b's write decided again
+        fa, fb = gov._frames[decided["a"].frame], gov._frames[decided["b"].frame]
+        assert fb.started > fa.started and fb.wait_ms > 0.0  # and b's reply counts its wait behind a
+
+
 def test_a_frame_asked_during_another_apps_write_is_answered_with_what_runs(tmp_path, estimators):
     """App b needs the fastest point (its deadline is beyond even that); app a's decision lowers it
     (slow stores); b asks again meanwhile. Answered at once with the point in force then (still the
