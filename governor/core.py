@@ -772,6 +772,11 @@ class Governor:
                 f.parts = grid.energy_parts[:, :, eff]
         return predicted
 
+    def _write_lead_s_now(self) -> float:
+        """The lead ``_queue_waits`` counts for a written point now (0 while the GPU is overloaded)."""
+        lead = self._write_lead_s
+        return 0.0 if lead <= 0.0 or self._share.overloaded() else lead
+
     def _note_write_took(self, took_s: float) -> None:
         """A decision that wrote was answered ``took_s`` after its choice: the lead of the next
         decisions' written points (a low quantile of the last few, ``_queue_waits``). Under ``_lock``."""
@@ -892,12 +897,19 @@ class Governor:
         serving = allowed & self._serves_in_flight(ask)
         if serving.any():
             allowed = serving
-        wait = self._queue_waits(ask)
-        total = self._predict(ask) + wait
+        predicted = self._predict(ask)
+        wait = np.broadcast_to(self._queue_wait(ask), len(self.points))
+        total = predicted + wait
         ok = allowed & (total <= ask.deadline_ms)
         if not ok.any():
+            # late wherever it runs: the least late point, the queue counted from now (a write's
+            # lead must not make a cheaper point look in time: ``_queue_waits``)
             fastest = int(np.argmin(np.where(allowed, total, np.inf)))
             return fastest, False, float(total[fastest]), float(wait[fastest])
+        if self._write_lead_s_now() > 0.0 and self._queued_ahead(ask):
+            wait = self._queue_waits(ask)
+            total = predicted + wait
+            ok = allowed & (total <= ask.deadline_ms)
         energy = self._energy_in_flight(ask)
         best = int(np.argmin(np.where(ok, energy, np.inf)))
         cur = self._index(self._cur)
@@ -1136,10 +1148,16 @@ class Governor:
         decoder's token asked just after a detector's frame started was predicted to wait all of
         that frame's GPU work (18 ms at a cheap point): its write took 5 ms, during which a third
         of it ran; the token was given the top GPU clock it did not need (demo: 1.2x the joint
-        oracle's energy for the assistant in steady state)."""
+        oracle's energy for the assistant in steady state).
+
+        Only among points in time: where the frame is late at every point counted from now, the
+        choice is the least late point without the lead (``_choose``); nor while the apps sharing
+        the GPU need more of it than it has (``GpuShare.overloaded``). There the queue ahead never
+        drains and the lead made a cheaper point look in time, so each frame wrote (32 apps x
+        120 fps: 2755 writes in 3 s, the daemon's CPU spent on them, no frame decided on schedule)."""
         n = len(self.points)
         now_wait = self._queue_wait(ask)
-        lead = self._write_lead_s
+        lead = self._write_lead_s_now()
         if lead <= 0.0 or not isinstance(now_wait, np.ndarray):
             return np.broadcast_to(now_wait, n)
         wait = self._queue_wait(ask, lead)
@@ -1254,7 +1272,7 @@ class Governor:
         least_free = -math.inf
         free = -math.inf
         # the bound for every other point: their frame starts after the write (``_queue_waits``)
-        later = now + self._write_lead_s
+        later = now + self._write_lead_s_now()
         for _, _, gpu, own_ms, least_ms, gpu_from in queued:
             own_s = own_ms / 1e3
             least_free = _gpu_free_after(least_free, gpu_from, least_ms / 1e3, own_s, later)
