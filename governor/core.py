@@ -171,7 +171,6 @@ class _Frame:
     # frame, not per decision; and the least of its GPU busy time over the grid (ms)
     busy: np.ndarray | None = field(default=None, repr=False)
     gpu_least: float | None = field(default=None, repr=False)
-    own: tuple | None = field(default=None, repr=False)  # (point, its grid index, GPU busy ms there)
     at: tuple | None = field(default=None, repr=False)  # (a point i, ``lat[i]``, ``gpu_ms[i]``): i is mostly the same
     # (host levels, points) its grid's latencies (the grid's array, not a copy): what it would
     # take at each point it may run at, for learning from a frame that ran at several
@@ -252,17 +251,17 @@ def _started(f: _Frame) -> float:
     return f.started
 
 
-def _gpu_free_after(free: float, started: float, at_s: float, own_s: float, now: float) -> float:
+def _gpu_free_after(free: float, started: float, at_s: float, progress, now: float) -> float:
     """When the GPU is free after one more frame in the queue (s): the frame begins once the GPU is
-    free and it has started; by ``now`` it ran at its own point (``own_s`` of GPU work in all),
-    the rest takes its share of ``at_s`` (its time at the candidate's frequency). ``_queue_wait``
-    does the same over every point at once, with the same float operations."""
+    free and it has started; by ``now`` it ran at the points in force (``progress(begin)``: the
+    share of its GPU work left, and when it was done if none is), the rest takes its share of
+    ``at_s`` (its time at the candidate's frequency). ``_queue_wait`` does the same over every
+    point at once, with the same float operations."""
     begin = free if free > started else started
-    if own_s <= 0.0:
-        return begin + at_s if begin >= now else begin
-    left = 1.0 - (now - begin) / own_s
-    left = 0.0 if left < 0.0 else 1.0 if left > 1.0 else left
-    return (begin if begin > now else now) + left * at_s if left > 0.0 else begin + own_s
+    if begin >= now:
+        return begin + at_s
+    left, done = progress(begin)
+    return now + left * at_s if left > 0.0 else done
 
 
 class Governor:
@@ -1179,9 +1178,15 @@ class Governor:
         now = ask.now + lead_s
         for f in others:
             begin = np.maximum(free, f.gpu_from)
-            own = self._own_gpu(f)[1] / 1e3
-            left = np.clip(1.0 - (now - begin) / own, 0.0, 1.0) if own > 0 else np.where(begin >= now, 1.0, 0.0)
-            free = np.where(left > 0.0, np.maximum(begin, now) + left * self._busy_s(f), begin + own)
+            ahead = begin >= now  # not begun by now: all of it at the candidate's frequency
+            busy = self._busy_s(f)
+            if ahead.all():
+                free = begin + busy
+                continue
+            # where it has begun, it began at one time whatever the candidate (the frames before
+            # it are done by then, each at what ran): one account of what it ran since
+            left, done = self._gpu_left(f, float(begin[~ahead][0]), now)
+            free = np.where(ahead, begin + busy, now + left * busy if left > 0.0 else done)
         free -= now
         np.maximum(free, 0.0, out=free)
         free *= 1e3
@@ -1191,18 +1196,39 @@ class Governor:
         """``_queue_wait(ask)[i]`` for one point (the same float operations)."""
         free = -math.inf
         others = self._queued_ahead(ask)
+        now = ask.now
         for f in others:
-            own = self._own_gpu(f)[1]
-            free = _gpu_free_after(free, f.gpu_from, float(f.gpu_ms[i]) / 1e3, own / 1e3, ask.now)
+            free = _gpu_free_after(free, f.gpu_from, float(f.gpu_ms[i]) / 1e3,
+                                   lambda begin, f=f: self._gpu_left(f, begin, now), now)
         return max(free - ask.now, 0.0) * 1e3 if others else 0.0
 
-    def _own_gpu(self, f: _Frame) -> tuple[int, float]:
-        """(grid index of the point frame ``f`` runs at, its GPU busy time there), cached on the frame."""
-        own = f.own
-        if own is None or own[0] is not f.point:
-            i = self._index(f.point)
-            own = f.own = (f.point, i, float(f.gpu_ms[i]) if f.gpu_ms is not None else 0.0)
-        return own[1], own[2]
+    def _gpu_left(self, f: _Frame, begin: float, until: float) -> tuple[float, float]:
+        """The share of frame ``f``'s GPU work not done by ``until`` if it began at ``begin``, and
+        when it was done (when none is left): it went at 1 / G(p) at each point p in force
+        meanwhile, G its GPU busy time there (the history of changes). Counted at its own point
+        throughout, a detector's frame whose point a decoder's write lowered was counted done
+        3-4 ms before it was, and the tokens queued behind it waited that much more than
+        predicted (demo, the first second: 15 tokens late). Under ``_lock``."""
+        gpu_ms = f.gpu_ms
+        history = self._history
+        k = len(history) - 1
+        while k >= 0 and history[k][0] > begin:
+            k -= 1
+        point = history[k][2] if k >= 0 else (history[0][1] if history else self._cur)
+        done = 0.0  # the share of its GPU work done by t
+        t = begin
+        for at, _, after in itertools.islice(history, k + 1, None):
+            if at >= until:
+                break
+            g = float(gpu_ms[self._index(point)]) / 1e3
+            if g <= 0.0 or done + (at - t) / g >= 1.0:
+                return 0.0, t + (1.0 - done) * g if g > 0.0 else t
+            done += (at - t) / g
+            t, point = at, after
+        g = float(gpu_ms[self._index(point)]) / 1e3
+        if g <= 0.0 or done + (until - t) / g >= 1.0:
+            return 0.0, t + (1.0 - done) * g if g > 0.0 else t
+        return 1.0 - (done + (until - t) / g), math.inf
 
     def _in_flight_at(self, ask: _Ask, i: int) -> tuple[float, float, bool, float, float] | None:
         """What the frames in flight make of point ``i``, in one pass over them: None if it does
@@ -1214,7 +1240,7 @@ class Governor:
         decision counts for it at any point (the recurrence grows with each busy time, rounding
         included)."""
         now, app, me = ask.now, ask.app, ask.frame
-        # (started, frame id, GPU time at i, at its own point, least over the grid, when its GPU
+        # (started, frame id, GPU time at i, the frame, least over the grid, when its GPU
         # work can begin): sorted as tuples,
         # the id keeps frames that started at once in the order they were registered, as the full
         # decision's stable sort
@@ -1235,12 +1261,11 @@ class Governor:
             if f.app != app:
                 shared = True
                 if f.gpu_ms is not None and f.answered and started <= now:
-                    own_ms = self._own_gpu(f)[1]
                     gpu = at[2]
                     least_ms = f.gpu_least
                     if least_ms is None:
                         least_ms = f.gpu_least = float(f.gpu_ms.min())
-                    queued.append((started, k, gpu, own_ms, least_ms, f.gpu_from))
+                    queued.append((started, k, gpu, f, least_ms, f.gpu_from))
             if f.lat is None:
                 continue
             wait = f.wait_ms
@@ -1273,10 +1298,10 @@ class Governor:
         free = -math.inf
         # the bound for every other point: their frame starts after the write (``_queue_waits``)
         later = now + self._write_lead_s_now()
-        for _, _, gpu, own_ms, least_ms, gpu_from in queued:
-            own_s = own_ms / 1e3
-            least_free = _gpu_free_after(least_free, gpu_from, least_ms / 1e3, own_s, later)
-            free = _gpu_free_after(free, gpu_from, gpu / 1e3, own_s, now)
+        for _, _, gpu, f, least_ms, gpu_from in queued:
+            least_free = _gpu_free_after(least_free, gpu_from, least_ms / 1e3,
+                                         lambda begin, f=f: self._gpu_left(f, begin, later), later)
+            free = _gpu_free_after(free, gpu_from, gpu / 1e3, lambda begin, f=f: self._gpu_left(f, begin, now), now)
         free = (free - now) * 1e3
         least_free = (least_free - later) * 1e3
         return (free if free > 0.0 else 0.0), (least_free if least_free > 0.0 else 0.0), shared, energy_i, least_other
@@ -1607,8 +1632,8 @@ class Governor:
         # when it ended: its start plus what it measured, never later than now (a report is sent
         # after the frame; a latency longer than that is not to be trusted here)
         end = min(f.started + latency_ms / 1e3, time.monotonic())
-        done = f.gpu_from + self._own_gpu(f)[1] / 1e3
-        if done < end:
+        left, done = self._gpu_left(f, f.gpu_from, end) if f.gpu_from < end else (1.0, math.inf)
+        if left <= 0.0 and done < end:
             end = done
         for g in self._frames.values():
             if f.started <= g.started < end and g.gpu_from < end:

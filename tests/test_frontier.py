@@ -4,6 +4,7 @@ then the real governor on the virtual board, with and without the frontier, fram
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -198,21 +199,48 @@ def _reference_serving(gov, ask):
     return ok
 
 
+def _reference_left(gov, f, begin: float, until: float) -> tuple[float, float]:
+    """The share of ``f``'s GPU work left at ``until`` having begun at ``begin``, and when it was
+    done if none is: piece by piece over the points in force (the governor's history of changes)."""
+    changes = list(gov._history)
+
+    def point_at(t):
+        p = changes[0][1] if changes else gov._cur
+        for at, _, after in changes:
+            if at <= t:
+                p = after
+        return p
+
+    times = [begin] + [at for at, _, _ in changes if begin < at < until] + [until]
+    done = 0.0
+    for a, b in zip(times, times[1:], strict=False):
+        g = float(f.gpu_ms[gov._index(point_at(a))]) / 1e3
+        if g <= 0.0 or done + (b - a) / g >= 1.0:
+            return 0.0, (a + (1.0 - done) * g if g > 0.0 else a)
+        if b == until:
+            return 1.0 - (done + (b - a) / g), math.inf
+        done += (b - a) / g
+    return 1.0 - done, math.inf
+
+
 def _reference_wait(gov, ask, lead_s: float = 0.0):
     """The GPU queue, per frame, numpy over every point: each frame ahead begins when the GPU is
     free and it has started; what it ran by now went at its own point, the rest runs at the
     candidate's frequency. ``lead_s``: the frame starts that much later (after a write), the
-    frames ahead running on at their own point meanwhile."""
+    frames ahead running on at the point in force meanwhile."""
     others = sorted((f for k, f in gov._frames.items() if f.app != ask.app and k != ask.frame
                      and f.answered and f.started <= ask.now), key=lambda f: f.started)
     free = np.full(len(gov.points), -np.inf)
+    now = ask.now + lead_s
     for f in others:
-        own = f.gpu_ms[gov._index(f.point)] / 1e3
         busy = f.gpu_ms / 1e3
         begin = np.maximum(free, f.gpu_from)  # its start, or later: a frame it queued behind was reported
-        now = ask.now + lead_s
-        ran = np.clip(now - begin, 0.0, own)
-        free = np.where(ran >= own, begin + own, np.maximum(begin, now) + (1.0 - ran / own) * busy)
+        new = begin + busy  # not begun by now: all of it at the candidate's frequency
+        for b in np.unique(begin[begin < now]):
+            left, done = _reference_left(gov, f, float(b), now)
+            at = begin == b
+            new[at] = now + left * busy[at] if left > 0.0 else done
+        free = new
     return np.maximum(free - ask.now - lead_s, 0.0) * 1e3 if others else np.zeros(len(gov.points))
 
 
@@ -246,7 +274,7 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
     n = len(values)
     with gov:
         grids = {"yolo": gov._grid("yolo", None), "llm": gov._grid("llm", 300)}
-        for case in range(2100):
+        for case in range(2400):
             now = time.monotonic()
             gov._frames.clear()
             gov._caps = np.full(len(gov.domains), np.inf)
@@ -259,6 +287,14 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
             gov._landed_by = float(gov._lands_at.max())
             gov._from = values[int(rng.integers(n))]
             gov._cur = values[int(rng.integers(n))]
+            # the points in force lately: the frames ahead ran their GPU work at each in turn
+            gov._history.clear()
+            changed = sorted(now - unanswered.uniform(0.0, 0.06, int(unanswered.integers(0, 4))))
+            before = values[int(unanswered.integers(n))]
+            for j, at in enumerate(changed):
+                after = gov._cur if j == len(changed) - 1 else values[int(unanswered.integers(n))]
+                gov._history.append((float(at), before, after))
+                before = after
             # the point in force changed just now (a cheaper point waits: lower_dwell_ms) or long ago
             gov._changed_at = now - float(rng.choice([0.001, 10.0]))
             # a decision that writes starts its frame this much later (none measured yet: 0)

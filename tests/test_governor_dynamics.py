@@ -204,6 +204,36 @@ def test_a_frame_reported_done_still_holds_the_frames_queued_behind_it(tmp_path,
         assert fb.gpu_from == pytest.approx(fa.started + 0.5e-3)
 
 
+def test_the_gpu_work_queued_ahead_runs_at_the_points_in_force_since_it_began(tmp_path, estimators):
+    """a's frame runs its GPU work at the fastest point; a thermal cap lowers the clocks a third of
+    the way through. b, asked after, waits for what is left of a's work at the capped clocks:
+    the first third went at a's point, the rest since the cap at the capped one (counted all at
+    a's point, a's work was counted done early and b waited more than predicted)."""
+    gov, vb, _ = governed(tmp_path, estimators, "rk3588", state_refresh_s=3600.0)
+    with gov:
+        grid = gov._grid("yolo", None)
+        tight = fastest_ms(gov) * 1.01
+        a = gov.before_frame("yolo", tight, app="a")
+        fa = gov._frames[a.frame]
+        g_fast = float(grid.gpu_ms[gov._index(point_of(a))]) / 1e3
+        time.sleep(max(0.0, fa.started + g_fast / 3 - time.monotonic()))
+        vb.kernel.force_thermal_cap(True)
+        gov.refresh()  # the cap seen: what runs now is lower
+        capped_at, _, capped = gov._history[-1]
+        assert capped != point_of(a)
+        g_capped = float(grid.gpu_ms[gov._index(capped)]) / 1e3
+        assert g_capped > g_fast * 1.05
+        time.sleep(0.002)
+        b = gov.before_frame("yolo", 1000.0, app="b")
+        fb = gov._frames[b.frame]
+        assert point_of(b) == capped  # nothing lower to write: b starts at once under the cap
+        done = (capped_at - fa.started) / g_fast + (fb.started - capped_at) / g_capped
+        expected_ms = (1.0 - done) * float(grid.gpu_ms[gov._index(point_of(b))])
+        assert fb.wait_ms == pytest.approx(expected_ms, rel=1e-6)
+        at_own_point_ms = (1.0 - (fb.started - fa.started) / g_fast) * float(grid.gpu_ms[gov._index(capped)])
+        assert fb.wait_ms > at_own_point_ms + 0.5
+
+
 class SlowStores(StoreLog):
     """A backend whose stores take a while (a phone over ADB, a busy mount)."""
 
