@@ -447,6 +447,11 @@ class Governor:
         self._mechanism = {d: info[d].mechanism for d in self.domains}
         self._actuation = np.array([self._actuation_ms(d) for d in self.domains])
         self._actuation_list = self._actuation.tolist()
+        # per domain, how long a change stalls the work running (s): the transition latency
+        # (``cpuinfo_transition_latency``, the board config's ``transition_latency_ns``)
+        self._stall_s = np.array([self.board.domain(d).transition_latency_ns / 1e9 for d in self.domains])
+        self._stall_to = (None, None)  # (point in force, per point the stall of a write to it)
+        self._stall_longest = float(self._stall_s.max())
         if list(info["cpu"].frequencies) != self.tables[0].tolist():
             log.warning("the board's CPU table differs from the estimators'; the kernel will round")
         meter = self.backend.power_meter()
@@ -1187,10 +1192,30 @@ class Governor:
             # it are done by then, each at what ran): one account of what it ran since
             left, done = self._gpu_left(f, float(begin[~ahead][0]), now)
             free = np.where(ahead, begin + busy, now + left * busy if left > 0.0 else done)
+        # a point other than the one in force is written first: its transition stalls the work
+        # queued ahead that is still running
+        free = np.where(free > now, free + self._stalls_to(), free)
         free -= now
         np.maximum(free, 0.0, out=free)
         free *= 1e3
         return free
+
+    def _change_stall_s(self, before: tuple[int, ...], after: tuple[int, ...]) -> float:
+        """How long a change from ``before`` to ``after`` stalls the work running (s): the longest
+        transition latency of the domains it changes."""
+        stall = 0.0
+        for b, a, s in zip(before, after, self._stall_s.tolist(), strict=True):
+            if b != a and s > stall:
+                stall = s
+        return stall
+
+    def _stalls_to(self) -> np.ndarray:
+        """Per point, the stall a write to it from the point in force causes (s), cached with it."""
+        cur, stalls = self._stall_to
+        if cur != self._cur:
+            stalls = np.where(self.points != np.array(self._cur), self._stall_s, 0.0).max(axis=1)
+            self._stall_to = (self._cur, stalls)
+        return stalls
 
     def _queue_wait_at(self, ask: _Ask, i: int) -> float:
         """``_queue_wait(ask)[i]`` for one point (the same float operations)."""
@@ -1200,6 +1225,8 @@ class Governor:
         for f in others:
             free = _gpu_free_after(free, f.gpu_from, float(f.gpu_ms[i]) / 1e3,
                                    lambda begin, f=f: self._gpu_left(f, begin, now), now)
+        if free > now:
+            free = free + float(self._stalls_to()[i])
         return max(free - ask.now, 0.0) * 1e3 if others else 0.0
 
     def _gpu_left(self, f: _Frame, begin: float, until: float) -> tuple[float, float]:
@@ -1217,14 +1244,30 @@ class Governor:
         point = history[k][2] if k >= 0 else (history[0][1] if history else self._cur)
         done = 0.0  # the share of its GPU work done by t
         t = begin
-        for at, _, after in itertools.islice(history, k + 1, None):
+        # it began during the stall of a change before it: no progress until the stall ends
+        j, longest = k, self._stall_longest
+        while j >= 0 and history[j][0] + longest > begin:
+            stalled = history[j][0] + self._change_stall_s(history[j][1], history[j][2])
+            if stalled > t:
+                t = stalled if stalled < until else until
+            j -= 1
+        for at, before, after in itertools.islice(history, k + 1, None):
             if at >= until:
                 break
-            g = float(gpu_ms[self._index(point)]) / 1e3
-            if g <= 0.0 or done + (at - t) / g >= 1.0:
-                return 0.0, t + (1.0 - done) * g if g > 0.0 else t
-            done += (at - t) / g
-            t, point = at, after
+            if at > t:
+                g = float(gpu_ms[self._index(point)]) / 1e3
+                if g <= 0.0 or done + (at - t) / g >= 1.0:
+                    return 0.0, t + (1.0 - done) * g if g > 0.0 else t
+                done += (at - t) / g
+                t = at
+            point = after
+            # the change stalls the work running for its transition latency (each change of a
+            # memory clock: 1 ms on the SD888, 1-3 ms of every wait behind another app's frame)
+            stalled = at + self._change_stall_s(before, after)
+            if stalled > t:
+                t = stalled if stalled < until else until
+        if until <= t:
+            return 1.0 - done, math.inf
         g = float(gpu_ms[self._index(point)]) / 1e3
         if g <= 0.0 or done + (until - t) / g >= 1.0:
             return 0.0, t + (1.0 - done) * g if g > 0.0 else t
@@ -1302,6 +1345,8 @@ class Governor:
             least_free = _gpu_free_after(least_free, gpu_from, least_ms / 1e3,
                                          lambda begin, f=f: self._gpu_left(f, begin, later), later)
             free = _gpu_free_after(free, gpu_from, gpu / 1e3, lambda begin, f=f: self._gpu_left(f, begin, now), now)
+        if free > now:  # a write to i stalls the work still running (``_queue_wait``)
+            free = free + float(self._stalls_to()[i])
         free = (free - now) * 1e3
         least_free = (least_free - later) * 1e3
         return (free if free > 0.0 else 0.0), (least_free if least_free > 0.0 else 0.0), shared, energy_i, least_other

@@ -203,6 +203,9 @@ def _reference_left(gov, f, begin: float, until: float) -> tuple[float, float]:
     """The share of ``f``'s GPU work left at ``until`` having begun at ``begin``, and when it was
     done if none is: piece by piece over the points in force (the governor's history of changes)."""
     changes = list(gov._history)
+    # each change stalls the work running for the longest transition latency of what it changed
+    stalls = [(at, at + max([s for x, y, s in zip(b, a, gov._stall_s.tolist(), strict=True) if x != y],
+                            default=0.0)) for at, b, a in changes]
 
     def point_at(t):
         p = changes[0][1] if changes else gov._cur
@@ -211,14 +214,15 @@ def _reference_left(gov, f, begin: float, until: float) -> tuple[float, float]:
                 p = after
         return p
 
-    times = [begin] + [at for at, _, _ in changes if begin < at < until] + [until]
+    cuts = sorted({begin, until} | {t for at, end in stalls for t in (at, end) if begin < t < until})
     done = 0.0
-    for a, b in zip(times, times[1:], strict=False):
-        g = float(f.gpu_ms[gov._index(point_at(a))]) / 1e3
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        mid = 0.5 * (a + b)
+        if any(lo <= mid < hi for lo, hi in stalls):
+            continue
+        g = float(f.gpu_ms[gov._index(point_at(mid))]) / 1e3
         if g <= 0.0 or done + (b - a) / g >= 1.0:
             return 0.0, (a + (1.0 - done) * g if g > 0.0 else a)
-        if b == until:
-            return 1.0 - (done + (b - a) / g), math.inf
         done += (b - a) / g
     return 1.0 - done, math.inf
 
@@ -241,6 +245,9 @@ def _reference_wait(gov, ask, lead_s: float = 0.0):
             at = begin == b
             new[at] = now + left * busy[at] if left > 0.0 else done
         free = new
+    # a point other than the one in force is written first: its transition stalls the work ahead
+    written = np.where(gov.points != np.array(gov._cur), gov._stall_s, 0.0).max(axis=1)
+    free = np.where(free > now, free + written, free)
     return np.maximum(free - ask.now - lead_s, 0.0) * 1e3 if others else np.zeros(len(gov.points))
 
 
@@ -322,12 +329,16 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
             ask = _Ask(grid.latency_ms[level], grid.energy_mj[level], grid.gpu_ms, float(rng.uniform(0.8, 1.4)),
                        float(rng.choice([rng.uniform(8, 120), 400.0])), now, f"app{int(rng.integers(6))}")
             assert np.array_equal(gov._serves_in_flight(ask) & np.ones(n, dtype=bool), _reference_serving(gov, ask))
+            # the queue as computed piece by piece (to float rounding), then the governor's own
+            # one-point and all-point computations, which must agree exactly (the shortcut's bound)
             wait = _reference_wait(gov, ask)
-            assert np.array_equal(np.broadcast_to(gov._queue_wait(ask), n), wait)
+            assert np.allclose(np.broadcast_to(gov._queue_wait(ask), n), wait, rtol=0, atol=1e-9)
+            wait = np.array(np.broadcast_to(gov._queue_wait(ask), n))
             # what the choice counts: from now at the point in force, after the write elsewhere
             waits = _reference_wait(gov, ask, gov._write_lead_s)
             waits[gov._index(gov._cur)] = wait[gov._index(gov._cur)]
             assert np.allclose(gov._queue_waits(ask), waits, rtol=0, atol=1e-9)
+            waits = np.array(gov._queue_waits(ask))
             serving = _reference_serving(gov, ask)
             for i in (gov._index(gov._cur), int(rng.integers(n))):  # one point alone, as the shortcut sees it
                 found = gov._in_flight_at(ask, i)

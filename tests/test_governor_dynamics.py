@@ -207,8 +207,9 @@ def test_a_frame_reported_done_still_holds_the_frames_queued_behind_it(tmp_path,
 def test_the_gpu_work_queued_ahead_runs_at_the_points_in_force_since_it_began(tmp_path, estimators):
     """a's frame runs its GPU work at the fastest point; a thermal cap lowers the clocks a third of
     the way through. b, asked after, waits for what is left of a's work at the capped clocks:
-    the first third went at a's point, the rest since the cap at the capped one (counted all at
-    a's point, a's work was counted done early and b waited more than predicted)."""
+    the first third went at a's point, the rest since the cap at the capped one, less the change's
+    transition latency, during which it stalled (counted all at a's point, a's work was counted
+    done early and b waited more than predicted)."""
     gov, vb, _ = governed(tmp_path, estimators, "rk3588", state_refresh_s=3600.0)
     with gov:
         grid = gov._grid("yolo", None)
@@ -219,7 +220,9 @@ def test_the_gpu_work_queued_ahead_runs_at_the_points_in_force_since_it_began(tm
         time.sleep(max(0.0, fa.started + g_fast / 3 - time.monotonic()))
         vb.kernel.force_thermal_cap(True)
         gov.refresh()  # the cap seen: what runs now is lower
-        capped_at, _, capped = gov._history[-1]
+        capped_at, before, capped = gov._history[-1]
+        stall_s = gov._change_stall_s(before, capped)
+        assert stall_s > 0.0  # the board's transition latency of the domains the cap moved
         assert capped != point_of(a)
         g_capped = float(grid.gpu_ms[gov._index(capped)]) / 1e3
         assert g_capped > g_fast * 1.05
@@ -227,7 +230,7 @@ def test_the_gpu_work_queued_ahead_runs_at_the_points_in_force_since_it_began(tm
         b = gov.before_frame("yolo", 1000.0, app="b")
         fb = gov._frames[b.frame]
         assert point_of(b) == capped  # nothing lower to write: b starts at once under the cap
-        done = (capped_at - fa.started) / g_fast + (fb.started - capped_at) / g_capped
+        done = (capped_at - fa.started) / g_fast + (fb.started - capped_at - stall_s) / g_capped
         expected_ms = (1.0 - done) * float(grid.gpu_ms[gov._index(point_of(b))])
         assert fb.wait_ms == pytest.approx(expected_ms, rel=1e-6)
         at_own_point_ms = (1.0 - (fb.started - fa.started) / g_fast) * float(grid.gpu_ms[gov._index(capped)])
@@ -424,7 +427,7 @@ def test_a_frame_arriving_during_another_apps_frame_is_given_the_least_energy_fo
     cheaper = 0
     with gov:
         for fa_factor in (1.2, 1.6, 2.4):
-            for fb_factor in (1.5, 3.0, 6.0):
+            for fb_factor in (1.5, 2.2, 3.0, 4.0, 6.0):
                 clock[0] += 1.0
                 # a new app each time: its frame, reported with the time its own point would take,
                 # ran partly at b's point and is learned from as such; that must not move the next case
