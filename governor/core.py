@@ -1665,21 +1665,29 @@ class Governor:
 
     def _ahead_done(self, f: _Frame, latency_ms: float) -> None:
         """Frame ``f`` has ended: the frames in flight that queued behind it on the GPU began their
-        GPU work no earlier than its GPU work was done, by the queue's own account (when it could
-        begin, plus its GPU busy time at its point), and no later than it ended. Without this the
-        queue forgot, once ``f`` was reported, that it had held them: a decoder's token that had
-        waited 10 ms behind a detector's frame was counted as done 10 ms before it was, and the
-        detector's next frame, predicted to wait none, waited 7 ms; taken as noise, that wait
-        raised its margin to 1.38 for the rest of the phase (SD888, detector + decoder). Under
+        GPU work when its GPU work was done: when it ended, less the host work that follows its
+        GPU work (its latency less its GPU busy time at its point, the least it can be), never
+        before its GPU work could begin. Without this the queue forgot, once ``f`` was reported,
+        that it had held them: a decoder's token that had waited 10 ms behind a detector's frame
+        was counted as done 10 ms before it was, and the detector's next frame, predicted to wait
+        none, waited 7 ms; taken as noise, that wait raised its margin to 1.38 for the rest of the
+        phase (SD888, detector + decoder). By the queue's own account instead (when it could
+        begin, plus its GPU busy time), an error carried from frame to frame: apps taking turns
+        on the GPU each queued behind the other, and each account began where the last, early
+        one ended (demo, the first second: tokens waited 14 ms where 8 were predicted). Under
         ``_lock``."""
         if f.gpu_ms is None or not self._frames:
             return
         # when it ended: its start plus what it measured, never later than now (a report is sent
         # after the frame; a latency longer than that is not to be trusted here)
         end = min(f.started + latency_ms / 1e3, time.monotonic())
-        left, done = self._gpu_left(f, f.gpu_from, end) if f.gpu_from < end else (1.0, math.inf)
-        if left <= 0.0 and done < end:
-            end = done
+        if f.lat is not None:
+            i = self._index(f.point)
+            tail = float(f.lat[i]) - float(f.gpu_ms[i])
+            if tail > 0.0:
+                end -= tail / 1e3
+        if end < f.gpu_from:
+            end = f.gpu_from
         for g in self._frames.values():
             if f.started <= g.started < end and g.gpu_from < end:
                 g.gpu_from = end
