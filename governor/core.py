@@ -71,7 +71,7 @@ MAX_RECHECK = 16  # a hidden cap found still there is asked past again after at 
 # since a lead longer than the write counts work ahead as done that is not (a wait unforeseen)
 WRITE_LEAD_SAMPLES = 32
 WRITE_LEAD_QUANTILE = 25.0
-WAIT_LEARN_SHARE = 0.1  # a frame predicted to wait longer than this share of its latency is not learned from
+WAIT_LEARN_SHARE = 0.1  # a frame predicted to wait longer than this share of its latency: its fit is not learned
 FRESH_READ_S = 0.0  # a write follows a read-back at most this old; else the state is read first
 MAX_FRONTIERS_PER_LEVEL = 32  # masks (caps, unreachable points, point in force) kept per grid and level
 DWELL_DECAY_S = 2.0  # how fast a dwell lengthened by lowerings that did not hold comes back (``_dwelling``)
@@ -1616,9 +1616,7 @@ class Governor:
             # waiting behind other apps' GPU work is added time, not a slower host. How long it
             # really waited is not reported: a short predicted wait is taken off, a frame that
             # may have waited longer is not learned from (its own time is unknown)
-            if f.wait_ms > WAIT_LEARN_SHARE * latency_ms:
-                return {"learned": False, "notes": [f"predicted to wait {f.wait_ms:.3g} ms behind other "
-                                                    "apps' GPU work: not learned from"]}
+            waited = f.wait_ms > WAIT_LEARN_SHARE * latency_ms
             column = f.column
             if self._history and self._history[-1][0] > f.started:
                 # the point in force changed while it ran (another app's decision, a cap): it is
@@ -1628,6 +1626,11 @@ class Governor:
                 if column is None:
                     return {"learned": False, "notes": ["the point in force changed while it ran, and what "
                                                         "it ran at is no longer known: not learned from"]}
+            if waited:  # its own time is known only as well as its wait: the noise margin alone
+                self._correction(stats, f.model).add_tail_only(column, latency_ms - f.wait_ms)
+                return {"learned": False, "notes": [f"predicted to wait {f.wait_ms:.3g} ms behind other "
+                                                    "apps' GPU work: the noise margin learns from it, "
+                                                    "the fit does not"]}
             self._correction(stats, f.model).add(column, latency_ms - f.wait_ms)
             return {"learned": True}
 

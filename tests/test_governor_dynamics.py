@@ -165,6 +165,9 @@ def test_other_apps_gpu_work_is_waiting_not_a_slower_host(tmp_path, estimators):
             gov.after_frame(b.frame, own_b + queued)  # b measured its wait too
         second = gov.correction("second", "yolo")
         assert second.host_slowdown == 1.0 and second.bias < 1.05
+        # not fitted to, but each of b's waited frames fed its noise margin (a burst of slow frames
+        # or a wait longer than predicted shows there)
+        assert len(second.margin) == 30
 
 
 def test_a_frame_reported_done_still_holds_the_frames_queued_behind_it(tmp_path, estimators):
