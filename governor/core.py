@@ -1148,7 +1148,7 @@ class Governor:
     def _queue_waits(self, ask: _Ask) -> np.ndarray:
         """Per point, the wait ``_choose`` counts: at the point in force the frame starts now;
         at any other the write comes first, and the frame starts once it is done (``_write_lead_s``
-        later, the work queued ahead running on at its own point meanwhile). Counted from now, a
+        later, the work queued ahead running on at the point in force meanwhile). Counted from now, a
         decoder's token asked just after a detector's frame started was predicted to wait all of
         that frame's GPU work (18 ms at a cheap point): its write took 5 ms, during which a third
         of it ran; the token was given the top GPU clock it did not need (demo: 1.2x the joint
@@ -1171,8 +1171,11 @@ class Governor:
     def _queue_wait(self, ask: _Ask, lead_s: float = 0.0) -> np.ndarray | float:
         """Per point, how long the frame waits behind other apps' GPU work in flight: their frames
         queue on the GPU in the order they started, each occupying it for its GPU busy time (from
-        its start or when the one before it is done): what it has run by now at its own point's
-        frequency, the rest at that point's (``_gpu_free_after``; ``_busy_s`` says why).
+        its start or when the one before it is done): what it has run by now at the points in
+        force since it began (``_gpu_left``), the rest at the candidate's frequency
+        (``_gpu_free_after``; ``_busy_s`` says why), a candidate other than the point in force
+        adding the stall of its write. ``lead_s``: the frame starts that much later
+        (``_queue_waits``).
         Counting the whole of a frame half done at the candidate's frequency made every cheaper
         GPU point look blocked behind work already finished (a decoder sharing the SD888's GPU
         with a detector was predicted to wait up to 7 ms where it waited none)."""
