@@ -1165,7 +1165,8 @@ class Governor:
         if lead <= 0.0 or not isinstance(now_wait, np.ndarray):
             return np.broadcast_to(now_wait, n)
         wait = self._queue_wait(ask, lead)
-        wait[self._index(self._cur)] = now_wait[self._index(self._cur)]
+        cur = self._index(self._cur)
+        wait[cur] = now_wait[cur]
         return wait
 
     def _queue_wait(self, ask: _Ask, lead_s: float = 0.0) -> np.ndarray | float:
@@ -1232,6 +1233,15 @@ class Governor:
             free = free + float(self._stalls_to()[i])
         return max(free - ask.now, 0.0) * 1e3 if others else 0.0
 
+    def _in_force_at(self, t: float) -> tuple[int, tuple[int, ...]]:
+        """(index in the history of the last change at or before ``t``, -1 if none is remembered;
+        the point in force at ``t``). Under ``_lock``."""
+        history = self._history
+        k = len(history) - 1
+        while k >= 0 and history[k][0] > t:
+            k -= 1
+        return k, history[k][2] if k >= 0 else (history[0][1] if history else self._cur)
+
     def _gpu_left(self, f: _Frame, begin: float, until: float) -> tuple[float, float]:
         """The share of frame ``f``'s GPU work not done by ``until`` if it began at ``begin``, and
         when it was done (when none is left): it went at 1 / G(p) at each point p in force
@@ -1241,10 +1251,7 @@ class Governor:
         predicted (demo, the first second: 15 tokens late). Under ``_lock``."""
         gpu_ms = f.gpu_ms
         history = self._history
-        k = len(history) - 1
-        while k >= 0 and history[k][0] > begin:
-            k -= 1
-        point = history[k][2] if k >= 0 else (history[0][1] if history else self._cur)
+        k, point = self._in_force_at(begin)
         done = 0.0  # the share of its GPU work done by t
         t = begin
         # it began during the stall of a change before it: no progress until the stall ends
@@ -1651,12 +1658,9 @@ class Governor:
         if t1 <= t0:
             return None
         history = self._history
-        k = len(history) - 1
-        while k >= 0 and history[k][0] > t0:
-            k -= 1
+        k, point = self._in_force_at(t0)
         if k < 0 and len(history) == history.maxlen:
             return None  # it started before the oldest change remembered
-        point = history[k][2] if k >= 0 else (history[0][1] if history else self._cur)
         work = None
         t = t0
         for at, _, after in itertools.islice(history, k + 1, None):

@@ -111,9 +111,7 @@ class Correction:
                 self.margin.revise(np.where(other, now, np.inf))
         # the noise around the current fit (not the lag while it was catching up, which the fast
         # window handles): what the deadline must absorb
-        expected = bias * float(column[level])
-        if expected > 0:
-            self.spread = self.margin.add(measured_ms / expected, expected / max(float(column[0]), 1e-9))
+        self._feed_margin(column, measured_ms)
 
     def add_tail_only(self, column: np.ndarray, measured_ms: float) -> None:
         """A frame the fit does not learn from (most of it was a predicted wait behind other apps'
@@ -126,6 +124,10 @@ class Correction:
         margin of its own for the waits (taken over predicted) cost far more: 1.21-1.30x, its
         tail set by small waits predicted a millisecond off. The fit (host slowdown and bias) is
         left as it is."""
+        self._feed_margin(column, measured_ms)
+
+    def _feed_margin(self, column: np.ndarray, measured_ms: float) -> None:
+        """The frame's ratio to the current fit goes to the noise margin: the spread."""
         expected = self.bias * float(column[self.level])
         if expected > 0:
             self.spread = self.margin.add(measured_ms / expected, expected / max(float(column[0]), 1e-9))

@@ -255,34 +255,49 @@ class SlowStores(StoreLog):
         super().write(path, value)
 
 
+def slow_sd888(tmp_path, estimators):
+    """The SD888 governed with 2 ms stores (a write takes a few of them): (governor, store log,
+    a deadline just under the fastest point's latency)."""
+    gov, vb, _ = governed(tmp_path, estimators, "sd888_phone", lower_dwell_ms=0, hysteresis=0)
+    slow = SlowStores(vb.kernel)
+    slow.delay_s = 0.002
+    gov.backend.transport.hook = slow
+    return gov, slow, fastest_ms(gov) * 0.99
+
+
+def a_writes_while_b_asks(gov, slow, tight):
+    """With ``gov`` running: a's frame at the fastest point, reported; then a asks for a far cheaper
+    point (a slow write) and b asks while a's stores are under way, each on a thread of its own.
+    Returns (decisions by app, filled as they are answered; a's thread; b's thread), b started."""
+    import threading
+
+    d = gov.before_frame("yolo", tight, app="a")  # the fastest point
+    gov.after_frame(d.frame, d.predicted_ms)
+    decided = {}
+
+    def ask(app: str) -> None:
+        decided[app] = gov.before_frame("yolo", tight * 12, app=app)
+
+    a = threading.Thread(target=ask, args=("a",))
+    b = threading.Thread(target=ask, args=("b",))
+    stores = len(slow.stores)
+    a.start()
+    while len(slow.stores) == stores:  # a's write is under way
+        time.sleep(0.001)
+    b.start()
+    return decided, a, b
+
+
 def test_a_frame_waiting_for_a_write_is_not_queued_ahead_of_the_frame_answered_first(tmp_path, estimators):
     """App a's decision writes (slow stores); app b asks meanwhile and waits for that write. a is
     answered first and starts first: b's GPU work, not begun, is not ahead of a's (counted ahead,
     a was predicted to wait b's whole GPU time: in the demo an assistant's tokens were predicted
     to wait 13 ms where they waited none, and those frames were not learned from). b, answered
     after, queues behind a."""
-    import threading
-
-    gov, vb, _ = governed(tmp_path, estimators, "sd888_phone", lower_dwell_ms=0, hysteresis=0)
-    slow = SlowStores(vb.kernel)
-    slow.delay_s = 0.002  # a's write is over before b's GPU work could have been, had it begun
-    gov.backend.transport.hook = slow
-    tight = fastest_ms(gov) * 0.99
+    # 2 ms stores: a's write is over before b's GPU work could have been, had it begun
+    gov, slow, tight = slow_sd888(tmp_path, estimators)
     with gov:
-        d = gov.before_frame("yolo", tight, app="a")  # the fastest point
-        gov.after_frame(d.frame, d.predicted_ms)
-        decided = {}
-
-        def ask(app: str, deadline_ms: float) -> None:
-            decided[app] = gov.before_frame("yolo", deadline_ms, app=app)
-
-        a = threading.Thread(target=ask, args=("a", tight * 12))  # far cheaper: a slow write
-        b = threading.Thread(target=ask, args=("b", tight * 12))
-        stores = len(slow.stores)
-        a.start()
-        while len(slow.stores) == stores:  # a's write is under way
-            time.sleep(0.001)
-        b.start()
+        decided, a, b = a_writes_while_b_asks(gov, slow, tight)
         while not any(f.app == "b" for f in gov._frames.values()):  # b registered, waiting
             time.sleep(0.001)
         a.join()
@@ -302,13 +317,7 @@ def test_a_written_frame_is_in_the_gpu_queue_before_the_next_write_decides(tmp_p
     GPU queue by then, started at a's reply. Started afterwards by a's own thread, it could be
     missing from b's decision: b kept a's point, predicted with no wait, and waited behind a
     (the demo's assistant, late by 4-5 ms behind the camera's frame)."""
-    import threading
-
-    gov, vb, _ = governed(tmp_path, estimators, "sd888_phone", lower_dwell_ms=0, hysteresis=0)
-    slow = SlowStores(vb.kernel)
-    slow.delay_s = 0.002
-    gov.backend.transport.hook = slow
-    tight = fastest_ms(gov) * 0.99
+    gov, slow, tight = slow_sd888(tmp_path, estimators)
     seen_by_b: list[tuple[bool, float]] = []
     apply = gov._resume_and_apply
 
@@ -319,20 +328,7 @@ def test_a_written_frame_is_in_the_gpu_queue_before_the_next_write_decides(tmp_p
 
     gov._resume_and_apply = noting
     with gov:
-        d = gov.before_frame("yolo", tight, app="a")  # the fastest point
-        gov.after_frame(d.frame, d.predicted_ms)
-        decided = {}
-
-        def ask(app: str, deadline_ms: float) -> None:
-            decided[app] = gov.before_frame("yolo", deadline_ms, app=app)
-
-        a = threading.Thread(target=ask, args=("a", tight * 12))  # far cheaper: a slow write
-        b = threading.Thread(target=ask, args=("b", tight * 12))
-        stores = len(slow.stores)
-        a.start()
-        while len(slow.stores) == stores:
-            time.sleep(0.001)
-        b.start()
+        decided, a, b = a_writes_while_b_asks(gov, slow, tight)
         a.join()
         b.join()
         assert decided["a"].changed and len(seen_by_b) == 1
