@@ -31,7 +31,7 @@ References on the same frames and noise (each frame's context, load, cap, burst 
   frames replayed with the same physics (one GPU queue, progress at the point in force), the point
   chosen at each frame's arrival, knowing every condition but the noise: the cheapest point at
   which every frame in flight meets its deadline with the (1 - target) quantile of its noise
-  (measured per point from the simulator's noise, 400 draws). The governor's own structure with
+  (measured per point and background load from the simulator's noise, 400 draws). The governor's own structure with
   perfect knowledge. Its misses are counted with the noise each frame really had;
 * per frame, each frame on its own as if no other were in flight, with the wait it really had:
   ``oracle`` (noise-free latency meets the deadline) and ``oracle_target`` (the quantile does).
@@ -72,7 +72,7 @@ import yaml
 
 from dvfs_schema.loading import available, load_board, load_model_spec
 from governor.app import fit_on_virtual_board
-from governor.baselines import FrameTrace, PointGrid, joint_frames, noise_quantile, pick
+from governor.baselines import FrameTrace, NoiseQuantiles, PointGrid, joint_frames, pick
 from governor.client import GovernorClient, wait_for_daemon
 from sysfs_backends.virtual.board import VirtualBoard
 from sysfs_backends.virtual.fuse_mount import fuse_unavailable, mounted
@@ -93,11 +93,12 @@ SHARED = {"2apps": ["yolo_tiny", "smollm_135m"], "3apps": ["yolo_tiny", "smollm_
 # ---- references ------------------------------------------------------------------------------
 class Truth:
     """Noise-free latency/energy of one model at every point of a board (``PointGrid``: every
-    domain it has, the memory clock included), and the noise quantile at the miss target."""
+    domain it has, the memory clock included), and the noise quantiles at the miss target (per
+    background load: the tail grows with it)."""
 
     def __init__(self, board, model: str, ctx0: int | None) -> None:
         self.grid = PointGrid(board, Simulator(board, load_model_spec(model)))
-        self.q_ratio = noise_quantile(self.grid, ctx0, MISS_TARGET)
+        self.q = NoiseQuantiles(self.grid, ctx0, MISS_TARGET)
 
     def at(self, ctx: int | None, load: float):
         return self.grid.at(ctx, load)
@@ -119,7 +120,8 @@ def references(truth: Truth, f: dict) -> dict:
     d, wait = f["deadline_ms"], f["wait_ms"]
     noise = f["noise"]
     i = pick(allowed & (lat + wait <= d), allowed, en, lat)
-    j = pick(allowed & (lat * truth.q_ratio + wait <= d), allowed, en, lat * truth.q_ratio)
+    need = lat * truth.q.at(f["load"])
+    j = pick(allowed & (need + wait <= d), allowed, en, need)
     return {"oracle_j": float(en[i] * f["burst"] * noise), "oracle_miss": bool(lat[i] + wait > d),
             "target_j": float(en[j] * f["burst"] * noise), "target_miss": bool(lat[j] * noise + wait > d)}
 
@@ -133,7 +135,7 @@ def joint(board, truths: list[Truth], frames: list[list[dict]]) -> list[list[tup
                           energy_j=f["energy_j"], start_ns=f["start_ns"], wait_ms=f["wait_ms"],
                           noise=f["noise"], slowdown=f["burst"]) for f in fs] for fs in frames]
     return joint_frames(board, [(t.grid.sim, tr) for t, tr in zip(truths, traces, strict=True)], MISS_TARGET,
-                        quantiles=[t.q_ratio for t in truths])
+                        quantiles=[t.q for t in truths])
 
 
 # ---- the closed loop ---------------------------------------------------------------------------

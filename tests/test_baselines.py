@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 
 from dvfs_schema.loading import load_board, load_model_spec
-from governor.baselines import FrameTrace, all_baselines, oracle, oracle_joint, oracle_target, performance
+from governor.baselines import (
+    FrameTrace,
+    NoiseQuantiles,
+    PointGrid,
+    all_baselines,
+    noise_quantile,
+    oracle,
+    oracle_joint,
+    oracle_target,
+    performance,
+)
 from sysfs_backends.virtual.simulator import Simulator
 
 
@@ -133,7 +143,31 @@ def test_one_point_for_overlapping_frames_costs_more_and_serves_both():
     assert sum(j.energy_j for j in joint) > sum(a.energy_j for a in per_app) * 1.02
     # planned at a noise quantile above the noise the frames had, none is late either
     noisy = oracle_joint(board, [(det, dets), (lm, lms)], 0.01,
-                         quantiles=[np.full(len(board.domain_tables["cpu"]) * len(board.domain_tables["gpu"])
-                                            * len(board.domain_tables["mem"]), 1.05)] * 2)
+                         quantiles=[NoiseQuantiles.given(np.full(len(board.domain_tables["cpu"])
+                                                                 * len(board.domain_tables["gpu"])
+                                                                 * len(board.domain_tables["mem"]), 1.05))] * 2)
     assert all(j.misses == 0 for j in noisy)
     assert sum(j.energy_j for j in noisy) >= sum(j.energy_j for j in joint)
+
+
+def test_the_noise_tail_is_taken_at_the_load_the_frames_ran_under():
+    """The reference at a miss target plans with the (1 - target) quantile of the noise. Under
+    background load the host's outliers land on the critical path and the tail grows; planned with
+    the no-load tail, the reference missed several times its target in a load phase. Fresh frames
+    (another seed) at load 0.6 exceed the load's own quantile about as often as the target says,
+    and the no-load one far more often."""
+    board = load_board("sd888_phone")
+    grid = PointGrid(board, Simulator(board, load_model_spec("mobilenet_v2")))
+    target, load = 0.01, 0.6
+    qs = NoiseQuantiles(grid, None, target)
+    base, _ = grid.at(None, load)
+    rng = np.random.default_rng(7)
+    fresh = np.stack([grid.run(grid.c, grid.g, grid.m, None, load, rng)[0].latency_ns / 1e6 / base
+                      for _ in range(400)])
+    over_own = (fresh > qs.at(load)).mean(axis=0)
+    over_idle = (fresh > qs.at(0.0)).mean(axis=0)
+    assert np.median(over_own) <= 2 * target
+    assert np.quantile(over_own, 0.9) <= 3 * target
+    assert np.quantile(over_idle, 0.9) >= 3 * target  # the tail without load is not the tail under it
+    assert qs.at(load) is qs.at(0.6000001)  # taken once per load
+    assert np.array_equal(qs.at(0.0), noise_quantile(grid, None, target))
