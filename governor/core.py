@@ -1627,30 +1627,38 @@ class Governor:
             # really waited is not reported: a short predicted wait is taken off, a frame that
             # may have waited longer is not learned from (its own time is unknown)
             waited = f.wait_ms > WAIT_LEARN_SHARE * latency_ms
-            column = f.column
-            if self._history and self._history[-1][0] > f.started:
-                # the point in force changed while it ran (another app's decision, a cap): it is
-                # learned from against what it ran at (with two apps taking turns, nearly every
-                # frame does: the demo's assistant learned from 9 of its 400 frames)
-                column = self._ran_column(f, latency_ms)
-                if column is None:
+            column, stalled_ms = f.column, 0.0
+            last = self._history[-1][0] if self._history else -math.inf
+            if last > f.started or last + self._stall_longest > f.started + f.wait_ms / 1e3:
+                # the point in force changed while it ran (another app's decision, a cap), or a
+                # change's stall reached into it: it is learned from against what it ran at (with
+                # two apps taking turns, nearly every frame does: the demo's assistant learned from
+                # 9 of its 400 frames), its stalls apart
+                ran = self._ran_column(f, latency_ms)
+                if ran is None:
                     return {"learned": False, "notes": ["the point in force changed while it ran, and what "
                                                         "it ran at is no longer known: not learned from"]}
+                column, stalled_ms = ran
             if waited:  # its own time is known only as well as its wait: the noise margin alone
                 self._correction(stats, f.model).add_tail_only(column, latency_ms - f.wait_ms)
                 return {"learned": False, "notes": [f"predicted to wait {f.wait_ms:.3g} ms behind other "
                                                     "apps' GPU work: the noise margin learns from it, "
                                                     "the fit does not"]}
-            self._correction(stats, f.model).add(column, latency_ms - f.wait_ms)
+            self._correction(stats, f.model).add(column, latency_ms - f.wait_ms, stalled_ms)
             return {"learned": True}
 
-    def _ran_column(self, f: _Frame, latency_ms: float) -> np.ndarray | None:
+    def _ran_column(self, f: _Frame, latency_ms: float) -> tuple[np.ndarray, float] | None:
         """Per host level, the latency that frame ``f``'s prediction comes to at the points it
         ran at, each for the time it was in force (its own work: from its start plus its
-        predicted wait to its end). A frame whose work goes at rate 1 / (r L(p)) at point p,
-        r its ratio to the prediction, ends when the shares sum to one: r = sum of dt / L(p). So
-        the frame compares with ``measured / sum(dt / L(p))``, which is L(p) for a frame at one
-        point. None when the changes it ran across are older than the history. Under ``_lock``."""
+        predicted wait to its end), and the time changes stalled it meanwhile (ms). A frame whose
+        work goes at rate 1 / (r L(p)) at point p, r its ratio to the prediction, ends when the
+        shares sum to one: r = sum of dt / L(p), dt the time at p less the stalls of the changes
+        (each stalls the work for its transition latency, as ``_gpu_left`` counts). So the frame
+        compares with ``(measured - stalled) / sum(dt / L(p))``, which is L(p) for a frame at one
+        point. Counted as its own slowness, the stalls of the other app's writes (1 ms for each
+        change of the SD888's memory clock, on a 20 ms frame) raised the demo's camera to host
+        levels 8-16 with no load at all, and its predictions at low CPU clocks with them. None
+        when the changes it ran across are older than the history. Under ``_lock``."""
         if f.grid_lat is None:
             return None
         t0 = f.started + f.wait_ms / 1e3
@@ -1663,20 +1671,39 @@ class Governor:
             return None  # it started before the oldest change remembered
         work = None
         t = t0
-        for at, _, after in itertools.islice(history, k + 1, None):
+        stalled = 0.0
+        # its work began during the stall of a change before it: no progress until that ends
+        j, longest = k, self._stall_longest
+        while j >= 0 and history[j][0] + longest > t0:
+            until = min(history[j][0] + self._change_stall_s(history[j][1], history[j][2]), t1)
+            if until > t:
+                stalled += until - t
+                t = until
+            j -= 1
+        for at, before, after in itertools.islice(history, k + 1, None):
             if at >= t1:
                 break
-            share = (at - t) * 1e3 / f.grid_lat[:, self._index(point)]
+            if at > t:
+                share = (at - t) * 1e3 / f.grid_lat[:, self._index(point)]
+                work = share if work is None else work + share
+                t = at
+            point = after
+            until = min(at + self._change_stall_s(before, after), t1)
+            if until > t:
+                stalled += until - t
+                t = until
+        if t1 > t:
+            share = (t1 - t) * 1e3 / f.grid_lat[:, self._index(point)]
             work = share if work is None else work + share
-            t, point = at, after
-        share = (t1 - t) * 1e3 / f.grid_lat[:, self._index(point)]
-        work = share if work is None else work + share
-        return (t1 - t0) * 1e3 / work
+        if work is None:
+            return None  # stalled throughout: nothing to learn
+        return (t1 - t0 - stalled) * 1e3 / work, stalled * 1e3
 
     def _ahead_done(self, f: _Frame, latency_ms: float) -> None:
         """Frame ``f`` has ended: the frames in flight that queued behind it on the GPU began their
         GPU work when its GPU work was done: when it ended, less the host work that follows its
-        GPU work (its latency less its GPU busy time at its point, the least it can be), never
+        GPU work (its latency at the host's profiled speed less its GPU busy time at its point,
+        the least it can be), never
         before its GPU work could begin. Without this the queue forgot, once ``f`` was reported,
         that it had held them: a decoder's token that had waited 10 ms behind a detector's frame
         was counted as done 10 ms before it was, and the detector's next frame, predicted to wait
@@ -1693,7 +1720,12 @@ class Governor:
         end = min(f.started + latency_ms / 1e3, time.monotonic())
         if f.lat is not None:
             i = self._index(f.point)
-            tail = float(f.lat[i]) - float(f.gpu_ms[i])
+            # at the host's profiled speed: the host slowdown the fit believes stretches it, and an
+            # early fit's (host levels 13-16 with no load, the demo's first second) put the GPU's
+            # end 4 ms early, the next frame's wait 4 ms short, and that error in its noise margin
+            # for the rest of the run; a tail too short errs the other way, a wait predicted long
+            own = f.grid_lat[0] if f.grid_lat is not None else f.lat
+            tail = float(own[i]) - float(f.gpu_ms[i])
             if tail > 0.0:
                 end -= tail / 1e3
         if end < f.gpu_from:

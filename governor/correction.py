@@ -79,11 +79,17 @@ class Correction:
         """Multiplier on the latency at ``host_slowdown``: bias x spread x (1 + margin)."""
         return self.bias * self.spread * (1.0 + self.settings.margin)
 
-    def add(self, column: np.ndarray, measured_ms: float) -> None:
-        """``column``: the frame's predicted latency at its pair for each of HOST_LEVELS."""
-        self.frames.append((column, measured_ms))
+    def add(self, column: np.ndarray, measured_ms: float, stalled_ms: float = 0.0) -> None:
+        """``column``: the frame's predicted latency at its pair for each of HOST_LEVELS;
+        ``stalled_ms``: of what it measured, the time frequency changes stalled it (another app's
+        write, a cap). The fit learns from the rest: a stall is not a slower host or a bias,
+        and the next frame at any point may or may not meet one. The noise margin sees the whole
+        measured time: a change in the middle of a frame is part of what the deadline must
+        absorb."""
+        fitted_ms = max(measured_ms - stalled_ms, 1e-9)
+        self.frames.append((column, fitted_ms))
         self._pred[self._next] = column
-        self._meas[self._next] = measured_ms
+        self._meas[self._next] = fitted_ms
         self._fit_then[self._next] = (HOST_LEVELS[self.level], self.bias)
         self._next = (self._next + 1) % FIT_WINDOW
         n = len(self.frames)
