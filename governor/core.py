@@ -1581,6 +1581,25 @@ class Governor:
             self._cur = eff
         return res
 
+    def reply_sent(self, frame: int, at: float | None = None) -> None:
+        """The reply of frame ``frame``, decided on the write path, left for its app at ``at``
+        (monotonic s, now if None): the frame cannot have begun before. It joined the GPU queue
+        when it was started inside its write (so the next write decides with it), but the
+        reply that follows can be held for milliseconds on a busy machine (the demo: 1.1 ms in
+        the median, up to 14 ms, between the two, its app's frame beginning 0.5-1 ms after the
+        reply). Meanwhile another app's frame, answered first, ran first on the board while the
+        queue put it behind: a token predicted to wait none waited 13.5 ms, and the camera's
+        next frame, predicted to wait none behind that token, waited 10.7 ms. From here its
+        place in the queue and its work count from the reply. The daemon calls this for the
+        replies it sends after a write; in process the reply is the return."""
+        at = time.monotonic() if at is None else at
+        with self._lock:
+            f = self._frames.get(frame)
+            if f is not None and f.answered and at > f.started:
+                f.started = at
+                if f.gpu_from < at:
+                    f.gpu_from = at
+
     def after_frame(self, frame: int, latency_ms: float | None, owner: object = None, failed: bool = False) -> dict:
         """Report a frame. A failed frame (the inference raised) is counted, never learned from;
         a latency over ``outlier_ratio`` x the prediction (a suspended or preempted process, a

@@ -460,8 +460,11 @@ class Daemon:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - sorted out in _error_reply
-            reply = encode(self._error_reply(exc))
+            client.answered_later(encode(self._error_reply(exc)))
+            return
         client.answered_later(reply)
+        # the frame begins once its app has the reply: its place in the GPU queue counts from here
+        self.governor.reply_sent(d.frame)
 
     @staticmethod
     def _error_reply(exc: Exception) -> dict:

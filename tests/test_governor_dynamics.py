@@ -609,3 +609,37 @@ def test_a_frame_that_ran_across_a_change_is_learned_at_the_points_it_ran_at(tmp
         np.testing.assert_allclose(column, fitted / work, rtol=1e-9)
         assert np.all(column < before) and np.all(column > after)  # between the two points' latencies
         gov.after_frame(b.frame, b.predicted_ms)
+
+
+def test_a_written_frame_queues_from_when_its_reply_left(tmp_path, estimators):
+    """a's decision writes; its frame joins the GPU queue inside the write, started then. Its
+    reply is held (a busy machine), and b, answered on the spot meanwhile, begins first on the
+    board. Once the daemon reports a's reply as sent, a counts from then: behind b in the queue,
+    its GPU work not begun before the reply. (The demo: a token whose reply left 9 ms after its
+    start was counted ahead of a camera frame that ran first; predicted to wait none, it waited
+    13.5 ms.) A report for a frame gone, or with an earlier time, changes nothing."""
+    gov, _, _ = governed(tmp_path, estimators, "rk3588")
+    with gov:
+        low = gov.before_frame("yolo", 1000.0, app="a")  # the cheapest point, so a's next writes
+        gov.after_frame(low.frame, low.predicted_ms)
+        a = gov.before_frame("yolo", fastest_ms(gov) * 1.05, app="a")
+        assert a.changed
+        fa = gov._frames[a.frame]
+        b = gov.before_frame("yolo", 1000.0, app="b")
+        fb = gov._frames[b.frame]
+        assert not b.changed and fb.started > fa.started  # as things stand, a is ahead of b
+        sent = time.monotonic()
+        gov.reply_sent(a.frame, sent)
+        assert fa.started == sent > fb.started and fa.gpu_from >= sent
+        gov.reply_sent(a.frame, sent - 1.0)  # an earlier time: no move back
+        assert fa.started == sent
+        # a third app's frame now queues behind b and then a, from a's reply on
+        c = gov.before_frame("yolo", 1000.0, app="c")
+        fc = gov._frames[c.frame]
+        i = gov._index(point_of(c))
+        a_done = sent + float(fa.gpu_ms[i]) / 1e3
+        assert fc.started + fc.wait_ms / 1e3 >= a_done - 1e-6
+        gov.after_frame(a.frame, 5.0)
+        gov.reply_sent(a.frame)  # reported already: nothing to do
+        for d in (b, c):
+            gov.after_frame(d.frame, 5.0)
