@@ -180,7 +180,7 @@ class Simulation(BaseModel):
     # whether cpufreq can read the clock back (cpuinfo_cur_freq): not acpi-cpufreq on an I/O port
     cpu_clock_readback: bool = True
     # the frequency each clock runs at boot (default: the highest); it stays while a userspace
-    # governor holds no request
+    # governor holds no request, and under a load-following boot governor until the governor changes
     boot_cpu_khz: PositiveInt | None = None
     boot_gpu_hz: PositiveInt | None = None
     # what the virtual board's power monitors really follow, relative to this config's tables: a

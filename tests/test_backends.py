@@ -331,3 +331,28 @@ def test_requests_above_a_thermal_cap_never_trip_the_kernel(board_at):
     pol = vb.root / CPUFREQ / "policy6"
     assert (pol / "scaling_min_freq").read_text().strip() == "500000"
     assert (pol / "scaling_max_freq").read_text().strip() == "2802000"
+
+
+def test_a_load_following_boot_governor_keeps_the_boot_clock_and_the_switch_keeps_it(tmp_path):
+    """A board booted under schedutil with its clock low (where a real one idles) shows that
+    clock, not the maximum, and switching to userspace keeps it as the setpoint. The virtual
+    kernel ran every load-following boot governor at the maximum and discarded the boot clock:
+    the real-kernel comparison failed whenever the arm64 guest's load had left its clock at
+    0.5 GHz, and passed when it was at the top."""
+    cfg = load_board("rk3588").model_dump()
+    pol = next(iter(cfg["cpu"]["policies"].values()))
+    assert "schedutil" in pol["governors"]
+    pol["default_governor"] = "schedutil"
+    low = pol["frequencies_khz"][1]
+    cfg["simulation"]["boot_cpu_khz"] = low
+    board = BoardConfig.model_validate(cfg)
+    vb = VirtualBoard(tmp_path / "vb", board)
+    name = next(iter(board.cpu.policies))
+    d = f"/sys/devices/system/cpu/cpufreq/{name}"
+    assert int(vb.kernel.read(f"{d}/scaling_cur_freq")) == low
+    vb.kernel.write(f"{d}/scaling_governor", "userspace")
+    assert int(vb.kernel.read(f"{d}/scaling_cur_freq")) == low
+    assert int(vb.kernel.read(f"{d}/scaling_setspeed")) == low
+    # once the governor has changed, a load-following one runs the inference at the top again
+    vb.kernel.write(f"{d}/scaling_governor", "schedutil")
+    assert int(vb.kernel.read(f"{d}/scaling_cur_freq")) == pol["frequencies_khz"][-1]

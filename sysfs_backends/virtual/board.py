@@ -66,6 +66,9 @@ def _domain_state(kind: str, table: list[int], governors: list[str], governor: s
            "changed_ns": 0, "name": name or ("cpu" if kind == "cpufreq" else "gpu")}
     if boot is not None:
         dom["target"] = dom["setspeed"] = _resolve_up(boot, table)
+        # a load-following boot governor keeps the clock the board booted at until the governor
+        # changes (a real one idles where the load left it, often far below the maximum)
+        dom["boot_hold"] = True
     dom["cur"] = VirtualKernel._clock(dom, dom["target"])
     return dom
 
@@ -306,6 +309,7 @@ class VirtualKernel:
             if value == dom["governor"]:  # the same governor again: the kernel changes nothing
                 return
             dom["governor"] = value
+            dom.pop("boot_hold", None)
             if value == "userspace":
                 # cpufreq's userspace governor starts from the frequency in force; devfreq's has no
                 # request until one is written (set_freq reads "undefined") and keeps the frequency
@@ -397,6 +401,10 @@ class VirtualKernel:
                 target = _resolve_down(eff_max, table)
         elif gov == "powersave":
             target = _resolve_up(eff_min, table)
+        elif gov != "performance" and dom.get("boot_hold"):  # the boot clock, within the limits
+            target = _resolve_up(min(max(dom["target"], eff_min), eff_max), table)
+            if target > eff_max:
+                target = _resolve_down(eff_max, table)
         else:  # performance, and load-following governors under a running inference
             target = _resolve_down(eff_max, table)
         cur = self._clock(dom, target)
