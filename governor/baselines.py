@@ -212,6 +212,11 @@ class NoiseQuantiles:
         self._by_load: dict[float, np.ndarray] = {}
 
     @classmethod
+    def for_frames(cls, grid: PointGrid, frames: list[FrameTrace], target: float) -> NoiseQuantiles:
+        """At the context of the first of ``frames`` (none: no context)."""
+        return cls(grid, frames[0].context_len if frames else None, target)
+
+    @classmethod
     def given(cls, q: np.ndarray) -> NoiseQuantiles:
         """A tail fixed by the caller for every load (a measured one, or a test's)."""
         return cls(None, None, 0.0, fixed=q)
@@ -246,9 +251,9 @@ def oracle(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
 def oracle_target(board: BoardConfig, sim: Simulator, frames: list[FrameTrace], target: float,
                   context_step: int = 32, quantiles: NoiseQuantiles | None = None) -> PolicyResult:
     """``quantiles``: the model's ``NoiseQuantiles`` at ``target``, when the caller has them already."""
-    grid = quantiles.grid if quantiles is not None else PointGrid(board, sim)
-    qs = quantiles if quantiles is not None else NoiseQuantiles(grid, frames[0].context_len if frames else None,
-                                                                target)
+    # the quantiles' own grid when they have one (its latencies are computed once for both)
+    grid = quantiles.grid if quantiles is not None and quantiles.grid is not None else PointGrid(board, sim)
+    qs = quantiles if quantiles is not None else NoiseQuantiles.for_frames(grid, frames, target)
     misses, energy = 0, 0.0
     for f in frames:
         lat, en = grid.at(f.context_len, f.background_load, context_step)
@@ -321,8 +326,8 @@ def joint_frames(board: BoardConfig, apps: list[tuple[Simulator, list[FrameTrace
     if quantiles is not None:
         qs = quantiles
     else:
-        qs = [NoiseQuantiles(g, frames[0].context_len if frames else None, target) if target is not None
-              else None for g, (_, frames) in zip(grids, apps, strict=True)]
+        qs = [NoiseQuantiles.for_frames(g, frames, target) if target is not None else None
+              for g, (_, frames) in zip(grids, apps, strict=True)]
     queues = [[_JointFrame(a, k, f, grids[a], qs[a].at(f.background_load) if qs[a] is not None else 1.0,
                            context_step) for k, f in enumerate(frames)]
               for a, (_, frames) in enumerate(apps)]
@@ -438,8 +443,7 @@ def shared_baselines(board: BoardConfig, apps: list[tuple[Simulator, list[FrameT
     frame (each frame alone on the board: ``ondemand`` follows each domain's own utilisation, which
     this replay does not model across apps; the per-frame oracle is the bound no governor reaches
     when frames overlap)."""
-    qs = [NoiseQuantiles(PointGrid(board, sim), frames[0].context_len if frames else None, miss_target)
-          for sim, frames in apps]
+    qs = [NoiseQuantiles.for_frames(PointGrid(board, sim), frames, miss_target) for sim, frames in apps]
     perf = joint_frames(board, apps, None, at_top=True)
     free = joint_frames(board, apps, None)
     fair = joint_frames(board, apps, miss_target, quantiles=qs)

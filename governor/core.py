@@ -1233,6 +1233,20 @@ class Governor:
             free = free + float(self._stalls_to()[i])
         return max(free - ask.now, 0.0) * 1e3 if others else 0.0
 
+    def _past_stalls(self, k: int, begin: float, until: float) -> float:
+        """When work beginning at ``begin`` first makes progress: the stalls of the changes at or
+        before it (the history up to index ``k``, ``_in_force_at(begin)``) that reach past
+        ``begin`` hold it until they end, no later than ``until``. Under ``_lock``."""
+        history = self._history
+        t = begin
+        j, longest = k, self._stall_longest
+        while j >= 0 and history[j][0] + longest > begin:
+            stalled = history[j][0] + self._change_stall_s(history[j][1], history[j][2])
+            if stalled > t:
+                t = stalled if stalled < until else until
+            j -= 1
+        return t
+
     def _in_force_at(self, t: float) -> tuple[int, tuple[int, ...]]:
         """(index in the history of the last change at or before ``t``, -1 if none is remembered;
         the point in force at ``t``). Under ``_lock``."""
@@ -1253,14 +1267,7 @@ class Governor:
         history = self._history
         k, point = self._in_force_at(begin)
         done = 0.0  # the share of its GPU work done by t
-        t = begin
-        # it began during the stall of a change before it: no progress until the stall ends
-        j, longest = k, self._stall_longest
-        while j >= 0 and history[j][0] + longest > begin:
-            stalled = history[j][0] + self._change_stall_s(history[j][1], history[j][2])
-            if stalled > t:
-                t = stalled if stalled < until else until
-            j -= 1
+        t = self._past_stalls(k, begin, until)
         for at, before, after in itertools.islice(history, k + 1, None):
             if at >= until:
                 break
@@ -1689,16 +1696,8 @@ class Governor:
         if k < 0 and len(history) == history.maxlen:
             return None  # it started before the oldest change remembered
         work = None
-        t = t0
-        stalled = 0.0
-        # its work began during the stall of a change before it: no progress until that ends
-        j, longest = k, self._stall_longest
-        while j >= 0 and history[j][0] + longest > t0:
-            until = min(history[j][0] + self._change_stall_s(history[j][1], history[j][2]), t1)
-            if until > t:
-                stalled += until - t
-                t = until
-            j -= 1
+        t = self._past_stalls(k, t0, t1)
+        stalled = t - t0
         for at, before, after in itertools.islice(history, k + 1, None):
             if at >= t1:
                 break

@@ -99,6 +99,10 @@ def test_the_oracle_at_the_miss_target_leaves_room_for_the_noise():
     assert free.energy_j < loose.energy_j < strict.energy_j
     assert free.misses_with_noise > 40 and strict.misses <= 6 < free.misses_with_noise
     assert set(all_baselines(board, sim, frames[:3], 0.01)) == {"performance", "ondemand", "oracle", "oracle_target"}
+    # a tail the caller gives (no grid of its own): no room for noise plans as the noise-free oracle
+    flat = NoiseQuantiles.given(np.ones(len(PointGrid(board, sim).c)))
+    none = oracle_target(board, sim, frames, 0.01, quantiles=flat)
+    assert none.energy_j == pytest.approx(free.energy_j, abs=1e-4)
 
 
 def _trace(deadline_ms, start_ms, noise=1.0, ctx=None):
