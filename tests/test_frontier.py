@@ -187,13 +187,18 @@ def test_the_point_in_force_is_kept_only_when_the_full_model_keeps_it():
 def _reference_serving(gov, ask):
     """In-flight deadlines as the governor first computed them: per frame, numpy over every point."""
     ok = np.ones(len(gov.points), dtype=bool)
+    # a write to a point other than the one in force stalls the work under way for the longest
+    # transition latency of the domains it changes
+    stall = np.where(gov.points != np.array(gov._cur), gov._stall_s, 0.0).max(axis=1)
     for k, f in gov._frames.items():
         if k == ask.frame or f.lat is None:
             continue
         own = max(f.predicted_ms - f.wait_ms, 1e-6)
         left = min(max(1.0 - ((ask.now - f.started) * 1e3 - f.wait_ms) / own, 0.0), 1.0) if f.answered else 1.0
-        meets = ask.now + left * (f.lat * f.corr) / 1e3 <= f.started + f.deadline_ms / 1e3
-        if not meets.any():
+        end = f.started + f.deadline_ms / 1e3
+        start = ask.now + stall if f.answered and left > 0.0 else ask.now
+        meets = start + left * (f.lat * f.corr) / 1e3 <= end
+        if not (ask.now + left * (f.lat * f.corr) / 1e3 <= end).any():  # none can save it, stall or not
             meets = np.all(gov.points >= np.minimum(np.array(f.point), gov._caps), axis=1)
         ok &= meets
     return ok

@@ -643,3 +643,46 @@ def test_a_written_frame_queues_from_when_its_reply_left(tmp_path, estimators):
         gov.reply_sent(a.frame)  # reported already: nothing to do
         for d in (b, c):
             gov.after_frame(d.frame, 5.0)
+
+
+def test_a_write_answers_for_the_stall_it_causes_to_the_frames_under_way(tmp_path, estimators, monkeypatch):
+    """A write stalls the work under way for the transition latency of the domains it changes
+    (1 ms for the SD888's memory clock). The stalls used to be left to the noise margin, which
+    learned every frame running across another app's write as noise. Now the decision that writes
+    answers for them: b's token, asked 5 ms into a's frame, never gets a point whose write leaves
+    a's frame late once the stall is counted, over a range of a's deadlines; and in some of them a
+    cheaper point that a's frame would have met without the stall was there to take."""
+    import governor.core as core
+
+    board = load_board("sd888_phone")
+    ests = {"yolo": estimators["sd888_phone"], "llm": fit_on_virtual_board(board, "smollm_135m")}
+    vb = VirtualBoard(tmp_path / "b", board)
+    gov = Governor(vb.backend(tmp_path / "s.json"), board, ests,
+                   GovernorSettings(lower_dwell_ms=0, hysteresis=0, shared_hysteresis=0))
+    clock = [1000.0]
+    monkeypatch.setattr(core.time, "monotonic", lambda: clock[0])
+    ya, la = gov._grid("yolo", None), gov._grid("llm", 512)
+    saved = 0
+    with gov:
+        stall_s = gov._stall_s
+        for k, fa_factor in enumerate(np.linspace(1.02, 1.6, 30)):
+            clock[0] += 1.0
+            a = gov.before_frame("yolo", float(ya.latency_ms[0].min()) * fa_factor, app=f"a{k}")
+            fa = gov._frames[a.frame]
+            clock[0] += 0.005
+            now = clock[0]
+            own = fa.predicted_ms - fa.wait_ms
+            left = min(max(1.0 - ((now - fa.started) * 1e3 - fa.wait_ms) / own, 0.0), 1.0)
+            end = fa.started + fa.deadline_ms / 1e3
+            finish = now + left * (fa.lat * fa.corr) / 1e3  # a's end at each point, no stall
+            stall = np.where(gov.points != np.array(gov._cur), stall_s, 0.0).max(axis=1)
+            b = gov.before_frame("llm", float(la.latency_ms[0].min()) * 6.0, 512, app="b")
+            chosen = gov._index(point_of(b))
+            if (finish <= end).any():
+                assert finish[chosen] + stall[chosen] <= end, (fa_factor, point_of(b))
+                # a point cheaper for b that a's frame meets only without the stall
+                saved += bool(((finish <= end) & (finish + stall > end)
+                               & (la.energy_mj[0] < la.energy_mj[0][chosen])).any())
+            gov.after_frame(b.frame, b.predicted_ms)
+            gov.after_frame(a.frame, a.predicted_ms)
+    assert saved >= 1, saved
