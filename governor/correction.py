@@ -82,11 +82,10 @@ class Correction:
     def add(self, column: np.ndarray, measured_ms: float, stalled_ms: float = 0.0) -> None:
         """``column``: the frame's predicted latency at its pair for each of HOST_LEVELS;
         ``stalled_ms``: of what it measured, the time frequency changes stalled it (another app's
-        write, a cap). The fit and the noise margin learn from the rest: a stall is not a slower
-        host or a bias, and it is not noise either: the decision that writes answers for the
-        stall its write causes to every frame under way (``Governor._serves_in_flight``). Counted
-        as noise, the stalls of the demo's writes (1 ms per change of the SD888's memory clock,
-        on most frames) held both apps' margins near 1.10."""
+        write, a cap). The fit learns from the rest: a stall is not a slower host or a bias,
+        and the next frame at any point may or may not meet one. The noise margin sees the whole
+        measured time: a change in the middle of a frame is part of what the deadline must
+        absorb."""
         fitted_ms = max(measured_ms - stalled_ms, 1e-9)
         self.frames.append((column, fitted_ms))
         self._pred[self._next] = column
@@ -118,7 +117,7 @@ class Correction:
                 self.margin.revise(np.where(other, now, np.inf))
         # the noise around the current fit (not the lag while it was catching up, which the fast
         # window handles): what the deadline must absorb
-        self._feed_margin(column, fitted_ms)
+        self._feed_margin(column, measured_ms)
 
     def add_tail_only(self, column: np.ndarray, measured_ms: float) -> None:
         """A frame the fit does not learn from (most of it was a predicted wait behind other apps'
