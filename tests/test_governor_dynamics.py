@@ -411,6 +411,22 @@ def test_a_point_the_kernels_own_governor_runs_is_written_all_the_same(tmp_path,
         assert gov.status()["writes"] == 1
 
 
+def _detector_and_decoder_on_a_clock(tmp_path, estimators, monkeypatch):
+    """A governor on the SD888's virtual board for a detector (yolo) and a decoder (llm), with
+    no hysteresis or dwell (each decision is the cheapest point), on a clock of the test's own:
+    (governor, clock as a one-element list, the detector's grid, the decoder's at 512 tokens)."""
+    import governor.core as core
+
+    board = load_board("sd888_phone")
+    ests = {"yolo": estimators["sd888_phone"], "llm": fit_on_virtual_board(board, "smollm_135m")}
+    vb = VirtualBoard(tmp_path / "b", board)
+    gov = Governor(vb.backend(tmp_path / "s.json"), board, ests,
+                   GovernorSettings(lower_dwell_ms=0, hysteresis=0, shared_hysteresis=0))
+    clock = [1000.0]
+    monkeypatch.setattr(core.time, "monotonic", lambda: clock[0])
+    return gov, clock, gov._grid("yolo", None), gov._grid("llm", 512)
+
+
 def test_a_frame_arriving_during_another_apps_frame_is_given_the_least_energy_for_both(
         tmp_path, estimators, monkeypatch):
     """The point chosen for b's frame (a decoder's token) is what a's remaining work (a detector's
@@ -421,14 +437,7 @@ def test_a_frame_arriving_during_another_apps_frame_is_given_the_least_energy_fo
     cheaper for some."""
     import governor.core as core
 
-    board = load_board("sd888_phone")
-    ests = {"yolo": estimators["sd888_phone"], "llm": fit_on_virtual_board(board, "smollm_135m")}
-    vb = VirtualBoard(tmp_path / "b", board)
-    gov = Governor(vb.backend(tmp_path / "s.json"), board, ests,
-                   GovernorSettings(lower_dwell_ms=0, hysteresis=0, shared_hysteresis=0))
-    clock = [1000.0]
-    monkeypatch.setattr(core.time, "monotonic", lambda: clock[0])
-    ya, la = gov._grid("yolo", None), gov._grid("llm", 512)
+    gov, clock, ya, la = _detector_and_decoder_on_a_clock(tmp_path, estimators, monkeypatch)
     cheaper = 0
     with gov:
         for fa_factor in (1.2, 1.6, 2.4):
@@ -647,21 +656,12 @@ def test_a_written_frame_queues_from_when_its_reply_left(tmp_path, estimators):
 
 def test_a_write_answers_for_the_stall_it_causes_to_the_frames_under_way(tmp_path, estimators, monkeypatch):
     """A write stalls the work under way for the transition latency of the domains it changes
-    (1 ms for the SD888's memory clock). The stalls used to be left to the noise margin, which
-    learned every frame running across another app's write as noise. Now the decision that writes
+    (1 ms for the SD888's memory clock). The stalls used to be left to the noise margin alone: a
+    write was taken that left a frame under way late by its stall. Now the decision that writes
     answers for them: b's token, asked 5 ms into a's frame, never gets a point whose write leaves
     a's frame late once the stall is counted, over a range of a's deadlines; and in some of them a
     cheaper point that a's frame would have met without the stall was there to take."""
-    import governor.core as core
-
-    board = load_board("sd888_phone")
-    ests = {"yolo": estimators["sd888_phone"], "llm": fit_on_virtual_board(board, "smollm_135m")}
-    vb = VirtualBoard(tmp_path / "b", board)
-    gov = Governor(vb.backend(tmp_path / "s.json"), board, ests,
-                   GovernorSettings(lower_dwell_ms=0, hysteresis=0, shared_hysteresis=0))
-    clock = [1000.0]
-    monkeypatch.setattr(core.time, "monotonic", lambda: clock[0])
-    ya, la = gov._grid("yolo", None), gov._grid("llm", 512)
+    gov, clock, ya, la = _detector_and_decoder_on_a_clock(tmp_path, estimators, monkeypatch)
     saved = 0
     with gov:
         stall_s = gov._stall_s
