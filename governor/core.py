@@ -223,6 +223,19 @@ def compute_grid(est: Estimator, board: BoardConfig, freq_rank: np.ndarray | Non
                  energy_parts=np.stack(parts, axis=1) if parts else None)
 
 
+def _threshold(ordered: list[float], start: float, end: float, left: float, corr: float) -> float:
+    """The largest latency of ``ordered`` (ascending, ms) at which work of which ``left`` is not
+    done, beginning at ``start`` (s) at ``corr`` times that latency, ends by ``end`` (s); -inf if
+    none. The exact test (numpy's float operations, element by element) is non-decreasing in the
+    latency: bisect on an estimate, then settle it on the neighbours."""
+    j = bisect_right(ordered, (end - start) * 1e3 / (left * corr) if left * corr > 0 else math.inf)
+    while j > 0 and not start + left * (ordered[j - 1] * corr) / 1e3 <= end:
+        j -= 1
+    while j < len(ordered) and start + left * (ordered[j] * corr) / 1e3 <= end:
+        j += 1
+    return ordered[j - 1] if j > 0 else -math.inf
+
+
 def _latency_limit(deadline_ms: float, delay_ms: float, old_ms: float) -> float:
     """The largest corrected latency y whose prediction with an actuation delay ``delay_ms``, from a
     point running at ``old_ms`` (``Governor._predict``: max(blend, y)), meets the deadline; -inf if
@@ -450,8 +463,8 @@ class Governor:
         # per domain, how long a change stalls the work running (s): the transition latency
         # (``cpuinfo_transition_latency``, the board config's ``transition_latency_ns``)
         self._stall_s = np.array([self.board.domain(d).transition_latency_ns / 1e9 for d in self.domains])
-        self._stall_to = (None, None)  # (point in force, per point the stall of a write to it)
-        self._stall_class_cache = (None, None)  # (point in force, ``_stall_classes``)
+        # (point in force, per point the stall of a write to it, those stalls by class or None)
+        self._stall_to = (None, None, None)
         self._stall_longest = float(self._stall_s.max())
         if list(info["cpu"].frequencies) != self.tables[0].tolist():
             log.warning("the board's CPU table differs from the estimators'; the kernel will round")
@@ -1216,10 +1229,10 @@ class Governor:
 
     def _stalls_to(self) -> np.ndarray:
         """Per point, the stall a write to it from the point in force causes (s), cached with it."""
-        cur, stalls = self._stall_to
+        cur, stalls, _ = self._stall_to
         if cur != self._cur:
             stalls = np.where(self.points != np.array(self._cur), self._stall_s, 0.0).max(axis=1)
-            self._stall_to = (self._cur, stalls)
+            self._stall_to = (self._cur, stalls, None)
         return stalls
 
     def _queue_wait_at(self, ask: _Ask, i: int) -> float:
@@ -1422,21 +1435,14 @@ class Governor:
             if not now + left * (s[0] * corr) / 1e3 <= end:  # no point can save it any more
                 ok = ok & np.all(self.points >= np.minimum(np.array(f.point), self._caps), axis=1)
                 continue
-            stalled = f.answered and left > 0.0  # a write stalls only work under way
             entry = tightest.get(id(s))
             if entry is None:
                 entry = tightest[id(s)] = [f.lat, [s[-1]] * len(classes), s[-1]]
-            for c, (stall, _) in enumerate(classes):
-                start = now + stall if stalled else now
-                # the exact test (numpy's float operations, element by element) is non-decreasing
-                # in the latency: bisect on an estimate of the threshold, then settle it on the
-                # neighbours
-                j = bisect_right(s, (end - start) * 1e3 / (left * corr) if left * corr > 0 else math.inf)
-                while j > 0 and not start + left * (s[j - 1] * corr) / 1e3 <= end:
-                    j -= 1
-                while j < len(s) and start + left * (s[j] * corr) / 1e3 <= end:
-                    j += 1
-                threshold = s[j - 1] if j > 0 else -math.inf
+            if f.answered and left > 0.0:  # a write stalls only work under way
+                thresholds = [_threshold(s, now + stall, end, left, corr) for stall, _ in classes]
+            else:
+                thresholds = [_threshold(s, now, end, left, corr)] * len(classes)
+            for c, threshold in enumerate(thresholds):
                 if threshold < entry[1][c]:
                     entry[1][c] = threshold
         for lat, thresholds, slowest in tightest.values():
@@ -1447,12 +1453,12 @@ class Governor:
 
     def _stall_classes(self) -> list[tuple[float, np.ndarray]]:
         """The stalls a write from the point in force can cause, each with the points whose write
-        causes it (``_stalls_to``), cached with the point in force."""
+        causes it (``_stalls_to``), cached with them."""
         stalls = self._stalls_to()
-        cur, classes = self._stall_class_cache
-        if cur != self._cur or classes is None:
+        classes = self._stall_to[2]
+        if classes is None:
             classes = [(float(v), stalls == v) for v in np.unique(stalls)]
-            self._stall_class_cache = (self._cur, classes)
+            self._stall_to = (self._cur, stalls, classes)
         return classes
 
     def _floor(self) -> tuple[int, ...]:

@@ -55,6 +55,13 @@ THERMAL_R_C_PER_W = 9.0  # steady-state rise per watt
 THERMAL_TAU_S = 20.0
 
 
+def _held_within(wanted: int, eff_min: int, eff_max: int, table: list[int]) -> int:
+    """The table's frequency the kernel runs for ``wanted`` within the effective limits: the
+    lowest at or above it, or the highest under the upper limit when that leaves none."""
+    target = _resolve_up(min(max(wanted, eff_min), eff_max), table)
+    return _resolve_down(eff_max, table) if target > eff_max else target
+
+
 def _domain_state(kind: str, table: list[int], governors: list[str], governor: str, latency_ns: int,
                   unreachable: list[int], boot: int | None = None, name: str | None = None) -> dict:
     """A domain as the virtual kernel keeps it: the user's limit requests, the limits applied
@@ -396,15 +403,11 @@ class VirtualKernel:
         gov = dom["governor"]
         if gov in ("userspace", "locked"):
             wanted = dom["target"] if dom["setspeed"] is None else dom["setspeed"]
-            target = _resolve_up(min(max(wanted, eff_min), eff_max), table)
-            if target > eff_max:
-                target = _resolve_down(eff_max, table)
+            target = _held_within(wanted, eff_min, eff_max, table)
         elif gov == "powersave":
             target = _resolve_up(eff_min, table)
         elif gov != "performance" and dom.get("boot_hold"):  # the boot clock, within the limits
-            target = _resolve_up(min(max(dom["target"], eff_min), eff_max), table)
-            if target > eff_max:
-                target = _resolve_down(eff_max, table)
+            target = _held_within(dom["target"], eff_min, eff_max, table)
         else:  # performance, and load-following governors under a running inference
             target = _resolve_down(eff_max, table)
         cur = self._clock(dom, target)
