@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
 MISS_REFRESH_S = 0.05  # after a late frame, re-read the state within this (not on every late frame)
 WRITE_QUEUE_S = 0.05  # longest a frame waits behind another frame's write (then answered, pair not in force)
+STALLED_WRITE_NOTE = ("answered at the pair in force while an earlier write is still under way (the backend is "
+                      "slow to answer): it may change during the frame")
 HISTORY = 512  # changes of the point in force remembered: a frame that ran across some is learned from
 MAX_RECHECK = 16  # a hidden cap found still there is asked past again after at most 16 x cap_recheck_s
 # writes remembered for the lead a written point's frame starts with, and the quantile taken: low,
@@ -79,6 +81,12 @@ DWELL_DECAY_S = 2.0  # how fast a dwell lengthened by lowerings that did not hol
 
 class NeedsBackend(Exception):
     """This decision needs backend I/O: call ``before_frame`` again where it may block."""
+
+
+class WriteUnderWay(NeedsBackend):
+    """This decision needs no write of its own, but another decision's write is under way: the
+    point in force is about to change. Ask again once it has (``Governor.on_writes_done``), or
+    where it may block (there it waits for the write)."""
 
 
 class GovernorError(ValueError):
@@ -300,6 +308,10 @@ class Governor:
                                            self.settings.miss_rate_target)
                         for name, e in models.items() if e.data.repeat_noise is not None}
         self._lock = threading.Lock()  # bookkeeping only: never held during backend I/O
+        self._quiet = threading.Condition(self._lock)  # notified when no write is under way any more
+        # called (from any thread, under ``_lock``, must not block) each time the last write under
+        # way ends: the daemon's loop then answers the frames that waited for it (``WriteUnderWay``)
+        self.on_writes_done: Callable[[], None] | None = None
         self._io = threading.Lock()  # one backend operation at a time
         self._ids = itertools.count(1)
         self._frames: dict[int, _Frame] = {}
@@ -320,6 +332,7 @@ class Governor:
         # queue behind it) or anything else (a re-read of the state, short: frames wait for it)
         self._io_holder: str | None = None
         self._writes_under_way = 0  # decisions between their choice and their reply on the write path
+        self._write_since = 0.0  # when the writes under way began (monotonic s)
         # how long a decision that writes takes from its choice to its reply (s), the last few:
         # such a frame starts that much later, the work queued ahead of it running on meanwhile
         self._write_took_s: deque[float] = deque(maxlen=WRITE_LEAD_SAMPLES)
@@ -667,59 +680,121 @@ class Governor:
             if not may_block:
                 raise NeedsBackend
             self.refresh()
-        with self._lock:
-            self.last_frame_at = now
-            stats = self._app(app, owner, now)
-            self._expire(now)
-            self._share.tick(now)
-            # handed back while idle: take the domains again, on the I/O thread like any write
-            resume = self._released
-            correction = self._correction(stats, model)
-            level, corr = correction.level, correction.factor
-            ask = _Ask(grid.latency_ms[level], grid.energy_mj[level], grid.gpu_ms, corr, deadline_ms, now, app)
-            idx, feasible, predicted, wait = self._choose(ask, self._frontiers_for(grid, level))
-            point = self._geometry.values[idx]
-            # while another decision's write is under way the point in force is about to change:
-            # this frame is decided again once it has (a reply naming the old point would start the
-            # frame at the new one, which was chosen without it)
-            writes = resume or point != self._cur or not self._all_held
-            changed = writes or self._writes_under_way > 0
-            if changed and not may_block:
-                raise NeedsBackend
-            frame = next(self._ids)
-            ask.frame = frame
-            # registered before the write, so decisions made meanwhile serve this frame's deadline
-            self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner,
-                                         predicted_ms=predicted, lat=ask.lat, corr=corr, gpu_ms=grid.gpu_ms,
-                                         wait_ms=wait, lat_sorted=self._sorted_lat(grid, level),
-                                         energy=ask.energy_mj, least_energy=self._least_energy(grid, level),
-                                         grid_lat=grid.latency_ms, answered=not changed)
-            if self._learner is not None and grid.energy_parts is not None:
-                self._frames[frame].parts = grid.energy_parts[:, :, idx]
-            self._limit_frames(owner, app)
-            # its rate counts from here (a decision sent back to be made off the daemon's loop
-            # comes here once)
-            self._share.note(app, now, grid.gpu_ms, deadline_ms)
-            if not changed:  # the common frame: answered under this same lock
-                return self._decided(frame, stats, point, predicted, feasible, deadline_ms, False, (), context_len, now)
-            # only a decision that writes holds others back: one that merely came during a write
-            # waits for it without counting, else with frames arriving faster than writes end the
-            # count never fell to zero and every frame took this path (32 apps x 120 fps: 1.8 ms
-            # of the daemon's CPU per frame, none decided on schedule); a write it makes itself
-            # counts in ``_write_point``
-            self._writes_under_way += writes
-            ask.seen = self._cur
+        while True:  # decided again after waiting for another decision's write
+            with self._lock:
+                got = self._decide_locked(model, deadline_ms, context_len, app, owner, grid, now, may_block)
+            if got is not None:
+                break
+            now = time.monotonic()
+        if isinstance(got, Decision):  # the common frame: answered under the lock
+            return got
+        frame, stats, point, ask, feasible = got
         try:
             return self._decide_with_write(frame, stats, point, ask, grid, feasible, deadline_ms, context_len, now)
         finally:
-            if writes:
-                with self._lock:
-                    self._writes_under_way -= 1
+            with self._lock:
+                self._writes_under_way -= 1
+                self._writes_ended()
+
+    def _decide_locked(self, model: str, deadline_ms: float, context_len: int | None, app: str, owner: object,
+                       grid, now: float, may_block: bool):
+        """``before_frame``'s choice, under ``_lock``: the Decision of a frame answered at the point
+        in force; None after waiting for another decision's write (decide again); or what the
+        write path needs: (frame, stats, point, ask, feasible)."""
+        self.last_frame_at = now
+        stalled = False
+        if self._writes_under_way > 0:
+            # the point in force is about to change: wait for the write under way and decide
+            # again at what it put in force (a write of this frame's own would have queued behind
+            # it anyway; a reply naming the old point would start the frame at the new one, chosen
+            # without it). Each frame asked meanwhile used to take the backend in turn, for a
+            # read-back and, mostly, a write of nothing: 32 apps at 120 fps queued ten of them,
+            # ~50 ms in which no frame was served, behind one write. Nothing is chosen before the
+            # wait: the decision is made once, after it. Behind a write that holds the backend too
+            # long (a stalled phone) a frame is answered at what is in force (with a write of its
+            # own: as soon as the backend answers)
+            left_s = self._write_queue_left_s()
+            if left_s > 0:
+                if not may_block:
+                    raise WriteUnderWay
+                self._quiet.wait_for(lambda: self._writes_under_way == 0, None if math.isinf(left_s) else left_s)
+                return None
+            stalled = True
+        stats = self._app(app, owner, now)
+        self._expire(now)
+        self._share.tick(now)
+        # handed back while idle: take the domains again, on the I/O thread like any write
+        resume = self._released
+        correction = self._correction(stats, model)
+        level, corr = correction.level, correction.factor
+        ask = _Ask(grid.latency_ms[level], grid.energy_mj[level], grid.gpu_ms, corr, deadline_ms, now, app)
+        idx, feasible, predicted, wait = self._choose(ask, self._frontiers_for(grid, level))
+        point = self._geometry.values[idx]
+        writes = resume or point != self._cur or not self._all_held
+        notes = (STALLED_WRITE_NOTE,) if stalled and not writes else ()
+        changed = writes
+        if changed and not may_block:
+            raise NeedsBackend
+        frame = next(self._ids)
+        ask.frame = frame
+        # registered before the write, so decisions made meanwhile serve this frame's deadline
+        self._frames[frame] = _Frame(app, model, deadline_ms, grid.latency_ms[:, idx], point, now, owner,
+                                     predicted_ms=predicted, lat=ask.lat, corr=corr, gpu_ms=grid.gpu_ms,
+                                     wait_ms=wait, lat_sorted=self._sorted_lat(grid, level),
+                                     energy=ask.energy_mj, least_energy=self._least_energy(grid, level),
+                                     grid_lat=grid.latency_ms, answered=not changed)
+        if self._learner is not None and grid.energy_parts is not None:
+            self._frames[frame].parts = grid.energy_parts[:, :, idx]
+        self._limit_frames(owner, app)
+        # its rate counts from here (a decision sent back to be made off the daemon's loop
+        # comes here once)
+        self._share.note(app, now, grid.gpu_ms, deadline_ms)
+        if not changed:
+            return self._decided(frame, stats, point, predicted, feasible, deadline_ms, False, notes, context_len, now)
+        # only a decision that writes holds others back: one that merely came during a write
+        # waits for it without counting, else with frames arriving faster than writes end the
+        # count never fell to zero and every frame took this path (32 apps x 120 fps: 1.8 ms
+        # of the daemon's CPU per frame, none decided on schedule); a write it makes itself
+        # counts in ``_write_point``
+        self._write_begins()
+        ask.seen = self._cur
+        return frame, stats, point, ask, feasible
+
+    def _write_queue_s(self) -> float:
+        """Longest a frame waits behind another frame's write (in process, with no ``write_wait_s``,
+        until it is done, as a plain function call would)."""
+        return math.inf if self.write_wait_s is None else min(self.write_wait_s, WRITE_QUEUE_S)
+
+    def _write_queue_left_s(self) -> float:
+        """How much longer a frame waits behind the writes under way: ``_write_queue_s`` from the
+        first (behind a stalled phone's, not again for every frame)."""
+        return max(0.0, min(self._write_queue_s(), self._write_since + self._write_queue_s() - time.monotonic()))
+
+    def _stalled_write_done(self, job: concurrent.futures.Future) -> None:
+        """A write whose frame was answered before the backend did has ended."""
+        with self._lock:
+            self._writes_under_way -= 1
+            self._writes_ended()
+
+    def _write_begins(self) -> None:
+        """Under ``_lock``: a write is under way (frames asked meanwhile wait for it, ``_write_queue_s``
+        from the first)."""
+        if self._writes_under_way == 0:
+            self._write_since = time.monotonic()
+        self._writes_under_way += 1
+
+    def _writes_ended(self) -> None:
+        """Under ``_lock``, after ``_writes_under_way`` fell: if no write is under way any more,
+        wake the frames that waited for one."""
+        if self._writes_under_way == 0:
+            self._quiet.notify_all()
+            if self.on_writes_done is not None:
+                self.on_writes_done()
 
     def _decide_with_write(self, frame: int, stats: _AppStats, point: tuple[int, ...], ask: _Ask, grid,
                            feasible: bool, deadline_ms: float, context_len: int | None, now: float) -> Decision:
-        """The rest of ``before_frame`` for a frame whose point must be written (or that came while
-        another write was under way): write it on the I/O thread, answer with what is in force."""
+        """The rest of ``before_frame`` for a frame whose point must be written: write it on the I/O
+        thread, answer with what is in force."""
         notes: list[str] = []
         applied = True
         seen = ask.seen
@@ -732,8 +807,7 @@ class Governor:
             got = self._io.acquire()
         else:
             got = self._io.acquire(blocking=False) or self._io.acquire(
-                timeout=self.write_wait_s if self._io_holder != "write"
-                else min(self.write_wait_s, WRITE_QUEUE_S))
+                timeout=self.write_wait_s if self._io_holder != "write" else self._write_queue_left_s())
         if got:
             self._io_holder = "write"
             job = self._io_thread().submit(self._io_job, self._apply_and_start, point, ask, grid, now)
@@ -741,6 +815,11 @@ class Governor:
                 point, notes, predicted = job.result(timeout=self.write_wait_s)
             except concurrent.futures.TimeoutError:  # a stalled backend: answer, write when it can
                 applied = False
+                # the write stays under way until the backend answers: frames asked meanwhile are
+                # told that what is in force may change
+                with self._lock:
+                    self._write_begins()
+                job.add_done_callback(self._stalled_write_done)
                 notes = [f"not applied yet: the backend has not answered within "
                          f"{self.write_wait_s:g} s; the pair is written when it does"]
         else:  # another write is still under way (a slow or stalled backend): do not queue behind it
@@ -1586,7 +1665,7 @@ class Governor:
         with self._lock:
             self._target = tuple(changes.get(d, t) for d, t in zip(self.domains, self._target, strict=True))
             self._written |= set(changes)
-            self._writes_under_way += 1  # frames asked meanwhile wait for it (``before_frame``)
+            self._write_begins()  # frames asked meanwhile wait for it (``before_frame``)
             self.writes += 1
             for k, d in enumerate(self.domains):
                 if (d in changes and self._mechanism.get(d) == "minmax" and changes[d] <= self._shown[k]
@@ -1600,6 +1679,7 @@ class Governor:
         except BaseException:
             with self._lock:
                 self._writes_under_way -= 1
+                self._writes_ended()
             raise
         with self._lock:
             # ended here, with what it put in force recorded below under the same lock: a frame
@@ -1624,6 +1704,7 @@ class Governor:
             if eff != self._cur:  # our own change (a cap or another agent seen at a refresh starts no dwell)
                 self._note_own_change(self._cur, eff, at)
             self._cur = eff
+            self._writes_ended()
         return res
 
     def reply_sent(self, frame: int, at: float | None = None) -> None:

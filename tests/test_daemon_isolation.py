@@ -413,6 +413,11 @@ def test_stalled_phone_does_not_freeze_other_apps(tmp_path, estimator_json):
                 d = ask(b, fb, {"op": "before_frame", "model": "yolo", "deadline_ms": 200, "app": "b"})
                 ask(b, fb, {"op": "after_frame", "frame": d["frame"], "latency_ms": 20})
                 worst = max(worst, time.perf_counter() - t1)
+                # at what is in force, told that a write is still under way (it may change)
+                # at what is in force, told that a write is still under way (the pair may change, or
+                # b's own is not written yet)
+                assert d["cpu_khz"] == in_force and any(
+                    "still under way" in n or "busy with an earlier write" in n for n in d["notes"]), d
             assert st["ok"] and worst < 1.0, f"slowest round trip during the stall {worst:.2f} s"
             reply = json.loads(fa.readline())  # a itself is answered, with a note, within the bound
             assert reply["ok"] and time.monotonic() - t0 < 2.5

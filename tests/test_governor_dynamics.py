@@ -230,6 +230,10 @@ def test_the_gpu_work_queued_ahead_runs_at_the_points_in_force_since_it_began(tm
         vb.kernel.force_thermal_cap(True)
         gov.refresh()  # the cap seen: what runs now is lower
         capped_at, before, capped = gov._history[-1]
+        # forcing the cap and reading it back took 5-17 ms of this machine's time, as long as a's
+        # whole GPU work at times: a is taken to have begun 2 ms before the cap was seen
+        with gov._lock:
+            fa.started = fa.gpu_from = capped_at - 0.002
         stall_s = gov._change_stall_s(before, capped)
         assert stall_s > 0.0  # the board's transition latency of the domains the cap moved
         assert capped != point_of(a)
@@ -299,82 +303,42 @@ def test_a_frame_waiting_for_a_write_is_not_queued_ahead_of_the_frame_answered_f
     gov, slow, tight = slow_sd888(tmp_path, estimators)
     with gov:
         decided, a, b = a_writes_while_b_asks(gov, slow, tight)
-        while not any(f.app == "b" for f in gov._frames.values()):  # b registered, waiting
-            time.sleep(0.001)
         a.join()
+        assert "b" not in decided  # b waits for a's reply
         fa = gov._frames[decided["a"].frame]
-        fb = next(f for f in gov._frames.values() if f.app == "b")
-        gpu_b_s = float(fb.gpu_ms[gov._index(point_of(decided["a"]))]) / 1e3
-        assert fa.started - fb.started < gpu_b_s  # had b begun at its ask, its GPU work were not done
         assert decided["a"].changed and fa.wait_ms == 0.0  # b's GPU work has not begun
         b.join()
         fb = gov._frames[decided["b"].frame]
         assert fb.started > fa.started and fb.wait_ms > 0.0  # b queues behind a
 
 
-def test_a_written_frame_is_in_the_gpu_queue_before_the_next_write_decides(tmp_path, estimators):
-    """a's decision writes; b asks meanwhile and waits for the backend. When b's turn comes its
-    point is decided again from what is in force (a's write changed it): a's frame must be in the
-    GPU queue by then, started at a's reply. Started afterwards by a's own thread, it could be
-    missing from b's decision: b kept a's point, predicted with no wait, and waited behind a
-    (the demo's assistant, late by 4-5 ms behind the camera's frame)."""
+def test_a_frame_asked_during_a_write_is_decided_again_after_it_with_no_backend_call(tmp_path, estimators):
+    """a's decision writes; b asks meanwhile. b waits for the write and is decided again from what
+    is in force after it, with a's frame in the GPU queue by then (started at a's reply: started
+    afterwards by a's own thread, it was missing from b's decision, and b waited behind a
+    unpredicted, the demo's assistant late by 4-5 ms behind the camera's frame). b wants what a's
+    write put in force, so b reads and writes nothing: each frame asked during a write used to
+    take the backend in turn for a read-back and a write of nothing (32 apps at 120 fps: ten of
+    them, 50 ms in which no frame was served, behind one write)."""
     gov, slow, tight = slow_sd888(tmp_path, estimators)
-    seen_by_b: list[tuple[bool, float]] = []
+    took_backend: list[str] = []  # the apps whose decisions took the backend (read-back and write)
     apply = gov._resume_and_apply
 
     def noting(point, ask):
-        if ask.app == "b":  # what b's write sees of a's frame when it decides again
-            seen_by_b.extend((f.answered, f.wait_ms) for f in gov._frames.values() if f.app == "a")
+        took_backend.append(ask.app)
         return apply(point, ask)
 
     gov._resume_and_apply = noting
     with gov:
         decided, a, b = a_writes_while_b_asks(gov, slow, tight)
         a.join()
-        b.join()
-        assert decided["a"].changed and len(seen_by_b) == 1
-        assert seen_by_b[0][0]  # a's frame had started when b's write decided again
-        fa, fb = gov._frames[decided["a"].frame], gov._frames[decided["b"].frame]
-        assert fb.started > fa.started and fb.wait_ms > 0.0  # and b's reply counts its wait behind a
-
-
-def test_a_frame_asked_during_another_apps_write_is_answered_with_what_runs(tmp_path, estimators):
-    """App b needs the fastest point (its deadline is beyond even that); app a's decision lowers it
-    (slow stores); b asks again meanwhile. Answered at once with the point in force then (still the
-    fastest), b's frame would run at a's point, chosen without it. b waits for the write, decides
-    again from what is in force after it, raises back, and its reply names what the kernel runs."""
-    import threading
-
-    gov, vb, log = governed(tmp_path, estimators, "sd888_phone", lower_dwell_ms=0, hysteresis=0)
-    slow = SlowStores(vb.kernel)
-    gov.backend.transport.hook = slow
-    dirs = vb.kernel.frame_domains()
-    tight = fastest_ms(gov) * 0.99
-    with gov:
-        d = gov.before_frame("yolo", tight, app="b")  # the fastest point
-        gov.after_frame(d.frame, d.predicted_ms)
-        decided = {}
-
-        def app_a():
-            decided["a"] = gov.before_frame("yolo", tight * 12, app="a")  # far cheaper: a slow write
-
-        a = threading.Thread(target=app_a)
         stores = len(slow.stores)
-        a.start()
-        while len(slow.stores) == stores:  # a's write is under way
-            time.sleep(0.001)
-        b = gov.before_frame("yolo", tight, app="b")
-        a.join()
-        state = vb.kernel.read_state()["domains"]
-        in_force = tuple(state[k]["cur"] if k else None for k in dirs)
-        assert decided["a"].changed and decided["a"].cpu_khz < d.cpu_khz  # a lowered the point
-        assert (b.cpu_khz, b.gpu_hz, b.mem_hz) == in_force  # b's reply is what runs, a's write done
-        # raised back. The memory clock (8 ms to take effect) may stay where a put it or come back:
-        # it also speeds a's GPU work queued ahead of b, by how much depends on when b decides
-        assert (b.cpu_khz, b.gpu_hz) == (d.cpu_khz, d.gpu_hz)
-        # a's write was under way when b asked: what was in force then was still d's point
-        assert b.changed == (point_of(b) != point_of(d))
-        assert slow.above_cap() == []
+        b.join()
+        assert decided["a"].changed and point_of(decided["b"]) == point_of(decided["a"])
+        assert not decided["b"].changed and decided["b"].notes == ()
+        assert "b" not in took_backend and len(slow.stores) == stores  # b: no backend call
+        fa, fb = gov._frames[decided["a"].frame], gov._frames[decided["b"].frame]
+        assert fb.started > fa.started and fb.wait_ms > 0.0  # b's reply counts its wait behind a
 
 
 @pytest.mark.parametrize("board_name", ["rk3588", "sd888_phone"])  # userspace, pinned min == max
@@ -476,7 +440,7 @@ def test_a_frame_waiting_for_another_write_holds_no_frame_back(tmp_path, estimat
     1.8 ms of the daemon's CPU per frame, none decided on schedule)."""
     import threading
 
-    from governor.core import NeedsBackend
+    from governor.core import WriteUnderWay
 
     gov, vb, log = governed(tmp_path, estimators, "sd888_phone")
     loose = fastest_ms(gov) * 20
@@ -485,15 +449,17 @@ def test_a_frame_waiting_for_another_write_holds_no_frame_back(tmp_path, estimat
         gov.after_frame(d.frame, d.predicted_ms)
         gov._io.acquire()  # the backend busy (another write's round trip)
         with gov._lock:
-            gov._writes_under_way += 1  # that write, decided but not yet written
-        with pytest.raises(NeedsBackend):  # on the daemon's loop: decided once the write is done
+            gov._write_begins()  # that write, decided but not yet written
+        with pytest.raises(WriteUnderWay):  # on the daemon's loop: decided once the write is done
             gov.before_frame("yolo", loose, app="b", may_block=False)
         got = {}
         b = threading.Thread(target=lambda: got.setdefault("b", gov.before_frame("yolo", loose, app="b")))
         b.start()  # b waits for the backend
         time.sleep(0.1)
+        assert "b" not in got  # b waits for the write
         with gov._lock:
             gov._writes_under_way -= 1  # the write is done: nothing is about to change
+            gov._writes_ended()
         try:
             c = gov.before_frame("yolo", loose, app="c", may_block=False)  # the fast path again
         finally:
