@@ -46,6 +46,21 @@ def test_limit_writes_show_late_as_on_a_real_kernel(tmp_path):
     assert vb.kernel.read(f"{pol}/cpuinfo_cur_freq").strip() == "1305600"
 
 
+def test_work_another_process_left_pending_lands_at_this_ones_read(tmp_path):
+    """Each process of a board (the daemon's backend, the FUSE mount, the phone's shell) has its
+    own kernel object; a read parses the shared state again only when its version changed. A
+    reader that looked before another's write (nothing pending then) must see the work that
+    write left pending, and land it once due."""
+    vb = VirtualBoard(tmp_path / "b", board("sd888_phone", limit_apply_delay_ns=30_000_000))
+    pol = f"/{CPUFREQ}/policy7"
+    reader = type(vb.kernel)(vb.root)  # another process's view of the same tree
+    assert reader.read(f"{pol}/scaling_max_freq").strip() == "2841600"  # nothing pending: seen
+    vb.kernel.write(f"{pol}/scaling_max_freq", "1305600")  # the other process writes
+    assert reader.read(f"{pol}/scaling_max_freq").strip() == "2841600"  # not due yet
+    time.sleep(0.04)
+    assert reader.read(f"{pol}/scaling_max_freq").strip() == "1305600"  # landed by this reader
+
+
 def test_apply_reports_the_settled_frequency_not_the_stale_read(tmp_path, drive):
     """Issue: a read-back in the same batch as the writes was taken as the truth, so the old
     frequency was reported as in force and called a thermal cap."""
