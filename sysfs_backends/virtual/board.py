@@ -28,6 +28,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -227,6 +228,7 @@ class VirtualKernel:
         self._board: BoardConfig | None = None  # fixed for the life of a tree: parse once
         self._lock_path = str(self.root / LOCK)
         self._state_path = str(self.root / STATE)
+        self._real_root = os.path.realpath(self.root)  # where a path inside the tree resolves from
         # the state's version last parsed on the read path (``_land_due_work``), and when the
         # asynchronous work it holds falls due (None: none pending)
         self._seen_version = b""
@@ -237,10 +239,11 @@ class VirtualKernel:
         with open(self._lock_path, "r+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                state = json.loads((self.root / STATE).read_text())
+                with open(self._state_path, "rb") as f:
+                    state = json.loads(f.read())
                 self._catch_up(state, time.monotonic_ns())
                 yield state
-                _atomic_write(self.root / STATE, json.dumps(state))
+                _atomic_write(self._state_path, json.dumps(state))
                 # a new version of the state, for every process of the board (the lock file's
                 # first bytes, read under the same lock): readers parse the state again only then
                 os.pwrite(lock.fileno(), os.urandom(8), 0)
@@ -306,13 +309,15 @@ class VirtualKernel:
         with self._locked() as state:
             if path in state["faults"]:
                 raise OSError(state["faults"][path], os.strerror(state["faults"][path]), path)
-            local = self.root / path.lstrip("/")
-            if os.path.realpath(local) != os.path.join(os.path.realpath(self.root), path.lstrip("/")):
+            local = os.path.join(self.root, path.lstrip("/"))
+            if os.path.realpath(local) != os.path.join(self._real_root, path.lstrip("/")):
                 # a symlink on the way: the real kernel's files are never links to follow out
                 raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-            if not local.exists():
-                raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-            if not local.stat().st_mode & 0o200:
+            try:
+                mode = os.stat(local).st_mode
+            except FileNotFoundError:
+                raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+            if not mode & 0o200:
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
             directory, attr = path.rsplit("/", 1)
             if attr == "set_freq" and directory.endswith("/userspace"):
@@ -583,17 +588,24 @@ def _domain_dir(spec) -> str:
 
 def _force_write(path: Path, value) -> None:
     """Kernel-side update of an attribute file, whatever its mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink():  # planted: the kernel's own file replaces it, its target is not touched
-        path.unlink()
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    mode = 0o644
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    else:
+        if stat.S_ISLNK(st.st_mode):  # planted: the kernel's own file replaces it, its target is not touched
+            os.unlink(path)
+        else:
+            mode = st.st_mode & 0o777
     _atomic_write(path, f"{value}\n", mode)
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+def _atomic_write(path: str | Path, text: str, mode: int = 0o644) -> None:
     """Replace ``path`` whole: a SIGKILL at any moment leaves the old or the new content, never an
     empty or half-written attribute (readers open the path afresh each time, as with sysfs)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         os.write(fd, text.encode())
