@@ -84,9 +84,8 @@ class NeedsBackend(Exception):
 
 
 class WriteUnderWay(NeedsBackend):
-    """This decision needs no write of its own, but another decision's write is under way: the
-    point in force is about to change. Ask again once it has (``Governor.on_writes_done``), or
-    where it may block (there it waits for the write)."""
+    """Another decision's write is under way: the point in force is about to change. Ask again
+    once it has (``Governor.on_writes_done``), or where it may block (there it waits for it)."""
 
 
 class GovernorError(ValueError):
@@ -732,8 +731,7 @@ class Governor:
         point = self._geometry.values[idx]
         writes = resume or point != self._cur or not self._all_held
         notes = (STALLED_WRITE_NOTE,) if stalled and not writes else ()
-        changed = writes
-        if changed and not may_block:
+        if writes and not may_block:
             raise NeedsBackend
         frame = next(self._ids)
         ask.frame = frame
@@ -742,20 +740,18 @@ class Governor:
                                      predicted_ms=predicted, lat=ask.lat, corr=corr, gpu_ms=grid.gpu_ms,
                                      wait_ms=wait, lat_sorted=self._sorted_lat(grid, level),
                                      energy=ask.energy_mj, least_energy=self._least_energy(grid, level),
-                                     grid_lat=grid.latency_ms, answered=not changed)
+                                     grid_lat=grid.latency_ms, answered=not writes)
         if self._learner is not None and grid.energy_parts is not None:
             self._frames[frame].parts = grid.energy_parts[:, :, idx]
         self._limit_frames(owner, app)
         # its rate counts from here (a decision sent back to be made off the daemon's loop
         # comes here once)
         self._share.note(app, now, grid.gpu_ms, deadline_ms)
-        if not changed:
+        if not writes:
             return self._decided(frame, stats, point, predicted, feasible, deadline_ms, False, notes, context_len, now)
-        # only a decision that writes holds others back: one that merely came during a write
-        # waits for it without counting, else with frames arriving faster than writes end the
-        # count never fell to zero and every frame took this path (32 apps x 120 fps: 1.8 ms
-        # of the daemon's CPU per frame, none decided on schedule); a write it makes itself
-        # counts in ``_write_point``
+        # only a decision that writes holds others back (a frame that waited for a write does not
+        # count: with frames arriving faster than writes end the count never fell to zero, and
+        # every frame left the fast path); the write it makes itself counts in ``_write_point``
         self._write_begins()
         ask.seen = self._cur
         return frame, stats, point, ask, feasible

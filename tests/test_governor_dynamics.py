@@ -239,6 +239,7 @@ def test_the_gpu_work_queued_ahead_runs_at_the_points_in_force_since_it_began(tm
         assert capped != point_of(a)
         g_capped = float(grid.gpu_ms[gov._index(capped)]) / 1e3
         assert g_capped > g_fast * 1.05
+        time.sleep(0.005)  # a's work goes on under the cap for a while (the two countings differ by it)
         b = gov.before_frame("yolo", 1000.0, app="b")
         fb = gov._frames[b.frame]
         assert point_of(b) == capped  # nothing lower to write: b starts at once under the cap
