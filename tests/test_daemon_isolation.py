@@ -432,6 +432,49 @@ def test_stalled_phone_does_not_freeze_other_apps(tmp_path, estimator_json):
     assert "Traceback" not in (tmp_path / "daemon.log").read_text()
 
 
+def test_a_frame_asked_during_another_apps_write_is_answered_when_it_ends(tmp_path, estimator_json):
+    """A slow phone (3 ms per command: a's write, with its read-back, well within the 50 ms a frame
+    waits behind one): app a's frame needs a write; app b asks while it is under way. b is parked
+    on the daemon's loop and answered as soon as a's write has ended (16-17 ms here), at what that
+    write put in force (b's frame must serve a's tight frame in flight: a's point), with no note.
+    Without the governor's wake-up only the 50 ms timer answered it (66 ms)."""
+    from sysfs_backends.virtual.adb_device import VirtualAdbDevice
+    from sysfs_backends.virtual.board import VirtualBoard
+
+    vb = VirtualBoard(tmp_path / "tree", load_board("sd888_phone"))
+    (tmp_path / "yolo.json").write_text(json.dumps(estimator_json))
+    with VirtualAdbDevice(vb.root) as dev:
+        backend = {"kind": "android", "state_file": str(tmp_path / "saved.json"),
+                   "adb": {"address": dev.address, "key_path": str(tmp_path / "keys" / "adbkey"),
+                           "command_timeout_s": 10.0}}
+        proc = start(tmp_path, backend=backend, models={"yolo": {"estimator": str(tmp_path / "yolo.json")}})
+        try:
+            a, fa = raw(tmp_path / "gov.sock")
+            b, fb = raw(tmp_path / "gov.sock")
+            d = ask(b, fb, {"op": "before_frame", "model": "yolo", "deadline_ms": 200, "app": "b"})
+            ask(b, fb, {"op": "after_frame", "frame": d["frame"], "latency_ms": 20})
+            time.sleep(0.6)  # b's write and the daemon's next re-read of the state are done
+            dev.stall_s = 0.003
+            a.sendall(json.dumps({"op": "before_frame", "model": "yolo", "deadline_ms": 9, "app": "a"}).encode()
+                      + b"\n")  # needs a write: a few slow commands
+            time.sleep(0.003)
+            t0 = time.monotonic()
+            got = ask(b, fb, {"op": "before_frame", "model": "yolo", "deadline_ms": 200, "app": "b"})
+            waited_s = time.monotonic() - t0
+            ra = json.loads(fa.readline())
+            dev.stall_s = 0.0
+            assert ra["ok"] and not ra.get("notes"), ra  # a's write went through
+            assert got["ok"] and not got.get("notes"), got  # answered at the write's end, not the timer's
+            assert (got["cpu_khz"], got["gpu_hz"]) == (ra["cpu_khz"], ra["gpu_hz"]), (got, ra)
+            assert got["cpu_khz"] != d["cpu_khz"]  # what a's write put in force, not the point before it
+            # it waited for the write, and no longer: the timer would have answered it at 50 ms
+            assert 0.003 < waited_s < 0.045, waited_s
+        finally:
+            dev.stall_s = 0.0
+            assert stop(proc) == 0
+    assert "Traceback" not in (tmp_path / "daemon.log").read_text()
+
+
 # ---- other careless clients -----------------------------------------------------------------
 def test_connections_are_capped(run):
     _, tmp = run(governor={"max_clients": 3})
