@@ -692,8 +692,7 @@ class Governor:
             return self._decide_with_write(frame, stats, point, ask, grid, feasible, deadline_ms, context_len, now)
         finally:
             with self._lock:
-                self._writes_under_way -= 1
-                self._writes_ended()
+                self._write_ended()
 
     def _decide_locked(self, model: str, deadline_ms: float, context_len: int | None, app: str, owner: object,
                        grid, now: float, may_block: bool):
@@ -762,15 +761,9 @@ class Governor:
         return math.inf if self.write_wait_s is None else min(self.write_wait_s, WRITE_QUEUE_S)
 
     def _write_queue_left_s(self) -> float:
-        """How much longer a frame waits behind the writes under way: ``_write_queue_s`` from the
-        first (behind a stalled phone's, not again for every frame)."""
-        return max(0.0, min(self._write_queue_s(), self._write_since + self._write_queue_s() - time.monotonic()))
-
-    def _stalled_write_done(self, job: concurrent.futures.Future) -> None:
-        """A write whose frame was answered before the backend did has ended."""
-        with self._lock:
-            self._writes_under_way -= 1
-            self._writes_ended()
+        """How much longer a frame waits behind the writes under way (some are): ``_write_queue_s``
+        from the first (behind a stalled phone's, not again for every frame)."""
+        return max(0.0, self._write_since + self._write_queue_s() - time.monotonic())
 
     def _write_begins(self) -> None:
         """Under ``_lock``: a write is under way (frames asked meanwhile wait for it, ``_write_queue_s``
@@ -779,13 +772,19 @@ class Governor:
             self._write_since = time.monotonic()
         self._writes_under_way += 1
 
-    def _writes_ended(self) -> None:
-        """Under ``_lock``, after ``_writes_under_way`` fell: if no write is under way any more,
-        wake the frames that waited for one."""
+    def _write_ended(self) -> None:
+        """Under ``_lock``: the end of what ``_write_begins`` began. When no write is under way any
+        more, the frames that waited for one are woken."""
+        self._writes_under_way -= 1
         if self._writes_under_way == 0:
             self._quiet.notify_all()
             if self.on_writes_done is not None:
                 self.on_writes_done()
+
+    def _stalled_write_done(self, job: concurrent.futures.Future) -> None:
+        """A write whose frame was answered before the backend did has ended."""
+        with self._lock:
+            self._write_ended()
 
     def _decide_with_write(self, frame: int, stats: _AppStats, point: tuple[int, ...], ask: _Ask, grid,
                            feasible: bool, deadline_ms: float, context_len: int | None, now: float) -> Decision:
@@ -1674,33 +1673,32 @@ class Governor:
             res = self._write(changes)
         except BaseException:
             with self._lock:
-                self._writes_under_way -= 1
-                self._writes_ended()
+                self._write_ended()
             raise
         with self._lock:
-            # ended here, with what it put in force recorded below under the same lock: a frame
-            # decided in between would otherwise see no write under way and the old point
-            self._writes_under_way -= 1
-            self._held |= set(changes)
-            self._all_held = len(self._held) == len(self.domains)
-            self._read_at = time.monotonic()
-            eff = tuple(int(res.effective.get(d, c)) for d, c in zip(self.domains, self._cur, strict=True))
-            for k, domain in enumerate(self.domains):
-                if domain in res.unreachable:
-                    self._reachable &= self.points[:, k] != res.target[domain]
-                    self._reachable_key = self._reachable.tobytes()
-                    log.warning("%s: %s cannot be reached (the clock runs %s); planning without it",
-                                domain, res.target[domain], res.unreachable[domain])
-                if domain in res.limits:
-                    self._observe(k, res.limits[domain][1], res.conditions.get(domain, "ok"),
-                                  res.cooling_caps.get(domain))
-                elif domain in res.cooling_caps:  # not written: its limits unchanged, its cooling read
-                    self._observe(k, int(self.tables[k][-1]), "pending", res.cooling_caps[domain])
-            self._note_change(self._cur, eff, at)
-            if eff != self._cur:  # our own change (a cap or another agent seen at a refresh starts no dwell)
-                self._note_own_change(self._cur, eff, at)
-            self._cur = eff
-            self._writes_ended()
+            try:  # ended here, whatever happens, with what it put in force recorded under the same lock:
+                # a frame decided in between would otherwise see no write under way and the old point
+                self._held |= set(changes)
+                self._all_held = len(self._held) == len(self.domains)
+                self._read_at = time.monotonic()
+                eff = tuple(int(res.effective.get(d, c)) for d, c in zip(self.domains, self._cur, strict=True))
+                for k, domain in enumerate(self.domains):
+                    if domain in res.unreachable:
+                        self._reachable &= self.points[:, k] != res.target[domain]
+                        self._reachable_key = self._reachable.tobytes()
+                        log.warning("%s: %s cannot be reached (the clock runs %s); planning without it",
+                                    domain, res.target[domain], res.unreachable[domain])
+                    if domain in res.limits:
+                        self._observe(k, res.limits[domain][1], res.conditions.get(domain, "ok"),
+                                      res.cooling_caps.get(domain))
+                    elif domain in res.cooling_caps:  # not written: its limits unchanged, its cooling read
+                        self._observe(k, int(self.tables[k][-1]), "pending", res.cooling_caps[domain])
+                self._note_change(self._cur, eff, at)
+                if eff != self._cur:  # our own change (a cap or another agent seen at a refresh starts no dwell)
+                    self._note_own_change(self._cur, eff, at)
+                self._cur = eff
+            finally:
+                self._write_ended()
         return res
 
     def reply_sent(self, frame: int, at: float | None = None) -> None:

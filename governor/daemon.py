@@ -402,8 +402,9 @@ class Daemon:
         return await loop.run_in_executor(self._threads, compute_grid, *self.governor.grid_job(key))
 
     def answer_now(self, line: bytes | object, client: _Client) -> bytes | None:
-        """The encoded reply to one request line, answered here on the loop; None when it needs
-        backend I/O or a grid not computed yet: then a task answers it (``client.answered_later``)."""
+        """The encoded reply to one request line, answered here on the loop; None when it waits for
+        another decision's write, needs backend I/O or a grid not computed yet: then it is answered
+        later (``client.answered_later``)."""
         if line is _TOO_LONG:
             return encode(error("line_too_long", f"a request line is at most {MAX_LINE_BYTES} bytes"))
         try:
@@ -413,16 +414,7 @@ class Daemon:
                 if not client.asked_frames:  # a client asks for frames once it names a known model
                     self.governor.grid_key(req.model, req.context_len)
                     client.asked_frames = self._any_asked = True
-                try:  # the common frame (grid cached, same pair) is answered right here
-                    d = self.governor.before_frame(req.model, req.deadline_ms, req.context_len, req.app,
-                                                   owner=client, may_block=False)
-                except WriteUnderWay:  # the point is about to change: answered here once it has
-                    self._park(req, client)
-                    return None
-                except NeedsBackend:  # a write or a new grid: in a task, so a slow backend blocks no one
-                    self._spawn(self._answer_later(req, client))
-                    return None
-                return encode_decision(d)
+                return self._frame_on_loop(req, client)
             if op == "after_frame":
                 # bookkeeping only (never backend I/O): answered on the loop
                 done = self.governor.after_frame(req.frame, req.latency_ms, owner=client, failed=req.failed)
@@ -432,6 +424,21 @@ class Daemon:
                            "clients": len(self._clients), **st})
         except Exception as exc:  # noqa: BLE001 - sorted out below; never let one request take the daemon down
             return encode(self._error_reply(exc))
+
+    def _frame_on_loop(self, req: BeforeFrame | FastBeforeFrame, client: _Client) -> bytes | None:
+        """The encoded decision of a frame answered here on the loop (the common frame: grid
+        cached, same pair); None when it waits for another decision's write (parked) or went to
+        a task (a write of its own or a new grid, so a slow backend blocks no one)."""
+        try:
+            d = self.governor.before_frame(req.model, req.deadline_ms, req.context_len, req.app,
+                                           owner=client, may_block=False)
+        except WriteUnderWay:  # the point is about to change: answered here once it has
+            self._park(req, client)
+            return None
+        except NeedsBackend:
+            self._spawn(self._answer_later(req, client))
+            return None
+        return encode_decision(d)
 
     def _park(self, req: BeforeFrame | FastBeforeFrame, client: _Client) -> None:
         """Hold a frame asked during another decision's write until the write ends (the governor's
@@ -460,19 +467,12 @@ class Daemon:
         for req, client in parked:
             if client._closed:
                 continue
-            try:
-                d = self.governor.before_frame(req.model, req.deadline_ms, req.context_len, req.app,
-                                               owner=client, may_block=False)
-            except WriteUnderWay:  # another write began meanwhile
-                self._park(req, client)
-                continue
-            except NeedsBackend:
-                self._spawn(self._answer_later(req, client))
-                continue
+            try:  # parked again if another write began meanwhile
+                reply = self._frame_on_loop(req, client)
             except Exception as exc:  # noqa: BLE001 - sorted out in _error_reply
-                client.answered_later(encode(self._error_reply(exc)))
-                continue
-            client.answered_later(encode_decision(d))
+                reply = encode(self._error_reply(exc))
+            if reply is not None:
+                client.answered_later(reply)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

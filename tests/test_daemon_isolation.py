@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -379,7 +380,13 @@ def test_a_flood_of_pipelined_frames_does_not_freeze_other_apps(run):
     assert sorted(rtts)[len(rtts) // 2] < 0.1
 
 
-def test_stalled_phone_does_not_freeze_other_apps(tmp_path, estimator_json):
+@contextmanager
+def daemon_on_a_phone(tmp_path: Path, estimator_json: dict):
+    """The daemon on the Android backend, over ADB to a virtual phone; apps a and b connected, b's
+    first frame (200 ms deadline) decided and reported, its write landed on the phone and the
+    daemon's next re-read of the state done. Yields (the phone, (a, a's reader), (b, b's reader),
+    b's decision). On the way out the phone answers at once again, the daemon stops with exit 0
+    and its log holds no traceback."""
     from sysfs_backends.virtual.adb_device import VirtualAdbDevice
     from sysfs_backends.virtual.board import VirtualBoard
 
@@ -400,36 +407,39 @@ def test_stalled_phone_does_not_freeze_other_apps(tmp_path, estimator_json):
                     break
                 time.sleep(0.05)
             time.sleep(0.6)  # and so is the daemon's next re-read of the state
-            in_force = d["cpu_khz"]
-            dev.stall_s = 3.0  # the phone stops answering for 3 s per command
-            t0 = time.monotonic()
-            a.sendall(json.dumps({"op": "before_frame", "model": "yolo", "deadline_ms": 9, "app": "a"}).encode()
-                      + b"\n")  # needs a write
-            time.sleep(0.1)
-            worst = 0.0
-            for _ in range(10):  # b keeps being answered meanwhile
-                t1 = time.perf_counter()
-                st = ask(b, fb, {"op": "status"})
-                d = ask(b, fb, {"op": "before_frame", "model": "yolo", "deadline_ms": 200, "app": "b"})
-                ask(b, fb, {"op": "after_frame", "frame": d["frame"], "latency_ms": 20})
-                worst = max(worst, time.perf_counter() - t1)
-                # at what is in force, told that a write is still under way (it may change)
-                # at what is in force, told that a write is still under way (the pair may change, or
-                # b's own is not written yet)
-                assert d["cpu_khz"] == in_force and any(
-                    "still under way" in n or "busy with an earlier write" in n for n in d["notes"]), d
-            assert st["ok"] and worst < 1.0, f"slowest round trip during the stall {worst:.2f} s"
-            reply = json.loads(fa.readline())  # a itself is answered, with a note, within the bound
-            assert reply["ok"] and time.monotonic() - t0 < 2.5
-            # not in force yet (stalled), or not applied at all if the phone dropped meanwhile
-            assert any("not applied" in n for n in reply.get("notes", [])), reply
-            # and the reply names the pair in force, never the one not yet written
-            assert reply["cpu_khz"] == in_force, reply
-            dev.stall_s = 0.0
+            yield dev, (a, fa), (b, fb), d
         finally:
             dev.stall_s = 0.0
             assert stop(proc) == 0
     assert "Traceback" not in (tmp_path / "daemon.log").read_text()
+
+
+def test_stalled_phone_does_not_freeze_other_apps(tmp_path, estimator_json):
+    with daemon_on_a_phone(tmp_path, estimator_json) as (dev, (a, fa), (b, fb), d):
+        in_force = d["cpu_khz"]
+        dev.stall_s = 3.0  # the phone stops answering for 3 s per command
+        t0 = time.monotonic()
+        a.sendall(json.dumps({"op": "before_frame", "model": "yolo", "deadline_ms": 9, "app": "a"}).encode()
+                  + b"\n")  # needs a write
+        time.sleep(0.1)
+        worst = 0.0
+        for _ in range(10):  # b keeps being answered meanwhile
+            t1 = time.perf_counter()
+            st = ask(b, fb, {"op": "status"})
+            d = ask(b, fb, {"op": "before_frame", "model": "yolo", "deadline_ms": 200, "app": "b"})
+            ask(b, fb, {"op": "after_frame", "frame": d["frame"], "latency_ms": 20})
+            worst = max(worst, time.perf_counter() - t1)
+            # at what is in force, told that a write is still under way (the pair may change, or
+            # b's own is not written yet)
+            assert d["cpu_khz"] == in_force and any(
+                "still under way" in n or "busy with an earlier write" in n for n in d["notes"]), d
+        assert st["ok"] and worst < 1.0, f"slowest round trip during the stall {worst:.2f} s"
+        reply = json.loads(fa.readline())  # a itself is answered, with a note, within the bound
+        assert reply["ok"] and time.monotonic() - t0 < 2.5
+        # not in force yet (stalled), or not applied at all if the phone dropped meanwhile
+        assert any("not applied" in n for n in reply.get("notes", [])), reply
+        # and the reply names the pair in force, never the one not yet written
+        assert reply["cpu_khz"] == in_force, reply
 
 
 def test_a_frame_asked_during_another_apps_write_is_answered_when_it_ends(tmp_path, estimator_json):
@@ -438,41 +448,22 @@ def test_a_frame_asked_during_another_apps_write_is_answered_when_it_ends(tmp_pa
     on the daemon's loop and answered as soon as a's write has ended (16-17 ms here), at what that
     write put in force (b's frame must serve a's tight frame in flight: a's point), with no note.
     Without the governor's wake-up only the 50 ms timer answered it (66 ms)."""
-    from sysfs_backends.virtual.adb_device import VirtualAdbDevice
-    from sysfs_backends.virtual.board import VirtualBoard
-
-    vb = VirtualBoard(tmp_path / "tree", load_board("sd888_phone"))
-    (tmp_path / "yolo.json").write_text(json.dumps(estimator_json))
-    with VirtualAdbDevice(vb.root) as dev:
-        backend = {"kind": "android", "state_file": str(tmp_path / "saved.json"),
-                   "adb": {"address": dev.address, "key_path": str(tmp_path / "keys" / "adbkey"),
-                           "command_timeout_s": 10.0}}
-        proc = start(tmp_path, backend=backend, models={"yolo": {"estimator": str(tmp_path / "yolo.json")}})
-        try:
-            a, fa = raw(tmp_path / "gov.sock")
-            b, fb = raw(tmp_path / "gov.sock")
-            d = ask(b, fb, {"op": "before_frame", "model": "yolo", "deadline_ms": 200, "app": "b"})
-            ask(b, fb, {"op": "after_frame", "frame": d["frame"], "latency_ms": 20})
-            time.sleep(0.6)  # b's write and the daemon's next re-read of the state are done
-            dev.stall_s = 0.003
-            a.sendall(json.dumps({"op": "before_frame", "model": "yolo", "deadline_ms": 9, "app": "a"}).encode()
-                      + b"\n")  # needs a write: a few slow commands
-            time.sleep(0.003)
-            t0 = time.monotonic()
-            got = ask(b, fb, {"op": "before_frame", "model": "yolo", "deadline_ms": 200, "app": "b"})
-            waited_s = time.monotonic() - t0
-            ra = json.loads(fa.readline())
-            dev.stall_s = 0.0
-            assert ra["ok"] and not ra.get("notes"), ra  # a's write went through
-            assert got["ok"] and not got.get("notes"), got  # answered at the write's end, not the timer's
-            assert (got["cpu_khz"], got["gpu_hz"]) == (ra["cpu_khz"], ra["gpu_hz"]), (got, ra)
-            assert got["cpu_khz"] != d["cpu_khz"]  # what a's write put in force, not the point before it
-            # it waited for the write, and no longer: the timer would have answered it at 50 ms
-            assert 0.003 < waited_s < 0.045, waited_s
-        finally:
-            dev.stall_s = 0.0
-            assert stop(proc) == 0
-    assert "Traceback" not in (tmp_path / "daemon.log").read_text()
+    with daemon_on_a_phone(tmp_path, estimator_json) as (dev, (a, fa), (b, fb), d):
+        dev.stall_s = 0.003
+        a.sendall(json.dumps({"op": "before_frame", "model": "yolo", "deadline_ms": 9, "app": "a"}).encode()
+                  + b"\n")  # needs a write: a few slow commands
+        time.sleep(0.003)
+        t0 = time.monotonic()
+        got = ask(b, fb, {"op": "before_frame", "model": "yolo", "deadline_ms": 200, "app": "b"})
+        waited_s = time.monotonic() - t0
+        ra = json.loads(fa.readline())
+        dev.stall_s = 0.0
+        assert ra["ok"] and not ra.get("notes"), ra  # a's write went through
+        assert got["ok"] and not got.get("notes"), got  # answered at the write's end, not the timer's
+        assert (got["cpu_khz"], got["gpu_hz"]) == (ra["cpu_khz"], ra["gpu_hz"]), (got, ra)
+        assert got["cpu_khz"] != d["cpu_khz"]  # what a's write put in force, not the point before it
+        # it waited for the write, and no longer: the timer would have answered it at 50 ms
+        assert 0.003 < waited_s < 0.045, waited_s
 
 
 # ---- other careless clients -----------------------------------------------------------------

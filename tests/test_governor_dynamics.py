@@ -459,8 +459,7 @@ def test_a_frame_waiting_for_another_write_holds_no_frame_back(tmp_path, estimat
         time.sleep(0.1)
         assert "b" not in got  # b waits for the write
         with gov._lock:
-            gov._writes_under_way -= 1  # the write is done: nothing is about to change
-            gov._writes_ended()
+            gov._write_ended()  # the write is done: nothing is about to change
         try:
             c = gov.before_frame("yolo", loose, app="c", may_block=False)  # the fast path again
         finally:

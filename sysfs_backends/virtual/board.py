@@ -267,18 +267,14 @@ class VirtualKernel:
     # ---- the sysfs read path ----------------------------------------------------------
     def catch_up(self) -> dict:
         """Land the asynchronous work that is due (rewriting the files it changes); the state."""
-        state = self.read_state()
-        now = time.monotonic_ns()
-        if any(d.get("pending_ns") is not None and d["pending_ns"] <= now for d in state["domains"].values()):
-            with self._locked() as state:
-                pass
-        return state
+        self._land_due_work()
+        return self.read_state()
 
     def _land_due_work(self) -> None:
-        """``catch_up`` for the read path, where it runs for every attribute read (a settled
+        """Land the asynchronous work that is due. It runs for every attribute read (a settled
         read-back is a dozen of them): the state is parsed again only when its version changed,
-        else a read costs an flock and an 8-byte read (~4 ms per write of the SD888's three
-        domains under the daemon came to half that)."""
+        else it costs an flock and an 8-byte read (~4 ms per write of the SD888's three domains
+        under the daemon came to half that)."""
         fd = os.open(self._lock_path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
