@@ -69,14 +69,8 @@ class GovernorSettings(BaseModel):
                                   "still meets the deadline (a raise is never held): with several apps the frames "
                                   "in flight come and go, and the cheapest pair serving them moved down and up "
                                   "with them, a write each time (a change seen at a refresh, such as a cap, "
-                                  "starts none)")
-    lower_dwell_max_ms: float = Field(1000.0, ge=0, description="while the apps sharing the GPU need more of "
-                                      "it than it has, a cheaper pair that did not hold (a raise within "
-                                      "lower_dwell_bounce_ms of writing it) doubles the dwell, up to this; it "
-                                      "decays back to lower_dwell_ms with a 2 s time constant: frames that find a "
-                                      "lull once and miss it the next time no longer cost two writes each lull")
-    lower_dwell_bounce_ms: float = Field(100.0, ge=0, description="a raise this soon after our lowering means "
-                                         "the lowering did not hold")
+                                  "starts none); while the apps sharing the GPU need more of it than it has, "
+                                  "no cheaper pair is taken at all")
     context_bucket: int = Field(16, ge=1, description="context lengths are rounded up to a multiple of this "
                                 "(a grid per bucket; rounding up 64 tokens cost a GPU step at tight deadlines)")
     cap_recheck_s: float = Field(1.0, gt=0, description="pinned limits (min == max) at or under a cap hide it: "

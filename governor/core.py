@@ -76,7 +76,6 @@ WRITE_LEAD_QUANTILE = 25.0
 WAIT_LEARN_SHARE = 0.1  # a frame predicted to wait longer than this share of its latency: its fit is not learned
 FRESH_READ_S = 0.0  # a write follows a read-back at most this old; else the state is read first
 MAX_FRONTIERS_PER_LEVEL = 32  # masks (caps, unreachable points, point in force) kept per grid and level
-DWELL_DECAY_S = 2.0  # how fast a dwell lengthened by lowerings that did not hold comes back (``_dwelling``)
 
 
 class NeedsBackend(Exception):
@@ -514,9 +513,6 @@ class Governor:
         self._lands_at = np.zeros(len(self.domains))  # when that change takes effect (monotonic s)
         self._landed_by = 0.0  # every change has landed by then (the latest of ``_lands_at``)
         self._changed_at = -math.inf  # when a write of ours last changed the point in force (``lower_dwell_ms``)
-        self._lowered_at = -math.inf  # when a write of ours last lowered it
-        self._bounced_at = -math.inf  # when a raise last followed a lowering within lower_dwell_bounce_ms
-        self._bounce_dwell_s = self.settings.lower_dwell_ms / 1e3  # the dwell set then (decays back)
         self._stale_at: float | None = None  # a late frame asks for an early re-read of the state
         self._read_at = time.monotonic()  # the last settled read-back
         self._next_refresh = time.monotonic() + self.settings.state_refresh_s
@@ -1107,48 +1103,22 @@ class Governor:
         return cur, ordered.allowed[cur], stairs
 
     def _dwelling(self, now: float) -> bool:
-        """Whether a write of ours changed the point in force less than ``lower_dwell_ms`` ago: then
-        it is kept while it meets the deadline and serves the frames in flight (only a raise goes
-        through). Frames of several apps come and go every few milliseconds, and the cheapest point
-        serving those in flight went down with each lull and up with the next frame, two writes each
-        time (measured: 32 apps at 120 fps, 500 writes in 3 s, 0.1% of the decisions on schedule
-        behind them). A change seen at a refresh (a cap, another agent) starts no dwell.
+        """Whether the point in force is kept while it meets the deadline and serves the frames in
+        flight (only a raise goes through):
 
-        When the apps sharing the GPU need more of it than it has (``GpuShare.overloaded``), a
-        lowering that a raise followed within ``lower_dwell_bounce_ms`` did not hold: the dwell
-        doubles (up to ``lower_dwell_max_ms``) and decays back over seconds. Measured: 32 apps at
-        120 fps on one GPU, every frame late at every point but a lucky one now and then that found
-        the queue short and took a CPU clock half as fast; the next frame took the top again, two
-        writes every 60-150 ms, each holding the frames asked meanwhile."""
-        since = now - self._changed_at
-        base = self.settings.lower_dwell_ms / 1e3
-        if since < base:
-            return True
-        if since >= self._bounce_dwell_s:
-            return False
-        return since < self._dwell_s(now)
-
-    def _dwell_s(self, now: float) -> float:
-        """The dwell now: ``lower_dwell_ms``, or more after lowerings that did not hold."""
-        base = self.settings.lower_dwell_ms / 1e3
-        return base + (self._bounce_dwell_s - base) * math.exp(-(now - self._bounced_at) / DWELL_DECAY_S)
-
-    def _note_own_change(self, before: tuple[int, ...], after: tuple[int, ...], at: float) -> None:
-        """A write of ours changed the point in force: starts a dwell, and a raise soon after a
-        lowering, while the apps sharing the GPU need more of it than it has, lengthens the dwells
-        that follow (``_dwelling``). Only then: apps whose GPU work fits take turns at the points
-        each needs (a detector's frame, then a decoder's token), and holding the higher one cost
-        energy (SD888, detector + decoder: 1.27 and 1.58x the joint oracle at the target against
-        1.20 and 1.35 without)."""
-        s = self.settings
-        if all(a <= b for a, b in zip(after, before, strict=True)):
-            self._lowered_at = at
-        elif at - self._lowered_at < s.lower_dwell_bounce_ms / 1e3 and self._share.overloaded():
-            self._bounce_dwell_s = min(max(2 * self._dwell_s(at), s.lower_dwell_ms / 1e3),
-                                       max(s.lower_dwell_max_ms, s.lower_dwell_ms) / 1e3)
-            self._bounced_at = at
-            self._lowered_at = -math.inf  # one bounce per lowering
-        self._changed_at = at
+        * for ``lower_dwell_ms`` after a write of ours changed it. Frames of several apps come and
+          go every few milliseconds, and the cheapest point serving those in flight went down with
+          each lull and up with the next frame, two writes each time (measured: 32 apps at 120 fps,
+          500 writes in 3 s, 0.1% of the decisions on schedule behind them). A change seen at a
+          refresh (a cap, another agent) starts no dwell;
+        * while the apps sharing the GPU need more of it than it has (``GpuShare.overloaded``):
+          their frames are late at every point, and a frame that finds the queue short for a
+          moment does not make a cheaper point hold; the next frames take the fastest again.
+          Measured with 32 apps at 120 fps on the SD888's GPU (20 ms deadline): a write down and
+          one up every 60-700 ms, each pair ~20 frames off their schedule behind it; a dwell that
+          doubled after each such pair still let 8 pairs through in 3 s. Apps whose work fits
+          are not held by this: they take turns at the points each needs."""
+        return now - self._changed_at < self.settings.lower_dwell_ms / 1e3 or self._share.overloaded()
 
     def _hysteresis(self, ask: _Ask) -> float:
         """How much more energy the pair in force may cost before it is changed. Higher while another
@@ -1695,7 +1665,7 @@ class Governor:
                         self._observe(k, int(self.tables[k][-1]), "pending", res.cooling_caps[domain])
                 self._note_change(self._cur, eff, at)
                 if eff != self._cur:  # our own change (a cap or another agent seen at a refresh starts no dwell)
-                    self._note_own_change(self._cur, eff, at)
+                    self._changed_at = at  # a dwell starts (``_dwelling``)
                 self._cur = eff
             finally:
                 self._write_ended()
