@@ -82,6 +82,11 @@ class NeedsBackend(Exception):
     """This decision needs backend I/O: call ``before_frame`` again where it may block."""
 
 
+class NeedsWrite(NeedsBackend):
+    """This decision writes a point: frames asked after it are decided once its write has ended
+    (``WriteUnderWay``)."""
+
+
 class WriteUnderWay(NeedsBackend):
     """Another decision's write is under way: the point in force is about to change. Ask again
     once it has (``Governor.on_writes_done``), or where it may block (there it waits for it)."""
@@ -727,7 +732,7 @@ class Governor:
         writes = resume or point != self._cur or not self._all_held
         notes = (STALLED_WRITE_NOTE,) if stalled and not writes else ()
         if writes and not may_block:
-            raise NeedsBackend
+            raise NeedsWrite
         frame = next(self._ids)
         ask.frame = frame
         # registered before the write, so decisions made meanwhile serve this frame's deadline
