@@ -14,9 +14,10 @@
   each at its own phase of the period (as apps started at different times run): the steady state,
   not 32 interpreters forking on two cores (until 2026-11-25 the schedules started as each process
   came up, and the first 250 ms held every late frame of the 1000 ms case). Likewise a client
-  process exits only once every schedule has ended: 32 interpreters tearing down on two cores
-  while the others run their last frames is the benchmark's own load, not the daemon's (measured
-  on 2026-11-26: 12-18 frames late in the last 10 ms, none with the exits held). The late frames
+  ends its run (its last reply, closing, handing its counts to this process, exiting) only once
+  every schedule has ended: 32 interpreters doing that on two cores while the others run their
+  last frames is the benchmark's own load, not the daemon's (measured on 2026-11-26: 12-18 frames
+  late in the last 10 ms, none with the end held). The late frames
   are counted apart for the first 100 ms of each schedule (the onset: 32 apps from idle within one
   period, the point raised in a few writes as their queue builds) and after. Twice: at the 20 ms
   deadline (32 apps' GPU work queued on one GPU leaves most frames infeasible and moves the
@@ -183,6 +184,11 @@ def client_worker(sock: str, fps: float, seconds: float, queue, deadline_ms: flo
             frames += 1
         except (OSError, RuntimeError, ValueError):
             break
+    try:  # the end of the run (the last reply, closing, the counts to the parent, exiting) waits
+        # until every schedule has ended (see the module's docstring)
+        finished.wait(timeout=seconds + 60)
+    except threading.BrokenBarrierError:
+        pass
     try:  # the last report's reply, read before this one's
         client.status()
         answered += frames > 0
@@ -191,10 +197,6 @@ def client_worker(sock: str, fps: float, seconds: float, queue, deadline_ms: flo
     client.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     queue.put((sent, answered, rtts, frames, usage.ru_utime + usage.ru_stime, on_time, late_slots))
-    try:  # exit once every schedule has ended (see the module's docstring)
-        finished.wait(timeout=seconds + 60)
-    except threading.BrokenBarrierError:
-        pass
 
 
 def load(sock: str, daemon_pid: int, args, deadline_ms: float) -> dict:
