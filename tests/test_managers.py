@@ -86,9 +86,16 @@ def test_domain_held_by_another_program_seen_through_the_backend(tmp_path):
 
 
 def _pin_lowest(board: VirtualBoard) -> None:
-    """Limits pinned to one frequency through the board's kernel, as jetson_clocks or a script leaves them."""
+    """Limits pinned to one frequency through the board's kernel, as jetson_clocks or a script leaves
+    them: long since taken up (cpufreq applies a new limit from a work item, ~1 ms later; read
+    sooner, the old max still shows, as on a real kernel: one CI run in four read it that soon)."""
     lowest = min(int(x) for x in (board.root / POLICY / "scaling_available_frequencies").read_text().split())
     board.kernel.write(f"/{POLICY}/scaling_max_freq", str(lowest))
+    for _ in range(1000):
+        if board.kernel.read(f"/{POLICY}/scaling_max_freq").strip() == str(lowest):
+            return
+        time.sleep(0.001)
+    raise AssertionError("the kernel never took the pinned limit up")
 
 
 def test_pinned_limits_seen_through_the_backend(tmp_path):
