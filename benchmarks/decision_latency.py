@@ -229,7 +229,7 @@ def load(sock: str, daemon_pid: int, args, deadline_ms: float) -> dict:
     answered = sum(r[1] for r in results)
     frames = sum(r[3] for r in results)
     on_time = sum(r[5] for r in results)
-    onset_slots = math.ceil(ONSET_S * args.fps - 1e-9)
+    onset_slots = slots(ONSET_S, args.fps)
     late_onset = sum(k < onset_slots for r in results for k in r[6])
     scheduled = args.clients * slots(args.seconds, args.fps)
     return {

@@ -994,7 +994,8 @@ class Governor:
         wait = np.broadcast_to(self._queue_wait(ask), len(self.points))
         total = predicted + wait
         ok = allowed & (total <= ask.deadline_ms)
-        if self._write_lead_s_now() > 0.0 and self._queued_ahead(ask):
+        if self._write_lead_s_now() > 0.0 and (ok.any() or self._share.total() is not None) \
+                and self._queued_ahead(ask):
             # a written point's frame starts once the write is done, the queue ahead draining
             # meanwhile (``_queue_waits``). Also where no point is in time counted from now, once
             # the apps' rates are known (``GpuShare``): a token asked just after the demo's camera
@@ -1005,7 +1006,7 @@ class Governor:
             # times instead of 3 as their queue built, each write making the next frame wait
             led = self._queue_waits(ask)
             ok_led = allowed & (predicted + led <= ask.deadline_ms)
-            if ok.any() or (ok_led.any() and self._share.total() is not None):
+            if ok.any() or ok_led.any():
                 wait, total, ok = led, predicted + led, ok_led
         if not ok.any():
             # late wherever it runs: the least late point, the queue counted from now (a write's

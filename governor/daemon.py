@@ -453,7 +453,11 @@ class Daemon:
         decision made again there) took the CPU the write itself needed."""
         self._parked.append((req, client))
         if self._unpark_timer is None:
-            self._unpark_timer = self._loop.call_later(WRITE_QUEUE_S, self._unpark, False)
+            self._unpark_later()
+
+    def _unpark_later(self) -> None:
+        """The longest the parked frames wait: then they are answered, whatever is asked."""
+        self._unpark_timer = self._loop.call_later(WRITE_QUEUE_S, self._unpark, False)
 
     def _writes_done(self) -> None:
         """The governor's ``on_writes_done`` (any thread, must not block): answer the parked frames."""
@@ -480,7 +484,7 @@ class Daemon:
         for n, (req, client) in enumerate(parked):
             if hold and self._writes_asked:
                 self._parked.extend(parked[n:])
-                self._unpark_timer = self._loop.call_later(WRITE_QUEUE_S, self._unpark, False)
+                self._unpark_later()
                 return
             if client._closed:
                 continue
