@@ -60,8 +60,15 @@ class Correction:
         self._pred = np.zeros((FIT_WINDOW, len(HOST_LEVELS)))
         self._meas = np.zeros(FIT_WINDOW)
         self._next = 0
-        # the fit each frame was measured against (host slowdown, bias), as a ring like the frames
-        self._fit_then = np.ones((FIT_WINDOW, 2))
+        # the noise margin's latest samples (fitted frames and the waited frames of
+        # ``add_tail_only`` alike), as a ring: what each measured, its prediction per host level,
+        # the fit it was taken against (host slowdown, bias) and its number in the margin's
+        # sequence, so that a sample the fit now explains is revised, and that sample only
+        self._m_pred = np.zeros((FIT_WINDOW, len(HOST_LEVELS)))
+        self._m_meas = np.zeros(FIT_WINDOW)
+        self._m_then = np.ones((FIT_WINDOW, 2))
+        self._m_seq = np.full(FIT_WINDOW, -1, dtype=np.int64)
+        self._m_next = 0
         self.margin = TailMargin(settings.miss_rate_target, settings.correction_window,
                                  settings.margin_half_life_frames, settings.min_samples,
                                  initial, settings.miss_cluster,
@@ -87,10 +94,10 @@ class Correction:
         measured time: a change in the middle of a frame is part of what the deadline must
         absorb."""
         fitted_ms = max(measured_ms - stalled_ms, 1e-9)
+        before = (HOST_LEVELS[self.level], self.bias)  # the fit it was predicted under
         self.frames.append((column, fitted_ms))
         self._pred[self._next] = column
         self._meas[self._next] = fitted_ms
-        self._fit_then[self._next] = (HOST_LEVELS[self.level], self.bias)
         self._next = (self._next + 1) % FIT_WINDOW
         n = len(self.frames)
         pred, meas = (self._pred, self._meas) if n == FIT_WINDOW else (self._pred[:n], self._meas[:n])
@@ -104,20 +111,26 @@ class Correction:
                     n >= DROP_OLDER + DROP_WINDOW and self._dropped(ratio[:, level], n)):
                 level, bias = fast_level, fast_bias
         self.level, self.bias = level, bias
-        if n > 1:
-            # the earlier frames of the window measured against a fit of another regime (host
-            # slowdown or bias since moved by more than REGIME_LOG: a load step, a burst) and
-            # against the fit as it is now: one that ran slow while the fit lagged behind the
-            # change is explained now, its residual was the lag, not the noise
-            order = _LAST[n][self._next][:-1]
-            then = self._fit_then[order]
-            other = np.abs(np.log(then / (HOST_LEVELS[level], bias))).max(axis=1) > REGIME_LOG
-            if other.any():
-                now = meas[order] / np.maximum(bias * pred[order, level], 1e-9)
-                self.margin.revise(np.where(other, now, np.inf))
+        self._revise_margin()
         # the noise around the current fit (not the lag while it was catching up, which the fast
         # window handles): what the deadline must absorb
-        self._feed_margin(column, measured_ms)
+        self._feed_margin(column, measured_ms, before)
+
+    def _revise_margin(self) -> None:
+        """The margin's recent samples taken against a fit of another regime (host slowdown or
+        bias since moved by more than REGIME_LOG: a load step, a burst), against the fit as it is
+        now: one that ran slow while the fit lagged behind the change is explained now, its
+        residual was the lag, not the noise (``TailMargin.revise``). Each sample is revised by
+        its own number: a waited frame's sample lies between the fitted frames' in the margin,
+        and matched by position (as before) the revisions fell on the wrong samples wherever
+        apps took turns on the GPU (the demo's assistant: half of its frames), and its margin kept
+        a load step's lag."""
+        valid = self._m_seq >= 0
+        level, bias = self.level, self.bias
+        other = valid & (np.abs(np.log(self._m_then / (HOST_LEVELS[level], bias))).max(axis=1) > REGIME_LOG)
+        if other.any():
+            now = self._m_meas[other] / np.maximum(bias * self._m_pred[other, level], 1e-9)
+            self.margin.revise(self._m_seq[other].tolist(), now.tolist())
 
     def add_tail_only(self, column: np.ndarray, measured_ms: float) -> None:
         """A frame the fit does not learn from (most of it was a predicted wait behind other apps'
@@ -132,10 +145,18 @@ class Correction:
         left as it is."""
         self._feed_margin(column, measured_ms)
 
-    def _feed_margin(self, column: np.ndarray, measured_ms: float) -> None:
-        """The frame's ratio to the current fit goes to the noise margin: the spread."""
+    def _feed_margin(self, column: np.ndarray, measured_ms: float, then: tuple | None = None) -> None:
+        """The frame's ratio to the current fit goes to the noise margin: the spread. ``then``:
+        the fit (host slowdown, bias) the frame was predicted under, if not the current one; a
+        later fit far from it revises the sample (``_revise_margin``)."""
         expected = self.bias * float(column[self.level])
         if expected > 0:
+            k = self._m_next
+            self._m_pred[k] = column
+            self._m_meas[k] = measured_ms
+            self._m_then[k] = then if then is not None else (HOST_LEVELS[self.level], self.bias)
+            self._m_seq[k] = self.margin.count
+            self._m_next = (k + 1) % FIT_WINDOW
             self.spread = self.margin.add(measured_ms / expected, expected / max(float(column[0]), 1e-9))
 
     def _dropped(self, ratio: np.ndarray, n: int) -> bool:

@@ -136,6 +136,7 @@ class TailMargin:
         self._since_fit = 0  # frames since the last refit
         self._transients = 0  # samples marked transient in the window
         self._decay: np.ndarray | None = None  # the age weights for a full window
+        self.count = 0  # samples added so far: the next one's number (``revise``)
 
     def __len__(self) -> int:
         return len(self.ratios)
@@ -150,6 +151,7 @@ class TailMargin:
         the fit has since caught up with (the bias moved) stops raising the margin on top of it."""
         ratio = float(ratio)
         raw = ratio * scale
+        self.count += 1
         if len(self.raw) == self.raw.maxlen:  # the oldest sample leaves the window
             gone = self.raw[0]
             del self._raw_sorted[bisect_left(self._raw_sorted, gone)]
@@ -190,31 +192,31 @@ class TailMargin:
         self.value = max(fitted, boost)
         return self.value
 
-    def revise(self, ratios: np.ndarray) -> None:
-        """The ratios of the latest ``len(ratios)`` samples (oldest first, the newest excluded)
-        against the correction's fit as it stands now (inf: not to be revised). A sample that lay
-        above the margin and that the fit now explains (its ratio against the fit is back in the
-        body: under the tail's threshold, over the body's low end) takes its ratio against the
-        fit: it ran slow because the regime changed (a load step, the first frame of a burst)
-        while the fit lagged, and must not hold the margin up for a whole half-life as if it were
-        the noise's tail (measured: one such frame at a load step kept the SD888's language model
-        on a 12% costlier point for ~100 frames). A sample far under the body now belongs to the
-        old regime and stays. Only such samples: revising every sample to the smallest of its
-        ratios under later fits would pull the whole tail down by the fits' own jitter. The tail
-        is refitted at the next sample."""
+    def revise(self, numbers: list[int], ratios: list[float]) -> None:
+        """Samples ``numbers`` (their place in the sequence of ``add``, the first 0) against the
+        correction's fit as it stands now, ``ratios``; those no longer in the window are skipped.
+        A sample that lay at or above the margin and that the fit now explains (its ratio against
+        the fit is back under the margin, or under the tail's threshold, and over the body's low
+        end) takes its ratio against the fit: it ran slow because the regime changed (a load
+        step, the first frame of a burst) while the fit lagged, and must not hold the margin up
+        for a whole half-life as if it were the noise's tail (measured: one such frame at a load
+        step kept the SD888's language model on a 12% costlier point for ~100 frames). A sample
+        far under the body now belongs to the old regime and stays. Only such samples: revising
+        every sample to the smallest of its ratios under later fits would pull the whole tail
+        down by the fits' own jitter. (Under the tail's threshold alone was too strict where the
+        noise is small: a fit still catching up left the lagged frame a little above it, and the
+        sample kept the margin up.) The tail is refitted at the next sample."""
         n = len(self.ratios)
-        m = min(len(ratios), n - 1)
         body, low, level = self._threshold, self._low, self.value
-        if m <= 0 or not math.isfinite(body) or not math.isfinite(low):
+        if not math.isfinite(body) or not math.isfinite(low):
             return
-        for j in range(m):
-            k = n - 1 - m + j
-            old = self.ratios[k]
-            if old > level:
-                new = float(ratios[len(ratios) - m + j])
-                if low <= new <= body:  # far under the body: a sample of the old regime
-                    self.ratios[k] = new
-                    self._since_fit = REFIT_EVERY
+        explained = max(body, level)
+        for number, new in zip(numbers, ratios, strict=True):
+            k = n - (self.count - number)
+            # far under the body: a sample of the old regime, kept
+            if 0 <= k < n and self.ratios[k] >= level and low <= new <= explained and new < self.ratios[k]:
+                self.ratios[k] = float(new)
+                self._since_fit = REFIT_EVERY
 
     def _weights(self) -> np.ndarray:
         n = len(self.ratios)

@@ -146,6 +146,31 @@ def test_a_frame_slow_because_the_regime_changed_leaves_the_tail_once_explained(
     assert spike > 1.1  # an isolated slow frame in one regime is
 
 
+def test_a_load_step_leaves_the_tail_also_where_waited_frames_lie_between_the_fitted_ones():
+    """Two apps taking turns on the GPU: every other frame waited behind the other app's work and
+    feeds the margin alone (``add_tail_only``), so the margin's samples interleave with the fit's
+    frames. A load step's first frames, fitted or waited, are measured against the old fit; once
+    the fit has followed the load each is the fit's lag and leaves the tail. Matched to the fit's
+    frames by position, the revisions fell on the wrong samples and the lag stayed in the tail."""
+    from governor.config import GovernorSettings
+    from governor.correction import HOST_LEVELS, Correction
+
+    rng = np.random.default_rng(5)
+    column = 10.0 * (0.4 + 0.6 * HOST_LEVELS)
+    c = Correction(GovernorSettings())
+    for n in range(400):
+        s = 1.0 if n < 300 else 1.3
+        measured = 10.0 * (0.4 + 0.6 * s) * float(np.exp(rng.normal(0.0, 0.005)))
+        if n % 2:
+            c.add_tail_only(column, measured)
+        else:
+            c.add(column, measured)
+    assert c.host_slowdown > 1.2  # the fit followed the load
+    ratios = np.array(c.margin.ratios)
+    assert ratios[-100:].max() < 1.03, np.sort(ratios[-100:])[-4:]  # the step's lag left the tail
+    assert c.spread < 1.04
+
+
 def test_when_a_load_ends_the_fit_lets_go_within_a_few_frames_and_noise_alone_does_not_drop_it():
     """A background load (host side 1.6x) ends: the frames' ratios fall below every older one, and
     the fit follows within DROP_WINDOW + 1 frames instead of waiting for the 24-frame median to turn
