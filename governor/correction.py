@@ -157,7 +157,17 @@ class Correction:
             self._m_then[k] = then if then is not None else (HOST_LEVELS[self.level], self.bias)
             self._m_seq[k] = self.margin.count
             self._m_next = (k + 1) % FIT_WINDOW
-            self.spread = self.margin.add(measured_ms / expected, expected / max(float(column[0]), 1e-9))
+            self.spread = self.margin.add(measured_ms / expected, expected / max(float(column[0]), 1e-9),
+                                          self._now_of)
+
+    def _now_of(self, number: int) -> float | None:
+        """The margin's sample ``number`` against the fit as it is now (None once it has left the
+        ring): its measured time over the current fit's prediction at its own pair."""
+        k = (self._m_next - (self.margin.count - 1 - number) - 1) % FIT_WINDOW
+        if self._m_seq[k] != number:
+            return None
+        expected = self.bias * float(self._m_pred[k, self.level])
+        return float(self._m_meas[k]) / expected if expected > 0 else None
 
     def _dropped(self, ratio: np.ndarray, n: int) -> bool:
         """Whether the latest DROP_WINDOW frames all ran faster, against the fit, than every older
