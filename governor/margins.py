@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, insort
 from collections import deque
+from collections.abc import Callable
 from statistics import NormalDist
 
 import numpy as np
@@ -146,7 +147,8 @@ class TailMargin:
     def in_cluster(self) -> bool:
         return self.since_cluster < self.cluster_window
 
-    def add(self, ratio: float, scale: float = 1.0, now_of=None) -> float:
+    def add(self, ratio: float, scale: float = 1.0,
+            now_of: Callable[[int], float | None] | None = None) -> float:
         """One frame's measured / corrected-prediction ratio; returns the new margin. ``scale``: the
         fit's multiplier on the uncorrected prediction when the ratio was taken, so that a cluster
         the fit has since caught up with (the bias moved) stops raising the margin on top of it.
@@ -209,7 +211,8 @@ class TailMargin:
     def revise(self, numbers: list[int], ratios: list[float]) -> None:
         """Samples ``numbers`` (their place in the sequence of ``add``, the first 0) against the
         correction's fit as it stands now, ``ratios``; those no longer in the window are skipped.
-        A sample that lay at or above the margin and that the fit now explains (its ratio against
+        A sample that lay at or above the margin (or was revised before: the fit goes on catching
+        up) and that the fit now explains (its ratio against
         the fit is back under the margin, or under the tail's threshold, and over the body's low
         end) takes its ratio against the fit: it ran slow because the regime changed (a load
         step, the first frame of a burst) while the fit lagged, and must not hold the margin up
