@@ -63,12 +63,12 @@ class Correction:
         # the noise margin's latest samples (fitted frames and the waited frames of
         # ``add_tail_only`` alike), as a ring: what each measured, its prediction per host level,
         # the fit it was taken against (host slowdown, bias) and its number in the margin's
-        # sequence, so that a sample the fit now explains is revised, and that sample only
+        # sequence, so that a sample the fit now explains is revised, and that sample only. Sample
+        # number k lies in row k % FIT_WINDOW (only ``_feed_margin`` adds to the margin)
         self._m_pred = np.zeros((FIT_WINDOW, len(HOST_LEVELS)))
         self._m_meas = np.zeros(FIT_WINDOW)
         self._m_then = np.ones((FIT_WINDOW, 2))
         self._m_seq = np.full(FIT_WINDOW, -1, dtype=np.int64)
-        self._m_next = 0
         self.margin = TailMargin(settings.miss_rate_target, settings.correction_window,
                                  settings.margin_half_life_frames, settings.min_samples,
                                  initial, settings.miss_cluster,
@@ -151,19 +151,19 @@ class Correction:
         later fit far from it revises the sample (``_revise_margin``)."""
         expected = self.bias * float(column[self.level])
         if expected > 0:
-            k = self._m_next
+            number = self.margin.count
+            k = number % FIT_WINDOW
             self._m_pred[k] = column
             self._m_meas[k] = measured_ms
             self._m_then[k] = then if then is not None else (HOST_LEVELS[self.level], self.bias)
-            self._m_seq[k] = self.margin.count
-            self._m_next = (k + 1) % FIT_WINDOW
+            self._m_seq[k] = number
             self.spread = self.margin.add(measured_ms / expected, expected / max(float(column[0]), 1e-9),
                                           self._now_of)
 
     def _now_of(self, number: int) -> float | None:
         """The margin's sample ``number`` against the fit as it is now (None once it has left the
         ring): its measured time over the current fit's prediction at its own pair."""
-        k = (self._m_next - (self.margin.count - 1 - number) - 1) % FIT_WINDOW
+        k = number % FIT_WINDOW
         if self._m_seq[k] != number:
             return None
         expected = self.bias * float(self._m_pred[k, self.level])
