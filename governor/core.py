@@ -1089,14 +1089,31 @@ class Governor:
         if predicted <= deadline and self._dwelling(ask.now):
             return cur, True, predicted, wait
         old = float(ask.lat[self._index(self._running(ask.now))]) * corr
+        if ask.now < self._landed_by:
+            # a change still landing: a group's points share its domains of longer delay with
+            # the point in force, so they wait for it too (``_predict``). Bounded with their own
+            # domain's delay alone, every group of a faster domain looked as fast as the point in
+            # force while the memory clock's 8 ms went by after a raise to the top
+            pending = np.maximum(self._lands_at - ask.now, 0.0) * 1e3
+            stairs = [(stair, max(delay, *(float(pending[d]) for d in longer)) if longer else delay, longer)
+                      for stair, delay, longer in stairs]
         if predicted > deadline:
-            # infeasible here: kept only as the fastest allowed point, no other point possibly as fast
+            # infeasible here: kept only as the fastest allowed point, no other point possibly as
+            # fast, none in time either (the full decision's lead: ``least_wait``). Late at every
+            # point, the full decision counts the queue from now (``_choose``), so the fastest is
+            # bounded with the least wait from now: bounded with the led wait instead (the queue
+            # drained by a write that is not made), 32 apps' first frames at 120 fps, each late at
+            # every point behind the others' GPU work, each took the full decision at the top
+            # point (0.2-0.7 ms with 30 frames in flight, 10 ms of the daemon at their onset)
             beyond = predicted * (1 + 1e-9) + 1e-12
-            for stair, delay in stairs:
-                if _delayed(stair.f_lat[0] * corr, delay, old) + least_wait <= beyond:
+            in_time = deadline * (1 + 1e-9) + 1e-12
+            least_now = self._least_wait_now(ask) if self._frames else 0.0
+            for stair, delay, _ in stairs:
+                fastest = _delayed(stair.f_lat[0] * corr, delay, old)
+                if fastest + least_wait <= in_time or fastest + least_now <= beyond:
                     return None
             return cur, False, predicted, wait
-        for stair, delay in stairs:
+        for stair, delay, _ in stairs:
             limit = _latency_limit(deadline - least_wait, delay, old)
             # a little wider than the exact limit: the bound may only err on the low side
             limit_ms = math.inf if corr <= 0 else limit / corr * (1 + 1e-9) + 1e-12
@@ -1110,11 +1127,13 @@ class Governor:
         equal = ordered.points == np.array(cur_point)
         same = np.ones(len(equal), dtype=bool)
         stairs = []
+        longer: list[int] = []  # the domains a group's points share with the point in force
         for k in sorted(range(len(self.domains)), key=lambda k: -self._actuation_list[k]):
             stair = Staircase(ordered.lat, ordered.energy, same & ~equal[:, k])
             if len(stair):
-                stairs.append((stair, self._actuation_list[k]))
+                stairs.append((stair, self._actuation_list[k], tuple(longer)))
             same &= equal[:, k]
+            longer.append(k)
         return cur, ordered.allowed[cur], stairs
 
     def _dwelling(self, now: float) -> bool:
@@ -1444,6 +1463,20 @@ class Governor:
         free = (free - now) * 1e3
         least_free = (least_free - later) * 1e3
         return (free if free > 0.0 else 0.0), (least_free if least_free > 0.0 else 0.0), shared, energy_i, least_other
+
+    def _least_wait_now(self, ask: _Ask) -> float:
+        """A lower bound of ``_queue_wait(ask)`` over every point: the same queue from now with each
+        frame's GPU work at its least busy time over the grid and no write's stall
+        (``_gpu_free_after`` grows with the busy time, rounding included)."""
+        now = ask.now
+        free = -math.inf
+        for f in self._queued_ahead(ask):
+            least_ms = f.gpu_least
+            if least_ms is None:
+                least_ms = f.gpu_least = float(f.gpu_ms.min())
+            free = _gpu_free_after(free, f.gpu_from, least_ms / 1e3,
+                                   lambda begin, f=f: self._gpu_left(f, begin, now), now)
+        return max(free - now, 0.0) * 1e3
 
     def _sorted_lat(self, grid: _Grid, level: int) -> list[float]:
         """The grid's latencies at one host level in ascending order (computed once per grid and level)."""

@@ -361,4 +361,7 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
                 expected = gov._choose(ask, None)
             got = gov._choose(ask, gov._frontiers_for(grid, level))
             assert got == expected, (case, got, expected)
-    assert sum(kept) >= 100 and len(kept) - sum(kept) >= 100, (sum(kept), len(kept))
+    # infeasible states kept: 169 of these with the least wait from now and the delays of changes
+    # still landing in the bound, 105 before (the onset of 32 apps: every first frame took the
+    # full decision at the top point)
+    assert sum(kept) >= 100 and len(kept) - sum(kept) >= 150, (sum(kept), len(kept))
