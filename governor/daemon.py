@@ -703,7 +703,22 @@ class Daemon:
                 pass
             self._threads.shutdown(wait=False, cancel_futures=True)
             if self._grids is not None:
-                self._grids.shutdown(wait=False, cancel_futures=True)
+                await self._stop_grid_worker()
+
+    async def _stop_grid_worker(self) -> None:
+        """Stop the grid worker process and wait (a moment at most) for the pool's own thread to
+        end. Left running (``shutdown(wait=False)``), that thread closed its wake-up pipe while
+        the interpreter's exit handler wrote to it: once in about thirty stops after a busy run,
+        an ``OSError: Bad file descriptor`` traceback on the way out (CPython 3.11's
+        ``concurrent.futures``). A grid still being computed is not waited for beyond the grace."""
+        grids, self._grids = self._grids, None
+        stopping = threading.Thread(target=grids.shutdown, kwargs={"wait": True, "cancel_futures": True},
+                                    name="grid-worker-stop", daemon=True)
+        stopping.start()
+        for _ in range(int(SHUTDOWN_GRACE_S / 0.01)):
+            if not stopping.is_alive():
+                return
+            await asyncio.sleep(0.01)
 
     async def _close_clients(self) -> None:
         """Close every connection, give requests still being answered (a write to a stalled
