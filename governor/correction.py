@@ -41,6 +41,7 @@ HOST_LEVELS = np.round(1.06 ** np.arange(20), 4)
 FIT_WINDOW = 24
 FAST_WINDOW = 6
 DROP_WINDOW = 4  # frames all faster than every older one: the regime dropped (see Correction._dropped)
+PASSED_WINDOW = 2  # frames back at the whole window's fit that end a spell the fast window followed
 DROP_OLDER = 8  # older frames the test needs (C(12, 4) = 495 orderings at the least)
 REGIME_LOG = 0.15  # |log| move of the host slowdown or bias that counts as another regime (not the
 # level-for-bias reshuffles of the fit at one pair, a step or two of HOST_LEVELS)
@@ -86,6 +87,12 @@ class Correction:
         """Multiplier on the latency at ``host_slowdown``: bias x spread x (1 + margin)."""
         return self.bias * self.spread * (1.0 + self.settings.margin)
 
+    @property
+    def steady_factor(self) -> float:
+        """``factor`` without a miss cluster's boost: the margin the noise's tail asks for alone
+        (equal to ``factor`` while no cluster is under way or fading)."""
+        return self.bias * min(self.spread, self.margin.steady) * (1.0 + self.settings.margin)
+
     def add(self, column: np.ndarray, measured_ms: float, stalled_ms: float = 0.0) -> None:
         """``column``: the frame's predicted latency at its pair for each of HOST_LEVELS;
         ``stalled_ms``: of what it measured, the time frequency changes stalled it (another app's
@@ -107,7 +114,8 @@ class Correction:
         if n > FAST_WINDOW:
             fast_level, fast_bias = self._fit_ratio(ratio[_LAST[FAST_WINDOW][self._next]])
             current = column
-            if fast_bias * current[fast_level] > bias * current[level] or (
+            if (fast_bias * current[fast_level] > bias * current[level]
+                    and not self._passed(ratio, level, bias, fast_level, fast_bias)) or (
                     n >= DROP_OLDER + DROP_WINDOW and self._dropped(ratio[:, level], n)):
                 level, bias = fast_level, fast_bias
         self.level, self.bias = level, bias
@@ -168,6 +176,20 @@ class Correction:
             return None
         expected = self.bias * float(self._m_pred[k, self.level])
         return float(self._m_meas[k]) / expected if expected > 0 else None
+
+    def _passed(self, ratio: np.ndarray, level: int, bias: float, fast_level: int, fast_bias: float) -> bool:
+        """Whether a spell the fast window followed up has passed: its latest PASSED_WINDOW frames
+        each ran as the whole window's fit says (within the noise margin) and faster than the
+        fast window's fit by more than that margin. The fast window's median holds a burst's
+        frames for half its length after the burst: the SD888's language model ran its first 3-4
+        frames after each of its bursts of 35% slow frames at the top point (tight deadline) and
+        paid for it. A load that goes on does not pass this (its frames run as the fast fit
+        says), nor does one frame back at the old speed (it takes PASSED_WINDOW in a row)."""
+        rows = _LAST[FAST_WINDOW][self._next][-PASSED_WINDOW:]
+        noise = max(self.margin.steady, 1.0)
+        whole = ratio[rows, level] / bias
+        fast = ratio[rows, fast_level] / fast_bias
+        return bool((whole <= noise).all() and (fast * noise < 1.0).all())
 
     def _dropped(self, ratio: np.ndarray, n: int) -> bool:
         """Whether the latest DROP_WINDOW frames all ran faster, against the fit, than every older

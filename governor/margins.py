@@ -132,6 +132,8 @@ class TailMargin:
         self.base = initial  # the fitted margin before the cluster under way began
         self.fitted = initial
         self.value = initial
+        self.steady = initial  # the margin without a cluster's boost (``Governor`` drops a boost
+        # that no point can meet)
         self._raw_sorted: list[float] = []  # ``raw`` in ascending order (the plain quantile)
         self._threshold = -math.inf  # the tail fit's threshold u at the last refit
         self._low = math.inf  # the body's low end (weighted 1 - BODY_QUANTILE quantile) then
@@ -205,6 +207,7 @@ class TailMargin:
             # a regime quickly and a margin that learned the lag would otherwise count it twice
             plain = linear_quantile(self._raw_sorted, 1.0 - self.target)
             fitted = max(1.0, min(fitted, plain / scale))
+        self.steady = fitted
         self.value = max(fitted, boost)
         return self.value
 

@@ -777,3 +777,45 @@ def test_a_write_answers_for_the_stall_it_causes_to_the_frames_under_way(tmp_pat
             gov.after_frame(b.frame, b.predicted_ms)
             gov.after_frame(a.frame, a.predicted_ms)
     assert saved >= 1, saved
+
+
+def test_a_clusters_boost_no_point_can_meet_is_not_paid_for_on_the_frames_after_it(tmp_path, estimators):
+    """A tight deadline (1.15x the fastest pair), frames measured as profiled (0.4% noise), then a
+    cluster of five frames 35% slow: late at every point. Once the fit has let go of the cluster,
+    the margin still holds its slowest frame (for ``cluster_window`` frames) while the frames run
+    as profiled again. That boost asks for 1.35x, which no point meets: it would save no frame of
+    the cluster, so the decision takes the point the noise's tail alone asks for, in time, not
+    the top point (which the old decision kept through the normal frames between the SD888
+    language model's bursts)."""
+    gov, vb, _ = governed(tmp_path, estimators, "sd888_phone", lower_dwell_ms=0.0)
+    rng = np.random.default_rng(5)
+    with gov:
+        lat = gov._grid("yolo", None).latency_ms[0]
+        deadline = float(lat.min()) * 1.15
+        top = gov._geometry.values[int(np.argmin(lat))]
+
+        def frame(slow: float):
+            d = gov.before_frame("yolo", deadline)
+            ran = float(lat[gov._index(point_of(d))]) * slow * float(np.exp(rng.normal(0.0, 0.004)))
+            gov.after_frame(d.frame, ran)
+            return d
+
+        for _ in range(60):
+            frame(1.0)
+        for _ in range(5):
+            late = frame(1.35)
+        assert not late.feasible  # the cluster: late at every point
+        correction = gov.correction("default", "yolo")
+        boosted = []
+        for _ in range(10):
+            # the boost alone out of reach: the fit back at the profile, the cluster still counted
+            if (correction.level == 0 and correction.factor > 1.3
+                    and float(lat.min()) * correction.factor > deadline
+                    and float(lat.min()) * correction.steady_factor < deadline):
+                boosted.append(frame(1.0))
+            else:
+                frame(1.0)
+        assert len(boosted) >= 2
+        for d in boosted:
+            assert d.feasible and point_of(d) != top
+            assert float(lat[gov._index(point_of(d))]) * correction.steady_factor <= deadline

@@ -224,3 +224,23 @@ def test_when_a_load_ends_the_fit_lets_go_within_a_few_frames_and_noise_alone_do
     # steady noise: the predicted latency (host level x bias) stays within the noise of 1
     _, steady = _frames_at_one_pair([1.0] * 400, seed=11)
     assert 0.98 < steady.host_slowdown * steady.bias < 1.02
+
+
+def test_a_burst_the_fast_window_followed_is_let_go_two_frames_after_it_and_a_load_is_not():
+    """A burst of five frames with the host side 1.6x slow between steady frames: the fast window
+    follows it up within a few frames, and its median would hold it for three to four frames
+    after it ended. Two frames back at the whole window's fit (and well under the fast one) end
+    it. A load that goes on is followed and kept; one frame at the old speed in the middle of a
+    load does not drop it."""
+    from governor.correction import PASSED_WINDOW
+
+    burst = [1.0] * 60 + [1.6] * 5
+    _, c = _frames_at_one_pair(burst)
+    assert c.host_slowdown * c.bias > 1.4  # followed up
+    lag = next((k for k in range(1, 8)
+                if (lambda c: c.host_slowdown * c.bias < 1.05)(_frames_at_one_pair(burst + [1.0] * k)[1])), None)
+    assert lag == PASSED_WINDOW
+    loaded = [1.0] * 60 + [1.6] * 12
+    for tail in ([1.6] * 6, [1.0] + [1.6] * 3, [1.6] * 3 + [1.0]):
+        _, c = _frames_at_one_pair(loaded + tail)
+        assert c.host_slowdown * c.bias > 1.4, tail  # the load goes on: kept
