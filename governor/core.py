@@ -1120,11 +1120,16 @@ class Governor:
             # point (0.2-0.7 ms with 30 frames in flight, 10 ms of the daemon at their onset)
             beyond = predicted * (1 + 1e-9) + 1e-12
             in_time = deadline * (1 + 1e-9) + 1e-12
-            least_now = self._least_wait_now(ask) if self._frames else 0.0
+            least_now = None  # computed only where the led wait does not settle it (never less)
             for stair, delay, _ in stairs:
                 fastest = _delayed(stair.f_lat[0] * corr, delay, old)
-                if fastest + least_wait <= in_time or fastest + least_now <= beyond:
+                if fastest + least_wait <= in_time:
                     return None
+                if fastest + least_wait <= beyond:
+                    if least_now is None:
+                        least_now = self._least_wait_now(ask) if self._frames else 0.0
+                    if fastest + least_now <= beyond:
+                        return None
             return cur, False, predicted, wait
         for stair, delay, _ in stairs:
             limit = _latency_limit(deadline - least_wait, delay, old)
