@@ -74,3 +74,27 @@ def test_write_sequence_counts_the_kernels_clock_changes():
     assert _transitions(read, "/g", False) == 7
     assert _transitions(read, "/none", True) is None
     assert _transitions(read, "/none", False) is None
+
+
+def test_the_comparison_takes_either_state_of_cpufreqs_resync_and_nothing_else():
+    """Under the userspace governor scaling_setspeed shows policy->cur, which the core puts back
+    to the hardware's clock when a read of cpuinfo_cur_freq finds them apart: a real kernel may
+    settle at the request (shown at once) or at the clock. CI's arm64 guest did the latter once
+    (setspeed 1000001: 1500000 at once, 500000 settled, its clock at 500000): the virtual kernel's
+    1500000 is that record's other state. Any other value, another attribute, or a record the real
+    kernel settled at the request still count as differences."""
+    from tests.kernel.write_sequence import differences
+
+    shown = {"scaling_governor": "userspace", "scaling_cur_freq": "1500000", "cpuinfo_cur_freq": "500000"}
+    real = [{"kind": "cpufreq", "attr": "scaling_setspeed", "value": "1000001", "errno": 0,
+             "at_once": {**shown, "scaling_setspeed": "1500000"},
+             "settled": {**shown, "scaling_setspeed": "500000"}}]
+
+    def virtual(**settled):
+        return [{"errno": 0, "settled": {**shown, "scaling_setspeed": "1500000", **settled}}]
+
+    assert differences(real, virtual()) == []
+    assert differences(real, virtual(scaling_setspeed="1000000"))  # neither state
+    assert differences(real, virtual(scaling_cur_freq="500000"))  # another attribute
+    at_request = [{**real[0], "settled": {**shown, "scaling_setspeed": "1500000"}}]
+    assert differences(at_request, virtual(scaling_setspeed="500000"))  # the real one did not resync
