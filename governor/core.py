@@ -44,7 +44,7 @@ from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -273,6 +273,14 @@ def _delayed(lat_ms: float, delay_ms: float, old_ms: float) -> float:
 
 def _started(f: _Frame) -> float:
     return f.started
+
+
+def _gpu_least_ms(f: _Frame) -> float:
+    """Frame ``f``'s least GPU busy time over the grid (ms), cached on it."""
+    least_ms = f.gpu_least
+    if least_ms is None:
+        least_ms = f.gpu_least = float(f.gpu_ms.min())
+    return least_ms
 
 
 def _gpu_free_after(free: float, started: float, at_s: float, progress, now: float) -> float:
@@ -736,7 +744,7 @@ class Governor:
                 # that does not meets the deadline where the noise's tail alone says. Kept, it held
                 # the SD888's language model at the top point through the normal frames between
                 # its bursts (tight deadline, 1.28x the joint oracle's energy in that phase)
-                calm = _Ask(ask.lat, ask.energy_mj, ask.gpu_ms, steady, deadline_ms, now, app)
+                calm = replace(ask, corr=steady)
                 found = self._choose(calm, self._frontiers_for(grid, level))
                 if found[1]:
                     ask, corr = calm, steady
@@ -1332,17 +1340,21 @@ class Governor:
             self._stall_to = (self._cur, stalls, None)
         return stalls
 
+    def _queue_free(self, ask: _Ask, busy_s) -> float:
+        """When the GPU is free of the work queued ahead of ``ask`` (s; -inf with none), each frame's
+        remaining work at ``busy_s(f)`` (``_gpu_free_after``)."""
+        free = -math.inf
+        now = ask.now
+        for f in self._queued_ahead(ask):
+            free = _gpu_free_after(free, f.gpu_from, busy_s(f), lambda begin, f=f: self._gpu_left(f, begin, now), now)
+        return free
+
     def _queue_wait_at(self, ask: _Ask, i: int) -> float:
         """``_queue_wait(ask)[i]`` for one point (the same float operations)."""
-        free = -math.inf
-        others = self._queued_ahead(ask)
-        now = ask.now
-        for f in others:
-            free = _gpu_free_after(free, f.gpu_from, float(f.gpu_ms[i]) / 1e3,
-                                   lambda begin, f=f: self._gpu_left(f, begin, now), now)
-        if free > now:
+        free = self._queue_free(ask, lambda f: float(f.gpu_ms[i]) / 1e3)
+        if free > ask.now:
             free = free + float(self._stalls_to()[i])
-        return max(free - ask.now, 0.0) * 1e3 if others else 0.0
+        return max(free - ask.now, 0.0) * 1e3
 
     def _past_stalls(self, k: int, begin: float, until: float) -> float:
         """When work beginning at ``begin`` first makes progress: the stalls of the changes at or
@@ -1433,11 +1445,7 @@ class Governor:
             if f.app != app:
                 shared = True
                 if f.gpu_ms is not None and f.answered and started <= now:
-                    gpu = at[2]
-                    least_ms = f.gpu_least
-                    if least_ms is None:
-                        least_ms = f.gpu_least = float(f.gpu_ms.min())
-                    queued.append((started, k, gpu, f, least_ms, f.gpu_from))
+                    queued.append((started, k, at[2], f, _gpu_least_ms(f), f.gpu_from))
             if f.lat is None:
                 continue
             wait = f.wait_ms
@@ -1486,15 +1494,7 @@ class Governor:
         """A lower bound of ``_queue_wait(ask)`` over every point: the same queue from now with each
         frame's GPU work at its least busy time over the grid and no write's stall
         (``_gpu_free_after`` grows with the busy time, rounding included)."""
-        now = ask.now
-        free = -math.inf
-        for f in self._queued_ahead(ask):
-            least_ms = f.gpu_least
-            if least_ms is None:
-                least_ms = f.gpu_least = float(f.gpu_ms.min())
-            free = _gpu_free_after(free, f.gpu_from, least_ms / 1e3,
-                                   lambda begin, f=f: self._gpu_left(f, begin, now), now)
-        return max(free - now, 0.0) * 1e3
+        return max(self._queue_free(ask, lambda f: _gpu_least_ms(f) / 1e3) - ask.now, 0.0) * 1e3
 
     def _sorted_lat(self, grid: _Grid, level: int) -> list[float]:
         """The grid's latencies at one host level in ascending order (computed once per grid and level)."""

@@ -90,8 +90,9 @@ class Correction:
     @property
     def steady_factor(self) -> float:
         """``factor`` without a miss cluster's boost: the margin the noise's tail asks for alone
-        (equal to ``factor`` while no cluster is under way or fading)."""
-        return self.bias * min(self.spread, self.margin.steady) * (1.0 + self.settings.margin)
+        (equal to ``factor`` while no cluster is under way or fading; ``spread`` is the margin's
+        value, never under its steady part)."""
+        return self.bias * self.margin.steady * (1.0 + self.settings.margin)
 
     def add(self, column: np.ndarray, measured_ms: float, stalled_ms: float = 0.0) -> None:
         """``column``: the frame's predicted latency at its pair for each of HOST_LEVELS;
