@@ -65,8 +65,12 @@ log = logging.getLogger(__name__)
 MAX_CACHED_GRIDS = 256
 MISS_REFRESH_S = 0.05  # after a late frame, re-read the state within this (not on every late frame)
 WRITE_QUEUE_S = 0.05  # longest a frame waits behind another frame's write (then answered, pair not in force)
+# frames that wait for one write (on the daemon's loop) before the next ones join it instead, and they too
+JOIN_AFTER_WAITING = 2
 STALLED_WRITE_NOTE = ("answered at the pair in force while an earlier write is still under way (the backend is "
                       "slow to answer): it may change during the frame")
+JOINED_WRITE_NOTE = ("started at the pair in force while another frame's write is under way: the point the frames "
+                     "in flight need is written right after it (predicted here at the pair in force)")
 HISTORY = 512  # changes of the point in force remembered: a frame that ran across some is learned from
 MAX_RECHECK = 16  # a hidden cap found still there is asked past again after at most 16 x cap_recheck_s
 # writes remembered for the lead a written point's frame starts with, and the quantile taken: low,
@@ -84,7 +88,7 @@ class NeedsBackend(Exception):
 
 class NeedsWrite(NeedsBackend):
     """This decision writes a point: frames asked after it are decided once its write has ended
-    (``WriteUnderWay``)."""
+    (``WriteUnderWay``), or join it (``Governor.before_frame``)."""
 
 
 class WriteUnderWay(NeedsBackend):
@@ -321,8 +325,10 @@ class Governor:
         self._lock = threading.Lock()  # bookkeeping only: never held during backend I/O
         self._quiet = threading.Condition(self._lock)  # notified when no write is under way any more
         # called (from any thread, under ``_lock``, must not block) each time the last write under
-        # way ends: the daemon's loop then answers the frames that waited for it (``WriteUnderWay``)
-        self.on_writes_done: Callable[[], None] | None = None
+        # way ends (False), or the frames waiting for one may join it (True: a crowd waits, or a
+        # resume has read what is in force): the daemon's loop then asks again for the frames that
+        # waited (``WriteUnderWay``)
+        self.on_writes_done: Callable[[bool], None] | None = None
         self._io = threading.Lock()  # one backend operation at a time
         self._ids = itertools.count(1)
         self._frames: dict[int, _Frame] = {}
@@ -344,6 +350,11 @@ class Governor:
         self._io_holder: str | None = None
         self._writes_under_way = 0  # decisions between their choice and their reply on the write path
         self._write_since = 0.0  # when the writes under way began (monotonic s)
+        # frames asked on the daemon's loop join the write under way (``_decide_locked``): from a
+        # decision's write until its writer has raised the point to what they need (``_raise_to_joined``)
+        self._joinable = False
+        self._waiting = 0  # frames told to wait for the writes under way (``WriteUnderWay``)
+        self._joined = False  # a frame joined since the writer last decided for them
         # how long a decision that writes takes from its choice to its reply (s), the last few:
         # such a frame starts that much later, the work queued ahead of it running on meanwhile
         self._write_took_s: deque[float] = deque(maxlen=WRITE_LEAD_SAMPLES)
@@ -664,7 +675,9 @@ class Governor:
         daemon passes its connection): only it may report the frame, and its frames are dropped
         with it. ``may_block=False`` (the daemon's event loop) raises ``NeedsBackend``, with nothing
         recorded, when the decision needs a grid not yet computed, a read of the state or a write:
-        the common frame (same pair) is then answered without leaving the loop."""
+        the common frame (same pair) is then answered without leaving the loop; there a frame
+        asked while another decision's write is under way waits for it or, once a crowd waits,
+        joins it (``_decide_locked``)."""
         if not self._started:
             raise GovernorError("not_started", "the governor is not running")
         if not (isinstance(deadline_ms, int | float) and math.isfinite(deadline_ms) and deadline_ms > 0):
@@ -709,24 +722,41 @@ class Governor:
         in force; None after waiting for another decision's write (decide again); or what the
         write path needs: (frame, stats, point, ask, feasible)."""
         self.last_frame_at = now
-        stalled = False
+        stalled = joining = False
         if self._writes_under_way > 0:
             # the point in force is about to change: wait for the write under way and decide
             # again at what it put in force (a write of this frame's own would have queued behind
-            # it anyway; a reply naming the old point would start the frame at the new one, chosen
-            # without it). Each frame asked meanwhile used to take the backend in turn, for a
-            # read-back and, mostly, a write of nothing: 32 apps at 120 fps queued ten of them,
-            # ~50 ms in which no frame was served, behind one write. Nothing is chosen before the
-            # wait: the decision is made once, after it. Behind a write that holds the backend too
-            # long (a stalled phone) a frame is answered at what is in force (with a write of its
-            # own: as soon as the backend answers)
+            # it anyway; the frame starts at the point it needs, decided with what the write put
+            # in force). On the daemon's loop (``may_block`` false) the frame is parked there
+            # until the write ends, unless JOIN_AFTER_WAITING frames already wait for it: then
+            # it, and they (asked again), join the write (``_joinable``): started at once at what
+            # is in force, and the point every frame in flight needs is written right after the
+            # write under way, by its writer (``_raise_to_joined``). A crowd waiting cost the
+            # flood's onset (32 apps x 120 fps starting at once) a write per step up: each write's
+            # frames waited for it, then the next frame found the point short for all of them and
+            # wrote again: three writes in a row, 11-12 ms to a first reply (median), 30-50 of 64
+            # first frames past their 8.3 ms slot. Joining always, the demo's assistant, whose
+            # tokens mostly joined the camera's writes, ran 1.5-2.25% of them late against
+            # 0.5-0.75% (three paired runs): started at the old point, it ran there until the
+            # raise landed, two writes later. Behind a write that holds the backend too long (a
+            # stalled phone) a frame is answered at what is in force (with a write of its own:
+            # as soon as the backend answers)
             left_s = self._write_queue_left_s()
             if left_s > 0:
-                if not may_block:
+                if may_block:
+                    self._quiet.wait_for(lambda: self._writes_under_way == 0, None if math.isinf(left_s) else left_s)
+                    return None
+                if not self._joinable or self._released:  # resuming: what is in force is not known yet
                     raise WriteUnderWay
-                self._quiet.wait_for(lambda: self._writes_under_way == 0, None if math.isinf(left_s) else left_s)
-                return None
-            stalled = True
+                if self._waiting < JOIN_AFTER_WAITING:
+                    self._waiting += 1
+                    raise WriteUnderWay
+                if self._waiting == JOIN_AFTER_WAITING and self.on_writes_done is not None:
+                    self._waiting += 1
+                    self.on_writes_done(True)  # those that wait: asked again, they join too
+                joining = True
+            else:
+                stalled = True
         stats = self._app(app, owner, now)
         self._expire(now)
         self._share.tick(now)
@@ -735,8 +765,18 @@ class Governor:
         correction = self._correction(stats, model)
         level, corr = correction.level, correction.factor
         ask = _Ask(grid.latency_ms[level], grid.energy_mj[level], grid.gpu_ms, corr, deadline_ms, now, app)
-        idx, feasible, predicted, wait = self._choose(ask, self._frontiers_for(grid, level))
-        if not feasible:
+        if joining:
+            # started at what is in force, no choice made here: the writer decides once for every
+            # frame that joined (``_raise_to_joined``). A choice each, on the loop, with 30 frames
+            # in flight took 0.3-0.7 ms under the lock: the flood's joiners held the writer's
+            # read-back off the lock (and the interpreter) for 6-7 ms
+            idx = self._index(self._cur)
+            wait = self._queue_wait_at(ask, idx)
+            predicted = self._predict_at(ask, idx) + wait
+            feasible = predicted <= deadline_ms
+        else:
+            idx, feasible, predicted, wait = self._choose(ask, self._frontiers_for(grid, level))
+        if not feasible and not joining:
             steady = correction.steady_factor
             if steady < corr:
                 # a miss cluster's boost that no point can meet saves none of the cluster's frames:
@@ -750,8 +790,8 @@ class Governor:
                     ask, corr = calm, steady
                     idx, feasible, predicted, wait = found
         point = self._geometry.values[idx]
-        writes = resume or point != self._cur or not self._all_held
-        notes = (STALLED_WRITE_NOTE,) if stalled and not writes else ()
+        writes = not joining and (resume or point != self._cur or not self._all_held)
+        notes = (JOINED_WRITE_NOTE,) if joining else (STALLED_WRITE_NOTE,) if stalled and not writes else ()
         if writes and not may_block:
             raise NeedsWrite
         frame = next(self._ids)
@@ -768,12 +808,15 @@ class Governor:
         # its rate counts from here (a decision sent back to be made off the daemon's loop
         # comes here once)
         self._share.note(app, now, grid.gpu_ms, deadline_ms)
+        if joining:  # counted in the writer's decision for the frames in flight
+            self._joined = True
         if not writes:
             return self._decided(frame, stats, point, predicted, feasible, deadline_ms, False, notes, context_len, now)
         # only a decision that writes holds others back (a frame that waited for a write does not
         # count: with frames arriving faster than writes end the count never fell to zero, and
         # every frame left the fast path); the write it makes itself counts in ``_write_point``
         self._write_begins()
+        self._joinable = True
         ask.seen = self._cur
         return frame, stats, point, ask, feasible
 
@@ -799,9 +842,11 @@ class Governor:
         more, the frames that waited for one are woken."""
         self._writes_under_way -= 1
         if self._writes_under_way == 0:
+            self._joinable = False
+            self._waiting = 0
             self._quiet.notify_all()
             if self.on_writes_done is not None:
-                self.on_writes_done()
+                self.on_writes_done(False)
 
     def _stalled_write_done(self, job: concurrent.futures.Future) -> None:
         """A write whose frame was answered before the backend did has ended."""
@@ -827,9 +872,12 @@ class Governor:
                 timeout=self.write_wait_s if self._io_holder != "write" else self._write_queue_left_s())
         if got:
             self._io_holder = "write"
-            job = self._io_thread().submit(self._io_job, self._apply_and_start, point, ask, grid, now)
+            started: concurrent.futures.Future = concurrent.futures.Future()
+            job = self._io_thread().submit(self._io_job, self._apply_and_start, point, ask, grid, now, started)
             try:
-                point, notes, predicted = job.result(timeout=self.write_wait_s)
+                # the job's result, or ``started`` where frames joined the write (its raise goes on)
+                concurrent.futures.wait((job, started), self.write_wait_s, concurrent.futures.FIRST_COMPLETED)
+                point, notes, predicted = (started if started.done() else job).result(timeout=0)
             except concurrent.futures.TimeoutError:  # a stalled backend: answer, write when it can
                 applied = False
                 # the write stays under way until the backend answers: frames asked meanwhile are
@@ -850,17 +898,37 @@ class Governor:
             return self._decided(frame, stats, point, predicted, feasible, deadline_ms, point != seen,
                                  tuple(notes), context_len, now)
 
-    def _apply_and_start(self, point: tuple[int, ...], ask: _Ask, grid, asked_at: float
-                         ) -> tuple[tuple[int, ...], list[str], float]:
+    def _apply_and_start(self, point: tuple[int, ...], ask: _Ask, grid, asked_at: float,
+                         started: concurrent.futures.Future) -> tuple[tuple[int, ...], list[str], float]:
         """On the I/O thread holding ``_io``: write the frame's point, then start the frame at what
-        is in force (``_start``) before ``_io`` is let go. Started by the frame's own thread
-        after the job, the frame was not yet in the GPU queue when the next frame's write decided
-        again under ``_io``: the demo's assistant kept the camera's new point, predicted with no
-        wait, and waited 15 ms behind the camera's frame (answered first), late by 4-5 ms."""
+        is in force (``_start``) before ``_io`` is let go; returns its (point, notes, prediction).
+        Started by the frame's own thread after the job, the frame was not yet in
+        the GPU queue when the next frame's write decided again under ``_io``: the demo's
+        assistant kept the camera's new point, predicted with no wait, and waited 15 ms behind
+        the camera's frame (answered first), late by 4-5 ms.
+
+        Where frames joined the write: hand the frame's answer to ``started`` at once, then raise
+        the point to what the frames in flight need (``_raise_to_joined``), still holding ``_io``
+        and counted as a write under way (so frames asked meanwhile join that raise). Made before
+        the answer, the raise held the flood's first frame for its own write and every raise
+        after it (13-17 ms)."""
         point, notes = self._resume_and_apply(point, ask)
         with self._lock:
             predicted = self._start(ask, grid, point, True)
             self._note_write_took(ask.now - asked_at)
+            joined = self._joined
+            if joined:  # the raise counts as a write under way: frames asked meanwhile join it
+                self._write_begins()
+            else:  # none joined: those asked from now on wait for the write's end
+                self._joinable = False
+        if not joined:
+            return point, notes, predicted
+        started.set_result((point, notes, predicted))
+        try:
+            self._raise_to_joined()
+        finally:
+            with self._lock:
+                self._write_ended()
         return point, notes, predicted
 
     def _start(self, ask: _Ask, grid, point: tuple[int, ...], applied: bool) -> float:
@@ -1682,6 +1750,38 @@ class Governor:
             notes.append(f"not applied: {exc}")
         return self._cur, notes
 
+    def _raise_to_joined(self) -> None:
+        """Holding ``_io``: the frames that joined a write (started at the old pair) need a point,
+        decided once for all of them as of now: the least energy for the work in flight among the
+        points that keep every frame in flight in time (each with the share of its work left,
+        ``_serves_in_flight``; a choice for the latest joiner as if asked now counted its
+        deadline from now, not from its start). Where it asks for more than what is in force,
+        give it, within the caps; again for those that joined during that raise. Each raise
+        lifts some domain (bounded by the tables); frames asked once none is left wait for the
+        write's end."""
+        try:
+            for _ in range(sum(len(t) for t in self.tables) + 1):
+                with self._lock:
+                    joined, self._joined = self._joined, False
+                    raise_to = self._cur
+                    if joined:
+                        best = np.minimum(self.points[self._choose(self._in_flight_ask())[0]], self._caps)
+                        raise_to = tuple(int(max(f, e)) for f, e in zip(best, self._cur, strict=True))
+                    if raise_to == self._cur or not self._reachable[self._index(raise_to)] or not self._started:
+                        self._joinable = False
+                        return
+                self._write_point(raise_to)
+        except BackendUnavailable as exc:  # keep serving: retried on the next frame that writes
+            log.warning("raising the point for the frames that joined a write: %s", exc)
+        finally:
+            with self._lock:
+                self._joinable = False
+
+    def _in_flight_ask(self) -> _Ask:
+        """A decision as of now with no frame of its own: only the frames in flight count."""
+        n = len(self.points)
+        return _Ask(np.zeros(n), np.zeros(n), None, 1.0, math.inf, time.monotonic(), "", frame=-1)
+
     def _choose_now(self, ask: _Ask) -> tuple[int, ...]:
         """The point ``ask`` gets when decided again as of now (under ``_lock``)."""
         ask.now = time.monotonic()
@@ -1991,6 +2091,9 @@ class Governor:
                 for k, d in enumerate(self.domains):
                     self._observe(k, state[d].max, "ok")
                 self._released = False
+                # frames held while what is in force was unknown may join the write now
+                if self.on_writes_done is not None:
+                    self.on_writes_done(True)
             log.info("resuming: domains taken again")
         return self._apply(point, ask)
 

@@ -459,10 +459,11 @@ class Daemon:
         """The longest the parked frames wait: then they are answered, whatever is asked."""
         self._unpark_timer = self._loop.call_later(WRITE_QUEUE_S, self._unpark, False)
 
-    def _writes_done(self) -> None:
-        """The governor's ``on_writes_done`` (any thread, must not block): answer the parked frames."""
+    def _writes_done(self, join: bool = False) -> None:
+        """The governor's ``on_writes_done`` (any thread, must not block): answer the parked frames;
+        ``join``: the governor takes them into the write under way, none is held back."""
         try:
-            self._loop.call_soon_threadsafe(self._unpark)
+            self._loop.call_soon_threadsafe(self._unpark, not join)
         except RuntimeError:  # the loop has closed: nobody is parked any more
             pass
 
@@ -473,8 +474,8 @@ class Daemon:
         each here first took the loop's time the write needed. Measured at the onset of 32 apps
         at 120 fps: after each of the three writes that raised the point, every one of the ~20
         frames parked behind it needed a write too (~150 us each here, ~3 ms in all), and their
-        threads then contended for the interpreter (5-9 ms each, wall). The 50 ms timer
-        (``hold`` false) answers them whatever is asked."""
+        threads then contended for the interpreter (5-9 ms each, wall). The 50 ms timer and the
+        governor's call to join a write (``hold`` false) answer them whatever is asked."""
         if self._stop is not None and self._stop.is_set():  # stopping: their clients are being closed
             return
         if self._unpark_timer is not None:

@@ -344,6 +344,76 @@ def test_a_frame_asked_during_a_write_is_decided_again_after_it_with_no_backend_
         assert fb.started > fa.started and fb.wait_ms > 0.0  # b's reply counts its wait behind a
 
 
+def test_a_crowd_waiting_for_a_write_joins_it_and_gets_what_it_needs_right_after_it(tmp_path, estimators):
+    """A slow phone: app x's frame needs a write to a middle point, and the write is held in the
+    backend. Apps a and b, asked meanwhile where blocking is not allowed (the daemon's loop), are
+    told to wait for it (parked there, as one app's frame behind another's write always is);
+    app c, the third, joins it instead: answered at once at what is in force (the cheap point
+    before x's write), with the note, and the loop is told to ask a and b again
+    (``on_writes_done(True)``), who join too. Once the backend answers, x is answered at its point
+    and its writer raises the point at once to what every frame in flight needs (c is tight),
+    with no frame asking again. Without the raise the point would stay at x's, chosen before the
+    others were in flight."""
+    import threading
+
+    from governor.core import JOIN_AFTER_WAITING, JOINED_WRITE_NOTE, WriteUnderWay
+
+    class Gate(StoreLog):  # stores wait until the test opens the gate
+        def __init__(self, kernel) -> None:
+            super().__init__(kernel)
+            self.open, self.entered = threading.Event(), threading.Event()
+            self.open.set()
+
+        def write(self, path: str, value: str) -> None:
+            self.entered.set()
+            assert self.open.wait(10.0)
+            super().write(path, value)
+
+    assert JOIN_AFTER_WAITING == 2
+    gov, vb, _ = governed(tmp_path, estimators, "sd888_phone")
+    gate = Gate(vb.kernel)
+    gov.backend.transport.hook = gate
+    woken: list[bool] = []
+    with gov:
+        d0 = gov.before_frame("yolo", 1000.0, app="w")  # the point in force: a cheap one
+        gov.after_frame(d0.frame, d0.predicted_ms)
+        cheap = point_of(d0)
+        assert d0.predicted_ms > 2.5 * fastest_ms(gov)
+        writes = gov.writes
+        gov.on_writes_done = woken.append
+        gate.open.clear()
+        gate.entered.clear()
+        got: dict = {}
+        writer = threading.Thread(target=lambda: got.setdefault(
+            "x", gov.before_frame("yolo", d0.predicted_ms * 0.9, app="x")))  # a little faster
+        writer.start()
+        assert gate.entered.wait(10.0)  # x's write is under way, held in the backend
+        for app in ("a", "b"):
+            with pytest.raises(WriteUnderWay):
+                gov.before_frame("yolo", 200.0, app=app, may_block=False)
+        assert not woken
+        # c, started at the cheap point, can still be in time at the fastest point after x's
+        # write (its work at the cheap point ~3x the fastest's), not at x's point
+        c = gov.before_frame("yolo", d0.predicted_ms * 0.75, app="c", may_block=False)
+        assert c.notes == (JOINED_WRITE_NOTE,) and point_of(c) == cheap, c
+        assert woken == [True]  # told while x's write is under way: ask them again, they join
+        a, b = (gov.before_frame("yolo", 200.0, app=app, may_block=False) for app in ("a", "b"))
+        assert a.notes == b.notes == (JOINED_WRITE_NOTE,) and point_of(a) == point_of(b) == cheap
+        gate.open.set()
+        writer.join(10.0)
+        x = got["x"]
+        assert not x.notes and point_of(x) != cheap, x
+        with gov._lock:  # the raise, by x's writer, after x's answer
+            assert gov._quiet.wait_for(lambda: gov._writes_under_way == 0, 10.0)
+        assert gov.writes == writes + 2, gov.writes - writes
+        now = gov._cur
+        assert all(v >= w for v, w in zip(now, point_of(x), strict=True)) and now != point_of(x), (now, x)
+        assert woken == [True, False]  # and the end of the writes
+        for d in (x, a, b, c):
+            gov.after_frame(d.frame, d.predicted_ms)
+        gov.on_writes_done = None
+
+
 def test_frames_parked_behind_a_write_wait_for_the_write_the_first_of_them_asks(tmp_path, estimators):
     """The daemon's loop, with the governor on the SD888's virtual board: apps x, y and z ask for
     frames while another decision's write is under way, and are parked. When it ends, x (the
