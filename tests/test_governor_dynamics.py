@@ -414,6 +414,82 @@ def test_a_crowd_waiting_for_a_write_joins_it_and_gets_what_it_needs_right_after
         gov.on_writes_done = None
 
 
+def test_the_daemons_loop_answers_a_crowd_parked_behind_a_write_as_soon_as_it_may_join(tmp_path, estimators):
+    """The daemon's loop with the governor on the SD888's virtual board, x's write held in the
+    backend (a gated store, in a thread of its own): a and b are parked on the loop; c, the third,
+    joins and is answered there at once; the governor's call (``on_writes_done(True)``) then has
+    the loop ask a and b again, and they are answered before x's write has ended, at what is in
+    force, with the note. Nothing is left parked."""
+    import asyncio
+    import json
+    import threading
+
+    from governor.core import JOINED_WRITE_NOTE
+    from governor.daemon import Daemon
+    from governor.protocol import BeforeFrame
+
+    class Gate(StoreLog):
+        def __init__(self, kernel) -> None:
+            super().__init__(kernel)
+            self.open, self.entered = threading.Event(), threading.Event()
+            self.open.set()
+
+        def write(self, path: str, value: str) -> None:
+            self.entered.set()
+            assert self.open.wait(10.0)
+            super().write(path, value)
+
+    class Connection:
+        _closed = False
+
+        def __init__(self) -> None:
+            self.replies: list[dict] = []
+
+        def answered_later(self, reply: bytes) -> None:
+            self.replies.append(json.loads(reply))
+
+    gov, vb, _ = governed(tmp_path, estimators, "sd888_phone")
+    gate = Gate(vb.kernel)
+    gov.backend.transport.hook = gate
+    loop = asyncio.new_event_loop()
+    with gov:
+        d0 = gov.before_frame("yolo", 1000.0, app="w")
+        gov.after_frame(d0.frame, d0.predicted_ms)
+        daemon = Daemon(gov, tmp_path / "gov.sock")
+        daemon._loop = loop
+        gov.on_writes_done = daemon._writes_done
+        try:
+            gate.open.clear()
+            gate.entered.clear()
+            writer = threading.Thread(target=lambda: gov.before_frame("yolo", d0.predicted_ms * 0.9, app="x"))
+            writer.start()
+            assert gate.entered.wait(10.0)
+            conns = {app: Connection() for app in ("a", "b", "c")}
+            reqs = {app: BeforeFrame(op="before_frame", model="yolo", deadline_ms=200.0, app=app) for app in conns}
+            assert daemon._frame_on_loop(reqs["a"], conns["a"]) is None
+            assert daemon._frame_on_loop(reqs["b"], conns["b"]) is None
+            assert len(daemon._parked) == 2
+            rc = json.loads(daemon._frame_on_loop(reqs["c"], conns["c"]))  # joins: answered here
+            assert rc["ok"] and rc["notes"] == [JOINED_WRITE_NOTE], rc
+            loop.run_until_complete(asyncio.sleep(0))  # the governor's call runs: a, b asked again
+            assert not daemon._parked
+            for app in ("a", "b"):
+                (r,) = conns[app].replies
+                assert r["ok"] and r["notes"] == [JOINED_WRITE_NOTE], r
+                assert (r["cpu_khz"], r["gpu_hz"], r["mem_hz"]) == point_of(d0), r
+            assert writer.is_alive()  # x's write has not ended
+            gate.open.set()
+            writer.join(10.0)
+            with gov._lock:
+                assert gov._quiet.wait_for(lambda: gov._writes_under_way == 0, 10.0)
+            loop.run_until_complete(asyncio.sleep(0))
+        finally:
+            gate.open.set()
+            gov.on_writes_done = None
+            daemon._threads.shutdown(wait=True)
+            loop.close()
+
+
 def test_frames_parked_behind_a_write_wait_for_the_write_the_first_of_them_asks(tmp_path, estimators):
     """The daemon's loop, with the governor on the SD888's virtual board: apps x, y and z ask for
     frames while another decision's write is under way, and are parked. When it ends, x (the
