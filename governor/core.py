@@ -1738,8 +1738,7 @@ class Governor:
             with self._lock:
                 # frames decided while this write was under way (answered with the old pair) asked
                 # for more: give it to them, within the caps
-                floor = np.minimum(np.array(self._floor()), self._caps)
-                raise_to = tuple(int(max(f, e)) for f, e in zip(floor, self._cur, strict=True))
+                raise_to = self._raised_to(self._floor())
                 for f in self._frames.values():
                     f.pending = False
                 raise_ok = bool(self._reachable[self._index(raise_to)])
@@ -1763,10 +1762,8 @@ class Governor:
             for _ in range(sum(len(t) for t in self.tables) + 1):
                 with self._lock:
                     joined, self._joined = self._joined, False
-                    raise_to = self._cur
-                    if joined:
-                        best = np.minimum(self.points[self._choose(self._in_flight_ask())[0]], self._caps)
-                        raise_to = tuple(int(max(f, e)) for f, e in zip(best, self._cur, strict=True))
+                    raise_to = self._raised_to(self.points[self._choose(self._in_flight_ask())[0]]) \
+                        if joined else self._cur
                     if raise_to == self._cur or not self._reachable[self._index(raise_to)] or not self._started:
                         self._joinable = False
                         return
@@ -1776,6 +1773,12 @@ class Governor:
         finally:
             with self._lock:
                 self._joinable = False
+
+    def _raised_to(self, floor) -> tuple[int, ...]:
+        """What is in force, raised in each domain where ``floor`` asks for more, within the caps
+        (under ``_lock``)."""
+        floor = np.minimum(np.asarray(floor), self._caps)
+        return tuple(int(max(f, e)) for f, e in zip(floor, self._cur, strict=True))
 
     def _in_flight_ask(self) -> _Ask:
         """A decision as of now with no frame of its own: only the frames in flight count."""

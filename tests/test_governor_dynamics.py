@@ -5,6 +5,8 @@ kernel had in force at that moment (as the FUSE mount's store log does)."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 
 import numpy as np
@@ -37,6 +39,32 @@ class StoreLog:
 
     def above_cap(self) -> list[tuple[str, int, int | None]]:
         return [s for s in self.stores if s[2] is not None and s[1] > s[2]]
+
+
+class GatedStore(StoreLog):
+    """A slow backend: stores wait until the test opens the gate (``entered``: one is waiting)."""
+
+    def __init__(self, kernel) -> None:
+        super().__init__(kernel)
+        self.open, self.entered = threading.Event(), threading.Event()
+        self.open.set()
+
+    def write(self, path: str, value: str) -> None:
+        self.entered.set()
+        assert self.open.wait(10.0)
+        super().write(path, value)
+
+
+class DaemonConnection:
+    """Where the daemon puts a client's replies (a socket's end, in the daemon)."""
+
+    _closed = False
+
+    def __init__(self) -> None:
+        self.replies: list[dict] = []
+
+    def answered_later(self, reply: bytes) -> None:
+        self.replies.append(json.loads(reply))
 
 
 @pytest.fixture(scope="module")
@@ -354,24 +382,12 @@ def test_a_crowd_waiting_for_a_write_joins_it_and_gets_what_it_needs_right_after
     and its writer raises the point at once to what every frame in flight needs (c is tight),
     with no frame asking again. Without the raise the point would stay at x's, chosen before the
     others were in flight."""
-    import threading
 
     from governor.core import JOIN_AFTER_WAITING, JOINED_WRITE_NOTE, WriteUnderWay
 
-    class Gate(StoreLog):  # stores wait until the test opens the gate
-        def __init__(self, kernel) -> None:
-            super().__init__(kernel)
-            self.open, self.entered = threading.Event(), threading.Event()
-            self.open.set()
-
-        def write(self, path: str, value: str) -> None:
-            self.entered.set()
-            assert self.open.wait(10.0)
-            super().write(path, value)
-
     assert JOIN_AFTER_WAITING == 2
     gov, vb, _ = governed(tmp_path, estimators, "sd888_phone")
-    gate = Gate(vb.kernel)
+    gate = GatedStore(vb.kernel)
     gov.backend.transport.hook = gate
     woken: list[bool] = []
     with gov:
@@ -421,35 +437,13 @@ def test_the_daemons_loop_answers_a_crowd_parked_behind_a_write_as_soon_as_it_ma
     the loop ask a and b again, and they are answered before x's write has ended, at what is in
     force, with the note. Nothing is left parked."""
     import asyncio
-    import json
-    import threading
 
     from governor.core import JOINED_WRITE_NOTE
     from governor.daemon import Daemon
     from governor.protocol import BeforeFrame
 
-    class Gate(StoreLog):
-        def __init__(self, kernel) -> None:
-            super().__init__(kernel)
-            self.open, self.entered = threading.Event(), threading.Event()
-            self.open.set()
-
-        def write(self, path: str, value: str) -> None:
-            self.entered.set()
-            assert self.open.wait(10.0)
-            super().write(path, value)
-
-    class Connection:
-        _closed = False
-
-        def __init__(self) -> None:
-            self.replies: list[dict] = []
-
-        def answered_later(self, reply: bytes) -> None:
-            self.replies.append(json.loads(reply))
-
     gov, vb, _ = governed(tmp_path, estimators, "sd888_phone")
-    gate = Gate(vb.kernel)
+    gate = GatedStore(vb.kernel)
     gov.backend.transport.hook = gate
     loop = asyncio.new_event_loop()
     with gov:
@@ -464,7 +458,7 @@ def test_the_daemons_loop_answers_a_crowd_parked_behind_a_write_as_soon_as_it_ma
             writer = threading.Thread(target=lambda: gov.before_frame("yolo", d0.predicted_ms * 0.9, app="x"))
             writer.start()
             assert gate.entered.wait(10.0)
-            conns = {app: Connection() for app in ("a", "b", "c")}
+            conns = {app: DaemonConnection() for app in ("a", "b", "c")}
             reqs = {app: BeforeFrame(op="before_frame", model="yolo", deadline_ms=200.0, app=app) for app in conns}
             assert daemon._frame_on_loop(reqs["a"], conns["a"]) is None
             assert daemon._frame_on_loop(reqs["b"], conns["b"]) is None
@@ -499,7 +493,6 @@ def test_frames_parked_behind_a_write_wait_for_the_write_the_first_of_them_asks(
     the loop first, as x was, cost ~150 us apiece there and, for those that needed a write too, a
     thread each after it: at the onset of 32 apps at 120 fps ~20 frames per write."""
     import asyncio
-    import json
 
     from governor.daemon import Daemon
     from governor.protocol import BeforeFrame
@@ -512,15 +505,6 @@ def test_frames_parked_behind_a_write_wait_for_the_write_the_first_of_them_asks(
         decided.append(app)
         return real(model, deadline_ms, context_len, app, owner=owner, may_block=may_block)
 
-    class Connection:  # where the daemon puts a client's replies (a socket's end, in the daemon)
-        _closed = False
-
-        def __init__(self) -> None:
-            self.replies: list[dict] = []
-
-        def answered_later(self, reply: bytes) -> None:
-            self.replies.append(json.loads(reply))
-
     loop = asyncio.new_event_loop()
     with gov:
         d0 = gov.before_frame("yolo", 1000.0, app="w")  # the point in force: a cheap one
@@ -531,7 +515,7 @@ def test_frames_parked_behind_a_write_wait_for_the_write_the_first_of_them_asks(
         gov.on_writes_done = daemon._writes_done
         try:
             tight = fastest_ms(gov) * 1.05
-            conns = {app: Connection() for app in ("x", "y", "z")}
+            conns = {app: DaemonConnection() for app in ("x", "y", "z")}
             with gov._lock:
                 gov._write_begins()  # another decision's write under way
             for app, conn in conns.items():  # x: a tight frame; y, z: any point serves theirs
