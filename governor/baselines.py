@@ -273,13 +273,22 @@ class _JointFrame:
     __slots__ = ("app", "k", "deadline_ms", "lat", "gpu", "energy", "need", "need_gpu", "scale",
                  "allowed", "top", "arrive", "start", "x", "y", "end", "energy_j")
 
-    def __init__(self, app: int, k: int, f: FrameTrace, grid: PointGrid, q: np.ndarray | float, step: int) -> None:
+    def __init__(self, app: int, k: int, f: FrameTrace, grid: PointGrid, q: np.ndarray | float, step: int,
+                 seen: FrameTrace | None = None, q_seen: np.ndarray | float | None = None) -> None:
+        """``seen``: the frame whose background load and slowdown the reference plans with (None:
+        this frame's own), and ``q_seen`` the noise's quantile under that load."""
         lat, en, gpu = grid.at_with_gpu(f.context_len, f.background_load, step)
         if not grid.has_gpu:
             gpu = np.zeros_like(lat)
         self.app, self.k, self.deadline_ms = app, k, f.deadline_ms
         self.lat, self.gpu, self.energy = lat * f.slowdown, gpu * f.slowdown, en * f.slowdown
-        self.need, self.need_gpu = self.lat * q, self.gpu * q  # what the reference plans with
+        if seen is None:
+            self.need, self.need_gpu = self.lat * q, self.gpu * q  # what the reference plans with
+        else:
+            lat_s, _, gpu_s = grid.at_with_gpu(f.context_len, seen.background_load, step)
+            if not grid.has_gpu:
+                gpu_s = np.zeros_like(lat_s)
+            self.need, self.need_gpu = lat_s * seen.slowdown * q_seen, gpu_s * seen.slowdown * q_seen
         self.scale = _noise(grid, f, self.lat)  # what the frame really takes (x the noise-free)
         self.allowed = grid.allowed(f.capped)
         self.top = grid.index(*grid.caps(f.capped))  # the highest point the cap in force allows
@@ -319,17 +328,30 @@ def oracle_joint(board: BoardConfig, apps: list[tuple[Simulator, list[FrameTrace
 
 def joint_frames(board: BoardConfig, apps: list[tuple[Simulator, list[FrameTrace]]], target: float | None,
                  context_step: int = 32, quantiles: list[NoiseQuantiles] | None = None,
-                 at_top: bool = False) -> list[list[tuple[float, bool]]]:
+                 at_top: bool = False, causal: bool = False) -> list[list[tuple[float, bool]]]:
     """``oracle_joint`` frame by frame: per app, each frame's (energy in J, late). ``at_top``: the
-    same frames under the same queue at the highest point a cap allows instead (``performance``)."""
+    same frames under the same queue at the highest point a cap allows instead (``performance``).
+
+    ``causal``: each frame is planned with what its app's previous frame ran under (background
+    load and slowdown; its own context and the cap in force, which a governor reads before the
+    frame), not its own: everything a governor could have learned by the time it decides, perfectly,
+    and nothing it could not. The plain replay sees a burst's or a load step's first frame coming;
+    no governor does, so where conditions change it is a bound none reaches (at a slowdown of
+    1.35x every burst's first frame is late for any point short of one 35% faster). This one is
+    the bound for a governor that learns from measured frames: what is left between it and the
+    plain one is the price of not seeing the future."""
     grids = [PointGrid(board, sim) for sim, _ in apps]
     if quantiles is not None:
         qs = quantiles
     else:
         qs = [NoiseQuantiles.for_frames(g, frames, target) if target is not None else None
               for g, (_, frames) in zip(grids, apps, strict=True)]
-    queues = [[_JointFrame(a, k, f, grids[a], qs[a].at(f.background_load) if qs[a] is not None else 1.0,
-                           context_step) for k, f in enumerate(frames)]
+    def quantile(a: int, f: FrameTrace) -> np.ndarray | float:
+        return qs[a].at(f.background_load) if qs[a] is not None else 1.0
+
+    queues = [[_JointFrame(a, k, f, grids[a], quantile(a, f), context_step,
+                           *((frames[k - 1], quantile(a, frames[k - 1])) if causal and k > 0 else ()))
+               for k, f in enumerate(frames)]
               for a, (_, frames) in enumerate(apps)]
     t0_ns = min((f.start_ns for _, frames in apps for f in frames), default=0)
     starts = [[(f.start_ns - t0_ns) / 1e6 for f in frames] for _, frames in apps]  # ms from the first
@@ -438,7 +460,9 @@ def all_baselines(board: BoardConfig, sim: Simulator, frames: list[FrameTrace],
 def shared_baselines(board: BoardConfig, apps: list[tuple[Simulator, list[FrameTrace]]],
                      miss_target: float) -> list[dict[str, dict]]:
     """The references for apps sharing one board (frames with ``start_ns``), per app: ``performance``,
-    ``oracle`` and ``oracle_target`` replayed together (one GPU queue, one point at a time for
+    ``oracle``, ``oracle_target`` and ``oracle_target_causal`` (each frame planned with what its
+    app's previous frame ran under, ``joint_frames(causal=True)``: the bound for a governor that
+    learns from measured frames) replayed together (one GPU queue, one point at a time for
     every frame in flight, ``oracle_joint``); ``ondemand`` and ``oracle_target_per_frame`` frame by
     frame (each frame alone on the board: ``ondemand`` follows each domain's own utilisation, which
     this replay does not model across apps; the per-frame oracle is the bound no governor reaches
@@ -447,6 +471,7 @@ def shared_baselines(board: BoardConfig, apps: list[tuple[Simulator, list[FrameT
     perf = joint_frames(board, apps, None, at_top=True)
     free = joint_frames(board, apps, None)
     fair = joint_frames(board, apps, miss_target, quantiles=qs)
+    causal = joint_frames(board, apps, miss_target, quantiles=qs, causal=True)
 
     def total(per_frame: list[tuple[float, bool]]) -> dict:
         return PolicyResult(frames=len(per_frame), misses=sum(m for _, m in per_frame),
@@ -456,6 +481,7 @@ def shared_baselines(board: BoardConfig, apps: list[tuple[Simulator, list[FrameT
     for k, (sim, frames) in enumerate(apps):
         out.append({"performance": total(perf[k]), "ondemand": ondemand(board, sim, frames).model_dump(),
                     "oracle": total(free[k]), "oracle_target": total(fair[k]),
+                    "oracle_target_causal": total(causal[k]),
                     "oracle_target_per_frame": oracle_target(board, sim, frames, miss_target,
                                                              quantiles=qs[k]).model_dump()})
     return out

@@ -181,8 +181,10 @@ def format_table(result: dict) -> str:
     """Per app: the governed run and each reference; energy against ``performance`` and against the
     oracle at the miss target (one point at a time for both apps' frames in flight, knowing
     everything but the noise: the best a governor with that target can do here).
-    ``oracle_target_per_frame`` gives each frame its own point, which overlapping frames cannot have."""
-    lines = [f"{'app':10s} {'policy':19s} {'frames':>7s} {'late':>6s} {'miss %':>7s} {'energy J':>9s} "
+    ``oracle_target_per_frame`` gives each frame its own point, which overlapping frames cannot have;
+    ``oracle_target_causal`` plans each frame with what its app's previous frame ran under (it does
+    not see a load step coming: what a governor learning from measured frames can reach at best)."""
+    lines = [f"{'app':10s} {'policy':23s} {'frames':>7s} {'late':>6s} {'miss %':>7s} {'energy J':>9s} "
              f"{'vs perf':>8s} {'x target':>9s}"]
     for a in result["apps"]:
         perf = a["baselines"]["performance"]["energy_j"]
@@ -191,7 +193,7 @@ def format_table(result: dict) -> str:
         rows += [(k, v["frames"], v["misses"], v["energy_j"]) for k, v in a["baselines"].items()]
         for name, frames, misses, energy in rows:
             vs_target = f"{energy / target:8.3f}x" if target else f"{'-':>9s}"
-            lines.append(f"{a['app']:10s} {name:19s} {frames:7d} {misses:6d} "
+            lines.append(f"{a['app']:10s} {name:23s} {frames:7d} {misses:6d} "
                          f"{100 * misses / max(frames, 1):6.2f}% {energy:9.3f} "
                          f"{100 * (energy / perf - 1):+7.1f}% {vs_target}")
     m = result.get("measured")

@@ -11,6 +11,7 @@ from governor.baselines import (
     NoiseQuantiles,
     PointGrid,
     all_baselines,
+    joint_frames,
     noise_quantile,
     oracle,
     oracle_joint,
@@ -175,3 +176,30 @@ def test_the_noise_tail_is_taken_at_the_load_the_frames_ran_under():
     assert np.quantile(over_idle, 0.9) >= 3 * target  # the tail without load is not the tail under it
     assert qs.at(load) is qs.at(0.6000001)  # taken once per load
     assert np.array_equal(qs.at(0.0), noise_quantile(grid, None, target))
+
+
+def test_the_causal_reference_plans_each_frame_with_what_its_app_last_ran_under():
+    """``joint_frames(causal=True)`` plans a frame with its app's previous frame's slowdown and load:
+    a burst's first frame (slowdown 1.35) is planned as an ordinary one and is late, the second is
+    planned for the burst and is not; the plain replay sees the burst coming and misses neither.
+    Where nothing changes from frame to frame the two are the same replay."""
+    board = load_board("sd888_phone")
+    sim = Simulator(board, load_model_spec("yolo_tiny"))
+    top = {name: table[-1] for name, table in board.domain_tables.items()}
+    fastest = float(sim.run(top["cpu"], top["gpu"], None, None, mem_hz=top["mem"]).latency_ns[0]) / 1e6
+    slows = (1.0, 1.0, 1.35, 1.35, 1.35, 1.0, 1.0)
+    frames = [_trace(1.6 * fastest, 100.0 * k) for k in range(len(slows))]
+    for f, s in zip(frames, slows, strict=True):
+        f.slowdown = s
+    (plain,) = [[late for _, late in per_app] for per_app in joint_frames(board, [(sim, frames)], None)]
+    (causal,) = [[late for _, late in per_app] for per_app in joint_frames(board, [(sim, frames)], None, causal=True)]
+    assert plain == [False] * len(slows)
+    assert causal == [False, False, True, False, False, False, False]
+    (causal_e,) = [[e for e, _ in per_app] for per_app in joint_frames(board, [(sim, frames)], None, causal=True)]
+    (plain_e,) = [[e for e, _ in per_app] for per_app in joint_frames(board, [(sim, frames)], None)]
+    # the burst's first frame ran at the ordinary point (cheaper, late); after the burst the causal
+    # one still plans for it (dearer, in time); elsewhere the same point
+    assert causal_e[2] < plain_e[2] and causal_e[5] > plain_e[5]
+    assert causal_e[:2] == plain_e[:2] and causal_e[3:5] == plain_e[3:5] and causal_e[6] == plain_e[6]
+    steady = [_trace(1.6 * fastest, 100.0 * k) for k in range(4)]
+    assert joint_frames(board, [(sim, steady)], 0.01, causal=True) == joint_frames(board, [(sim, steady)], 0.01)

@@ -254,7 +254,8 @@ def test_demo_json_end_to_end():
     for a in apps.values():
         assert a["frames"] > 10
         b = a["baselines"]
-        assert set(b) == {"performance", "ondemand", "oracle", "oracle_target", "oracle_target_per_frame"}
+        assert set(b) == {"performance", "ondemand", "oracle", "oracle_target", "oracle_target_causal",
+                          "oracle_target_per_frame"}
         for ref in b.values():
             assert ref["frames"] == a["frames"] and ref["energy_j"] > 0
         # the fair reference (replayed with the apps together: one GPU queue, one point at a time)
