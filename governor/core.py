@@ -24,7 +24,10 @@ point's full prediction, so this is exactly what the full decision keeps (infeas
 no point can be as fast). Otherwise (a change) the full decision runs: numpy over the grid (a few
 hundred to ~1300 points), the frames in flight as one latency threshold per grid and level.
 Grids for a new context length are computed once per bucket and cached (``compute_grid`` is a
-plain function so the daemon can run it in another process, off its event loop).
+plain function so the daemon can run it in another process, off its event loop). A language
+model's frame whose bucket has no grid yet is decided on the nearest bucket's within
+``STAND_IN_BUCKETS`` while its own is computed (``_stand_in``): a grid takes 70-150 ms, and
+neighbouring buckets differ by about a thousandth.
 
 Apps are isolated from each other: each (app, model) learns its own correction, frames belong to the
 client that opened them, and the number of apps and of frames per client is bounded. Backend I/O
@@ -67,6 +70,7 @@ MISS_REFRESH_S = 0.05  # after a late frame, re-read the state within this (not 
 WRITE_QUEUE_S = 0.05  # longest a frame waits behind another frame's write (then answered, pair not in force)
 # frames that wait for one write (on the daemon's loop) before the next ones join it instead, and they too
 JOIN_AFTER_WAITING = 2
+STAND_IN_BUCKETS = 8  # context buckets a computed grid may stand in across (see Governor._stand_in)
 STALLED_WRITE_NOTE = ("answered at the pair in force while an earlier write is still under way (the backend is "
                       "slow to answer): it may change during the frame")
 JOINED_WRITE_NOTE = ("started at the pair in force while another frame's write is under way: the point the frames "
@@ -345,6 +349,8 @@ class Governor:
         self.compute_ahead: Callable[[tuple[str, int | None]], None] = self._compute_ahead_in_thread
         self._ahead_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._ahead_pending: set[tuple[str, int | None]] = set()
+        self._ahead_running: set[str] = set()  # models with a grid being computed ahead
+        self._ahead_wanted: dict[str, tuple[str, int | None]] = {}  # per model: the latest asked for meanwhile
         # what holds ``_io`` now: "write" (a frame's write, maybe to a stalled phone: frames do not
         # queue behind it) or anything else (a re-read of the state, short: frames wait for it)
         self._io_holder: str | None = None
@@ -583,9 +589,36 @@ class Governor:
             bucket = None
         return (model, bucket)
 
-    def has_grid(self, key: tuple[str, int | None]) -> bool:
+    def has_grid(self, key: tuple[str, int | None], stand_in: bool = False) -> bool:
+        """Whether ``key``'s grid is computed (``stand_in``: or a grid that can stand in for it)."""
         with self._lock:
-            return key in self._grids
+            return key in self._grids or (stand_in and self._stand_in(key) is not None)
+
+    def _stand_in(self, key: tuple[str, int | None]) -> _Grid | None:
+        """Under ``_lock``: for a language model's context bucket whose grid is not computed, the
+        grid of the nearest bucket within STAND_IN_BUCKETS (a longer context first at each distance:
+        it predicts no faster), or None.
+
+        A decoder's context grows a token a frame and the next bucket's grid is computed ahead, but
+        a context that jumps (a new turn's prompt, a decoder that skips through its buckets faster
+        than grids are computed) found no grid and its frame waited for one: 100-200 ms on this
+        machine, on 20 of the first 25 tokens of the SD888's language model in the dynamics
+        benchmark (its context grows 7 tokens a frame, a bucket every 44 ms, where a grid took
+        100-200 ms to compute). Buckets' grids differ by about 0.13% per bucket in latency there
+        (at most, over every point and host level: 0.13% from 512 to 528 tokens, 2.1% from 512 to
+        768): within eight buckets about 1%, inside the noise the margin covers, and a lasting
+        offset is the correction's bias. With four, the decoder outran its grids by more than that
+        after ~12 frames and its frame waited 260-340 ms (three times in its first 40 frames)."""
+        model, bucket = key
+        if bucket is None:
+            return None
+        step = self.settings.context_bucket
+        for d in range(1, STAND_IN_BUCKETS + 1):
+            for near in ((model, bucket + d * step), (model, bucket - d * step)):
+                grid = self._grids.get(near)
+                if grid is not None:
+                    return grid
+        return None
 
     def _ask_ahead(self, key: tuple[str, int | None], grid: _Grid) -> None:
         """On a language model's grid's first use, have the next context bucket's grid computed
@@ -600,20 +633,36 @@ class Governor:
             self.compute_ahead(ahead)
 
     def _compute_ahead_in_thread(self, key: tuple[str, int | None]) -> None:
-        """In process: compute a grid in a background thread, once per key under way."""
-        if key in self._ahead_pending:
-            return
-        if self._ahead_pool is None:
-            self._ahead_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grid-ahead")
-        self._ahead_pending.add(key)
+        """In process: compute a grid in a background thread, one per model at a time; asked for
+        meanwhile, only the latest is computed next (as the daemon does: ``_compute_ahead_on_loop``)."""
+        model = key[0]
+        with self._lock:
+            if key in self._ahead_pending or key in self._grids:
+                return
+            if model in self._ahead_running:
+                self._ahead_wanted[model] = key
+                return
+            self._ahead_running.add(model)
+            self._ahead_pending.add(key)
+            if self._ahead_pool is None:
+                self._ahead_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grid-ahead")
 
         def job() -> None:
-            try:
-                self.add_grid(key, compute_grid(*self.grid_job(key)))
-            except Exception:  # noqa: BLE001 - only a head start: the frame computes it if this failed
-                log.exception("computing the grid of %s ahead", key)
-            finally:
-                self._ahead_pending.discard(key)
+            nonlocal key
+            while key is not None:
+                try:
+                    self.add_grid(key, compute_grid(*self.grid_job(key)))
+                except Exception:  # noqa: BLE001 - only a head start: the frame computes it if this failed
+                    log.exception("computing the grid of %s ahead", key)
+                with self._lock:
+                    self._ahead_pending.discard(key)
+                    key = self._ahead_wanted.pop(model, None)
+                    while key is not None and key in self._grids:
+                        key = self._ahead_wanted.pop(model, None)
+                    if key is None:
+                        self._ahead_running.discard(model)
+                    else:
+                        self._ahead_pending.add(key)
 
         self._ahead_pool.submit(job)
 
@@ -685,15 +734,22 @@ class Governor:
         if context_len is not None and (not isinstance(context_len, int) or context_len < 0):
             raise GovernorError("bad_field", f"context_len must be a non-negative integer, got {context_len!r}")
         key = self.grid_key(model, context_len)
+        standing_in = False
         with self._lock:
             grid = self._grids.get(key)
             if grid is not None:
                 self._grids.move_to_end(key)
+            else:
+                grid = self._stand_in(key)
+                standing_in = grid is not None
         if grid is None:
             if not may_block:
                 raise NeedsBackend  # computing a grid takes ~20 ms: not on the caller's loop
             grid = self._grid(model, context_len)
-        self._ask_ahead(key, grid)
+        if standing_in:
+            self.compute_ahead(key)  # its own, for the frames that follow
+        else:
+            self._ask_ahead(key, grid)
         now = time.monotonic()
         if not self._released and ((self.inline_refresh and now >= self._next_refresh)
                                    or (self._stale_at is not None and now >= self._stale_at)):

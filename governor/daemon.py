@@ -353,6 +353,8 @@ class Daemon:
         self._grids: concurrent.futures.Executor | None = None
         self._grid_worker_ready = False
         self._grid_pending: dict[tuple, asyncio.Future] = {}
+        self._ahead_running: set[str] = set()  # models with a grid being computed ahead
+        self._ahead_wanted: dict[str, tuple] = {}  # per model: the latest grid asked for ahead meanwhile
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop serving, once it does
         self._clients: dict[_Client, None] = {}  # connected, in order
         self._tasks: set[asyncio.Task] = set()  # requests being answered off the loop
@@ -508,8 +510,28 @@ class Daemon:
         self._loop.call_soon_threadsafe(self._compute_ahead_on_loop, key)
 
     def _compute_ahead_on_loop(self, key: tuple) -> None:
-        if key not in self._grid_pending and not self.governor.has_grid(key):
-            self._spawn(self._ensure_grid_quietly(key))
+        """One grid computed ahead per model at a time; asked for meanwhile, only the latest is
+        computed next. A decoder skipping through buckets faster than grids are computed (in the
+        dynamics benchmark: a bucket every 44 ms, a grid every 100 ms) queued one per bucket in
+        the worker, the queue grew, and a frame whose context no grid could stand in for any more
+        (``Governor._stand_in``) waited behind it: 770-840 ms."""
+        if key in self._grid_pending or self.governor.has_grid(key):
+            return
+        model = key[0]
+        if model in self._ahead_running:
+            self._ahead_wanted[model] = key
+            return
+        self._ahead_running.add(model)
+        self._spawn(self._ahead(model, key))
+
+    async def _ahead(self, model: str, key: tuple | None) -> None:
+        try:
+            while key is not None:
+                if key not in self._grid_pending and not self.governor.has_grid(key):
+                    await self._ensure_grid_quietly(key)
+                key = self._ahead_wanted.pop(model, None)
+        finally:
+            self._ahead_running.discard(model)
 
     async def _ensure_grid_quietly(self, key: tuple) -> None:
         try:
@@ -533,7 +555,7 @@ class Daemon:
     async def _decide_later(self, req: BeforeFrame | FastBeforeFrame, client: _Client) -> None:
         try:
             key = self.governor.grid_key(req.model, req.context_len)
-            if not self.governor.has_grid(key):
+            if not self.governor.has_grid(key, stand_in=True):
                 await self._ensure_grid(key)
             d = await self._call(self.governor.before_frame, req.model, req.deadline_ms, req.context_len,
                                  req.app, owner=client)

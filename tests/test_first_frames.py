@@ -13,7 +13,7 @@ from dvfs_schema.loading import load_board, load_model_spec
 from estimator.model import Estimator
 from governor.app import fit_on_virtual_board
 from governor.config import GovernorSettings
-from governor.core import Governor
+from governor.core import STAND_IN_BUCKETS, Governor, compute_grid
 from governor.correction import Correction
 from governor.margins import FALLBACK_PRIOR, prior_margin
 from sysfs_backends.virtual.board import VirtualBoard
@@ -88,5 +88,38 @@ def test_in_process_the_next_context_bucket_is_computed_in_the_background(tmp_pa
                 break
             time.sleep(0.02)
         assert gov.status()["models"]["llm"]["context_buckets"] == [48, 64]
+    finally:
+        gov.stop()
+
+
+def test_a_context_bucket_without_its_grid_is_decided_on_a_neighbours_while_its_own_is_computed(tmp_path):
+    """A decoder whose context jumps a few buckets (a decoder skipping through buckets faster than
+    grids are computed, a new turn's prompt) must not wait 70-150 ms for a grid: the nearest
+    computed bucket within STAND_IN_BUCKETS stands in (its latencies within about a percent of
+    the bucket's own), and the bucket's own grid is asked for in the background. Beyond that
+    distance the frame's own grid is computed first, as before."""
+    board = load_board(BOARD)
+    est, _ = fitted("smollm_135m", repeats=2)
+    vb = VirtualBoard(tmp_path / "b", board)
+    gov = Governor(vb.backend(tmp_path / "s.json"), board, {"llm": est}, GovernorSettings())
+    asked: list[tuple] = []
+    gov.compute_ahead = asked.append  # what is asked for in the background, not computed here
+    gov.start()
+    try:
+        d = gov.before_frame("llm", 80.0, context_len=40, app="chat")  # bucket 48: computed now
+        gov.after_frame(d.frame, d.predicted_ms)
+        assert gov.has_grid(("llm", 48)) and asked == [("llm", 64)]  # the next bucket, ahead
+        d = gov.before_frame("llm", 80.0, context_len=70, app="chat")  # bucket 80: 48 stands in
+        gov.after_frame(d.frame, d.predicted_ms)
+        assert not gov.has_grid(("llm", 80)) and gov.has_grid(("llm", 80), stand_in=True)
+        assert asked[-1] == ("llm", 80)
+        own = compute_grid(*gov.grid_job(("llm", 80)))
+        near = gov._grids[("llm", 48)]
+        assert np.abs(near.latency_ms / own.latency_ms - 1).max() < 0.01
+        assert not np.array_equal(near.latency_ms, own.latency_ms)  # a stand-in, not the same grid
+        d = gov.before_frame("llm", 80.0, context_len=300, app="chat")  # bucket 304: too far, computed
+        gov.after_frame(d.frame, d.predicted_ms)
+        assert gov.has_grid(("llm", 304)) and gov.has_grid(("llm", 304 + STAND_IN_BUCKETS * 16), stand_in=True)
+        assert not gov.has_grid(("llm", 304 + (STAND_IN_BUCKETS + 1) * 16), stand_in=True)
     finally:
         gov.stop()
