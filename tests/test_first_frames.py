@@ -123,3 +123,37 @@ def test_a_context_bucket_without_its_grid_is_decided_on_a_neighbours_while_its_
         assert not gov.has_grid(("llm", 304 + (STAND_IN_BUCKETS + 1) * 16), stand_in=True)
     finally:
         gov.stop()
+
+
+def test_grids_asked_for_ahead_while_one_is_computed_leave_only_the_latest_to_compute(tmp_path, monkeypatch):
+    """One grid per model is computed ahead at a time; those asked for meanwhile are not queued
+    one per bucket (a decoder outrunning its grids made the queue, and a frame waiting behind it,
+    grow): only the latest asked for is computed next."""
+    import threading
+
+    import governor.core as core
+
+    board = load_board(BOARD)
+    est, _ = fitted("smollm_135m", repeats=2)
+    vb = VirtualBoard(tmp_path / "b", board)
+    gov = Governor(vb.backend(tmp_path / "s.json"), board, {"llm": est}, GovernorSettings())
+    gate, computed = threading.Event(), []
+    real = core.compute_grid
+
+    def gated(est_, board_, rank, context_len):  # the real computation, held until the test lets go
+        computed.append(context_len)
+        gate.wait(30)
+        return real(est_, board_, rank, context_len)
+
+    monkeypatch.setattr(core, "compute_grid", gated)
+    gov.compute_ahead(("llm", 64))
+    for bucket in (80, 96, 112):  # asked while 64 is computed
+        gov.compute_ahead(("llm", bucket))
+    gate.set()
+    for _ in range(500):
+        if gov.has_grid(("llm", 112)):
+            break
+        time.sleep(0.02)
+    time.sleep(0.2)  # nothing else follows
+    assert computed == [64, 112]
+    assert gov.has_grid(("llm", 64)) and gov.has_grid(("llm", 112)) and not gov.has_grid(("llm", 96))
