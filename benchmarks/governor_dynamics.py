@@ -305,12 +305,10 @@ class Harness:
                "phases": {}, "apps_total": []}
         truths = [Truth(self.board, model, MODELS[model]) for model in self.models]
         refs = [[references(truth, f) for f in self.frames[k]] for k, truth in enumerate(truths)]
-        for k, per_frame in enumerate(joint(self.board, truths, self.frames)):
-            for r, (energy_j, late) in zip(refs[k], per_frame, strict=True):
-                r["joint_j"], r["joint_miss"] = energy_j, late
-        for k, per_frame in enumerate(joint(self.board, truths, self.frames, causal=True)):
-            for r, (energy_j, late) in zip(refs[k], per_frame, strict=True):
-                r["causal_j"], r["causal_miss"] = energy_j, late
+        for name, causal in (("joint", False), ("causal", True)):
+            for k, per_frame in enumerate(joint(self.board, truths, self.frames, causal)):
+                for r, (energy_j, late) in zip(refs[k], per_frame, strict=True):
+                    r[f"{name}_j"], r[f"{name}_miss"] = energy_j, late
         for name in PHASES:
             if name not in windows:
                 continue
@@ -352,7 +350,7 @@ def _summary(model: str, rows: list[tuple[dict, dict]]) -> dict:
             "misses_within_joint_target_plus_1pct": bool(misses <= j_miss + 0.01 * n),
             "oracle_causal_target_misses": int(c_miss),
             "misses_within_causal_target_plus_1pct": bool(misses <= c_miss + 0.01 * n),
-            "energy_vs_oracle_causal_target": round(c_e and float(energy / c_e), 4),
+            "energy_vs_oracle_causal_target": round(float(energy / c_e), 4),
             "energy_j": round(energy, 5), "energy_vs_oracle": round(energy / o_e, 4),
             "energy_vs_oracle_target": round(energy / t_e, 4),
             "energy_vs_oracle_joint_target": round(float(energy / j_e), 4),

@@ -277,18 +277,16 @@ class _JointFrame:
                  seen: FrameTrace | None = None, q_seen: np.ndarray | float | None = None) -> None:
         """``seen``: the frame whose background load and slowdown the reference plans with (None:
         this frame's own), and ``q_seen`` the noise's quantile under that load."""
-        lat, en, gpu = grid.at_with_gpu(f.context_len, f.background_load, step)
-        if not grid.has_gpu:
-            gpu = np.zeros_like(lat)
+        def at(load: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            lat, en, gpu = grid.at_with_gpu(f.context_len, load, step)
+            return lat, en, (gpu if grid.has_gpu else np.zeros_like(lat))
+
+        lat, en, gpu = at(f.background_load)
         self.app, self.k, self.deadline_ms = app, k, f.deadline_ms
         self.lat, self.gpu, self.energy = lat * f.slowdown, gpu * f.slowdown, en * f.slowdown
-        if seen is None:
-            self.need, self.need_gpu = self.lat * q, self.gpu * q  # what the reference plans with
-        else:
-            lat_s, _, gpu_s = grid.at_with_gpu(f.context_len, seen.background_load, step)
-            if not grid.has_gpu:
-                gpu_s = np.zeros_like(lat_s)
-            self.need, self.need_gpu = lat_s * seen.slowdown * q_seen, gpu_s * seen.slowdown * q_seen
+        plan, q_plan = (f, q) if seen is None else (seen, q_seen)  # what the reference plans with
+        lat_p, _, gpu_p = (lat, en, gpu) if plan.background_load == f.background_load else at(plan.background_load)
+        self.need, self.need_gpu = lat_p * plan.slowdown * q_plan, gpu_p * plan.slowdown * q_plan
         self.scale = _noise(grid, f, self.lat)  # what the frame really takes (x the noise-free)
         self.allowed = grid.allowed(f.capped)
         self.top = grid.index(*grid.caps(f.capped))  # the highest point the cap in force allows
@@ -346,6 +344,7 @@ def joint_frames(board: BoardConfig, apps: list[tuple[Simulator, list[FrameTrace
     else:
         qs = [NoiseQuantiles.for_frames(g, frames, target) if target is not None else None
               for g, (_, frames) in zip(grids, apps, strict=True)]
+
     def quantile(a: int, f: FrameTrace) -> np.ndarray | float:
         return qs[a].at(f.background_load) if qs[a] is not None else 1.0
 

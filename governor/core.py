@@ -219,6 +219,38 @@ class _AppStats:
     corrections: dict[str, Correction] = field(default_factory=dict)  # per model
 
 
+class LatestPerModel:
+    """Grids computed ahead, one per model at a time: those asked for while one is under way are
+    not queued one per bucket (a decoder outrunning its grids grew the queue, and a frame that
+    had to wait for its own grid waited behind it: 770-840 ms); only the latest runs next. The
+    bookkeeping alone, shared by the in-process thread and the daemon's loop; callers serialise."""
+
+    def __init__(self) -> None:
+        self._running: set[str] = set()  # models with a grid being computed ahead
+        self._wanted: dict[str, tuple[str, int | None]] = {}  # per model: the latest asked for meanwhile
+
+    def offer(self, key: tuple[str, int | None]) -> bool:
+        """Whether ``key`` is to be computed now (else it is kept as its model's next, replacing any)."""
+        model = key[0]
+        if model in self._running:
+            self._wanted[model] = key
+            return False
+        self._running.add(model)
+        return True
+
+    def next(self, model: str) -> tuple[str, int | None] | None:
+        """The next key of ``model`` to compute once one is done; None: its model is free again."""
+        key = self._wanted.pop(model, None)
+        if key is None:
+            self._running.discard(model)
+        return key
+
+    def release(self, model: str) -> None:
+        """The computing stopped early (cancelled): nothing more runs for ``model``."""
+        self._wanted.pop(model, None)
+        self._running.discard(model)
+
+
 def compute_grid(est: Estimator, board: BoardConfig, freq_rank: np.ndarray | None,
                  context_len: int | None) -> _Grid:
     """One model at one context bucket over every pair, for each host slowdown level.
@@ -349,8 +381,7 @@ class Governor:
         self.compute_ahead: Callable[[tuple[str, int | None]], None] = self._compute_ahead_in_thread
         self._ahead_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._ahead_pending: set[tuple[str, int | None]] = set()
-        self._ahead_running: set[str] = set()  # models with a grid being computed ahead
-        self._ahead_wanted: dict[str, tuple[str, int | None]] = {}  # per model: the latest asked for meanwhile
+        self._ahead = LatestPerModel()
         # what holds ``_io`` now: "write" (a frame's write, maybe to a stalled phone: frames do not
         # queue behind it) or anything else (a re-read of the state, short: frames wait for it)
         self._io_holder: str | None = None
@@ -637,12 +668,8 @@ class Governor:
         meanwhile, only the latest is computed next (as the daemon does: ``_compute_ahead_on_loop``)."""
         model = key[0]
         with self._lock:
-            if key in self._ahead_pending or key in self._grids:
+            if key in self._ahead_pending or key in self._grids or not self._ahead.offer(key):
                 return
-            if model in self._ahead_running:
-                self._ahead_wanted[model] = key
-                return
-            self._ahead_running.add(model)
             self._ahead_pending.add(key)
             if self._ahead_pool is None:
                 self._ahead_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grid-ahead")
@@ -656,12 +683,10 @@ class Governor:
                     log.exception("computing the grid of %s ahead", key)
                 with self._lock:
                     self._ahead_pending.discard(key)
-                    key = self._ahead_wanted.pop(model, None)
+                    key = self._ahead.next(model)
                     while key is not None and key in self._grids:
-                        key = self._ahead_wanted.pop(model, None)
-                    if key is None:
-                        self._ahead_running.discard(model)
-                    else:
+                        key = self._ahead.next(model)
+                    if key is not None:
                         self._ahead_pending.add(key)
 
         self._ahead_pool.submit(job)

@@ -43,7 +43,16 @@ import threading
 import time
 from pathlib import Path
 
-from governor.core import WRITE_QUEUE_S, Governor, GovernorError, NeedsBackend, NeedsWrite, WriteUnderWay, compute_grid
+from governor.core import (
+    WRITE_QUEUE_S,
+    Governor,
+    GovernorError,
+    LatestPerModel,
+    NeedsBackend,
+    NeedsWrite,
+    WriteUnderWay,
+    compute_grid,
+)
 from governor.protocol import (
     MAX_LINE_BYTES,
     PROTOCOL_VERSION,
@@ -353,8 +362,7 @@ class Daemon:
         self._grids: concurrent.futures.Executor | None = None
         self._grid_worker_ready = False
         self._grid_pending: dict[tuple, asyncio.Future] = {}
-        self._ahead_running: set[str] = set()  # models with a grid being computed ahead
-        self._ahead_wanted: dict[str, tuple] = {}  # per model: the latest grid asked for ahead meanwhile
+        self._ahead = LatestPerModel()  # grids computed ahead in the worker, one per model at a time
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop serving, once it does
         self._clients: dict[_Client, None] = {}  # connected, in order
         self._tasks: set[asyncio.Task] = set()  # requests being answered off the loop
@@ -511,27 +519,20 @@ class Daemon:
 
     def _compute_ahead_on_loop(self, key: tuple) -> None:
         """One grid computed ahead per model at a time; asked for meanwhile, only the latest is
-        computed next. A decoder skipping through buckets faster than grids are computed (in the
-        dynamics benchmark: a bucket every 44 ms, a grid every 100 ms) queued one per bucket in
-        the worker, the queue grew, and a frame whose context no grid could stand in for any more
-        (``Governor._stand_in``) waited behind it: 770-840 ms."""
-        if key in self._grid_pending or self.governor.has_grid(key):
+        computed next (``LatestPerModel``)."""
+        if key in self._grid_pending or self.governor.has_grid(key) or not self._ahead.offer(key):
             return
-        model = key[0]
-        if model in self._ahead_running:
-            self._ahead_wanted[model] = key
-            return
-        self._ahead_running.add(model)
-        self._spawn(self._ahead(model, key))
+        self._spawn(self._compute_ahead_in_turn(key))
 
-    async def _ahead(self, model: str, key: tuple | None) -> None:
+    async def _compute_ahead_in_turn(self, key: tuple | None) -> None:
+        model = key[0]
         try:
             while key is not None:
                 if key not in self._grid_pending and not self.governor.has_grid(key):
                     await self._ensure_grid_quietly(key)
-                key = self._ahead_wanted.pop(model, None)
+                key = self._ahead.next(model)
         finally:
-            self._ahead_running.discard(model)
+            self._ahead.release(model)
 
     async def _ensure_grid_quietly(self, key: tuple) -> None:
         try:

@@ -191,12 +191,12 @@ def test_the_causal_reference_plans_each_frame_with_what_its_app_last_ran_under(
     frames = [_trace(1.6 * fastest, 100.0 * k) for k in range(len(slows))]
     for f, s in zip(frames, slows, strict=True):
         f.slowdown = s
-    (plain,) = [[late for _, late in per_app] for per_app in joint_frames(board, [(sim, frames)], None)]
-    (causal,) = [[late for _, late in per_app] for per_app in joint_frames(board, [(sim, frames)], None, causal=True)]
+    (plain_frames,) = joint_frames(board, [(sim, frames)], None)
+    (causal_frames,) = joint_frames(board, [(sim, frames)], None, causal=True)
+    plain_e, plain = (list(x) for x in zip(*plain_frames, strict=True))
+    causal_e, causal = (list(x) for x in zip(*causal_frames, strict=True))
     assert plain == [False] * len(slows)
     assert causal == [False, False, True, False, False, False, False]
-    (causal_e,) = [[e for e, _ in per_app] for per_app in joint_frames(board, [(sim, frames)], None, causal=True)]
-    (plain_e,) = [[e for e, _ in per_app] for per_app in joint_frames(board, [(sim, frames)], None)]
     # the burst's first frame ran at the ordinary point (cheaper, late); after the burst the causal
     # one still plans for it (dearer, in time); elsewhere the same point
     assert causal_e[2] < plain_e[2] and causal_e[5] > plain_e[5]
