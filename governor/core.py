@@ -81,6 +81,8 @@ MAX_RECHECK = 16  # a hidden cap found still there is asked past again after at 
 # since a lead longer than the write counts work ahead as done that is not (a wait unforeseen)
 WRITE_LEAD_SAMPLES = 32
 WRITE_LEAD_QUANTILE = 25.0
+# writes of one set of domains remembered before that set has a lead of its own (else the lead of all)
+WRITE_LEAD_OWN_AFTER = 8
 WAIT_LEARN_SHARE = 0.1  # a frame predicted to wait longer than this share of its latency: its fit is not learned
 FRESH_READ_S = 0.0  # a write follows a read-back at most this old; else the state is read first
 MAX_FRONTIERS_PER_LEVEL = 32  # masks (caps, unreachable points, point in force) kept per grid and level
@@ -201,6 +203,10 @@ class _Frame:
     # being written waits for the write before it starts, so frames answered meanwhile start
     # first and it queues behind them, with none of its work done yet
     answered: bool = True
+    # (when its write path decided it (monotonic s), what the write changed (``_write_kind``))
+    # until its reply is sent (``Governor.reply_sent``): the lead of later written points counts
+    # to the reply, not to the write's end
+    decided: tuple[float, int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.gpu_from < self.started:
@@ -396,6 +402,11 @@ class Governor:
         # such a frame starts that much later, the work queued ahead of it running on meanwhile
         self._write_took_s: deque[float] = deque(maxlen=WRITE_LEAD_SAMPLES)
         self._write_lead_s = 0.0  # a low quantile of them (``_note_write_took``)
+        # the same per kind of write (the domains it changed and which way, ``_write_kind``), once
+        # it has WRITE_LEAD_OWN_AFTER: they take different times (``_note_write_took``)
+        self._write_took_by: dict[int, deque[float]] = {}
+        self._lead_by: dict[int, float] = {}
+        self._changed_to: tuple = (None, None)  # (point in force, per point the bits it changes)
         self.writes = 0  # points written (each a batch of stores and its settled read-back), for status
         # (when, before, after) of each change of the point in force (a write's, or seen at a read),
         # the newest last: whether a frame ran across one, and what it ran at (``_ran_column``)
@@ -404,6 +415,9 @@ class Governor:
         # settings.backend_wait_s so that a stalled phone cannot hold its clients; in process the
         # caller waits, as a plain function call would.
         self.write_wait_s: float | None = None
+        # whether replies after a write are sent later and reported (``reply_sent``, the daemon):
+        # then a written point's lead counts to the reply (in process the reply is the return)
+        self.replies_reported = False
         self.last_frame_at = time.monotonic()
         self._power: PowerTracker | None = None  # the board's power rails, where it has any
         self._learner: PowerLearner | None = None  # power scales learned from them (power_online.py)
@@ -996,7 +1010,11 @@ class Governor:
         point, notes = self._resume_and_apply(point, ask)
         with self._lock:
             predicted = self._start(ask, grid, point, True)
-            self._note_write_took(ask.now - asked_at)
+            changed = self._write_kind(ask.seen, point)
+            if not self.replies_reported:
+                self._note_write_took(ask.now - asked_at, changed)
+            elif ask.frame in self._frames:
+                self._frames[ask.frame].decided = (asked_at, changed)
             joined = self._joined
             if joined:  # the raise counts as a write under way: frames asked meanwhile join it
                 self._write_begins()
@@ -1040,11 +1058,62 @@ class Governor:
         lead = self._write_lead_s
         return 0.0 if lead <= 0.0 or self._share.overloaded() else lead
 
-    def _note_write_took(self, took_s: float) -> None:
-        """A decision that wrote was answered ``took_s`` after its choice: the lead of the next
-        decisions' written points (a low quantile of the last few, ``_queue_waits``). Under ``_lock``."""
+    def _write_lead_max_s_now(self) -> float:
+        """The longest lead ``_queue_waits`` counts now at any point (the shortcut's bound)."""
+        lead = self._write_lead_s_now()
+        if lead > 0.0 and self._lead_by:
+            return max(lead, max(self._lead_by.values()))
+        return lead
+
+    def _note_write_took(self, took_s: float, changed: int = 0) -> None:
+        """A decision that wrote was answered ``took_s`` after its choice, its write changing the
+        domains of ``changed`` (``_write_kind``): the lead of the next decisions' written points (a
+        low quantile of the last few, ``_queue_waits``), overall and per kind of write. Under
+        ``_lock``. Per kind because a write's time depends on what it changes, and which way: the
+        SD888 over FUSE (detector + decoder) answered writes lowering the memory clock alone in
+        4.5 ms (median), raising the GPU's and lowering the memory's in 11.6 ms, the reverse in
+        7.0 ms, raising all three in 9.7 ms. With one lead for all (4.5 ms), the detector, whose
+        writes raised the GPU clock and lowered the memory's, was predicted to wait 8-10 ms behind
+        a token's GPU work that was over by the time its reply left, and given a dearer point."""
         self._write_took_s.append(took_s)
         self._write_lead_s = float(np.percentile(self._write_took_s, WRITE_LEAD_QUANTILE))
+        if changed:
+            took = self._write_took_by.get(changed)
+            if took is None:
+                took = self._write_took_by[changed] = deque(maxlen=WRITE_LEAD_SAMPLES)
+            took.append(took_s)
+            if len(took) >= WRITE_LEAD_OWN_AFTER:
+                self._lead_by[changed] = float(np.percentile(took, WRITE_LEAD_QUANTILE))
+
+    def _write_kind(self, before: tuple[int, ...], after: tuple[int, ...]) -> int:
+        """What a write from ``before`` to ``after`` changes: a bit per domain changed (CPU first),
+        and above them a bit per domain raised (``_changed_bits`` for every point at once)."""
+        n = len(self.domains)
+        return sum((1 << k) + ((1 << (n + k)) if a > b else 0)
+                   for k, (a, b) in enumerate(zip(after, before, strict=True)) if a != b)
+
+    def _leads_ms(self) -> np.ndarray:
+        """Per point, the lead its frame begins with (ms): none at the point in force, elsewhere
+        the lead of the kind of write it takes, or of all writes (``_queue_waits``)."""
+        lead = self._write_lead_s_now()
+        leads = np.full(len(self.points), lead * 1e3)
+        if lead > 0.0 and self._lead_by:
+            bits = self._changed_bits()
+            for changed, own in self._lead_by.items():
+                leads[bits == changed] = own * 1e3
+        leads[self._index(self._cur)] = 0.0
+        return leads
+
+    def _changed_bits(self) -> np.ndarray:
+        """Per point, what a write to it from the point in force changes (``_write_kind``),
+        cached with the point in force."""
+        cur, bits = self._changed_to
+        if cur != self._cur:
+            at = np.array(self._cur)
+            n = len(self.domains)
+            bits = ((self.points != at) @ (1 << np.arange(n))) + ((self.points > at) @ (1 << np.arange(n, 2 * n)))
+            self._changed_to = (self._cur, bits)
+        return bits
 
     def _decided(self, frame: int, stats: _AppStats, point: tuple[int, ...], predicted: float,
                  feasible: bool, deadline_ms: float, changed: bool, notes: tuple[str, ...],
@@ -1176,6 +1245,14 @@ class Governor:
             # times instead of 3 as their queue built, each write making the next frame wait
             led = self._queue_waits(ask)
             ok_led = allowed & (predicted + led <= ask.deadline_ms)
+            period_ms = self._share.period_ms(ask.app)
+            if period_ms is not None:
+                # the frame of a written point begins once its reply has left: with the write's
+                # lead it must still fit the app's period, else the app falls behind its own rate
+                # (where none fits so, as before: the deadline alone)
+                fits = ok_led & (predicted + led + self._leads_ms() <= max(period_ms, ask.deadline_ms))
+                if fits.any():
+                    ok_led = fits
             if ok.any() or ok_led.any():
                 wait, total, ok = led, predicted + led, ok_led
         if not ok.any():
@@ -1415,7 +1492,8 @@ class Governor:
     def _queue_waits(self, ask: _Ask) -> np.ndarray:
         """Per point, the wait ``_choose`` counts: at the point in force the frame starts now;
         at any other the write comes first, and the frame starts once it is done (``_write_lead_s``
-        later, the work queued ahead running on at the point in force meanwhile). Counted from now, a
+        later, or the lead of the kind of write it takes where that has one of its own:
+        ``_note_write_took``), the work queued ahead running on at the point in force meanwhile. Counted from now, a
         decoder's token asked just after a detector's frame started was predicted to wait all of
         that frame's GPU work (18 ms at a cheap point): its write took 5 ms, during which a third
         of it ran; the token was given the top GPU clock it did not need (demo: 1.2x the joint
@@ -1433,6 +1511,12 @@ class Governor:
         if lead <= 0.0 or not isinstance(now_wait, np.ndarray):
             return np.broadcast_to(now_wait, n)
         wait = self._queue_wait(ask, lead)
+        if self._lead_by:  # the kinds of write with a lead of their own (``_note_write_took``)
+            bits = self._changed_bits()
+            for changed, own in self._lead_by.items():
+                at = bits == changed
+                if own != lead and at.any():
+                    wait[at] = self._queue_wait(ask, own)[at]
         cur = self._index(self._cur)
         wait[cur] = now_wait[cur]
         return wait
@@ -1628,7 +1712,7 @@ class Governor:
         least_free = -math.inf
         free = -math.inf
         # the bound for every other point: their frame starts after the write (``_queue_waits``)
-        later = now + self._write_lead_s_now()
+        later = now + self._write_lead_max_s_now()
         for _, _, gpu, f, least_ms, gpu_from in queued:
             least_free = _gpu_free_after(least_free, gpu_from, least_ms / 1e3,
                                          lambda begin, f=f: self._gpu_left(f, begin, later), later)
@@ -1936,6 +2020,9 @@ class Governor:
         at = time.monotonic() if at is None else at
         with self._lock:
             f = self._frames.get(frame)
+            if f is not None and f.decided is not None:
+                self._note_write_took(at - f.decided[0], f.decided[1])
+                f.decided = None
             if f is not None and f.answered and at > f.started:
                 f.started = at
                 if f.gpu_from < at:

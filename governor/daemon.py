@@ -699,6 +699,7 @@ class Daemon:
         self.governor.compute_ahead = self._compute_ahead  # in the grid worker, not a thread of ours
         self.governor.on_writes_done = self._writes_done
         self.governor.write_wait_s = self.settings.backend_wait_s  # a stalled phone holds no client long
+        self.governor.replies_reported = True  # _decide_later reports each written frame's reply
         idle = asyncio.create_task(self._idle_watch())
         refresh = asyncio.create_task(self._refresh_loop())
         # what start-up allocated (estimators, grids, schemas) is kept for good: the collector's

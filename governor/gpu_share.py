@@ -103,6 +103,12 @@ class GpuShare:
         if rate is not None and rate.counted is not None:
             self._count(rate, None, 0.0)
 
+    def period_ms(self, app: str) -> float | None:
+        """The app's period between frames asked for (ms; an average of the last few), or None
+        before its second frame."""
+        rate = self._apps.get(app)
+        return None if rate is None or rate.period_s is None else rate.period_s * 1e3
+
     def total(self) -> np.ndarray | None:
         """The summed share per point, or None while fewer than two apps are counted."""
         return self._total if self._counted >= 2 else None

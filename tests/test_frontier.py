@@ -282,6 +282,7 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
     gov._keep_in_force = counted
     rng = np.random.default_rng(11)
     unanswered = np.random.default_rng(12)  # its own draws: the cases of ``rng`` stay as they were
+    leads = np.random.default_rng(13)  # likewise
     values = gov._geometry.values
     n = len(values)
     with gov:
@@ -311,6 +312,10 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
             gov._changed_at = now - float(rng.choice([0.001, 10.0]))
             # a decision that writes starts its frame this much later (none measured yet: 0)
             gov._write_lead_s = float(unanswered.uniform(0.0, 0.012)) if unanswered.random() < 0.25 else 0.0
+            # and per kind of write (what it changes, which way), some with a lead of their own
+            kinds = np.unique(gov._changed_bits())
+            gov._lead_by = {int(m): float(leads.uniform(0.0, 0.02)) for m in
+                            leads.choice(kinds[kinds > 0], int(leads.integers(0, 6)), replace=False)}
             for j in range(int(rng.integers(1, 14))):
                 model = str(rng.choice(["yolo", "llm"]))
                 grid, level = grids[model], int(rng.integers(len(HOST_LEVELS)))
@@ -342,6 +347,10 @@ def test_with_frames_in_flight_the_shortcut_decides_exactly_as_the_whole_grid(tm
             wait = np.array(np.broadcast_to(gov._queue_wait(ask), n))
             # what the choice counts: from now at the point in force, after the write elsewhere
             waits = _reference_wait(gov, ask, gov._write_lead_s)
+            if gov._write_lead_s_now() > 0.0:
+                bits = np.array([gov._write_kind(gov._cur, p) for p in values])
+                for m, lead in gov._lead_by.items():
+                    waits[bits == m] = _reference_wait(gov, ask, lead)[bits == m]
             waits[gov._index(gov._cur)] = wait[gov._index(gov._cur)]
             assert np.allclose(gov._queue_waits(ask), waits, rtol=0, atol=1e-6)
             waits = np.array(gov._queue_waits(ask))
