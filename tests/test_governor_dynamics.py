@@ -86,6 +86,13 @@ def fastest_ms(gov: Governor) -> float:
     return float(gov._grid("yolo", None).latency_ms[0].min())
 
 
+def reported_frame(gov, app: str, deadline_ms: float):
+    """A frame of ``app`` decided and reported at its prediction (the apps' rates build up)."""
+    d = gov.before_frame("yolo", deadline_ms, app=app)
+    gov.after_frame(d.frame, d.predicted_ms)
+    return d
+
+
 def point_of(d) -> tuple[int, ...]:
     """A decision's point, one frequency per domain the board has (CPU, GPU, memory)."""
     return tuple(v for v in (d.cpu_khz, d.gpu_hz, d.mem_hz) if v is not None)
@@ -692,17 +699,12 @@ def test_a_frame_late_everywhere_counted_from_now_is_in_time_counted_after_its_w
     grid = gov._grid("yolo", None)
     slow = float(grid.latency_ms[0].max())
 
-    def frame(app, deadline_ms):
-        d = gov.before_frame("yolo", deadline_ms, app=app)
-        gov.after_frame(d.frame, d.predicted_ms)
-        return d
-
     with gov:
         for k in range(30):  # both apps' rates known; every frame reported
-            frame("cam", 2 * slow)
+            reported_frame(gov, "cam", 2 * slow)
             if k % 3 != 2:
                 clock[0] += 1 / 60
-                frame("tok", 2 * slow)
+                reported_frame(gov, "tok", 2 * slow)
                 clock[0] += 1 / 60
             else:
                 clock[0] += 1 / 30
@@ -751,16 +753,11 @@ def test_a_written_points_frame_fits_its_apps_period_with_the_writes_lead(tmp_pa
     slow = float(grid.latency_ms[0].max())
     period_s = 1.2 * slow / 1e3  # the app's frames take most of its period at the slow points
 
-    def frame(app, deadline_ms):
-        d = gov.before_frame("yolo", deadline_ms, app=app)
-        gov.after_frame(d.frame, d.predicted_ms)
-        return d
-
     with gov:
         for _ in range(30):  # both apps' rates known; every frame reported
-            frame("cam", 2 * slow)
+            reported_frame(gov, "cam", 2 * slow)
             clock[0] += period_s / 2
-            frame("tok", 2 * slow)
+            reported_frame(gov, "tok", 2 * slow)
             clock[0] += period_s / 2
         assert gov._share.period_ms("cam") == pytest.approx(period_s * 1e3)
         tok = gov.before_frame("yolo", 2 * slow, app="tok")  # in flight: its GPU work queued ahead
