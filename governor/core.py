@@ -1092,15 +1092,16 @@ class Governor:
         return sum((1 << k) + ((1 << (n + k)) if a > b else 0)
                    for k, (a, b) in enumerate(zip(after, before, strict=True)) if a != b)
 
-    def _leads_ms(self) -> np.ndarray:
-        """Per point, the lead its frame begins with (ms): none at the point in force, elsewhere
-        the lead of the kind of write it takes, or of all writes (``_queue_waits``)."""
+    def _leads_s(self) -> np.ndarray:
+        """Per point, the lead its frame begins with (s): none at the point in force, elsewhere
+        the lead of the kind of write it takes where that has one of its own, else of all writes
+        (``_queue_waits``, ``_choose``)."""
         lead = self._write_lead_s_now()
-        leads = np.full(len(self.points), lead * 1e3)
+        leads = np.full(len(self.points), lead)
         if lead > 0.0 and self._lead_by:
             bits = self._changed_bits()
             for changed, own in self._lead_by.items():
-                leads[bits == changed] = own * 1e3
+                leads[bits == changed] = own
         leads[self._index(self._cur)] = 0.0
         return leads
 
@@ -1243,14 +1244,15 @@ class Governor:
             # write); its assistant ran at 1.14x the joint oracle's energy, 1.07-1.16x with the
             # lead counted. Not before the rates are known: 32 apps starting at once wrote 9-12
             # times instead of 3 as their queue built, each write making the next frame wait
-            led = self._queue_waits(ask)
+            leads = self._leads_s()
+            led = self._queue_waits(ask, leads)
             ok_led = allowed & (predicted + led <= ask.deadline_ms)
             period_ms = self._share.period_ms(ask.app)
             if period_ms is not None:
                 # the frame of a written point begins once its reply has left: with the write's
                 # lead it must still fit the app's period, else the app falls behind its own rate
                 # (where none fits so, as before: the deadline alone)
-                fits = ok_led & (predicted + led + self._leads_ms() <= max(period_ms, ask.deadline_ms))
+                fits = ok_led & (predicted + led + leads * 1e3 <= max(period_ms, ask.deadline_ms))
                 if fits.any():
                     ok_led = fits
             if ok.any() or ok_led.any():
@@ -1489,7 +1491,7 @@ class Governor:
             f.busy = f.gpu_ms / 1e3
         return f.busy
 
-    def _queue_waits(self, ask: _Ask) -> np.ndarray:
+    def _queue_waits(self, ask: _Ask, leads: np.ndarray | None = None) -> np.ndarray:
         """Per point, the wait ``_choose`` counts: at the point in force the frame starts now;
         at any other the write comes first, and the frame starts once it is done (``_write_lead_s``
         later, or the lead of the kind of write it takes where that has one of its own:
@@ -1504,21 +1506,20 @@ class Governor:
         choice is the least late point without it (``_choose``). Not at all while the apps sharing
         the GPU need more of it than it has (``GpuShare.overloaded``): there the queue ahead never
         drains and the lead made a cheaper point look in time, so each frame wrote (32 apps x
-        120 fps: 2755 writes in 3 s, the daemon's CPU spent on them, no frame decided on schedule)."""
+        120 fps: 2755 writes in 3 s, the daemon's CPU spent on them, no frame decided on schedule).
+        ``leads``: each point's lead (``_leads_s``) where the caller has them already."""
         n = len(self.points)
         now_wait = self._queue_wait(ask)
         lead = self._write_lead_s_now()
         if lead <= 0.0 or not isinstance(now_wait, np.ndarray):
             return np.broadcast_to(now_wait, n)
-        wait = self._queue_wait(ask, lead)
-        if self._lead_by:  # the kinds of write with a lead of their own (``_note_write_took``)
-            bits = self._changed_bits()
-            for changed, own in self._lead_by.items():
-                at = bits == changed
-                if own != lead and at.any():
-                    wait[at] = self._queue_wait(ask, own)[at]
-        cur = self._index(self._cur)
-        wait[cur] = now_wait[cur]
+        if leads is None:
+            leads = self._leads_s()
+        wait = now_wait  # a fresh array: at the point in force (no lead) the wait from now
+        for value in np.unique(leads).tolist():  # one computation per lead the points take
+            if value > 0.0:
+                at = leads == value
+                wait[at] = self._queue_wait(ask, value)[at]
         return wait
 
     def _queue_wait(self, ask: _Ask, lead_s: float = 0.0) -> np.ndarray | float:

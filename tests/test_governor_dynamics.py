@@ -772,7 +772,7 @@ def test_a_written_points_frame_fits_its_apps_period_with_the_writes_lead(tmp_pa
             free, free_ok, _, _ = gov._choose(ask)
         got, ok, total, _ = gov._choose(ask)
         cur = gov._index(gov._cur)
-        leads = gov._leads_ms()
+        leads = gov._leads_s() * 1e3
         assert free_ok and ok and total <= ask.deadline_ms
         assert free != cur and float(gov._predict(ask)[free]) + leads[free] > period_s * 1e3  # it did not fit
         assert got == cur or total + leads[got] <= period_s * 1e3
