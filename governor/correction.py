@@ -167,7 +167,7 @@ class Correction:
             self._m_then[k] = then if then is not None else (HOST_LEVELS[self.level], self.bias)
             self._m_seq[k] = number
             self.spread = self.margin.add(measured_ms / expected, expected / max(float(column[0]), 1e-9),
-                                          self._now_of)
+                                          self._now_of, self.level)
 
     def _now_of(self, number: int) -> float | None:
         """The margin's sample ``number`` against the fit as it is now (None once it has left the

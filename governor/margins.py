@@ -23,7 +23,11 @@ What is done instead, per (app, model), on the residual ratio r = measured / cor
 * **and let go promptly**: the samples of a cluster are a transient (a load step, a burst), not the
   steady noise: once the cluster has passed (``cluster_window`` frames back under the margin) they
   fade with a short half-life (``CLUSTER_HALF_LIFE``), so the margin comes back down within tens
-  of frames instead of a whole window. Isolated exceedances, the real tail, keep the long half-life.
+  of frames instead of a whole window. Isolated exceedances, the real tail, keep the long half-life;
+* **and a regime's tail goes with it**: the samples taken while the correction's fit stood
+  ``REGIME_DROP`` or more host levels above where it is now (a background load that has ended)
+  fade with the same short half-life over the frames spent below: a loaded host's rare long
+  delays are not the tail of an unloaded one.
 
 numpy only (a closed-form fit). Per frame only what a frame can change is redone: the plain
 quantile comes from a sorted copy of the window kept up to date (bisection, the very value
@@ -50,6 +54,12 @@ CLUSTER_HALF_LIFE = 8.0  # frames: how fast a passed cluster's samples fade
 XI_RANGE = (-0.5, 0.45)  # shape of the fitted tail, kept where the moments exist
 REFIT_EVERY = 16  # frames between refits of the tail while no sample exceeds its threshold
 FADED = 10.0 * CLUSTER_HALF_LIFE  # frames after a cluster by which its samples no longer count (< 1e-3)
+REGIME_DROP = 3  # host levels (1.06^3 = 1.19x) the fit must have come down by for a sample to be of
+# a regime that has ended (see TailMargin.add's ``regime``)
+REGIME_FRAMES = 24  # samples a regime must have lasted for its end to let them go (a burst's few
+# frames are a cluster's business: faded with the regime too, the margin between the bursts of
+# the SD888's MobileNetV2 fell and its burst rows cost 1.09-1.11x the oracle against 1.06-1.08x)
+LEVELS = 64  # host levels a regime may name (the correction has 20)
 
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
@@ -140,6 +150,14 @@ class TailMargin:
         self._since_fit = 0  # frames since the last refit
         self._transients = 0  # samples marked transient in the window
         self._decay: np.ndarray | None = None  # the age weights for a full window
+        # regimes (``add``'s ``regime``): per sample the level it was taken at, and the count of
+        # frames at or below that level less REGIME_DROP as of its arrival; ``_below[L]``: frames so far
+        # whose regime was at or below L. A sample's frames since in a lower regime: the difference
+        self.regimes: deque[int] = deque(maxlen=window)
+        self._since: deque[int] = deque(maxlen=window)
+        self._below = np.zeros(LEVELS, dtype=np.int64)
+        self._regimes_sorted: list[int] = []  # ``regimes`` in ascending order (the highest, at once)
+        self._regime = 0
         self.count = 0  # samples added so far: the next one's number (``revise``)
 
     def __len__(self) -> int:
@@ -150,7 +168,7 @@ class TailMargin:
         return self.since_cluster < self.cluster_window
 
     def add(self, ratio: float, scale: float = 1.0,
-            now_of: Callable[[int], float | None] | None = None) -> float:
+            now_of: Callable[[int], float | None] | None = None, regime: int = 0) -> float:
         """One frame's measured / corrected-prediction ratio; returns the new margin. ``scale``: the
         fit's multiplier on the uncorrected prediction when the ratio was taken, so that a cluster
         the fit has since caught up with (the bias moved) stops raising the margin on top of it.
@@ -160,14 +178,30 @@ class TailMargin:
         newest sample's pair, and a frame at another (the host a larger or smaller share of it)
         came out 20-30% over the fit it did meet (the demo's assistant, apps taking turns: its
         margin held at 1.26-1.32 for ten frames after a load step whose frames the fit already
-        explained within 1-5%)."""
+        explained within 1-5%).
+
+        ``regime``: the correction's host level now. The samples taken in a regime the fit has
+        since come down from by REGIME_DROP levels or more, one that lasted (REGIME_FRAMES samples:
+        a background load, not a burst), fade with
+        CLUSTER_HALF_LIFE over the frames spent below it: the rare long delays of a loaded host
+        are not the noise of an unloaded one, and with the long half-life they held MobileNetV2's
+        margin at 1.07-1.12 for the sixty frames after a load (tight deadline, 1.07-1.13x the
+        oracle at the miss target), where the unloaded frames' own tail was 1.05."""
         ratio = float(ratio)
         raw = ratio * scale
+        regime = min(max(int(regime), 0), LEVELS - 1)
         self.count += 1
         if len(self.raw) == self.raw.maxlen:  # the oldest sample leaves the window
             gone = self.raw[0]
             del self._raw_sorted[bisect_left(self._raw_sorted, gone)]
             self._transients -= self.transient[0]
+            del self._regimes_sorted[bisect_left(self._regimes_sorted, self.regimes[0])]
+        self._below[regime:] += 1
+        self._regime = regime
+        self.regimes.append(regime)
+        insort(self._regimes_sorted, regime)
+        threshold = regime - REGIME_DROP
+        self._since.append(int(self._below[threshold]) if threshold >= 0 else 0)
         self.ratios.append(ratio)
         self.raw.append(raw)
         insort(self._raw_sorted, raw)
@@ -190,7 +224,8 @@ class TailMargin:
         self._since_fit += 1
         if n >= self.min_samples and (
                 ratio > self._threshold or self._since_fit >= REFIT_EVERY or self.in_cluster
-                or (self._transients and self.since_cluster < FADED + self.cluster_window)):
+                or (self._transients and self.since_cluster < FADED + self.cluster_window)
+                or self._regime_ended()):
             self.fitted = max(self._fit(), 1.0)
             self._since_fit = 0
         boost = 1.0
@@ -240,11 +275,22 @@ class TailMargin:
                 self.revised[k] = True
                 self._since_fit = REFIT_EVERY
 
+    def _regime_ended(self) -> bool:
+        """Whether REGIME_FRAMES or more of the window's samples were taken REGIME_DROP or more
+        levels above the regime now."""
+        above = len(self._regimes_sorted) - bisect_left(self._regimes_sorted, self._regime + REGIME_DROP)
+        return above >= REGIME_FRAMES
+
     def _weights(self) -> np.ndarray:
         n = len(self.ratios)
         if self._decay is None or len(self._decay) != n:
             self._decay = 0.5 ** (np.arange(n - 1, -1, -1, dtype=float) / self.half_life)
         w = self._decay
+        if self._regime_ended():  # a regime has ended: its samples go
+            levels = np.fromiter(self.regimes, np.int64, n) - REGIME_DROP
+            since = np.fromiter(self._since, np.int64, n)
+            away = np.where(levels >= 0, self._below[np.maximum(levels, 0)] - since, 0)
+            w = w * 0.5 ** (away / CLUSTER_HALF_LIFE)
         if self._transients and not self.in_cluster:  # the cluster has passed: its samples go, quickly
             transient = np.fromiter(self.transient, bool, n)
             gone = max(0.0, self.since_cluster - self.cluster_window + 1)

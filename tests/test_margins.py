@@ -244,3 +244,39 @@ def test_a_burst_the_fast_window_followed_is_let_go_two_frames_after_it_and_a_lo
     for tail in ([1.6] * 6, [1.0] + [1.6] * 3, [1.6] * 3 + [1.0]):
         _, c = _frames_at_one_pair(loaded + tail)
         assert c.host_slowdown * c.bias > 1.4, tail  # the load goes on: kept
+
+
+def test_a_loaded_regimes_delays_leave_the_tail_once_the_fit_has_come_down_from_it():
+    """A background load: the host level is 6 and one frame in twelve runs 10-20% slow (the loaded
+    host's long delays, isolated: no cluster). Once the fit is back at level 0 those samples
+    fade within tens of frames and the margin returns to the unloaded frames' own tail; while the
+    load lasts, and where the level only moves within REGIME_DROP (the fit's own jitter), they
+    stay, as they do with no regime given at all; a high regime of a few frames (a burst) is left
+    to the cluster logic."""
+    from governor.margins import REGIME_DROP
+
+    def run(loaded_level: int, after_level: int, after: int = 50,
+            loaded_frames: int = 60, window: int = 300) -> tuple[float, float, float]:
+        rng = np.random.default_rng(4)
+        m = margin(window=window)
+        for _ in range(200):
+            m.add(1.0 + rng.normal(0.0, 0.005), regime=0)
+        calm = m.value
+        for n in range(loaded_frames):
+            slow = 1.1 + 0.1 * rng.random() if n % 12 == 5 else 1.0
+            m.add(slow * (1.0 + rng.normal(0.0, 0.005)), regime=loaded_level)
+        loaded = m.value
+        for _ in range(after):
+            m.add(1.0 + rng.normal(0.0, 0.005), regime=after_level)
+        return calm, loaded, m.value
+
+    calm, loaded, ended = run(6, 0)
+    assert calm < 1.02 and loaded > 1.09  # the load's delays are the tail while it lasts
+    assert ended < calm + 0.01, (calm, ended)  # and leave it once the fit is down from it
+    _, _, still = run(6, 6)  # the load goes on (its frames back to normal for a while)
+    _, _, jitter = run(REGIME_DROP - 1, 0)  # a move within the fit's jitter
+    _, _, unnamed = run(0, 0)
+    assert min(still, jitter, unnamed) > 1.08, (still, jitter, unnamed)
+    # a regime of a few frames (a burst's) is the cluster logic's business: its end changes nothing
+    short = run(6, 0, after=30, loaded_frames=20, window=60)  # its slow frames in the plain quantile too
+    assert short == run(0, 0, after=30, loaded_frames=20, window=60) and short[2] > 1.05
