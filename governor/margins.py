@@ -157,7 +157,7 @@ class TailMargin:
         self._since: deque[int] = deque(maxlen=window)
         self._below = np.zeros(LEVELS, dtype=np.int64)
         self._regimes_sorted: list[int] = []  # ``regimes`` in ascending order (the highest, at once)
-        self._regime = 0
+        self._ended = False  # ``_regime_ended`` as of the latest sample (its refit's weights)
         self.count = 0  # samples added so far: the next one's number (``revise``)
 
     def __len__(self) -> int:
@@ -197,7 +197,6 @@ class TailMargin:
             self._transients -= self.transient[0]
             del self._regimes_sorted[bisect_left(self._regimes_sorted, self.regimes[0])]
         self._below[regime:] += 1
-        self._regime = regime
         self.regimes.append(regime)
         insort(self._regimes_sorted, regime)
         threshold = regime - REGIME_DROP
@@ -222,10 +221,11 @@ class TailMargin:
         else:
             self.since_cluster += 1
         self._since_fit += 1
+        self._ended = self._regime_ended()
         if n >= self.min_samples and (
                 ratio > self._threshold or self._since_fit >= REFIT_EVERY or self.in_cluster
                 or (self._transients and self.since_cluster < FADED + self.cluster_window)
-                or self._regime_ended()):
+                or self._ended):
             self.fitted = max(self._fit(), 1.0)
             self._since_fit = 0
         boost = 1.0
@@ -278,7 +278,7 @@ class TailMargin:
     def _regime_ended(self) -> bool:
         """Whether REGIME_FRAMES or more of the window's samples were taken REGIME_DROP or more
         levels above the regime now."""
-        above = len(self._regimes_sorted) - bisect_left(self._regimes_sorted, self._regime + REGIME_DROP)
+        above = len(self._regimes_sorted) - bisect_left(self._regimes_sorted, self.regimes[-1] + REGIME_DROP)
         return above >= REGIME_FRAMES
 
     def _weights(self) -> np.ndarray:
@@ -286,7 +286,7 @@ class TailMargin:
         if self._decay is None or len(self._decay) != n:
             self._decay = 0.5 ** (np.arange(n - 1, -1, -1, dtype=float) / self.half_life)
         w = self._decay
-        if self._regime_ended():  # a regime has ended: its samples go
+        if self._ended:  # a regime has ended: its samples go
             levels = np.fromiter(self.regimes, np.int64, n) - REGIME_DROP
             since = np.fromiter(self._since, np.int64, n)
             away = np.where(levels >= 0, self._below[np.maximum(levels, 0)] - since, 0)
